@@ -1,0 +1,487 @@
+"""Petrel's TOML configuration: schema, defaults and validation.
+
+Every problem raises `ConfigError` with a message that starts with the dotted key at
+fault (``limits.errors: ...``), so `petrel check-config` points the operator at the
+exact line to fix instead of failing later with a traceback.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import re
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "AliasesSection",
+    "Config",
+    "ConfigError",
+    "DomainsSection",
+    "LimitsSection",
+    "Listener",
+    "PolicySection",
+    "QueueSection",
+    "RelaySection",
+    "ServerSection",
+    "TlsSection",
+    "load_config",
+    "parse_duration",
+]
+
+LISTENER_MODES = ("smtp", "submission", "submissions", "lmtp")
+EXPOSURE_LEVELS = ("off", "authenticated", "on")
+RELAY_TLS_MODES = ("required", "opportunistic")
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_SECTIONS = frozenset(
+    {"server", "listener", "tls", "domains", "limits", "queue", "relay", "policy", "aliases"}
+)
+_DEFAULT_LISTENERS = (
+    ("127.0.0.1:2525", "smtp"),
+    ("127.0.0.1:2587", "submission"),
+    ("127.0.0.1:2465", "submissions"),
+)
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_RE = re.compile(r"(?:\d+(?:\.\d+)?[smhd])+")
+_DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_SECONDS_RE = re.compile(r"\d+(?:\.\d+)?")
+_LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_MISSING: Any = object()
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message starts with the dotted key (or the file)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSection:
+    hostname: str
+    data_dir: Path
+    reverse_dns: bool
+    workers: int
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    host: str
+    port: int
+    mode: str
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSection:
+    """Both paths or neither: without them the server makes a self-signed pair."""
+
+    cert: Path | None
+    key: Path | None
+
+
+@dataclass(frozen=True, slots=True)
+class DomainsSection:
+    local: frozenset[str]
+    relay_networks: tuple[IPNetwork, ...]
+    lmtp: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsSection:
+    message_size: int
+    recipients: int
+    connections: int
+    connections_per_ip: int
+    errors: int
+    command_timeout: float
+    data_timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSection:
+    run_interval: float
+    min_backoff: float
+    max_backoff: float
+    lifetime: float
+    delay_warning: float
+
+
+@dataclass(frozen=True, slots=True)
+class RelaySection:
+    smarthost_host: str
+    smarthost_port: int
+    username: str | None
+    password_file: Path | None
+    tls: str
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySection:
+    vrfy: str
+    expn: str
+    strict_paths: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AliasesSection:
+    file: Path
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerSection
+    listeners: tuple[Listener, ...]
+    tls: TlsSection
+    domains: DomainsSection
+    limits: LimitsSection
+    queue: QueueSection
+    relay: RelaySection | None
+    policy: PolicySection
+    aliases: AliasesSection
+    source: Path | None
+
+    @classmethod
+    def default(cls) -> Config:
+        """The embedded defaults, with data_dir relative to the current directory."""
+        return _build({}, base_dir=Path.cwd(), source=None)
+
+
+def load_config(path: Path | None) -> Config:
+    """Read and validate the TOML file at `path`; None means the embedded defaults."""
+    if path is None:
+        return Config.default()
+    source = _absolute(Path(path))
+    try:
+        with source.open("rb") as fp:
+            data = tomllib.load(fp)
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read config file: {exc.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+    return _build(data, base_dir=source.parent, source=source)
+
+
+def parse_duration(value: Any, key: str) -> float:
+    """Seconds from a number or a string like "30s", "5m", "4h", "5d" or "1h30m"."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ConfigError(
+            f'{key}: must be a duration like "30s", "5m", "4h", "5d" or seconds, got {_show(value)}'
+        )
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if _SECONDS_RE.fullmatch(text):
+            seconds = float(text)
+        elif _DURATION_RE.fullmatch(text):
+            seconds = sum(
+                float(number) * _DURATION_UNITS[unit]
+                for number, unit in _DURATION_PART_RE.findall(text)
+            )
+        else:
+            raise ConfigError(
+                f'{key}: must be a duration like "30s", "5m", "4h", "5d" or seconds, got {value!r}'
+            )
+    else:
+        seconds = float(value)
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigError(f"{key}: must be a positive duration, got {_show(value)}")
+    return seconds
+
+
+class _Table:
+    """A TOML table being read: values are taken one by one, leftovers are unknown keys."""
+
+    def __init__(self, data: Any, where: str) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: must be a table, got {_show(data)}")
+        self._data = dict(data)
+        self.where = where
+
+    def key(self, name: str) -> str:
+        return f"{self.where}.{name}"
+
+    def take(self, name: str, default: Any = _MISSING) -> Any:
+        if name in self._data:
+            return self._data.pop(name)
+        if default is _MISSING:
+            raise ConfigError(f"{self.key(name)}: required")
+        return default
+
+    def names(self) -> list[str]:
+        return list(self._data)
+
+    def finish(self) -> None:
+        for name in self._data:
+            raise ConfigError(f"{self.key(name)}: unknown key")
+
+
+def _build(data: dict[str, Any], base_dir: Path, source: Path | None) -> Config:
+    for name in data:
+        if name not in _SECTIONS:
+            raise ConfigError(f"{name}: unknown section")
+    server = _server(_Table(data.get("server", {}), "server"), base_dir)
+    return Config(
+        server=server,
+        listeners=_listeners(data.get("listener", _MISSING)),
+        tls=_tls(_Table(data.get("tls", {}), "tls"), base_dir),
+        domains=_domains(_Table(data.get("domains", {}), "domains"), server.hostname),
+        limits=_limits(_Table(data.get("limits", {}), "limits")),
+        queue=_queue(_Table(data.get("queue", {}), "queue")),
+        relay=_relay(_Table(data["relay"], "relay"), base_dir) if "relay" in data else None,
+        policy=_policy(_Table(data.get("policy", {}), "policy")),
+        aliases=_aliases(_Table(data.get("aliases", {}), "aliases"), server.data_dir),
+        source=source,
+    )
+
+
+def _server(t: _Table, base_dir: Path) -> ServerSection:
+    hostname = t.take("hostname", None)
+    # getfqdn may wait on DNS, so it is only asked when the operator gave no name.
+    hostname = (
+        socket.getfqdn().lower() if hostname is None else _domain(hostname, t.key("hostname"))
+    )
+    data_dir = _path(t.take("data_dir", "petrel-data"), t.key("data_dir"), base_dir)
+    reverse_dns = _bool(t.take("reverse_dns", True), t.key("reverse_dns"))
+    workers = t.take("workers", 1)
+    if workers == "auto":
+        workers = os.cpu_count() or 1
+    elif isinstance(workers, bool) or not isinstance(workers, int) or workers <= 0:
+        raise ConfigError(
+            f'{t.key("workers")}: must be a positive integer or "auto", got {_show(workers)}'
+        )
+    t.finish()
+    return ServerSection(hostname, data_dir, reverse_dns, workers)
+
+
+def _listeners(value: Any) -> tuple[Listener, ...]:
+    if value is _MISSING:
+        return tuple(Listener(*_host_port(a, "listener", 0), m) for a, m in _DEFAULT_LISTENERS)
+    if not isinstance(value, list):
+        raise ConfigError(
+            f"listener: must be an array of tables ([[listener]]), got {_show(value)}"
+        )
+    if not value:
+        raise ConfigError("listener: at least one [[listener]] is required")
+    listeners: list[Listener] = []
+    seen: dict[tuple[str, int], int] = {}
+    for index, item in enumerate(value):
+        t = _Table(item, f"listener[{index}]")
+        host, port = _host_port(t.take("address"), t.key("address"), min_port=0)
+        mode = _choice(t.take("mode"), t.key("mode"), LISTENER_MODES)
+        t.finish()
+        if port and (host, port) in seen:
+            raise ConfigError(f"{t.key('address')}: same address as listener[{seen[host, port]}]")
+        seen[host, port] = index
+        listeners.append(Listener(host, port, mode))
+    return tuple(listeners)
+
+
+def _tls(t: _Table, base_dir: Path) -> TlsSection:
+    cert = t.take("cert", None)
+    key = t.take("key", None)
+    t.finish()
+    if cert is not None and key is None:
+        raise ConfigError(f"{t.key('key')}: required when tls.cert is set")
+    if key is not None and cert is None:
+        raise ConfigError(f"{t.key('cert')}: required when tls.key is set")
+    if cert is None or key is None:
+        return TlsSection(None, None)
+    return TlsSection(_path(cert, t.key("cert"), base_dir), _path(key, t.key("key"), base_dir))
+
+
+def _domains(t: _Table, hostname: str) -> DomainsSection:
+    local_value = t.take("local", None)
+    if local_value is None:
+        local = frozenset({hostname, "localhost"})
+    else:
+        items = _list(local_value, t.key("local"))
+        local = frozenset(_domain(v, f"{t.key('local')}[{i}]") for i, v in enumerate(items))
+    networks = _list(t.take("relay_networks", []), t.key("relay_networks"))
+    relay_networks = tuple(
+        _network(v, f"{t.key('relay_networks')}[{i}]") for i, v in enumerate(networks)
+    )
+    lmtp_table = _Table(t.take("lmtp", {}), t.key("lmtp"))
+    lmtp: dict[str, str] = {}
+    for name in lmtp_table.names():
+        key = lmtp_table.key(name)
+        lmtp[_domain(name, key)] = _str(lmtp_table.take(name), key)
+    t.finish()
+    return DomainsSection(local, relay_networks, lmtp)
+
+
+def _limits(t: _Table) -> LimitsSection:
+    limits = LimitsSection(
+        message_size=_positive_int(t.take("message_size", 20_000_000), t.key("message_size")),
+        recipients=_positive_int(t.take("recipients", 100), t.key("recipients")),
+        connections=_positive_int(t.take("connections", 1000), t.key("connections")),
+        connections_per_ip=_positive_int(
+            t.take("connections_per_ip", 50), t.key("connections_per_ip")
+        ),
+        errors=_positive_int(t.take("errors", 10), t.key("errors")),
+        command_timeout=parse_duration(t.take("command_timeout", "5m"), t.key("command_timeout")),
+        data_timeout=parse_duration(t.take("data_timeout", "10m"), t.key("data_timeout")),
+    )
+    t.finish()
+    return limits
+
+
+def _queue(t: _Table) -> QueueSection:
+    queue = QueueSection(
+        run_interval=parse_duration(t.take("run_interval", "30m"), t.key("run_interval")),
+        min_backoff=parse_duration(t.take("min_backoff", "5m"), t.key("min_backoff")),
+        max_backoff=parse_duration(t.take("max_backoff", "1h"), t.key("max_backoff")),
+        lifetime=parse_duration(t.take("lifetime", "5d"), t.key("lifetime")),
+        delay_warning=parse_duration(t.take("delay_warning", "4h"), t.key("delay_warning")),
+    )
+    t.finish()
+    if queue.max_backoff < queue.min_backoff:
+        raise ConfigError(
+            f"{t.key('max_backoff')}: must not be shorter than queue.min_backoff "
+            f"({queue.min_backoff:g}s), got {queue.max_backoff:g}s"
+        )
+    return queue
+
+
+def _relay(t: _Table, base_dir: Path) -> RelaySection:
+    host, port = _host_port(t.take("smarthost"), t.key("smarthost"), min_port=1, default_port=25)
+    username = t.take("username", None)
+    if username is not None:
+        username = _str(username, t.key("username"))
+    password_file = t.take("password_file", None)
+    if password_file is not None:
+        password_file = _path(password_file, t.key("password_file"), base_dir)
+    tls = _choice(t.take("tls", "required"), t.key("tls"), RELAY_TLS_MODES)
+    t.finish()
+    if username is not None and password_file is None:
+        raise ConfigError(f"{t.key('password_file')}: required when relay.username is set")
+    if password_file is not None and username is None:
+        raise ConfigError(f"{t.key('username')}: required when relay.password_file is set")
+    return RelaySection(host, port, username, password_file, tls)
+
+
+def _policy(t: _Table) -> PolicySection:
+    policy = PolicySection(
+        vrfy=_choice(t.take("vrfy", "authenticated"), t.key("vrfy"), EXPOSURE_LEVELS),
+        expn=_choice(t.take("expn", "authenticated"), t.key("expn"), EXPOSURE_LEVELS),
+        strict_paths=_bool(t.take("strict_paths", False), t.key("strict_paths")),
+    )
+    t.finish()
+    return policy
+
+
+def _aliases(t: _Table, data_dir: Path) -> AliasesSection:
+    aliases = AliasesSection(_path(t.take("file", "aliases"), t.key("file"), data_dir))
+    t.finish()
+    return aliases
+
+
+def _show(value: Any) -> str:
+    """A short rendering of a bad value for an error message."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _str(value: Any, key: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key}: must be a non-empty string, got {_show(value)}")
+    return value
+
+
+def _bool(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: must be true or false, got {_show(value)}")
+    return value
+
+
+def _positive_int(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{key}: must be a positive integer, got {_show(value)}")
+    return value
+
+
+def _list(value: Any, key: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: must be an array, got {_show(value)}")
+    return value
+
+
+def _choice(value: Any, key: str, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ConfigError(f"{key}: must be one of {', '.join(choices)}, got {_show(value)}")
+    return value
+
+
+def _absolute(path: Path) -> Path:
+    """Absolute and normalised, without resolving symlinks the operator chose."""
+    return Path(os.path.abspath(path.expanduser()))
+
+
+def _path(value: Any, key: str, base_dir: Path) -> Path:
+    return _absolute(base_dir / _str(value, key))
+
+
+def _domain(value: Any, key: str) -> str:
+    """Lower-case ASCII (IDNA) form, so comparisons with wire domains are exact."""
+    name = _str(value, key).strip().lower().removesuffix(".")
+    try:
+        ascii_name = name.encode("idna").decode("ascii")
+    except UnicodeError:
+        ascii_name = ""
+    if (
+        not ascii_name
+        or len(ascii_name) > 253
+        or not all(_LABEL_RE.fullmatch(label) for label in ascii_name.split("."))
+    ):
+        raise ConfigError(f"{key}: not a valid domain name: {value!r}")
+    return ascii_name
+
+
+def _network(value: Any, key: str) -> IPNetwork:
+    try:
+        return ipaddress.ip_network(_str(value, key), strict=False)
+    except ValueError:
+        raise ConfigError(f"{key}: not a valid CIDR network: {value!r}") from None
+
+
+def _host_port(
+    value: Any, key: str, min_port: int, default_port: int | None = None
+) -> tuple[str, int]:
+    """Split "host:port" / "[v6]:port"; IPv6 needs brackets so the port is unambiguous."""
+    text = _str(value, key)
+    port_text: str | None
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ConfigError(f"{key}: not a bracketed IPv6 address: {text!r}") from None
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ConfigError(f'{key}: expected "[ipv6]:port", got {text!r}')
+        port_text = rest[1:] if rest else None
+    else:
+        host, colon, port_text = text.rpartition(":")
+        if not colon:
+            host, port_text = text, None
+        if ":" in host:
+            raise ConfigError(
+                f'{key}: IPv6 addresses need brackets, as in "[::1]:2525", got {text!r}'
+            )
+        if not host:
+            raise ConfigError(f'{key}: missing host in {text!r}, use "0.0.0.0:port" for all')
+        try:
+            host = str(ipaddress.IPv4Address(host))
+        except ValueError:
+            host = _domain(host, key)
+    if port_text is None:
+        if default_port is None:
+            raise ConfigError(f'{key}: missing port, expected "host:port", got {text!r}')
+        return host, default_port
+    if not (port_text.isascii() and port_text.isdigit()) or not (
+        min_port <= int(port_text) <= 65535
+    ):
+        raise ConfigError(
+            f"{key}: port must be a number from {min_port} to 65535, got {port_text!r}"
+        )
+    return host, int(port_text)

@@ -1,0 +1,1 @@
+"""Delivery: the scheduler (retries, backoff, lifetimes) and the transports that move mail on."""

@@ -1,0 +1,146 @@
+"""Who may do what: local domains, recipients, relaying, VRFY/EXPN exposure.
+
+The policy answers with SMTP replies (it is the server's judge), but it reads only its
+own stores — the aliases file today, the user store once it exists — and never writes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from petrel.config import Config
+from petrel.smtp import Address, Reply, reply
+
+from .aliases import Aliases
+
+# Local parts that would ask us to route mail onward (the "percent hack", UUCP bang
+# paths, a quoted "@") are relay attempts when they arrive at a local domain.
+_ROUTING_CHARACTERS = frozenset("%!@")
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    """What the policy needs to know about the peer of a session."""
+
+    ip: str
+    authenticated: bool = False
+
+
+class Policy:
+    def __init__(self, config: Config, aliases: Aliases) -> None:
+        self.hostname = config.server.hostname
+        self.local_domains = config.domains.local
+        self.relay_networks = config.domains.relay_networks
+        self.vrfy_exposure = config.policy.vrfy
+        self.expn_exposure = config.policy.expn
+        self.aliases = aliases
+
+    # -- addresses --------------------------------------------------------------------
+
+    def is_local_domain(self, domain: str) -> bool:
+        return domain.lower() in self.local_domains
+
+    def is_local(self, address: str) -> bool:
+        _, _, domain = address.rpartition("@")
+        return self.is_local_domain(domain)
+
+    def canonical(self, address: Address) -> str:
+        """The address the queue stores: bare ``<Postmaster>`` gets our hostname."""
+        if address.is_bare_postmaster:
+            return f"postmaster@{self.hostname}"
+        return str(address)
+
+    def may_relay(self, client: Client) -> bool:
+        if client.authenticated:
+            return True
+        try:
+            ip = ipaddress.ip_address(client.ip)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.relay_networks)
+
+    # -- RCPT ------------------------------------------------------------------------
+
+    def check_recipient(self, address: Address, client: Client) -> Reply | None:
+        """None when the recipient is acceptable, else the reply that refuses it."""
+        if address.is_bare_postmaster:
+            return None
+        if not self.is_local_domain(address.domain):
+            if self.may_relay(client):
+                return None
+            return reply(554, "5.7.1", f"<{address}>: Relay access denied")
+        mailbox = address.mailbox
+        if _ROUTING_CHARACTERS & set(mailbox):
+            return reply(554, "5.7.1", f"<{address}>: Relay access denied")
+        if not self._safe_mailbox_name(mailbox):
+            return reply(553, "5.1.3", f"<{address}>: Mailbox name not allowed")
+        if not self.mailbox_exists(mailbox, address.domain):
+            return reply(550, "5.1.1", f"<{address}>: Recipient address rejected: User unknown")
+        return None
+
+    @staticmethod
+    def _safe_mailbox_name(mailbox: str) -> bool:
+        return (
+            bool(mailbox)
+            and not mailbox.startswith(".")
+            and all(c.isprintable() and c not in "/\\" for c in mailbox)
+        )
+
+    def mailbox_exists(self, mailbox: str, domain: str) -> bool:
+        """Is ``mailbox@domain`` deliverable here?
+
+        Until a user store exists every local part of a local domain is a mailbox:
+        Petrel's development mode, which is what lets the classic sessions work on a
+        fresh install (documented in README and docs/architecture.md).
+        """
+        self.aliases.reload_if_changed()
+        return True
+
+    def expand(self, address: str) -> list[str]:
+        """Final delivery addresses for one accepted recipient (aliases resolved)."""
+        if not self.is_local(address):
+            return [address]
+        self.aliases.reload_if_changed()
+        return self.aliases.expand(address, self.is_local)
+
+    # -- VRFY / EXPN -------------------------------------------------------------------
+
+    def _exposed(self, setting: str, client: Client) -> bool:
+        return setting == "on" or (setting == "authenticated" and client.authenticated)
+
+    def vrfy(self, argument: str, client: Client) -> Reply:
+        if not self._exposed(self.vrfy_exposure, client):
+            return reply(252, "2.5.2", "Cannot VRFY user; try RCPT to attempt delivery")
+        address = self._local_address(argument)
+        if address is None:
+            return reply(252, "2.5.2", "Cannot VRFY non-local address; will attempt delivery")
+        local, domain = address
+        if self.mailbox_exists(local, domain) or self.aliases.lookup(local, domain):
+            return reply(250, "2.1.5", f"<{local}@{domain}>")
+        return reply(550, "5.1.1", f"<{local}@{domain}>... User unknown")
+
+    def expn(self, argument: str, client: Client) -> Reply:
+        if not self._exposed(self.expn_exposure, client):
+            return reply(502, "5.7.0", "EXPN not allowed")
+        address = self._local_address(argument)
+        if address is None:
+            return reply(550, "5.1.2", f"<{argument}>: not a local list")
+        local, domain = address
+        self.aliases.reload_if_changed()
+        if self.aliases.lookup(local, domain) is None:
+            if self.mailbox_exists(local, domain):
+                return reply(250, "2.1.5", f"<{local}@{domain}>")
+            return reply(550, "5.1.1", f"<{local}@{domain}>... User unknown")
+        members = self.aliases.expand(f"{local}@{domain}", self.is_local)
+        return Reply(250, tuple(f"<{m}>" for m in members), "2.1.5")
+
+    def _local_address(self, argument: str) -> tuple[str, str] | None:
+        """``user`` or ``<user@local.domain>`` → (user, domain); None if not ours."""
+        text = argument.strip().strip("<>")
+        local, at, domain = text.rpartition("@")
+        if not at:
+            local, domain = text, self.hostname
+        if not local or not self.is_local_domain(domain):
+            return None
+        return local.lower(), domain.lower()

@@ -1,0 +1,26 @@
+"""The durable queue: envelope model, queue ids, the group-committed spool and its recovery."""
+
+from petrel.queue.envelope import (
+    DEFERRED,
+    DELIVERED,
+    FAILED,
+    PENDING,
+    Envelope,
+    Recipient,
+)
+from petrel.queue.ids import is_valid_queue_id, new_queue_id
+from petrel.queue.spool import CorruptMessageError, MessageWriter, Spool
+
+__all__ = [
+    "DEFERRED",
+    "DELIVERED",
+    "FAILED",
+    "PENDING",
+    "CorruptMessageError",
+    "Envelope",
+    "MessageWriter",
+    "Recipient",
+    "Spool",
+    "is_valid_queue_id",
+    "new_queue_id",
+]

@@ -1,0 +1,530 @@
+"""The durable spool: group-committed message files under ``<data_dir>/queue/``.
+
+Layout (directories 0700, files 0600)::
+
+    incoming/<id>   being written; never trusted, emptied at start-up
+    active/<id>     committed messages, immutable once renamed here
+    state/<id>      per-recipient delivery state, replaced atomically
+    corrupt/<id>    files that failed validation, kept for the operator, never delivered
+
+A message file is ``PETREL1 <json-length>\\n``, the envelope JSON, ``\\n``, the raw
+message bytes, then ``\\nPETREL-END <body-length> <crc32-hex>\\n``. The CRC covers
+everything before the trailer, so a file cut short or damaged anywhere fails
+validation.
+
+Durability: a writer fills ``incoming/<id>``; `Spool.commit` queues it for the one
+committer task, which in a worker thread seals every queued file, renames it to
+``active/`` and then runs ONE syncfs(2) for the whole batch. Each caller returns
+only after the sync that covered its own file; meanwhile new commits gather for
+the next batch. A crash before that sync can leave a renamed but partial file in
+``active/``; that message was never acknowledged, and recovery quarantines it.
+
+Several processes may share a spool: ids are claimed by the O_EXCL create in
+``incoming/`` and checked against ``active/``, and renames are atomic. Only
+`Spool.recover` must run alone, before any writer starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import os
+import re
+import stat
+import zlib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from petrel.fsutil import (
+    HAVE_SYNCFS,
+    ensure_dir,
+    fsync_dir,
+    open_dir,
+    syncfs,
+    unlink_quietly,
+    write_all,
+)
+from petrel.log import log_event
+from petrel.queue.envelope import Envelope, Recipient
+from petrel.queue.ids import is_valid_queue_id, new_queue_id
+
+__all__ = ["CorruptMessageError", "MessageWriter", "Spool"]
+
+logger = logging.getLogger(__name__)
+
+_HEADER_RE = re.compile(rb"PETREL1 ([1-9][0-9]{0,8})\n")
+_TRAILER_START = b"\nPETREL-END "
+_TRAILER_RE = re.compile(rb"\nPETREL-END (0|[1-9][0-9]{0,19}) ([0-9a-f]{8})\n")
+_HEADER_MAX = 18  # "PETREL1 " + 9 digits + "\n"
+_TRAILER_MAX = 42  # "\nPETREL-END " + 20 digits + " " + 8 hex + "\n"
+_BUFFER_LIMIT = 256 * 1024  # bodies up to this stay in memory until commit
+_READ_CHUNK = 1 << 20
+_ID_ATTEMPTS = 100
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+_tmp_counter = itertools.count()
+
+
+class CorruptMessageError(ValueError):
+    """A spool file failed validation: wrong shape, length or checksum."""
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where the parts of a message file lie, as read from its header and trailer."""
+
+    prefix: bytes  # header line + envelope JSON + "\n": the CRC starts here
+    body_length: int
+    crc: int
+
+    @property
+    def envelope_json(self) -> bytes:
+        return self.prefix[self.prefix.index(b"\n") + 1 : -1]
+
+
+def _read_layout(fd: int, size: int) -> _Layout:
+    """Parse header and trailer and check that the lengths add up to the file size."""
+    header = _HEADER_RE.match(os.pread(fd, _HEADER_MAX, 0))
+    if header is None:
+        raise CorruptMessageError("bad header")
+    prefix_length = header.end() + int(header[1]) + 1
+    tail_length = min(size, _TRAILER_MAX)
+    tail = os.pread(fd, tail_length, size - tail_length)
+    start = tail.rfind(_TRAILER_START)
+    trailer = _TRAILER_RE.fullmatch(tail, start) if start >= 0 else None
+    if trailer is None:
+        raise CorruptMessageError("no trailer")
+    body_length = int(trailer[1])
+    if prefix_length + body_length + len(tail) - start != size:
+        raise CorruptMessageError("length does not match the file size")
+    prefix = os.pread(fd, prefix_length, 0)
+    if len(prefix) != prefix_length or not prefix.endswith(b"\n"):
+        raise CorruptMessageError("envelope not terminated")
+    return _Layout(prefix, body_length, int(trailer[2], 16))
+
+
+def _iter_body(fd: int, layout: _Layout, chunk_size: int) -> Iterator[bytes]:
+    """Yield the body in chunks; raise CorruptMessageError at the end if the CRC is wrong."""
+    crc = zlib.crc32(layout.prefix)
+    offset = len(layout.prefix)
+    end = offset + layout.body_length
+    while offset < end:
+        chunk = os.pread(fd, min(chunk_size, end - offset), offset)
+        if not chunk:
+            raise CorruptMessageError("file shorter than its trailer says")
+        crc = zlib.crc32(chunk, crc)
+        offset += len(chunk)
+        yield chunk
+    if crc != layout.crc:
+        raise CorruptMessageError("checksum mismatch")
+
+
+def _open_regular(path: Path) -> tuple[int, int]:
+    """Open a spool file for reading without following symlinks; return (fd, size)."""
+    fd = os.open(path, _READ_FLAGS)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise CorruptMessageError("not a regular file")
+    return fd, st.st_size
+
+
+class MessageWriter:
+    """One message being written to ``incoming/``: `write` the body, then commit or `abort`.
+
+    The envelope is serialised when the writer is made; later changes to it are
+    not stored. Up to 256 KiB stays in memory (small messages then cost no system
+    call before the commit batch); beyond that, data goes straight to the file.
+    """
+
+    def __init__(self, envelope: Envelope, fd: int, incoming: Path, active: Path) -> None:
+        self.envelope = envelope
+        self.size = 0  # body bytes written so far
+        self._fd: int | None = fd
+        self._incoming = incoming
+        self._active = active
+        self._committed = False
+        envelope_json = envelope.to_json().encode("ascii")
+        self._buffer = bytearray(b"PETREL1 %d\n" % len(envelope_json))
+        self._buffer += envelope_json
+        self._buffer += b"\n"
+        self._crc = zlib.crc32(self._buffer)
+
+    @property
+    def queue_id(self) -> str:
+        return self.envelope.queue_id
+
+    def write(self, data: bytes) -> None:
+        """Append body bytes exactly as received (CRLF line ends, dot-unstuffed)."""
+        if self._fd is None:
+            raise ValueError(f"message {self.queue_id} is already closed")
+        self._crc = zlib.crc32(data, self._crc)
+        self.size += len(data)
+        if len(self._buffer) + len(data) <= _BUFFER_LIMIT:
+            self._buffer += data
+            return
+        self._flush()
+        write_all(self._fd, data)
+
+    def abort(self) -> None:
+        """Close and remove the unfinished file; safe to call more than once."""
+        if self._committed:
+            return
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        unlink_quietly(self._incoming)
+
+    def _flush(self) -> None:
+        assert self._fd is not None
+        if self._buffer:
+            write_all(self._fd, self._buffer)
+            self._buffer = bytearray()
+
+    def _seal(self, fsync: bool) -> None:
+        """Write what is buffered plus the trailer, close, and move into ``active/``."""
+        if self._fd is None:
+            raise ValueError(f"message {self.queue_id} is already closed")
+        self._buffer += b"\nPETREL-END %d %08x\n" % (self.size, self._crc)
+        self._flush()
+        if fsync:
+            os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = None
+        os.rename(self._incoming, self._active)
+        self._committed = True
+
+
+class Spool:
+    """The queue directory: group-committed writes, recovery, reads and delivery state.
+
+    `use_syncfs` None picks syncfs(2) when the system has it; False means one
+    fsync per file plus one per directory each batch (slower, but it touches only
+    the spool's own files, which may suit a disk shared with busy neighbours).
+    """
+
+    def __init__(self, root: Path, *, use_syncfs: bool | None = None) -> None:
+        if use_syncfs and not HAVE_SYNCFS:
+            raise ValueError("syncfs is not available on this system")
+        self.root = root
+        self.sync_count = 0  # sync rounds done; a batch of commits costs one
+        self._use_syncfs = HAVE_SYNCFS if use_syncfs is None else use_syncfs
+        self._incoming = root / "incoming"
+        self._active = root / "active"
+        self._state = root / "state"
+        self._corrupt = root / "corrupt"
+        self._sync_fd: int | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending: list[tuple[MessageWriter, asyncio.Future[None]]] = []
+        self._committer: asyncio.Task[None] | None = None
+
+    # -- life cycle ---------------------------------------------------------
+
+    def open(self) -> None:
+        """Create the directories (0700) and the commit thread."""
+        os.makedirs(self.root.parent, mode=0o700, exist_ok=True)
+        dirs = (self.root, self._incoming, self._active, self._state, self._corrupt)
+        if [d for d in dirs if ensure_dir(d)]:
+            fsync_dir(self.root)
+            fsync_dir(self.root.parent)
+        # Opened before any write, so syncfs reports every later write-back error.
+        self._sync_fd = open_dir(self._active)
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="petrel-spool")
+
+    def close(self) -> None:
+        """Wait for the commit thread and release the directory fd."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        if self._sync_fd is not None:
+            os.close(self._sync_fd)
+            self._sync_fd = None
+
+    def recover(self) -> list[Envelope]:
+        """Start-up: drop ``incoming/``, validate ``active/``, return envelopes by arrival.
+
+        Every file in ``active/`` is read in full and its CRC checked; a bad one
+        moves to ``corrupt/`` and is logged. State files are applied; orphans and
+        leftover temporary files are removed. Run before any writer starts.
+        """
+        for name in os.listdir(self._incoming):
+            try:
+                os.unlink(self._incoming / name)
+            except IsADirectoryError:
+                os.rename(self._incoming / name, self._free_corrupt_path(name))
+        envelopes = []
+        for name in sorted(os.listdir(self._active)):
+            try:
+                envelope = self._validate(name)
+            except CorruptMessageError as exc:
+                self._quarantine(name, str(exc))
+                continue
+            self._apply_state(envelope)
+            envelopes.append(envelope)
+        live = {e.queue_id for e in envelopes}
+        for name in os.listdir(self._state):
+            if name not in live:
+                unlink_quietly(self._state / name)
+        envelopes.sort(key=lambda e: (e.received_at, e.queue_id))
+        return envelopes
+
+    # -- writing ------------------------------------------------------------
+
+    def begin(self, envelope: Envelope) -> MessageWriter:
+        """Claim ``incoming/<id>``; on a clash pick a new id and set envelope.queue_id."""
+        self._check_id(envelope.queue_id)
+        for _ in range(_ID_ATTEMPTS):
+            incoming = self._incoming / envelope.queue_id
+            active = self._active / envelope.queue_id
+            try:
+                fd = os.open(incoming, _CREATE_FLAGS, 0o600)
+            except FileExistsError:
+                envelope.queue_id = new_queue_id()
+                continue
+            # Holding incoming/<id> means nobody else can move a file to active/<id>.
+            if not os.path.lexists(active):
+                return MessageWriter(envelope, fd, incoming, active)
+            os.close(fd)
+            os.unlink(incoming)
+            envelope.queue_id = new_queue_id()
+        raise FileExistsError(f"no free queue id after {_ID_ATTEMPTS} attempts")
+
+    async def commit(self, writer: MessageWriter) -> None:
+        """Return once the message is on stable storage (raise if it could not be put there).
+
+        If the caller is cancelled meanwhile, the commit still completes and the
+        message will be delivered: a duplicate is better than a loss.
+        """
+        if self._executor is None:
+            raise RuntimeError("Spool.open() was not called")
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._pending.append((writer, done))
+        if self._committer is None:
+            self._committer = loop.create_task(self._drain())
+        await done
+
+    async def _drain(self) -> None:
+        """The one committer: take everything queued, commit it as a batch, repeat."""
+        loop = asyncio.get_running_loop()
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                writers = [writer for writer, _ in batch]
+                try:
+                    results = await loop.run_in_executor(
+                        self._executor, self._commit_batch, writers
+                    )
+                except asyncio.CancelledError:
+                    for _, done in batch:
+                        done.cancel()
+                    raise
+                except Exception as exc:
+                    results = [exc] * len(batch)
+                for (_, done), result in zip(batch, results, strict=True):
+                    if done.done():
+                        continue
+                    if result is None:
+                        done.set_result(None)
+                    else:
+                        done.set_exception(result)
+        finally:
+            self._committer = None
+
+    def _commit_batch(self, writers: list[MessageWriter]) -> list[Exception | None]:
+        """Worker thread: seal and rename each file, then one sync for all of them."""
+        results: list[Exception | None] = []
+        sealed = []
+        for writer in writers:
+            try:
+                writer._seal(fsync=not self._use_syncfs)
+            except Exception as exc:
+                writer.abort()
+                results.append(exc)
+                continue
+            sealed.append(writer)
+            results.append(None)
+        if sealed:
+            try:
+                self._sync()
+            except OSError:
+                for writer in sealed:
+                    unlink_quietly(writer._active)
+                raise
+        return results
+
+    def _sync(self) -> None:
+        if self._use_syncfs:
+            assert self._sync_fd is not None
+            syncfs(self._sync_fd)
+        else:
+            fsync_dir(self._active)
+            fsync_dir(self._incoming)
+        self.sync_count += 1
+
+    # -- reading ------------------------------------------------------------
+
+    def list_ids(self) -> list[str]:
+        """Ids of the committed messages, oldest first (ids sort by time)."""
+        return sorted(name for name in os.listdir(self._active) if is_valid_queue_id(name))
+
+    def load(self, queue_id: str) -> Envelope:
+        """The envelope of a committed message with its delivery state applied."""
+        fd, size = _open_regular(self._active / self._check_id(queue_id))
+        try:
+            envelope = self._parse_envelope(queue_id, _read_layout(fd, size))
+        finally:
+            os.close(fd)
+        self._apply_state(envelope)
+        return envelope
+
+    def iter_body(self, queue_id: str, chunk_size: int = _READ_CHUNK) -> Iterator[bytes]:
+        """Stream the message bytes; CorruptMessageError at the end if the CRC fails.
+
+        A consumer that writes elsewhere should publish its copy only after the
+        iterator is exhausted, so a damaged file is never delivered.
+        """
+        fd, size = _open_regular(self._active / self._check_id(queue_id))
+        try:
+            yield from _iter_body(fd, _read_layout(fd, size), chunk_size)
+        finally:
+            os.close(fd)
+
+    def read_body(self, queue_id: str) -> bytes:
+        """The whole message in memory: for small messages only."""
+        return b"".join(self.iter_body(queue_id))
+
+    def body_size(self, queue_id: str) -> int:
+        """Length of the message bytes, e.g. for SIZE= when relaying."""
+        fd, size = _open_regular(self._active / self._check_id(queue_id))
+        try:
+            return _read_layout(fd, size).body_length
+        finally:
+            os.close(fd)
+
+    # -- delivery state -----------------------------------------------------
+
+    def save_state(self, envelope: Envelope) -> None:
+        """Record recipient states and hold atomically (temporary file + rename).
+
+        No fsync: after a crash the previous state may come back, so a delivery
+        attempt may be repeated, but none is ever lost.
+        """
+        queue_id = self._check_id(envelope.queue_id)
+        data = json.dumps(
+            {"hold": envelope.hold, "recipients": [r.to_dict() for r in envelope.recipients]},
+            separators=(",", ":"),
+            sort_keys=True,
+        ).encode("ascii")
+        tmp = self._state / f".tmp-{queue_id}-{os.getpid()}-{next(_tmp_counter)}"
+        fd = os.open(tmp, _CREATE_FLAGS, 0o600)
+        try:
+            write_all(fd, data)
+        except BaseException:
+            os.close(fd)
+            unlink_quietly(tmp)
+            raise
+        os.close(fd)
+        os.replace(tmp, self._state / queue_id)
+
+    def finish(self, queue_id: str) -> None:
+        """Remove a message whose recipients are all final (or that an operator deletes).
+
+        The message file goes first: a crash in between leaves an orphan state
+        file, which recovery removes, never a message without its state.
+        """
+        self._check_id(queue_id)
+        unlink_quietly(self._active / queue_id)
+        unlink_quietly(self._state / queue_id)
+
+    # -- helpers ------------------------------------------------------------
+
+    @staticmethod
+    def _check_id(queue_id: str) -> str:
+        """Refuse anything that is not a queue id before it becomes part of a path."""
+        if not is_valid_queue_id(queue_id):
+            raise ValueError(f"not a queue id: {queue_id!r}")
+        return queue_id
+
+    @staticmethod
+    def _parse_envelope(queue_id: str, layout: _Layout) -> Envelope:
+        try:
+            envelope = Envelope.from_json(layout.envelope_json)
+        except ValueError as exc:
+            raise CorruptMessageError(f"bad envelope: {exc}") from None
+        if envelope.queue_id != queue_id:
+            raise CorruptMessageError(f"envelope names another queue id {envelope.queue_id!r}")
+        return envelope
+
+    def _validate(self, name: str) -> Envelope:
+        """Read a file of ``active/`` in full; its envelope if everything checks out."""
+        if not is_valid_queue_id(name):
+            raise CorruptMessageError("not a queue id")
+        try:
+            fd, size = _open_regular(self._active / name)
+        except OSError as exc:  # ELOOP for a symlink
+            raise CorruptMessageError(f"cannot open: {exc.strerror}") from None
+        try:
+            layout = _read_layout(fd, size)
+            envelope = self._parse_envelope(name, layout)
+            for _ in _iter_body(fd, layout, _READ_CHUNK):
+                pass
+        finally:
+            os.close(fd)
+        return envelope
+
+    def _apply_state(self, envelope: Envelope) -> None:
+        """Overlay ``state/<id>``; a missing or unusable one means "as first queued"."""
+        try:
+            data = (self._state / envelope.queue_id).read_bytes()
+        except FileNotFoundError:
+            return
+        try:
+            state = json.loads(data)
+            hold = state["hold"]
+            recipients = [Recipient.from_dict(r) for r in state["recipients"]]
+            if not isinstance(hold, bool):
+                raise ValueError("hold is not a boolean")
+            if [r.address for r in recipients] != [r.address for r in envelope.recipients]:
+                raise ValueError("recipients do not match the message")
+        except (ValueError, KeyError, TypeError) as exc:
+            log_event(
+                logger,
+                "spool.state_ignored",
+                logging.WARNING,
+                queue_id=envelope.queue_id,
+                reason=str(exc),
+            )
+            return
+        envelope.hold = hold
+        envelope.recipients = recipients
+
+    def _quarantine(self, name: str, reason: str) -> None:
+        """Move a bad file (and its state) to ``corrupt/`` for the operator; never deliver it."""
+        destination = self._free_corrupt_path(name)
+        os.rename(self._active / name, destination)
+        if is_valid_queue_id(name):
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(self._state / name, destination.with_name(destination.name + ".state"))
+        log_event(
+            logger,
+            "spool.corrupt",
+            logging.ERROR,
+            queue_id=name,
+            reason=reason,
+            moved_to=str(destination),
+        )
+
+    def _free_corrupt_path(self, name: str) -> Path:
+        candidate = self._corrupt / name
+        n = 0
+        while os.path.lexists(candidate):
+            n += 1
+            candidate = self._corrupt / f"{name}.{n}"
+        return candidate

@@ -1,0 +1,466 @@
+"""One SMTP session: an ``asyncio.Protocol`` driving ``smtp.ServerConnection``.
+
+The session owns no protocol logic: it turns events into replies by asking the policy
+and the spool, and it writes all replies produced by one read in one ``write`` (RFC 2920
+pipelining). Work that must wait — the group-committed fsync behind a 250, the reverse
+DNS behind an EHLO reply — pauses event processing (and reading) until it is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from petrel import smtp
+from petrel.log import log_event
+from petrel.policy import Client
+from petrel.queue.envelope import Envelope, Recipient
+from petrel.queue.ids import new_queue_id
+from petrel.queue.spool import MessageWriter
+from petrel.smtp import _replies as texts
+
+if TYPE_CHECKING:
+    from .server import Listener, Server
+
+log = logging.getLogger("petrel.smtpd")
+
+_INTERNAL_ERROR = smtp.reply(421, "4.3.0", "Internal error, closing connection")
+
+
+class Transaction:
+    """The envelope being built between MAIL and the end of the message."""
+
+    __slots__ = ("params", "recipients", "sender", "writer")
+
+    def __init__(self, sender: str, params: smtp.MailParams) -> None:
+        self.sender = sender
+        self.params = params
+        self.recipients: list[tuple[str, smtp.RcptParams]] = []
+        self.writer: MessageWriter | None = None
+
+
+class SmtpSession(asyncio.Protocol):
+    __slots__ = (
+        "_busy",
+        "_closing",
+        "_out",
+        "_rdns",
+        "conn",
+        "id",
+        "last_active",
+        "listener",
+        "peer_ip",
+        "peer_port",
+        "server",
+        "transport",
+        "txn",
+    )
+
+    def __init__(self, server: Server, listener: Listener) -> None:
+        self.server = server
+        self.listener = listener
+        self.transport: asyncio.Transport | None = None
+        self.conn: smtp.ServerConnection | None = None
+        self.txn: Transaction | None = None
+        self.peer_ip = ""
+        self.peer_port = 0
+        self.id = ""
+        self._out: list[bytes] = []
+        self._busy = False
+        self._closing = False
+        self._rdns: asyncio.Future[tuple[str | None, bool]] | None = None
+        self.last_active = 0.0
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        peer = transport.get_extra_info("peername") or ("unknown", 0)
+        ip = peer[0]
+        self.peer_ip = ip[7:] if ip.startswith("::ffff:") else ip
+        self.peer_port = peer[1]
+        server = self.server
+        self.id = server.new_session_id()
+        self.last_active = server.loop.time()
+        refusal = server.admit(self)
+        if refusal is not None:
+            log_event(log, "reject", session=self.id, client=self.peer_ip, reason=refusal)
+            transport.write(smtp.reply(421, "4.7.0", f"{server.hostname} {refusal}").to_bytes())
+            transport.close()
+            return
+        self.conn = smtp.ServerConnection(
+            server.hostname,
+            extensions=server.extensions,
+            max_recipients=server.config.limits.recipients,
+            max_errors=server.config.limits.errors,
+            strict_paths=server.config.policy.strict_paths,
+        )
+        self._rdns = server.rdns.lookup(self.peer_ip)
+        log_event(log, "connect", session=self.id, client=f"{self.peer_ip}:{self.peer_port}")
+        date = email.utils.formatdate(localtime=True)
+        transport.write(self.conn.send(texts.greeting(server.hostname, date)))
+
+    def data_received(self, data: bytes) -> None:
+        if self.conn is None:
+            return
+        self.last_active = self.server.loop.time()
+        self.conn.receive_data(data)
+        if not self._busy:
+            self._process()
+
+    def eof_received(self) -> bool:
+        if self.conn is not None:
+            self.conn.receive_data(b"")
+            if not self._busy:
+                self._process()
+        return True  # we close ourselves once pending replies are written
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._abort_message()
+        if self.conn is not None:
+            self.server.release(self)
+            log_event(log, "disconnect", session=self.id, client=self.peer_ip)
+        self.conn = None
+
+    def pause_writing(self) -> None:
+        # A client that pipelines without reading our replies must not make us buffer
+        # unboundedly: stop reading until it catches up.
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self._busy:
+            self.transport.resume_reading()
+
+    # -- event loop ---------------------------------------------------------------------
+
+    def _process(self) -> None:
+        conn = self.conn
+        if conn is None:
+            return
+        try:
+            while not self._busy:
+                event = conn.next_event()
+                if event is smtp.NEED_DATA or event is smtp.PAUSED:
+                    break
+                handler = _HANDLERS[type(event)]
+                result = handler(self, event)
+                if result is not None:
+                    self._out.append(conn.send(result))
+                if conn.state is smtp.State.CLOSED:
+                    self._closing = True
+                    break
+        except Exception:
+            log.exception("session %s: internal error", self.id)
+            self._abort_message()
+            self._out.append(conn.send(_INTERNAL_ERROR))
+            self._closing = True
+        self._flush()
+
+    def _flush(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        if self._out:
+            transport.write(b"".join(self._out))
+            self._out.clear()
+        if self._closing:
+            transport.close()
+
+    def _wait(self, work: Awaitable[smtp.Reply], after: Callable[[], None] | None = None) -> None:
+        """Pause the session until ``work`` yields the reply to the pending event."""
+        self._busy = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+        self.server.loop.create_task(self._finish(work, after))
+
+    async def _finish(self, work: Awaitable[smtp.Reply], after: Callable[[], None] | None) -> None:
+        try:
+            result = await work
+        except Exception:
+            log.exception("session %s: internal error", self.id)
+            result = _INTERNAL_ERROR
+        self._busy = False
+        conn = self.conn
+        if conn is None:  # the client went away while we worked
+            return
+        self._out.append(conn.send(result))
+        if after is not None:
+            after()
+        if conn.state is smtp.State.CLOSED:
+            self._closing = True
+        elif self.transport is not None:
+            self.transport.resume_reading()
+        self._process()
+
+    # -- handlers: each returns the reply, or None when there is none (yet) -------------
+
+    def _client(self) -> Client:
+        assert self.conn is not None
+        return Client(self.peer_ip, self.conn.authenticated)
+
+    def _on_helo(self, event: smtp.Helo | smtp.Ehlo) -> smtp.Reply | None:
+        self.txn = None
+        self._abort_message()
+        rdns = self._rdns
+        assert rdns is not None
+        if rdns.done():
+            return self._hello_reply(event)
+        self._wait(self._hello_after_rdns(event, rdns))
+        return None
+
+    async def _hello_after_rdns(
+        self, event: smtp.Helo | smtp.Ehlo, rdns: asyncio.Future[tuple[str | None, bool]]
+    ) -> smtp.Reply:
+        await rdns
+        return self._hello_reply(event)
+
+    def _hello_reply(self, event: smtp.Helo | smtp.Ehlo) -> smtp.Reply:
+        assert self._rdns is not None and self.conn is not None
+        name, confirmed = self._rdns.result()
+        forged = " (may be forged)" if name and not confirmed else ""
+        first = (
+            f"{self.server.hostname} Hello {event.domain} [{self.peer_ip}]{forged},"
+            " pleased to meet you"
+        )
+        if isinstance(event, smtp.Ehlo):
+            return self.conn.ehlo_reply(first)
+        return smtp.Reply(250, (first,))
+
+    def _on_mail(self, event: smtp.Mail) -> smtp.Reply:
+        sender = "" if event.sender is None else str(event.sender)
+        self.txn = Transaction(sender, event.params)
+        return texts.sender_ok(sender)
+
+    def _on_rcpt(self, event: smtp.Rcpt) -> smtp.Reply:
+        assert self.txn is not None
+        policy = self.server.policy
+        refusal = policy.check_recipient(event.recipient, self._client())
+        if refusal is not None:
+            log_event(
+                log, "rcpt-reject", session=self.id, rcpt=str(event.recipient), reply=str(refusal)
+            )
+            return refusal
+        self.txn.recipients.append((policy.canonical(event.recipient), event.params))
+        return texts.recipient_ok(str(event.recipient))
+
+    def _on_data(self, event: smtp.Data) -> smtp.Reply:
+        self._start_message()
+        return texts.START_DATA
+
+    def _on_chunk(self, event: smtp.DataChunk) -> None:
+        writer = self._start_message()
+        writer.write(event.data)
+
+    def _on_chunk_received(self, event: smtp.ChunkReceived) -> smtp.Reply:
+        self._start_message()
+        return texts.chunk_received(event.size)
+
+    def _on_end(self, event: smtp.EndOfData) -> None:
+        writer = self._start_message()
+        self._wait(self._commit(writer), after=self._end_transaction)
+
+    async def _commit(self, writer: MessageWriter) -> smtp.Reply:
+        try:
+            await self.server.spool.commit(writer)
+        except OSError as exc:
+            log_event(log, "spool-error", level=logging.ERROR, session=self.id, error=str(exc))
+            return smtp.reply(452, "4.3.1", "Insufficient system storage, try again later")
+        envelope = writer.envelope
+        log_event(
+            log,
+            "accepted",
+            session=self.id,
+            queue_id=envelope.queue_id,
+            sender=envelope.sender or "<>",
+            nrcpt=len(envelope.recipients),
+            size=writer.size,
+        )
+        self.server.manager.submit(envelope)
+        return texts.message_accepted(envelope.queue_id)
+
+    def _end_transaction(self) -> None:
+        self.txn = None
+
+    def _on_rejected(self, event: smtp.MessageRejected) -> smtp.Reply:
+        log_event(log, "message-reject", session=self.id, reply=str(event.reply))
+        self._abort_message()
+        self.txn = None
+        return event.reply
+
+    def _on_rset(self, event: smtp.Rset) -> smtp.Reply:
+        self._abort_message()
+        self.txn = None
+        return texts.RESET
+
+    def _on_noop(self, event: smtp.Noop) -> smtp.Reply:
+        return texts.OK
+
+    def _on_quit(self, event: smtp.Quit) -> smtp.Reply:
+        self._abort_message()
+        return texts.closing(self.server.hostname)
+
+    def _on_vrfy(self, event: smtp.Vrfy) -> smtp.Reply:
+        return self.server.policy.vrfy(event.argument, self._client())
+
+    def _on_expn(self, event: smtp.Expn) -> smtp.Reply:
+        return self.server.policy.expn(event.argument, self._client())
+
+    def _on_help(self, event: smtp.Help) -> smtp.Reply:
+        return smtp.help_reply(event.topic)
+
+    def _on_verb(self, event: smtp.Verb) -> smtp.Reply:
+        return texts.VERBOSE
+
+    def _on_etrn(self, event: smtp.Etrn) -> smtp.Reply:
+        if not self.server.policy.may_relay(self._client()):
+            return smtp.reply(459, "4.7.1", f"<{event.node}>: ETRN not allowed from this client")
+        return self.server.manager.etrn(event.node)
+
+    def _on_auth(self, event: smtp.Auth | smtp.AuthResponse) -> smtp.Reply:
+        return smtp.reply(504, "5.5.4", "Unrecognized authentication type")
+
+    def _on_starttls(self, event: smtp.StartTls) -> smtp.Reply:
+        return texts.TLS_NOT_AVAILABLE
+
+    def _on_bad(self, event: smtp.BadCommand) -> smtp.Reply:
+        return event.reply
+
+    def _on_closed(self, event: smtp.ConnectionClosed) -> None:
+        self._abort_message()
+        self._closing = True
+
+    # -- message plumbing ----------------------------------------------------------------
+
+    def _start_message(self) -> MessageWriter:
+        """The spool file for the current transaction, created on first need."""
+        txn = self.txn
+        assert txn is not None and self.conn is not None
+        if txn.writer is None:
+            envelope = self._envelope(txn)
+            txn.writer = self.server.spool.begin(envelope)
+            txn.writer.write(self._received_header(envelope))
+        return txn.writer
+
+    def _envelope(self, txn: Transaction) -> Envelope:
+        conn = self.conn
+        assert conn is not None
+        policy = self.server.policy
+        recipients: list[Recipient] = []
+        seen: set[str] = set()
+        for original, params in txn.recipients:
+            for final in policy.expand(original):
+                key = final.lower()
+                if key in seen:
+                    continue
+                seen.add(key)
+                orcpt = params.orcpt
+                if orcpt is None and final.lower() != original.lower():
+                    orcpt = f"rfc822;{original}"
+                recipients.append(Recipient(final, orcpt=orcpt, notify=params.notify))
+        rdns = self._rdns.result()[0] if self._rdns is not None and self._rdns.done() else None
+        p = txn.params
+        return Envelope(
+            queue_id=new_queue_id(),
+            sender=txn.sender,
+            recipients=recipients,
+            received_at=time.time(),
+            body=p.body or "7BIT",
+            smtputf8=p.smtputf8,
+            size=p.size,
+            ret=p.ret,
+            envid=p.envid,
+            by=p.by,
+            auth=p.auth,
+            client_ip=self.peer_ip,
+            client_helo=conn.helo or "",
+            client_rdns=rdns,
+            protocol=self._protocol(),
+            auth_user=None,
+        )
+
+    def _protocol(self) -> str:
+        """The with-protocol of RFC 3848 (and RFC 6531 §4.3 for SMTPUTF8)."""
+        conn = self.conn
+        assert conn is not None
+        if not conn.esmtp:
+            return "SMTP"
+        name = "UTF8SMTP" if conn.smtputf8 else "ESMTP"
+        return name + ("S" if conn.tls else "") + ("A" if conn.authenticated else "")
+
+    def _received_header(self, envelope: Envelope) -> bytes:
+        """The trace field of RFC 5321 §4.4, folded, with a ``for`` clause for one recipient."""
+        rdns = envelope.client_rdns or "unknown"
+        lines = [
+            f"Received: from {envelope.client_helo or 'unknown'} ({rdns} [{self.peer_ip}])",
+            f"\tby {self.server.hostname} (Petrel) with {envelope.protocol} id {envelope.queue_id}",
+        ]
+        if len(envelope.recipients) == 1:
+            lines.append(f"\tfor <{envelope.recipients[0].address}>")
+        lines[-1] += f"; {email.utils.formatdate(envelope.received_at, localtime=True)}"
+        return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+
+    def _abort_message(self) -> None:
+        txn = self.txn
+        if txn is not None and txn.writer is not None:
+            txn.writer.abort()
+            txn.writer = None
+
+    # -- server-initiated ---------------------------------------------------------------
+
+    def close_with(self, reply: smtp.Reply) -> None:
+        """Send an unsolicited 421 (timeout, shutdown) and close."""
+        if self.conn is None or self.transport is None or self._closing:
+            return
+        self._abort_message()
+        self._out.append(self.conn.send(reply))
+        self._closing = True
+        self._flush()
+
+    @property
+    def in_message(self) -> bool:
+        """True while message text is arriving: the data timeout applies, not the command one."""
+        return self.conn is not None and self.conn.state in (
+            smtp.State.DATA,
+            smtp.State.BDAT,
+            smtp.State.CHUNKING,
+        )
+
+    @property
+    def idle_limit(self) -> float:
+        limits = self.server.config.limits
+        return limits.data_timeout if self.in_message else limits.command_timeout
+
+    @property
+    def busy(self) -> bool:
+        return self._busy
+
+
+_HANDLERS: dict[type[smtp.Event], Callable[[SmtpSession, smtp.Event], smtp.Reply | None]] = {
+    smtp.Helo: SmtpSession._on_helo,
+    smtp.Ehlo: SmtpSession._on_helo,
+    smtp.Mail: SmtpSession._on_mail,
+    smtp.Rcpt: SmtpSession._on_rcpt,
+    smtp.Data: SmtpSession._on_data,
+    smtp.DataChunk: SmtpSession._on_chunk,
+    smtp.ChunkReceived: SmtpSession._on_chunk_received,
+    smtp.EndOfData: SmtpSession._on_end,
+    smtp.MessageRejected: SmtpSession._on_rejected,
+    smtp.Rset: SmtpSession._on_rset,
+    smtp.Noop: SmtpSession._on_noop,
+    smtp.Quit: SmtpSession._on_quit,
+    smtp.Vrfy: SmtpSession._on_vrfy,
+    smtp.Expn: SmtpSession._on_expn,
+    smtp.Help: SmtpSession._on_help,
+    smtp.Verb: SmtpSession._on_verb,
+    smtp.Etrn: SmtpSession._on_etrn,
+    smtp.Auth: SmtpSession._on_auth,
+    smtp.AuthResponse: SmtpSession._on_auth,
+    smtp.StartTls: SmtpSession._on_starttls,
+    smtp.BadCommand: SmtpSession._on_bad,
+    smtp.ConnectionClosed: SmtpSession._on_closed,
+}  # type: ignore[dict-item]

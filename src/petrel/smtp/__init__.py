@@ -1,0 +1,84 @@
+"""Petrel's SMTP protocol core: sans-IO, in the style of h11.
+
+Nothing here touches sockets, files, clocks or asyncio. ``ServerConnection`` turns
+bytes into typed events and replies into bytes; the grammar, the ESMTP parameters and
+the state tables it uses live in the private modules beside it.
+"""
+
+from ._address import Address, AddressError, parse_path
+from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from ._events import (
+    Auth,
+    AuthResponse,
+    BadCommand,
+    ChunkReceived,
+    ConnectionClosed,
+    Data,
+    DataChunk,
+    Ehlo,
+    EndOfData,
+    Etrn,
+    Event,
+    Expn,
+    Helo,
+    Help,
+    Mail,
+    MessageRejected,
+    Noop,
+    Quit,
+    Rcpt,
+    Rset,
+    StartTls,
+    Verb,
+    Vrfy,
+)
+from ._extensions import Extensions
+from ._help import help_reply
+from ._params import MailParams, RcptParams, decode_xtext, encode_xtext
+from ._replies import Reply, reply
+from ._server import NEED_DATA, PAUSED, ServerConnection
+from ._state import State
+
+__all__ = [
+    "NEED_DATA",
+    "PAUSED",
+    "Address",
+    "AddressError",
+    "Auth",
+    "AuthResponse",
+    "BadCommand",
+    "ChunkReceived",
+    "ConnectionClosed",
+    "Data",
+    "DataChunk",
+    "Ehlo",
+    "EndOfData",
+    "Etrn",
+    "Event",
+    "Expn",
+    "Extensions",
+    "Helo",
+    "Help",
+    "LocalProtocolError",
+    "Mail",
+    "MailParams",
+    "MessageRejected",
+    "Noop",
+    "ProtocolError",
+    "Quit",
+    "Rcpt",
+    "RcptParams",
+    "RemoteProtocolError",
+    "Reply",
+    "Rset",
+    "ServerConnection",
+    "StartTls",
+    "State",
+    "Verb",
+    "Vrfy",
+    "decode_xtext",
+    "encode_xtext",
+    "help_reply",
+    "parse_path",
+    "reply",
+]

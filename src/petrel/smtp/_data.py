@@ -1,0 +1,112 @@
+"""Message-text framing: DATA (RFC 5321 §4.1.1.4, §4.5.2) and BDAT (RFC 3030).
+
+DATA text is scanned in bulk with ``bytes.find``/``count``/``replace`` — never byte by
+byte — and handed on in chunks cut at line ends, so dot-unstuffing and the line checks
+each see whole lines. Only ``<CRLF>.<CRLF>`` ends the text; a bare CR or LF anywhere
+spoils the message (SMTP smuggling defence, CVE-2023-51764 family) but does *not* end
+it, so a smuggled ``\\n.\\n`` can never become the start of a second message.
+"""
+
+from __future__ import annotations
+
+from ._replies import (
+    BARE_NEWLINE_IN_DATA,
+    MESSAGE_TOO_BIG,
+    NUL_IN_DATA,
+    TEXT_LINE_TOO_LONG,
+    Reply,
+)
+
+# RFC 5321 §4.5.3.1.6: a text line is at most 1000 octets including the CRLF.
+MAX_TEXT_LINE = 998
+_END = b"\r\n.\r\n"
+
+
+class DataReader:
+    """Consumes DATA text from a buffer; yields unstuffed chunks and then the verdict."""
+
+    __slots__ = ("_limit", "_size", "error")
+
+    def __init__(self, size_limit: int) -> None:
+        self._limit = size_limit
+        self._size = 0
+        self.error: Reply | None = None
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def feed(self, buf: bytearray) -> tuple[bytes | None, bool]:
+        """Take what can be taken from the start of ``buf`` (which starts at a line start).
+
+        Returns ``(chunk, finished)``: ``chunk`` is unstuffed text to pass on (None when
+        nothing is ready or the message is already spoiled), ``finished`` tells that the
+        terminating ``.CRLF`` line was consumed; it never comes with a chunk, so the
+        caller can hand out every chunk before the end. Bytes after the terminator stay
+        in ``buf`` — they are the next pipelined command.
+        """
+        if buf.startswith(b".\r\n"):
+            del buf[:3]
+            return None, True
+        end = buf.find(_END)
+        if end >= 0:
+            # Take the text up to the terminator's first CRLF; the ".\r\n" left at the
+            # start of ``buf`` finishes the message on the next call.
+            cut = consumed = end + 2
+        else:
+            cut = consumed = buf.rfind(b"\r\n") + 2
+            if cut == 1:  # no complete line yet
+                cut = consumed = 0
+                # The transparency dot does not count (RFC 5321 §4.5.3.1.6).
+                limit = MAX_TEXT_LINE + 1 + buf.startswith(b".")
+                if len(buf) > limit and self.error is None:
+                    self.error = TEXT_LINE_TOO_LONG
+                if self.error is not None and len(buf) > 4:
+                    # Spoiled: keep only what could still begin a line end.
+                    keep = len(buf) - 4
+                    self._size += keep
+                    del buf[:keep]
+                return None, False
+        chunk = bytes(buf[:cut])
+        del buf[:consumed]
+        return self._check(chunk), False
+
+    def _check(self, chunk: bytes) -> bytes | None:
+        """Validate whole lines and dot-unstuff them (RFC 5321 §4.5.2)."""
+        if self.error is not None:
+            return None
+        crlf = chunk.count(b"\r\n")
+        if chunk.count(b"\n") != crlf or chunk.count(b"\r") != crlf:
+            self.error = BARE_NEWLINE_IN_DATA
+        elif b"\0" in chunk:
+            self.error = NUL_IN_DATA
+        if self.error is None:
+            if b"\r\n." in chunk or chunk.startswith(b"."):
+                chunk = (b"\r\n" + chunk).replace(b"\r\n.", b"\r\n")[2:]
+            # Measured after unstuffing: the transparency dot does not count
+            # (RFC 5321 §4.5.3.1.6).
+            if len(chunk) > MAX_TEXT_LINE + 2 and (
+                max(map(len, chunk.split(b"\r\n"))) > MAX_TEXT_LINE
+            ):
+                self.error = TEXT_LINE_TOO_LONG
+                return None
+            self._size += len(chunk)
+            if self._size > self._limit:
+                self.error = MESSAGE_TOO_BIG
+        return None if self.error is not None else chunk
+
+
+class ChunkReader:
+    """Consumes exactly ``length`` octets of BDAT data; no framing, no unstuffing."""
+
+    __slots__ = ("remaining",)
+
+    def __init__(self, length: int) -> None:
+        self.remaining = length
+
+    def feed(self, buf: bytearray) -> bytes:
+        take = min(self.remaining, len(buf))
+        chunk = bytes(buf[:take])
+        del buf[:take]
+        self.remaining -= take
+        return chunk
