@@ -1,0 +1,207 @@
+"""Fixtures that run the real ``petrel serve`` in a temporary directory.
+
+Integration tests talk to it over loopback with clients nobody here wrote (smtplib,
+aiosmtplib, swaks) or with raw sockets for byte-exact sessions. Every wait is a
+bounded poll for an observable result, never a sleep that hopes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+HOSTNAME = "mx.petrel.test"
+_LISTENING = re.compile(r"event=listening address=(\S+):(\d+) mode=(\w+)")
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 15.0, what: str = "") -> object:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or predicate}")
+        time.sleep(0.02)
+
+
+class PetrelServer:
+    """One ``petrel serve`` process with its own config, data dir and log file."""
+
+    def __init__(self, root: Path, extra_config: str = "") -> None:
+        self.root = root
+        self.data_dir = root / "data"
+        self.config_path = root / "petrel.toml"
+        self.log_path = root / "petrel.log"
+        self.extra_config = extra_config
+        self.process: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.host = "127.0.0.1"
+
+    def write_config(self) -> None:
+        base = f"""
+[server]
+hostname = "{HOSTNAME}"
+data_dir = "data"
+reverse_dns = false
+
+[[listener]]
+address = "127.0.0.1:0"
+mode = "smtp"
+"""
+        self.config_path.write_text(base + self.extra_config)
+
+    def start(self) -> PetrelServer:
+        if not self.config_path.exists():
+            self.write_config()
+        log = self.log_path.open("ab")
+        offset = self.log_path.stat().st_size
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "petrel", "serve", "--config", str(self.config_path)],
+            cwd=self.root,
+            stdout=log,
+            stderr=log,
+        )
+        log.close()
+
+        def listening() -> re.Match[str] | None:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"petrel exited early:\n{self.log_text()}")
+            return _LISTENING.search(self.log_text()[offset:])
+
+        match = wait_until(listening, what="petrel to listen")
+        assert isinstance(match, re.Match)
+        self.host, self.port = match[1], int(match[2])
+        return self
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> int:
+        """SIGTERM and wait; returns the exit status."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=30)
+        self.process = None
+        return code
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(timeout=30)
+        self.process = None
+
+    # -- mailboxes -----------------------------------------------------------------------
+
+    def mailbox(self, user: str, domain: str = HOSTNAME) -> Path:
+        return self.data_dir / "mailboxes" / domain / user
+
+    def messages(self, user: str, domain: str = HOSTNAME) -> list[bytes]:
+        new = self.mailbox(user, domain) / "new"
+        if not new.is_dir():
+            return []
+        return [p.read_bytes() for p in sorted(new.iterdir())]
+
+    def wait_for_messages(
+        self, user: str, count: int = 1, domain: str = HOSTNAME, timeout: float = 15.0
+    ) -> list[bytes]:
+        def enough() -> list[bytes] | None:
+            found = self.messages(user, domain)
+            return found if len(found) >= count else None
+
+        found = wait_until(enough, timeout, f"{count} message(s) for {user}@{domain}")
+        assert isinstance(found, list)
+        return found
+
+    def queue_files(self) -> list[str]:
+        active = self.data_dir / "queue" / "active"
+        return sorted(os.listdir(active)) if active.is_dir() else []
+
+    def wait_queue_empty(self, timeout: float = 15.0) -> None:
+        wait_until(lambda: not self.queue_files(), timeout, "the queue to drain")
+
+    def connect(self, timeout: float = 10.0) -> socket.socket:
+        return socket.create_connection((self.host, self.port), timeout=timeout)
+
+
+@pytest.fixture
+def petrel_factory(tmp_path: Path) -> Iterator[Callable[..., PetrelServer]]:
+    """Start servers with extra TOML appended to the base config; all are stopped at the end."""
+    servers: list[PetrelServer] = []
+
+    def make(extra_config: str = "", name: str = "petrel") -> PetrelServer:
+        root = tmp_path / name
+        root.mkdir(exist_ok=True)
+        server = PetrelServer(root, extra_config)
+        servers.append(server)
+        return server.start()
+
+    yield make
+    for server in servers:
+        if server.process is not None:
+            server.kill()
+
+
+@pytest.fixture
+def petrel(petrel_factory: Callable[..., PetrelServer]) -> PetrelServer:
+    return petrel_factory()
+
+
+class RawClient:
+    """A byte-exact SMTP client over a socket, for sessions typed as in the seeds."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def reply(self) -> list[str]:
+        """Read one (possibly multi-line) reply; returns its lines without CRLF."""
+        lines: list[str] = []
+        while True:
+            while b"\r\n" not in self.buffer:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError(f"closed after {lines!r}")
+                self.buffer += chunk
+            line, self.buffer = self.buffer.split(b"\r\n", 1)
+            text = line.decode("utf-8")
+            lines.append(text)
+            if len(text) < 4 or text[3] != "-":
+                return lines
+
+    def command(self, line: str) -> list[str]:
+        self.send(line.encode("utf-8") + b"\r\n")
+        return self.reply()
+
+    def at_eof(self) -> bool:
+        """True when the server closed the connection (after any buffered bytes)."""
+        if self.buffer:
+            return False
+        try:
+            return self.sock.recv(1) == b""
+        except ConnectionResetError:
+            return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def raw(petrel: PetrelServer) -> Iterator[RawClient]:
+    client = RawClient(petrel.connect())
+    yield client
+    client.close()

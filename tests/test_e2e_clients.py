@@ -1,0 +1,186 @@
+"""Real clients nobody here wrote — smtplib, aiosmtplib, swaks — against ``petrel serve``."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import shutil
+import smtplib
+import subprocess
+from email.message import EmailMessage
+
+import aiosmtplib
+import pytest
+
+from conftest import HOSTNAME, PetrelServer
+
+
+def _message(subject: str, to: str, body: str = "hello\n") -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = "sender@client.test"
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg.set_content(body)
+    return msg
+
+
+def test_smtplib_send_message(petrel: PetrelServer) -> None:
+    with smtplib.SMTP(petrel.host, petrel.port, local_hostname="client.test") as client:
+        code, _ = client.ehlo()
+        assert code == 250
+        assert client.has_extn("pipelining") and client.has_extn("smtputf8")
+        assert int(client.esmtp_features["size"]) == 20_000_000
+        refused = client.send_message(_message("via smtplib", f"ann@{HOSTNAME}"))
+        assert refused == {}
+    [raw] = petrel.wait_for_messages("ann")
+    parsed = email.message_from_bytes(raw, policy=email.policy.default)
+    assert parsed["Subject"] == "via smtplib"
+    assert parsed["Return-Path"] == "<sender@client.test>"
+    assert parsed.get_content() == "hello\n"
+
+
+def test_smtplib_reports_refused_recipients(petrel: PetrelServer) -> None:
+    with smtplib.SMTP(petrel.host, petrel.port) as client:
+        refused = client.sendmail(
+            "sender@client.test",
+            [f"ok@{HOSTNAME}", "victim@elsewhere.test"],
+            b"Subject: partial\r\n\r\nbody\r\n",
+        )
+    assert refused == {
+        "victim@elsewhere.test": (554, b"5.7.1 <victim@elsewhere.test>: Relay access denied")
+    }
+    assert petrel.wait_for_messages("ok")
+
+
+def test_smtplib_all_recipients_refused(petrel: PetrelServer) -> None:
+    with (
+        smtplib.SMTP(petrel.host, petrel.port) as client,
+        pytest.raises(smtplib.SMTPRecipientsRefused),
+    ):
+        client.sendmail("s@client.test", ["a@elsewhere.test"], b"Subject: x\r\n\r\nx\r\n")
+
+
+def test_smtplib_size_declared_too_big(petrel_factory) -> None:
+    server: PetrelServer = petrel_factory("[limits]\nmessage_size = 1000\n")
+    with smtplib.SMTP(server.host, server.port) as client:
+        client.ehlo()
+        code, text = client.mail("s@client.test", ["SIZE=5000"])
+        assert (code, text[:5]) == (552, b"5.3.4")
+        client.rset()
+        client.mail("s@client.test")
+        client.rcpt(f"big@{HOSTNAME}")
+        code, text = client.data(
+            b"Subject: big\r\n\r\n" + b"x" * 200 + b"\r\n" * 10 + b"y" * 900 + b"\r\n"
+        )
+        assert (code, text[:5]) == (552, b"5.3.4")
+        # The session goes on: a small message after the big one is accepted.
+        client.mail("s@client.test")
+        client.rcpt(f"big@{HOSTNAME}")
+        code, _ = client.data(b"Subject: small\r\n\r\nsmall\r\n")
+        assert code == 250
+    [message] = server.wait_for_messages("big")
+    assert b"Subject: small" in message
+
+
+def test_aiosmtplib_utf8_and_8bit(petrel: PetrelServer) -> None:
+    """SMTPUTF8 address and an 8-bit body arrive byte-exact (LF line ends in Maildir)."""
+    body = "Grüße aus Köln — ½ € ✓\n".encode() + bytes(range(0x80, 0x100)) + b"\n"
+    raw_message = (
+        b"From: j\xc3\xb6rg@client.test\r\nTo: m\xc3\xbcller@" + HOSTNAME.encode() + b"\r\n"
+        b"Subject: 8bit\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Transfer-Encoding: 8bit\r\n\r\n" + body.replace(b"\n", b"\r\n")
+    )
+
+    async def send() -> None:
+        await aiosmtplib.send(
+            raw_message,
+            sender="jörg@client.test",
+            recipients=[f"müller@{HOSTNAME}"],
+            hostname=petrel.host,
+            port=petrel.port,
+            mail_options=["BODY=8BITMIME", "SMTPUTF8"],
+        )
+
+    asyncio.run(send())
+    [delivered] = petrel.wait_for_messages("müller")
+    assert delivered.endswith(b"\n\n" + body)
+    assert "Return-Path: <jörg@client.test>".encode() in delivered
+    assert b"with UTF8SMTP id" in delivered
+
+
+def test_aiosmtplib_many_concurrent_clients_delivered_exactly_once(petrel_factory) -> None:
+    """100 concurrent clients × 5 messages each: 500 messages, each delivered once."""
+    petrel: PetrelServer = petrel_factory("[limits]\nconnections_per_ip = 200\n")
+
+    async def client(n: int) -> None:
+        async with aiosmtplib.SMTP(hostname=petrel.host, port=petrel.port) as smtp:
+            for i in range(5):
+                msg = _message(f"msg {n}-{i}", f"load@{HOSTNAME}", f"client {n} message {i}\n")
+                msg["Message-ID"] = f"<{n}.{i}@client.test>"
+                await smtp.send_message(msg)
+
+    async def main() -> None:
+        await asyncio.gather(*(client(n) for n in range(100)))
+
+    asyncio.run(main())
+    messages = petrel.wait_for_messages("load", count=500, timeout=60)
+    ids = [email.message_from_bytes(m, policy=email.policy.default)["Message-ID"] for m in messages]
+    assert len(ids) == 500
+    assert len(set(ids)) == 500
+    petrel.wait_queue_empty()
+
+
+swaks = shutil.which("swaks")
+
+
+@pytest.mark.skipif(swaks is None, reason="swaks is installed by `make test` (system-deps)")
+def test_swaks(petrel: PetrelServer) -> None:
+    result = subprocess.run(
+        [
+            "swaks",
+            "--server",
+            f"{petrel.host}:{petrel.port}",
+            "--from",
+            "swaks@client.test",
+            "--to",
+            f"swaks-user@{HOSTNAME}",
+            "--helo",
+            "swaks.client.test",
+            "--header",
+            "Subject: from swaks",
+            "--body",
+            "sent by swaks",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Message accepted for delivery" in result.stdout
+    [message] = petrel.wait_for_messages("swaks-user")
+    assert b"Subject: from swaks" in message
+    assert b"sent by swaks" in message
+
+
+@pytest.mark.skipif(swaks is None, reason="swaks is installed by `make test` (system-deps)")
+def test_swaks_pipelining(petrel: PetrelServer) -> None:
+    result = subprocess.run(
+        [
+            "swaks",
+            "--server",
+            f"{petrel.host}:{petrel.port}",
+            "--from",
+            "swaks@client.test",
+            "--to",
+            f"pipe@{HOSTNAME}",
+            "--pipeline",
+            "--body",
+            "pipelined by swaks",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert petrel.wait_for_messages("pipe")[0].rstrip().endswith(b"pipelined by swaks")
