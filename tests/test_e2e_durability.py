@@ -1,0 +1,137 @@
+"""Once a client has seen 250 for its DATA, the message survives kill -9."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import smtplib
+import subprocess
+import sys
+
+from conftest import HOSTNAME, PetrelServer, wait_until
+
+
+def _send(server: PetrelServer, rcpt: str, subject: str) -> str:
+    """Send one message; returns the queue id from the 250 reply."""
+    with smtplib.SMTP(server.host, server.port) as client:
+        client.ehlo("durable.test")
+        client.mail("sender@durable.test")
+        client.rcpt(f"{rcpt}@{HOSTNAME}")
+        code, text = client.data(f"Subject: {subject}\r\n\r\nkeep me\r\n".encode())
+        assert code == 250
+        return text.decode().split()[1]
+
+
+def test_kill_9_with_message_still_queued_then_restart_delivers_it(petrel_factory) -> None:
+    """The mailbox path is blocked so the message is deferred in the queue, for sure."""
+    server: PetrelServer = petrel_factory('[queue]\nmin_backoff = "1s"\nmax_backoff = "2s"\n')
+    blocker = server.mailbox("stuck")
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("not a maildir")  # delivery fails with an OS error: deferred
+    queue_id = _send(server, "stuck", "survivor")
+    wait_until(lambda: "event=deferred" in server.log_text(), what="the deferral")
+    assert server.queue_files() == [queue_id]
+    server.kill()
+
+    blocker.unlink()
+    server.start()
+    [message] = server.wait_for_messages("stuck")
+    assert b"Subject: survivor" in message
+    assert f"id {queue_id}".encode() in message
+    server.wait_queue_empty()
+    assert "recovered=1" in server.log_text()
+
+
+def test_kill_9_right_after_250_loses_nothing_and_duplicates_nothing(petrel_factory) -> None:
+    server: PetrelServer = petrel_factory()
+    ids = [_send(server, "fast", f"m{i}") for i in range(20)]
+    server.kill()  # whatever was or was not delivered yet
+    server.start()
+    messages = server.wait_for_messages("fast", count=20)
+    server.wait_queue_empty()
+    assert len(messages) == 20
+    for queue_id in ids:
+        assert sum(f"id {queue_id}".encode() in m for m in messages) == 1
+
+
+def test_sigterm_stops_cleanly(petrel: PetrelServer) -> None:
+    _send(petrel, "bye", "before stop")
+    petrel.wait_for_messages("bye")
+    assert petrel.stop() == 0
+    assert "event=stopped" in petrel.log_text()
+
+
+def test_json_log_format(tmp_path) -> None:
+    server = PetrelServer(tmp_path)
+    server.write_config()
+    log = (tmp_path / "json.log").open("wb")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "petrel",
+            "serve",
+            "--config",
+            str(server.config_path),
+            "--log-format",
+            "json",
+        ],
+        cwd=tmp_path,
+        stderr=log,
+    )
+    try:
+
+        def first_record() -> dict[str, object] | None:
+            text = (tmp_path / "json.log").read_text()
+            return json.loads(text.splitlines()[0]) if text.strip() else None
+
+        record = wait_until(first_record, what="a JSON log line")
+        assert isinstance(record, dict)
+        assert record["event"] == "listening"
+        assert record["mode"] == "smtp"
+    finally:
+        process.terminate()
+        assert process.wait(timeout=30) == 0
+        log.close()
+
+
+def test_check_config_names_the_bad_key(tmp_path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[limits]\nerrors = -1\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "petrel", "check-config", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+    assert "limits.errors" in result.stderr
+
+    good = tmp_path / "good.toml"
+    good.write_text('[server]\nhostname = "mx.example.test"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "petrel", "check-config", "--config", str(good)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_bad_aliases_file_is_a_config_error(tmp_path) -> None:
+    config = tmp_path / "p.toml"
+    config.write_text('[server]\ndata_dir = "data"\n')
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "aliases").write_text("ok: a\nbad: |/bin/sh\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "petrel", "check-config", "--config", str(config)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+    assert "aliases" in result.stderr and ":2" in result.stderr
+
+
+def test_petrel_command_is_installed() -> None:
+    petrel = shutil.which("petrel", path=str(sys.executable.rsplit("/", 1)[0]))
+    assert petrel is not None
+    result = subprocess.run([petrel, "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.startswith("petrel ")
