@@ -236,12 +236,20 @@ def _build(data: dict[str, Any], base_dir: Path, source: Path | None) -> Config:
     )
 
 
+def _default_hostname() -> str:
+    """The machine's FQDN, or its plain name when the resolver maps it to ``localhost``.
+
+    getfqdn may wait on DNS, so it is only asked when the operator gave no name.
+    """
+    fqdn = socket.getfqdn().lower()
+    if fqdn in ("", "localhost", "localhost.localdomain"):
+        return socket.gethostname().lower() or "localhost"
+    return fqdn
+
+
 def _server(t: _Table, base_dir: Path) -> ServerSection:
     hostname = t.take("hostname", None)
-    # getfqdn may wait on DNS, so it is only asked when the operator gave no name.
-    hostname = (
-        socket.getfqdn().lower() if hostname is None else _domain(hostname, t.key("hostname"))
-    )
+    hostname = _default_hostname() if hostname is None else _domain(hostname, t.key("hostname"))
     data_dir = _path(t.take("data_dir", "petrel-data"), t.key("data_dir"), base_dir)
     reverse_dns = _bool(t.take("reverse_dns", True), t.key("reverse_dns"))
     workers = t.take("workers", 1)
