@@ -198,3 +198,46 @@ def test_expn_lists_alias_members_when_allowed(petrel_factory) -> None:
     assert not server.mailbox("team").exists()
     assert len(server.queue_files()) == 1  # carol@elsewhere.test: relay is a later issue
     client.close()
+
+
+def test_bdat_chunks_deliver_binary_safe(petrel: PetrelServer, raw: RawClient) -> None:
+    """RFC 3030 CHUNKING: counted chunks, no dot-stuffing, the last one commits."""
+    raw.reply()
+    raw.command("EHLO chunky.test")
+    raw.command("MAIL FROM:<c@chunky.test> BODY=BINARYMIME")
+    raw.command(f"RCPT TO:<chunks@{HOSTNAME}>")
+    first = b"Subject: chunked\r\n\r\n.leading dot stays\r\n"
+    raw.send(b"BDAT %d\r\n" % len(first) + first)
+    assert raw.reply() == [f"250 2.0.0 {len(first)} octets received"]
+    last = b"tail\r\n"
+    raw.send(b"BDAT %d LAST\r\n" % len(last) + last)
+    assert raw.reply()[0].endswith("Message accepted for delivery")
+    [message] = petrel.wait_for_messages("chunks")
+    assert message.endswith(b"\n\n.leading dot stays\ntail\n")
+
+
+def test_etrn_from_relay_network(petrel_factory) -> None:
+    server: PetrelServer = petrel_factory('[domains]\nrelay_networks = ["127.0.0.1/32"]\n')
+    client = RawClient(server.connect())
+    client.reply()
+    client.command("EHLO relay.test")
+    assert client.command("ETRN elsewhere.test") == [
+        "251 2.0.0 No messages waiting for node elsewhere.test"
+    ]
+    client.command("MAIL FROM:<app@relay.test>")
+    client.command("RCPT TO:<someone@elsewhere.test>")
+    client.command("DATA")
+    client.send(b"Subject: waits\r\n\r\nfor the relay\r\n.\r\n")
+    assert client.reply()[0].endswith("Message accepted for delivery")
+    assert client.command("ETRN elsewhere.test") == [
+        "250 2.0.0 Queuing for node elsewhere.test started"
+    ]
+    assert client.command("ETRN @test")[0].startswith("250 2.0.0")
+    assert client.command("ETRN")[0].startswith("501 5.5.4")
+    client.close()
+
+
+def test_etrn_refused_for_strangers(petrel: PetrelServer, raw: RawClient) -> None:
+    raw.reply()
+    raw.command("EHLO stranger.test")
+    assert raw.command("ETRN example.test")[0].startswith("459 4.7.1")
