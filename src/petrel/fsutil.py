@@ -25,7 +25,21 @@ __all__ = [
 ]
 
 
+def _kernel_reports_syncfs_errors() -> bool:
+    """syncfs(2) returns write-back errors only since Linux 5.8; older ones say 0 regardless."""
+    uname = os.uname()
+    if uname.sysname != "Linux":
+        return False
+    try:
+        major, minor = (int(part) for part in uname.release.split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= (5, 8)
+
+
 def _load_syncfs() -> Callable[[int], int] | None:
+    if not _kernel_reports_syncfs_errors():
+        return None  # fall back to fsync per file, which does report errors
     try:
         fn = ctypes.CDLL(None, use_errno=True).syncfs
     except (OSError, AttributeError):

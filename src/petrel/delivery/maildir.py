@@ -6,6 +6,9 @@ message is reported delivered only when both its bytes and its name are on
 stable storage, and ``new/`` never holds a partial file. Stored messages use LF
 line ends, as Postfix local(8) writes them and Dovecot expects.
 
+An existing Maildir is used as found (an operator may have symlinked it to
+another disk); directories Petrel creates must turn out to be real directories.
+
 Blocking: call it from a worker thread.
 """
 
@@ -141,12 +144,14 @@ def _write_tmp(root: Path, root_dev: int, index: int, item: DeliveryItem) -> _Wr
 
 
 def _sync(root_fd: int, written: list[_Written], dirs: bool) -> None:
-    """One syncfs for the items on root's file system; fsync of `new/` for the others."""
+    """One syncfs for the items on root's file system; directory fsyncs for the others."""
     if any(not w.fsynced for w in written):
         syncfs(root_fd)
     if dirs:
-        for new_dir in {w.new.parent for w in written if w.fsynced}:
-            fsync_dir(new_dir)
+        # new/ for the rename; the Maildir and domain too, in case this batch made them.
+        entries = {d for w in written if w.fsynced for d in w.new.parents[:3]}
+        for directory in entries:
+            fsync_dir(directory)
 
 
 def deliver_batch(root: Path, items: list[DeliveryItem]) -> list[Exception | None]:

@@ -14,6 +14,7 @@ import contextlib
 import heapq
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -57,7 +58,8 @@ class QueueManager:
         self.clock = clock
         self.mailboxes = config.server.data_dir / "mailboxes"
         self._envelopes: dict[str, Envelope] = {}
-        self._ready: list[str] = []
+        self._ready: deque[str] = deque()
+        self._forced: set[str] = set()  # ETRN: try every open recipient, due or not
         self._timers: list[tuple[float, str]] = []  # heap of (next attempt, queue id)
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="petrel-local")
@@ -68,7 +70,10 @@ class QueueManager:
 
     def start(self, recovered: Iterable[Envelope]) -> None:
         for envelope in recovered:
-            self._track(envelope)
+            if envelope.all_final:  # finished just before a crash: only the removal was lost
+                self.spool.finish(envelope.queue_id)
+            else:
+                self._track(envelope)
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
@@ -104,21 +109,22 @@ class QueueManager:
             return smtp.reply(458, "4.0.0", f"Unable to queue messages for node {node}")
         wanted = node.lstrip("@").lower()
         subdomains = node.startswith("@")
-        found = 0
-        now = self.clock()
-        for envelope in self._envelopes.values():
-            hit = False
-            for recipient in envelope.recipients:
-                domain = recipient.address.rpartition("@")[2].lower()
-                match = domain == wanted or (subdomains and domain.endswith("." + wanted))
-                if match and not recipient.final:
-                    recipient.next_attempt = now
-                    hit = True
-            if hit and not envelope.hold:
-                found += 1
-                self._ready.append(envelope.queue_id)
+
+        def matches(address: str) -> bool:
+            domain = address.rpartition("@")[2].lower()
+            return domain == wanted or (subdomains and domain.endswith("." + wanted))
+
+        found = [
+            queue_id
+            for queue_id, envelope in self._envelopes.items()
+            if not envelope.hold
+            and any(not r.final and matches(r.address) for r in envelope.recipients)
+        ]
         if not found:
             return smtp.reply(251, "2.0.0", f"No messages waiting for node {node}")
+        # Recipients are only changed by the delivery worker: mark, don't touch.
+        self._forced.update(found)
+        self._ready.extend(found)
         self._wake.set()
         return smtp.reply(250, "2.0.0", f"Queuing for node {node} started")
 
@@ -156,7 +162,7 @@ class QueueManager:
         seen: set[str] = set()
         batch: list[Envelope] = []
         while self._ready and len(batch) < BATCH_MESSAGES:
-            queue_id = self._ready.pop(0)
+            queue_id = self._ready.popleft()
             envelope = self._envelopes.get(queue_id)
             if envelope is None or queue_id in seen or envelope.hold:
                 continue
@@ -170,16 +176,28 @@ class QueueManager:
         now = self.clock()
         work: list[_Work] = []
         for envelope in batch:
-            body: BodySource | None = None
-            for recipient in envelope.recipients:
-                if recipient.final or recipient.next_attempt > now:
+            forced = envelope.queue_id in self._forced
+            self._forced.discard(envelope.queue_id)
+            due = [
+                r for r in envelope.recipients if not r.final and (forced or r.next_attempt <= now)
+            ]
+            local = [r for r in due if self.policy.is_local(r.address)]
+            work.extend(_Work(envelope, r, None) for r in due if r not in local)
+            if not local:
+                continue
+            try:
+                body = self._body_source(envelope.queue_id)
+            except (OSError, ValueError) as exc:  # unreadable or corrupt spool file
+                for recipient in local:
+                    self._record(envelope, recipient, exc, now)
+                continue
+            for recipient in local:
+                try:
+                    item = self._item(envelope, recipient, body)
+                except ValueError as exc:
+                    self._record(envelope, recipient, exc, now)
                     continue
-                if not self.policy.is_local(recipient.address):
-                    work.append(_Work(envelope, recipient, None))
-                    continue
-                if body is None:
-                    body = self._body_source(envelope.queue_id)
-                work.append(_Work(envelope, recipient, self._item(envelope, recipient, body)))
+                work.append(_Work(envelope, recipient, item))
         items = [w.item for w in work if w.item is not None]
         results = iter(deliver_batch(self.mailboxes, items)) if items else iter(())
         for w in work:
@@ -193,8 +211,9 @@ class QueueManager:
         return lambda: self.spool.iter_body(queue_id)
 
     def _item(self, envelope: Envelope, recipient: Recipient, body: BodySource) -> DeliveryItem:
-        address = smtp.parse_path(f"<{recipient.address}>")
-        assert address is not None
+        address = smtp.parse_path(f"<{recipient.address}>")  # AddressError is a ValueError
+        if address is None:
+            raise ValueError("the null path is not a mailbox")
         prefix = (f"Return-Path: <{envelope.sender}>\nDelivered-To: {recipient.address}\n").encode()
         return DeliveryItem(address.domain.lower(), address.mailbox, prefix, body)
 

@@ -7,12 +7,15 @@ own stores — the aliases file today, the user store once it exists — and nev
 from __future__ import annotations
 
 import ipaddress
+import logging
 from dataclasses import dataclass
 
 from petrel.config import Config
 from petrel.smtp import Address, Reply, reply
 
-from .aliases import Aliases
+from .aliases import AliasError, Aliases
+
+log = logging.getLogger("petrel.policy")
 
 # Local parts that would ask us to route mail onward (the "percent hack", UUCP bang
 # paths, a quoted "@") are relay attempts when they arrive at a local domain.
@@ -62,13 +65,13 @@ class Policy:
 
     # -- RCPT ------------------------------------------------------------------------
 
-    def check_recipient(self, address: Address, client: Client) -> Reply | None:
-        """None when the recipient is acceptable, else the reply that refuses it."""
+    def resolve_recipient(self, address: Address, client: Client) -> list[str] | Reply:
+        """The final delivery addresses of an RCPT (aliases expanded), or the refusal."""
         if address.is_bare_postmaster:
-            return None
+            return self._expand(self.canonical(address))
         if not self.is_local_domain(address.domain):
             if self.may_relay(client):
-                return None
+                return [str(address)]
             return reply(554, "5.7.1", f"<{address}>: Relay access denied")
         mailbox = address.mailbox
         if _ROUTING_CHARACTERS & set(mailbox):
@@ -77,7 +80,25 @@ class Policy:
             return reply(553, "5.1.3", f"<{address}>: Mailbox name not allowed")
         if not self.mailbox_exists(mailbox, address.domain):
             return reply(550, "5.1.1", f"<{address}>: Recipient address rejected: User unknown")
-        return None
+        return self._expand(str(address))
+
+    def _expand(self, address: str) -> list[str] | Reply:
+        self._reload_aliases()
+        try:
+            finals = self.aliases.expand(address, self.is_local)
+        except AliasError as exc:
+            log.error("alias expansion of %s failed: %s", address, exc)
+            finals = []
+        if not finals:
+            return reply(550, "5.4.6", f"<{address}>: Alias expansion loops or is too deep")
+        return finals
+
+    def _reload_aliases(self) -> None:
+        """Pick up edits; a broken edit is logged and the previous table stays in force."""
+        try:
+            self.aliases.reload_if_changed()
+        except AliasError as exc:
+            log.error("aliases file not reloaded: %s", exc)
 
     @staticmethod
     def _safe_mailbox_name(mailbox: str) -> bool:
@@ -94,15 +115,7 @@ class Policy:
         Petrel's development mode, which is what lets the classic sessions work on a
         fresh install (documented in README and docs/architecture.md).
         """
-        self.aliases.reload_if_changed()
         return True
-
-    def expand(self, address: str) -> list[str]:
-        """Final delivery addresses for one accepted recipient (aliases resolved)."""
-        if not self.is_local(address):
-            return [address]
-        self.aliases.reload_if_changed()
-        return self.aliases.expand(address, self.is_local)
 
     # -- VRFY / EXPN -------------------------------------------------------------------
 
@@ -116,6 +129,7 @@ class Policy:
         if address is None:
             return reply(252, "2.5.2", "Cannot VRFY non-local address; will attempt delivery")
         local, domain = address
+        self._reload_aliases()
         if self.mailbox_exists(local, domain) or self.aliases.lookup(local, domain):
             return reply(250, "2.1.5", f"<{local}@{domain}>")
         return reply(550, "5.1.1", f"<{local}@{domain}>... User unknown")
@@ -127,12 +141,14 @@ class Policy:
         if address is None:
             return reply(550, "5.1.2", f"<{argument}>: not a local list")
         local, domain = address
-        self.aliases.reload_if_changed()
+        self._reload_aliases()
         if self.aliases.lookup(local, domain) is None:
             if self.mailbox_exists(local, domain):
                 return reply(250, "2.1.5", f"<{local}@{domain}>")
             return reply(550, "5.1.1", f"<{local}@{domain}>... User unknown")
-        members = self.aliases.expand(f"{local}@{domain}", self.is_local)
+        members = self._expand(f"{local}@{domain}")
+        if isinstance(members, Reply):
+            return members
         return Reply(250, tuple(f"<{m}>" for m in members), "2.1.5")
 
     def _local_address(self, argument: str) -> tuple[str, str] | None:

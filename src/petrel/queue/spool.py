@@ -141,6 +141,8 @@ class MessageWriter:
     The envelope is serialised when the writer is made; later changes to it are
     not stored. Up to 256 KiB stays in memory (small messages then cost no system
     call before the commit batch); beyond that, data goes straight to the file.
+    Once handed to `Spool.commit` the writer belongs to the spool: `abort` is then
+    a no-op, so a client vanishing mid-commit cannot pull the file away.
     """
 
     def __init__(self, envelope: Envelope, fd: int, incoming: Path, active: Path) -> None:
@@ -149,7 +151,7 @@ class MessageWriter:
         self._fd: int | None = fd
         self._incoming = incoming
         self._active = active
-        self._committed = False
+        self._handed_over = False
         envelope_json = envelope.to_json().encode("ascii")
         self._buffer = bytearray(b"PETREL1 %d\n" % len(envelope_json))
         self._buffer += envelope_json
@@ -161,8 +163,11 @@ class MessageWriter:
         return self.envelope.queue_id
 
     def write(self, data: bytes) -> None:
-        """Append body bytes exactly as received (CRLF line ends, dot-unstuffed)."""
-        if self._fd is None:
+        """Append body bytes exactly as received (CRLF line ends, dot-unstuffed).
+
+        After an error (e.g. ENOSPC) the file is unusable: `abort` it.
+        """
+        if self._fd is None or self._handed_over:
             raise ValueError(f"message {self.queue_id} is already closed")
         self._crc = zlib.crc32(data, self._crc)
         self.size += len(data)
@@ -174,8 +179,10 @@ class MessageWriter:
 
     def abort(self) -> None:
         """Close and remove the unfinished file; safe to call more than once."""
-        if self._committed:
-            return
+        if not self._handed_over:
+            self._discard()
+
+    def _discard(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -198,7 +205,6 @@ class MessageWriter:
         os.close(self._fd)
         self._fd = None
         os.rename(self._incoming, self._active)
-        self._committed = True
 
 
 class Spool:
@@ -303,6 +309,9 @@ class Spool:
         """
         if self._executor is None:
             raise RuntimeError("Spool.open() was not called")
+        if writer._handed_over:
+            raise ValueError(f"message {writer.queue_id} was already committed")
+        writer._handed_over = True
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         self._pending.append((writer, done))
@@ -345,7 +354,7 @@ class Spool:
             try:
                 writer._seal(fsync=not self._use_syncfs)
             except Exception as exc:
-                writer.abort()
+                writer._discard()
                 results.append(exc)
                 continue
             sealed.append(writer)

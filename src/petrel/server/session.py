@@ -21,7 +21,7 @@ from petrel.policy import Client
 from petrel.queue.envelope import Envelope, Recipient
 from petrel.queue.ids import new_queue_id
 from petrel.queue.spool import MessageWriter
-from petrel.smtp import _replies as texts
+from petrel.smtp import replies as texts
 
 if TYPE_CHECKING:
     from .server import Listener, Server
@@ -39,7 +39,8 @@ class Transaction:
     def __init__(self, sender: str, params: smtp.MailParams) -> None:
         self.sender = sender
         self.params = params
-        self.recipients: list[tuple[str, smtp.RcptParams]] = []
+        # (the address as given, its final addresses after aliases, its DSN parameters)
+        self.recipients: list[tuple[str, list[str], smtp.RcptParams]] = []
         self.writer: MessageWriter | None = None
 
 
@@ -239,13 +240,14 @@ class SmtpSession(asyncio.Protocol):
     def _on_rcpt(self, event: smtp.Rcpt) -> smtp.Reply:
         assert self.txn is not None
         policy = self.server.policy
-        refusal = policy.check_recipient(event.recipient, self._client())
-        if refusal is not None:
+        resolved = policy.resolve_recipient(event.recipient, self._client())
+        if isinstance(resolved, smtp.Reply):
             log_event(
-                log, "rcpt-reject", session=self.id, rcpt=str(event.recipient), reply=str(refusal)
+                log, "rcpt-reject", session=self.id, rcpt=str(event.recipient), reply=str(resolved)
             )
-            return refusal
-        self.txn.recipients.append((policy.canonical(event.recipient), event.params))
+            return resolved
+        original = policy.canonical(event.recipient)
+        self.txn.recipients.append((original, resolved, event.params))
         return texts.recipient_ok(str(event.recipient))
 
     def _on_data(self, event: smtp.Data) -> smtp.Reply:
@@ -343,17 +345,16 @@ class SmtpSession(asyncio.Protocol):
         if txn.writer is None:
             envelope = self._envelope(txn)
             txn.writer = self.server.spool.begin(envelope)
-            txn.writer.write(self._received_header(envelope))
+            txn.writer.write(self._received_header(envelope, txn))
         return txn.writer
 
     def _envelope(self, txn: Transaction) -> Envelope:
         conn = self.conn
         assert conn is not None
-        policy = self.server.policy
         recipients: list[Recipient] = []
         seen: set[str] = set()
-        for original, params in txn.recipients:
-            for final in policy.expand(original):
+        for original, finals, params in txn.recipients:
+            for final in finals:
                 key = final.lower()
                 if key in seen:
                     continue
@@ -392,15 +393,19 @@ class SmtpSession(asyncio.Protocol):
         name = "UTF8SMTP" if conn.smtputf8 else "ESMTP"
         return name + ("S" if conn.tls else "") + ("A" if conn.authenticated else "")
 
-    def _received_header(self, envelope: Envelope) -> bytes:
-        """The trace field of RFC 5321 §4.4, folded, with a ``for`` clause for one recipient."""
+    def _received_header(self, envelope: Envelope, txn: Transaction) -> bytes:
+        """The trace field of RFC 5321 §4.4, folded.
+
+        The ``for`` clause names the recipient as the client gave it, and only when
+        there is one: listing several would disclose Bcc recipients to each other.
+        """
         rdns = envelope.client_rdns or "unknown"
         lines = [
             f"Received: from {envelope.client_helo or 'unknown'} ({rdns} [{self.peer_ip}])",
             f"\tby {self.server.hostname} (Petrel) with {envelope.protocol} id {envelope.queue_id}",
         ]
-        if len(envelope.recipients) == 1:
-            lines.append(f"\tfor <{envelope.recipients[0].address}>")
+        if len(txn.recipients) == 1:
+            lines.append(f"\tfor <{txn.recipients[0][0]}>")
         lines[-1] += f"; {email.utils.formatdate(envelope.received_at, localtime=True)}"
         return ("\r\n".join(lines) + "\r\n").encode("utf-8")
 

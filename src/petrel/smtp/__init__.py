@@ -5,6 +5,7 @@ bytes into typed events and replies into bytes; the grammar, the ESMTP parameter
 the state tables it uses live in the private modules beside it.
 """
 
+from . import _replies as replies
 from ._address import Address, AddressError, parse_path
 from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from ._events import (
@@ -80,5 +81,6 @@ __all__ = [
     "encode_xtext",
     "help_reply",
     "parse_path",
+    "replies",
     "reply",
 ]

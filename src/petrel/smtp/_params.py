@@ -65,9 +65,7 @@ def decode_xtext(value: str) -> str:
 
 def encode_xtext(value: str) -> str:
     """Inverse of :func:`decode_xtext` for ASCII text (used when relaying ORCPT/ENVID)."""
-    return "".join(
-        c if "!" <= c <= "~" and c not in "+=" else f"+{ord(c):02X}" for c in value
-    )
+    return "".join(c if "!" <= c <= "~" and c not in "+=" else f"+{ord(c):02X}" for c in value)
 
 
 def _split(text: str) -> list[tuple[str, str | None]]:

@@ -58,6 +58,7 @@ def reply(code: int, status: str | None, *lines: str) -> Reply:
 # Replies the core itself produces. The wire texts of DESIGN.md live here too, so that
 # the server, tests and the client share one spelling of each.
 
+
 def greeting(hostname: str, date: str) -> Reply:
     return reply(220, None, f"{hostname} ESMTP Petrel; {date}")
 

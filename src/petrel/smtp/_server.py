@@ -358,6 +358,9 @@ class ServerConnection:
             sender = parse_path(path)
         except AddressError as exc:
             return BadCommand(r.syntax("5.1.7", f"Bad sender address syntax: {exc}"))
+        if sender is not None and sender.is_bare_postmaster:
+            # <Postmaster> without a domain is a forward-path only (RFC 5321 §4.1.1.3).
+            return BadCommand(r.syntax("5.1.7", "Bad sender address syntax: no domain"))
         mail_params = parse_mail_params(params, self.extensions, esmtp=self.esmtp)
         if sender is not None and not sender.is_ascii and not mail_params.smtputf8:
             return BadCommand(r.NON_ASCII_NEEDS_SMTPUTF8)
@@ -494,8 +497,12 @@ class ServerConnection:
         event = self._pending
         if event is None:
             raise LocalProtocolError(f"no command is waiting for a reply: {reply}")
-        self._pending = None
         target = TRANSITIONS.get((self._pending_key, reply.code // 100))
+        if target is None and self.state is State.DATA:
+            # Only a 2xx/4xx/5xx verdict can end DATA; anything else would leave the
+            # connection reading a message that is already over.
+            raise LocalProtocolError(f"the end of a message needs a final reply, not {reply}")
+        self._pending = None
         if target is None and self.state is State.AUTH:
             target = State.READY  # a malformed line ends the SASL exchange (RFC 4954 §4)
         if target is not None:

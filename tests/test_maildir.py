@@ -1,0 +1,230 @@
+"""Local Maildir delivery: layout, LF conversion, name safety, streaming, batches."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import stat
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from petrel.delivery import maildir
+from petrel.delivery.maildir import (
+    DeliveryItem,
+    LineEndConverter,
+    deliver_batch,
+    mailbox_path,
+)
+from petrel.queue import Envelope, Recipient, Spool, new_queue_id
+
+PREFIX = b"Return-Path: <alice@example.test>\nDelivered-To: bob@example.test\n"
+NAME_RE = re.compile(r"(\d+)\.M(\d+)P(\d+)Q(\d+)\.([^,/]+),S=(\d+)")
+
+
+def new_files(maildir: Path) -> list[Path]:
+    return sorted((maildir / "new").iterdir())
+
+
+def only_message(maildir: Path) -> bytes:
+    [path] = new_files(maildir)
+    return path.read_bytes()
+
+
+def test_delivery_creates_the_maildir_and_a_file_in_new(tmp_path: Path) -> None:
+    root = tmp_path / "mailboxes"
+    body = b"Subject: hello\r\n\r\nline one\r\nline two\r\n"
+    assert deliver_batch(root, [DeliveryItem("example.test", "bob", PREFIX, body)]) == [None]
+    maildir = root / "example.test" / "bob"
+    for sub in ("tmp", "new", "cur"):
+        assert stat.S_IMODE(os.stat(maildir / sub).st_mode) == 0o700
+    assert list((maildir / "tmp").iterdir()) == []
+    assert list((maildir / "cur").iterdir()) == []
+    [path] = new_files(maildir)
+    expected = PREFIX + b"Subject: hello\n\nline one\nline two\n"
+    assert path.read_bytes() == expected
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    match = NAME_RE.fullmatch(path.name)
+    assert match is not None
+    assert abs(int(match[1]) - time.time()) < 60
+    assert int(match[3]) == os.getpid()
+    assert int(match[6]) == len(expected)
+
+
+def test_without_syncfs_each_file_is_fsynced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(maildir, "HAVE_SYNCFS", False)
+    root = tmp_path / "mailboxes"
+    items = [DeliveryItem("example.test", u, PREFIX, b"x\r\n") for u in ("bob", "bob", "carol")]
+    assert deliver_batch(root, items) == [None, None, None]
+    assert len(new_files(root / "example.test" / "bob")) == 2
+    assert only_message(root / "example.test" / "carol") == PREFIX + b"x\n"
+
+
+def test_names_are_lower_cased_and_unique(tmp_path: Path) -> None:
+    root = tmp_path / "mailboxes"
+    items = [DeliveryItem("Example.TEST", "Bob", PREFIX, b"m%d\r\n" % i) for i in range(5)]
+    assert deliver_batch(root, items) == [None] * 5
+    assert mailbox_path(root, "Example.TEST", "Bob") == root / "example.test" / "bob"
+    files = new_files(root / "example.test" / "bob")
+    assert len(files) == 5
+    assert sorted(f.read_bytes() for f in files) == sorted(PREFIX + b"m%d\n" % i for i in range(5))
+
+
+def test_eight_bit_bytes_are_preserved_exactly(tmp_path: Path) -> None:
+    body = bytes(b for b in range(256) if b != 13) * 4  # every byte value except CR
+    root = tmp_path / "mailboxes"
+    assert deliver_batch(root, [DeliveryItem("example.test", "bob", PREFIX, body)]) == [None]
+    assert only_message(root / "example.test" / "bob") == PREFIX + body
+
+
+def test_lone_cr_is_kept_and_only_crlf_becomes_lf(tmp_path: Path) -> None:
+    root = tmp_path / "mailboxes"
+    body = b"a\rb\r\r\nc\n\rd\r"
+    assert deliver_batch(root, [DeliveryItem("example.test", "bob", PREFIX, body)]) == [None]
+    assert only_message(root / "example.test" / "bob") == PREFIX + b"a\rb\r\nc\n\rd\r"
+
+
+@pytest.mark.parametrize(
+    ("domain", "user"),
+    [
+        ("example.test", ""),
+        ("example.test", "."),
+        ("example.test", ".."),
+        ("example.test", ".hidden"),
+        ("example.test", "../escape"),
+        ("example.test", "a/b"),
+        ("example.test", "nul\0byte"),
+        ("example.test", "tab\tname"),
+        ("example.test", "del\x7f"),
+        ("example.test", "c1\x85"),
+        ("..", "bob"),
+        ("", "bob"),
+        ("a/b", "bob"),
+    ],
+)
+def test_unsafe_names_fail_alone(tmp_path: Path, domain: str, user: str) -> None:
+    root = tmp_path / "mailboxes"
+    items = [
+        DeliveryItem("example.test", "alice", PREFIX, b"first\r\n"),
+        DeliveryItem(domain, user, PREFIX, b"evil\r\n"),
+        DeliveryItem("example.test", "carol", PREFIX, b"last\r\n"),
+    ]
+    first, bad, last = deliver_batch(root, items)
+    assert first is None and last is None
+    assert isinstance(bad, ValueError)
+    assert only_message(root / "example.test" / "alice") == PREFIX + b"first\n"
+    assert only_message(root / "example.test" / "carol") == PREFIX + b"last\n"
+    assert sorted(os.listdir(root)) == ["example.test"]
+    assert sorted(os.listdir(root / "example.test")) == ["alice", "carol"]
+    assert sorted(os.listdir(tmp_path)) == ["mailboxes"]
+
+
+def test_utf8_user_names_are_allowed(tmp_path: Path) -> None:
+    root = tmp_path / "mailboxes"
+    assert deliver_batch(root, [DeliveryItem("exämple.test", "Jösé", PREFIX, b"x\r\n")]) == [None]
+    assert only_message(root / "exämple.test" / "jösé") == PREFIX + b"x\n"
+
+
+def test_streaming_with_crlf_split_across_chunks(tmp_path: Path) -> None:
+    chunks = [b"Subject: s\r", b"\n\r\nbody\r", b"\r\n", b"end\r", b"\n", b"\r"]
+
+    def source() -> Iterator[bytes]:
+        yield from chunks
+
+    root = tmp_path / "mailboxes"
+    items = [DeliveryItem("example.test", u, PREFIX, source) for u in ("bob", "carol")]
+    assert deliver_batch(root, items) == [None, None]
+    expected = PREFIX + b"Subject: s\n\nbody\r\nend\n\r"
+    assert only_message(root / "example.test" / "bob") == expected
+    assert only_message(root / "example.test" / "carol") == expected
+
+
+def test_a_failing_body_fails_only_its_item(tmp_path: Path) -> None:
+    def broken() -> Iterator[bytes]:
+        yield b"partial\r\n"
+        raise OSError(5, "Input/output error")
+
+    root = tmp_path / "mailboxes"
+    items = [
+        DeliveryItem("example.test", "bob", PREFIX, broken),
+        DeliveryItem("example.test", "carol", PREFIX, b"fine\r\n"),
+    ]
+    bad, good = deliver_batch(root, items)
+    assert isinstance(bad, OSError) and good is None
+    bob = root / "example.test" / "bob"
+    assert list((bob / "tmp").iterdir()) == [] and list((bob / "new").iterdir()) == []
+    assert only_message(root / "example.test" / "carol") == PREFIX + b"fine\n"
+
+
+def test_a_file_where_a_maildir_belongs_fails_alone(tmp_path: Path) -> None:
+    root = tmp_path / "mailboxes"
+    (root / "example.test").mkdir(parents=True)
+    (root / "example.test" / "bob").write_bytes(b"not a maildir")
+    items = [
+        DeliveryItem("example.test", "bob", PREFIX, b"x\r\n"),
+        DeliveryItem("example.test", "carol", PREFIX, b"y\r\n"),
+    ]
+    bad, good = deliver_batch(root, items)
+    assert isinstance(bad, OSError) and good is None
+    assert (root / "example.test" / "bob").read_bytes() == b"not a maildir"
+    assert only_message(root / "example.test" / "carol") == PREFIX + b"y\n"
+
+
+def test_an_operator_symlinked_maildir_is_used(tmp_path: Path) -> None:
+    root = tmp_path / "mailboxes"
+    assert deliver_batch(root, [DeliveryItem("example.test", "bob", PREFIX, b"1\r\n")]) == [None]
+    moved = tmp_path / "bigdisk" / "bob"
+    moved.parent.mkdir()
+    os.rename(root / "example.test" / "bob", moved)
+    (root / "example.test" / "bob").symlink_to(moved)
+    assert deliver_batch(root, [DeliveryItem("example.test", "bob", PREFIX, b"2\r\n")]) == [None]
+    assert sorted(f.read_bytes() for f in new_files(moved)) == [PREFIX + b"1\n", PREFIX + b"2\n"]
+
+
+def test_big_body_streams_from_the_spool(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "queue")
+    spool.open()
+    line = b"0123456789" * 7 + b"\r\n"
+    count = 40_000  # ~3 MiB, several read chunks
+    envelope = Envelope(new_queue_id(), "a@example.test", [Recipient("b@x.test")], time.time())
+    writer = spool.begin(envelope)
+    for _ in range(count):
+        writer.write(line)
+    asyncio.run(spool.commit(writer))
+    root = tmp_path / "mailboxes"
+    item = DeliveryItem("example.test", "bob", PREFIX, lambda: spool.iter_body(writer.queue_id))
+    assert deliver_batch(root, [item]) == [None]
+    data = only_message(root / "example.test" / "bob")
+    assert data == PREFIX + line.replace(b"\r\n", b"\n") * count
+    spool.close()
+
+
+_crlf_heavy = st.lists(st.sampled_from([b"\r", b"\n", b"a"]), max_size=12).map(b"".join)
+
+
+@given(st.lists(_crlf_heavy, max_size=12))
+def test_line_end_conversion_is_independent_of_chunking(chunks: list[bytes]) -> None:
+    converter = LineEndConverter()
+    out = b"".join(converter.feed(c) for c in chunks) + converter.end()
+    assert out == b"".join(chunks).replace(b"\r\n", b"\n")
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.binary(max_size=20), max_size=8))
+def test_delivered_bytes_are_independent_of_chunking(chunks: list[bytes]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        item = DeliveryItem("example.test", "bob", PREFIX, lambda: iter(chunks))
+        assert deliver_batch(root, [item]) == [None]
+        [path] = new_files(root / "example.test" / "bob")
+        expected = PREFIX + b"".join(chunks).replace(b"\r\n", b"\n")
+        assert path.read_bytes() == expected
+        assert path.name.endswith(f",S={len(expected)}")
