@@ -53,7 +53,7 @@ async def serve(config: Config) -> int:
     await server.shutdown()
     await manager.stop()
     spool.close()
-    log_event(log, "stopped")
+    log_event(log, "stopped", messages=spool.commit_count, syncs=spool.sync_count)
     return 0
 
 

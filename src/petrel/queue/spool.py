@@ -220,6 +220,7 @@ class Spool:
             raise ValueError("syncfs is not available on this system")
         self.root = root
         self.sync_count = 0  # sync rounds done; a batch of commits costs one
+        self.commit_count = 0  # messages made durable
         self._use_syncfs = HAVE_SYNCFS if use_syncfs is None else use_syncfs
         self._incoming = root / "incoming"
         self._active = root / "active"
@@ -359,6 +360,7 @@ class Spool:
                 continue
             sealed.append(writer)
             results.append(None)
+        self.commit_count += len(sealed)
         if sealed:
             try:
                 self._sync()
