@@ -3,6 +3,8 @@
 Everything here works on ``str`` decoded from UTF-8: RFC 6531 (SMTPUTF8) extends
 ``atext``, ``qtextSMTP`` and domain labels with non-ASCII UTF-8, and whether such an
 address is *allowed* in a given transaction is decided by the caller, not the grammar.
+Digits are spelled ``[0-9]``: on ``str``, ``\\d`` would also match non-ASCII digits such
+as "٥", and a chunk size or SIZE the peer and we read differently is a framing hazard.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ SUB_DOMAIN = rf"{_LET_DIG}(?:[A-Za-z0-9\-\u0080-\U0010ffff]*{_LET_DIG})?"
 DOMAIN = rf"{SUB_DOMAIN}(?:\.{SUB_DOMAIN})*"
 
 # RFC 5321 §4.1.3 address literals.
-_IPV4 = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?:\.(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}"
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = rf"{_OCTET}(?:\.{_OCTET}){{3}}"
 _IPV6 = r"IPv6:[0-9A-Fa-f:.]+"  # validated further with ipaddress
 _GENERAL = r"[A-Za-z0-9\-]*[A-Za-z0-9]:[\x21-\x5a\x5e-\x7e]+"
 ADDRESS_LITERAL = rf"\[(?:{_IPV4}|{_IPV6}|{_GENERAL})\]"
@@ -53,11 +56,11 @@ XTEXT_RE = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})*")
 # RFC 3461 §4.2 ORCPT = addr-type ";" xtext, addr-type = atom
 ORCPT_RE = re.compile(rf"(?P<type>{ATOM});(?P<addr>.+)")
 # RFC 2852 §4 by-value = by-time ";" by-mode [ by-trace ]
-BY_RE = re.compile(r"(?P<time>[+-]?\d{1,9});(?P<mode>[NRnr])(?P<trace>[Tt]?)")
+BY_RE = re.compile(r"(?P<time>[+-]?[0-9]{1,9});(?P<mode>[NRnr])(?P<trace>[Tt]?)")
 # RFC 1870 §3 size-value = 1*20DIGIT
-SIZE_RE = re.compile(r"\d{1,20}")
+SIZE_RE = re.compile(r"[0-9]{1,20}")
 # RFC 3030 §2 bdat-cmd = "BDAT" SP chunk-size [ SP end-marker ]
-BDAT_RE = re.compile(r"(?P<size>\d{1,20})(?: +(?P<last>LAST))? *", re.IGNORECASE)
+BDAT_RE = re.compile(r"(?P<size>[0-9]{1,20})(?: +(?P<last>LAST))? *", re.IGNORECASE)
 # RFC 1985 §5 ETRN argument: ["@" / "#"] node name
 ETRN_RE = re.compile(rf"(?:[@#])?{DOMAIN}|#[\x21-\x7e]+")
 # RFC 4954 §4 AUTH mechanism [SP initial-response]; sasl-mech = 1*20(UPPER-ALPHA/DIGIT/"-"/"_")

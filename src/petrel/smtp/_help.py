@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._replies import Reply, reply
+from ._replies import Reply, echo, reply
 
 _TOPICS: dict[str, tuple[str, ...]] = {
     "HELO": ("HELO <hostname>", "    Introduce yourself (plain SMTP, no extensions)."),
@@ -48,5 +48,5 @@ def help_reply(topic: str | None) -> Reply:
         return Reply(214, lines, "2.0.0")
     text = _TOPICS.get(topic.upper())
     if text is None:
-        return reply(504, "5.3.0", f'HELP topic "{topic}" unknown')
+        return reply(504, "5.3.0", f'HELP topic "{echo(topic)}" unknown')
     return Reply(214, (*text, "End of HELP info"), "2.0.0")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from . import _abnf
 from ._extensions import Extensions
-from ._replies import Reply, reply
+from ._replies import Reply, echo, reply
 
 MAX_ENVID_CHARS = 100  # RFC 3461 §4.4
 MAX_ORCPT_CHARS = 500  # RFC 3461 §4.2
@@ -29,11 +29,11 @@ class ParameterError(ValueError):
 
 
 def _bad(text: str) -> ParameterError:
-    return ParameterError(reply(501, "5.5.4", text))
+    return ParameterError(reply(501, "5.5.4", echo(text)))
 
 
 def _unsupported(keyword: str) -> ParameterError:
-    return ParameterError(reply(555, "5.5.4", f"Unsupported parameter: {keyword}"))
+    return ParameterError(reply(555, "5.5.4", echo(f"Unsupported parameter: {keyword}")))
 
 
 @dataclass(frozen=True, slots=True)

@@ -130,3 +130,13 @@ def too_many_errors(hostname: str) -> Reply:
 
 def syntax(status: str, text: str) -> Reply:
     return reply(501, status, text)
+
+
+MAX_ECHO = 100
+
+
+def echo(text: str) -> str:
+    """Client-supplied text made fit for a reply line: control characters masked and
+    long text cut, so the line stays within 512 octets (RFC 5321 §4.5.3.1.5)."""
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    return text if len(text) <= MAX_ECHO else text[: MAX_ECHO - 3] + "..."

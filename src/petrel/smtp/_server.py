@@ -322,7 +322,8 @@ class ServerConnection:
 
     def _parse_command(self, line: str) -> Event:
         verb, _, arg = line.partition(" ")
-        verb = verb.upper()
+        # Verbs are ASCII: "maıl".upper() == "MAIL" must not make a command.
+        verb = verb.upper() if verb.isascii() else ""
         handler = _HANDLERS.get(verb)
         if handler is None:
             return BadCommand(r.UNRECOGNIZED)
@@ -357,7 +358,7 @@ class ServerConnection:
             path, params = split_path(arg[prefix.end() :], lenient=not self.strict_paths)
             sender = parse_path(path)
         except AddressError as exc:
-            return BadCommand(r.syntax("5.1.7", f"Bad sender address syntax: {exc}"))
+            return BadCommand(r.syntax("5.1.7", f"Bad sender address syntax: {r.echo(str(exc))}"))
         if sender is not None and sender.is_bare_postmaster:
             # <Postmaster> without a domain is a forward-path only (RFC 5321 §4.1.1.3).
             return BadCommand(r.syntax("5.1.7", "Bad sender address syntax: no domain"))
@@ -375,7 +376,8 @@ class ServerConnection:
             path, params = split_path(arg[prefix.end() :], lenient=not self.strict_paths)
             recipient = parse_path(path)
         except AddressError as exc:
-            return BadCommand(r.syntax("5.1.3", f"Bad recipient address syntax: {exc}"))
+            error = r.echo(str(exc))
+            return BadCommand(r.syntax("5.1.3", f"Bad recipient address syntax: {error}"))
         if recipient is None:
             return BadCommand(r.syntax("5.1.3", "The null path is not a recipient"))
         rcpt_params = parse_rcpt_params(params, self.extensions, esmtp=self.esmtp)
@@ -529,6 +531,8 @@ class ServerConnection:
             self.authenticated = True
         elif isinstance(event, StartTls):
             self._buf.clear()
+        elif isinstance(event, Rset) and self.state is State.INIT:
+            target = State.INIT  # RSET does not stand in for HELO/EHLO (RFC 5321 §4.1.4)
         self._enter(target)
 
     def _enter(self, target: State) -> None:
