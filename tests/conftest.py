@@ -38,9 +38,9 @@ def wait_until(predicate: Callable[[], object], timeout: float = 15.0, what: str
 class PetrelServer:
     """One ``petrel serve`` process with its own config, data dir and log file."""
 
-    def __init__(self, root: Path, extra_config: str = "") -> None:
+    def __init__(self, root: Path, extra_config: str = "", data_dir: Path | None = None) -> None:
         self.root = root
-        self.data_dir = root / "data"
+        self.data_dir = data_dir or root / "data"
         self.config_path = root / "petrel.toml"
         self.log_path = root / "petrel.log"
         self.extra_config = extra_config
@@ -52,7 +52,7 @@ class PetrelServer:
         base = f"""
 [server]
 hostname = "{HOSTNAME}"
-data_dir = "data"
+data_dir = "{self.data_dir}"
 reverse_dns = false
 
 [[listener]]
@@ -140,10 +140,12 @@ def petrel_factory(tmp_path: Path) -> Iterator[Callable[..., PetrelServer]]:
     """Start servers with extra TOML appended to the base config; all are stopped at the end."""
     servers: list[PetrelServer] = []
 
-    def make(extra_config: str = "", name: str = "petrel") -> PetrelServer:
+    def make(
+        extra_config: str = "", name: str = "petrel", data_dir: Path | None = None
+    ) -> PetrelServer:
         root = tmp_path / name
         root.mkdir(exist_ok=True)
-        server = PetrelServer(root, extra_config)
+        server = PetrelServer(root, extra_config, data_dir)
         servers.append(server)
         return server.start()
 

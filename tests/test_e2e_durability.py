@@ -7,6 +7,10 @@ import shutil
 import smtplib
 import subprocess
 import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 
 from conftest import HOSTNAME, PetrelServer, wait_until
 
@@ -135,3 +139,48 @@ def test_petrel_command_is_installed() -> None:
     assert petrel is not None
     result = subprocess.run([petrel, "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith("petrel ")
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs to fill up (needs root, as `make test` has in CI)."""
+    mount_point = tmp_path / "small-disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(mount_point)],
+        capture_output=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_full_spool_disk_answers_452_and_keeps_what_was_accepted(
+    small_disk: Path, petrel_factory
+) -> None:
+    server: PetrelServer = petrel_factory(
+        "[limits]\nmessage_size = 50000000\n", data_dir=small_disk / "data"
+    )
+    _send(server, "early", "accepted before the disk filled")
+    server.wait_for_messages("early")
+
+    with smtplib.SMTP(server.host, server.port) as client:
+        client.ehlo("filler.test")
+        client.mail("big@filler.test")
+        client.rcpt(f"big@{HOSTNAME}")
+        code, text = client.data(
+            b"Subject: too big for the disk\r\n\r\n" + (b"z" * 998 + b"\r\n") * 3000
+        )
+        assert (code, text[:5]) == (452, b"4.3.1")
+        # The session is still usable and a small message fits again.
+        client.mail("small@filler.test")
+        client.rcpt(f"small@{HOSTNAME}")
+        code, _ = client.data(b"Subject: small\r\n\r\nfits\r\n")
+        assert code == 250
+    assert server.wait_for_messages("small")
+    assert len(server.messages("early")) == 1
+    assert server.messages("big") == []
+    assert server.stop() == 0

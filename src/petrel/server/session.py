@@ -29,12 +29,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("petrel.smtpd")
 
 _INTERNAL_ERROR = smtp.reply(421, "4.3.0", "Internal error, closing connection")
+_NO_STORAGE = smtp.reply(452, "4.3.1", "Insufficient system storage, try again later")
 
 
 class Transaction:
     """The envelope being built between MAIL and the end of the message."""
 
-    __slots__ = ("params", "recipients", "sender", "writer")
+    __slots__ = ("params", "recipients", "sender", "storage_failed", "writer")
 
     def __init__(self, sender: str, params: smtp.MailParams) -> None:
         self.sender = sender
@@ -42,6 +43,7 @@ class Transaction:
         # (the address as given, its final addresses after aliases, its DSN parameters)
         self.recipients: list[tuple[str, list[str], smtp.RcptParams]] = []
         self.writer: MessageWriter | None = None
+        self.storage_failed = False  # the spool could not take the text: answer 452 at the end
 
 
 class SmtpSession(asyncio.Protocol):
@@ -251,27 +253,37 @@ class SmtpSession(asyncio.Protocol):
         return texts.recipient_ok(str(event.recipient))
 
     def _on_data(self, event: smtp.Data) -> smtp.Reply:
-        self._start_message()
-        return texts.START_DATA
+        return texts.START_DATA if self._start_message() is not None else _NO_STORAGE
 
     def _on_chunk(self, event: smtp.DataChunk) -> None:
         writer = self._start_message()
-        writer.write(event.data)
+        if writer is None:
+            return
+        try:
+            writer.write(event.data)
+        except OSError as exc:  # a full spool disk: refuse the message, keep the session
+            self._storage_failed(exc)
 
     def _on_chunk_received(self, event: smtp.ChunkReceived) -> smtp.Reply:
-        self._start_message()
+        if self._start_message() is None:
+            self.txn = None
+            return _NO_STORAGE
         return texts.chunk_received(event.size)
 
-    def _on_end(self, event: smtp.EndOfData) -> None:
+    def _on_end(self, event: smtp.EndOfData) -> smtp.Reply | None:
         writer = self._start_message()
+        if writer is None:
+            self.txn = None
+            return _NO_STORAGE
         self._wait(self._commit(writer), after=self._end_transaction)
+        return None
 
     async def _commit(self, writer: MessageWriter) -> smtp.Reply:
         try:
             await self.server.spool.commit(writer)
         except OSError as exc:
             log_event(log, "spool-error", level=logging.ERROR, session=self.id, error=str(exc))
-            return smtp.reply(452, "4.3.1", "Insufficient system storage, try again later")
+            return _NO_STORAGE
         envelope = writer.envelope
         log_event(
             log,
@@ -338,15 +350,31 @@ class SmtpSession(asyncio.Protocol):
 
     # -- message plumbing ----------------------------------------------------------------
 
-    def _start_message(self) -> MessageWriter:
-        """The spool file for the current transaction, created on first need."""
+    def _start_message(self) -> MessageWriter | None:
+        """The spool file for the current transaction, created on first need.
+
+        None when the spool could not take it (disk full): the core keeps reading the
+        text, and the end of the message is answered with 452 4.3.1.
+        """
         txn = self.txn
         assert txn is not None and self.conn is not None
+        if txn.storage_failed:
+            return None
         if txn.writer is None:
             envelope = self._envelope(txn)
-            txn.writer = self.server.spool.begin(envelope)
-            txn.writer.write(self._received_header(envelope, txn))
+            try:
+                txn.writer = self.server.spool.begin(envelope)
+                txn.writer.write(self._received_header(envelope, txn))
+            except OSError as exc:
+                self._storage_failed(exc)
+                return None
         return txn.writer
+
+    def _storage_failed(self, exc: OSError) -> None:
+        log_event(log, "spool-error", level=logging.ERROR, session=self.id, error=str(exc))
+        self._abort_message()
+        assert self.txn is not None
+        self.txn.storage_failed = True
 
     def _envelope(self, txn: Transaction) -> Envelope:
         conn = self.conn
