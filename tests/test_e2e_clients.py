@@ -134,8 +134,8 @@ def test_aiosmtplib_many_concurrent_clients_delivered_exactly_once(petrel_factor
 swaks = shutil.which("swaks")
 
 
-@pytest.mark.skipif(swaks is None, reason="swaks is installed by `make test` (system-deps)")
-def test_swaks(petrel: PetrelServer) -> None:
+def _swaks(petrel: PetrelServer, to: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run swaks against ``petrel`` from swaks@client.test to ``to``; assert it succeeded."""
     result = subprocess.run(
         [
             "swaks",
@@ -144,19 +144,29 @@ def test_swaks(petrel: PetrelServer) -> None:
             "--from",
             "swaks@client.test",
             "--to",
-            f"swaks-user@{HOSTNAME}",
-            "--helo",
-            "swaks.client.test",
-            "--header",
-            "Subject: from swaks",
-            "--body",
-            "sent by swaks",
+            to,
+            *args,
         ],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+@pytest.mark.skipif(swaks is None, reason="swaks is installed by `make test` (system-deps)")
+def test_swaks(petrel: PetrelServer) -> None:
+    result = _swaks(
+        petrel,
+        f"swaks-user@{HOSTNAME}",
+        "--helo",
+        "swaks.client.test",
+        "--header",
+        "Subject: from swaks",
+        "--body",
+        "sent by swaks",
+    )
     assert "Message accepted for delivery" in result.stdout
     [message] = petrel.wait_for_messages("swaks-user")
     assert b"Subject: from swaks" in message
@@ -165,22 +175,5 @@ def test_swaks(petrel: PetrelServer) -> None:
 
 @pytest.mark.skipif(swaks is None, reason="swaks is installed by `make test` (system-deps)")
 def test_swaks_pipelining(petrel: PetrelServer) -> None:
-    result = subprocess.run(
-        [
-            "swaks",
-            "--server",
-            f"{petrel.host}:{petrel.port}",
-            "--from",
-            "swaks@client.test",
-            "--to",
-            f"pipe@{HOSTNAME}",
-            "--pipeline",
-            "--body",
-            "pipelined by swaks",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    _swaks(petrel, f"pipe@{HOSTNAME}", "--pipeline", "--body", "pipelined by swaks")
     assert petrel.wait_for_messages("pipe")[0].rstrip().endswith(b"pipelined by swaks")

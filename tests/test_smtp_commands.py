@@ -1,12 +1,10 @@
 """The sans-IO core, command by command: wire texts, sequence rules, parameters, limits.
 
 Every test talks to ``petrel.smtp.ServerConnection`` only through bytes, events and
-replies, answered by the small ``Client`` driver below with a fixed, simple policy.
+replies, answered by the small ``Client`` driver of ``smtp_driver`` with a fixed, simple policy.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import pytest
 
@@ -27,12 +25,9 @@ from petrel.smtp import (
     Event,
     Expn,
     Extensions,
-    Helo,
     Help,
     LocalProtocolError,
     Mail,
-    MessageRejected,
-    Quit,
     Rcpt,
     Reply,
     ServerConnection,
@@ -40,134 +35,11 @@ from petrel.smtp import (
     State,
     Verb,
     Vrfy,
-    help_reply,
     parse_path,
     reply,
 )
 from petrel.smtp import _replies as r
-
-HOST = "mx.example.test"
-DATE = "Thu, 27 Mar 2008 23:14:59 -0700"
-
-Policy = Callable[[Event], Reply]
-
-
-class Client:
-    """Feeds bytes to a ServerConnection and answers every event with a simple policy.
-
-    EHLO → ``conn.ehlo_reply``, HELO → the classic ``Hello`` line, MAIL → sender ok,
-    RCPT → recipient ok, DATA → 354, end of message → accepted, core-made errors →
-    their own reply, QUIT → 221, STARTTLS → 220, HELP → ``help_reply``, the rest → OK.
-    ``policy`` overrides the answer per event type.
-    """
-
-    def __init__(
-        self,
-        *,
-        host: str = HOST,
-        ip: str = "192.0.2.1",
-        queue_id: str = "Q",
-        policy: dict[type[Event], Policy] | None = None,
-        **kwargs: object,
-    ) -> None:
-        self.host = host
-        self.ip = ip
-        self.queue_id = queue_id
-        self.policy = policy or {}
-        self.conn = ServerConnection(host, **kwargs)  # type: ignore[arg-type]
-        self.greeting = self.conn.send(r.greeting(host, DATE))
-        self.events: list[Event] = []
-        self.out = b""
-
-    def hello(self, domain: str) -> str:
-        return f"{self.host} Hello {domain} [{self.ip}], pleased to meet you"
-
-    def answer(self, event: Event) -> Reply:
-        override = self.policy.get(type(event))
-        if override is not None:
-            return override(event)
-        conn = self.conn
-        match event:
-            case Ehlo(domain):
-                return conn.ehlo_reply(self.hello(domain))
-            case Helo(domain):
-                return reply(250, None, self.hello(domain))
-            case Mail(sender):
-                return r.sender_ok(str(sender) if sender is not None else "")
-            case Rcpt(recipient):
-                return r.recipient_ok(str(recipient))
-            case Data():
-                return r.START_DATA
-            case EndOfData():
-                return r.message_accepted(self.queue_id)
-            case BadCommand(error) | MessageRejected(error):
-                return error
-            case Quit():
-                return r.closing(self.host)
-            case StartTls():
-                return r.READY_FOR_TLS
-            case Help(topic):
-                return help_reply(topic)
-        return r.OK
-
-    def send(self, data: bytes) -> bytes:
-        """Feed ``data`` (nothing when empty), answer every event; return the reply bytes."""
-        if data:
-            self.conn.receive_data(data)
-        return self.pump()
-
-    def eof(self) -> bytes:
-        self.conn.receive_data(b"")
-        return self.pump()
-
-    def pump(self) -> bytes:
-        out = bytearray()
-        while True:
-            event = self.conn.next_event()
-            if event is NEED_DATA or event is PAUSED:
-                break
-            assert isinstance(event, Event)
-            self.events.append(event)
-            if event.needs_reply:
-                out += self.conn.send(self.answer(event))
-        self.out += out
-        return bytes(out)
-
-    def lines(self, *commands: str) -> list[str]:
-        """Send each command (CRLF added) in its own read; return the reply lines."""
-        out = b"".join(self.send(c.encode() + b"\r\n") for c in commands)
-        return reply_lines(out)
-
-    def last(self, command: str) -> str:
-        """The last reply line to one command."""
-        return self.lines(command)[-1]
-
-    def of(self, kind: type[Event]) -> list[Event]:
-        return [e for e in self.events if isinstance(e, kind)]
-
-    @property
-    def data(self) -> bytes:
-        return b"".join(e.data for e in self.events if isinstance(e, DataChunk))
-
-
-def reply_lines(out: bytes) -> list[str]:
-    text = out.decode("utf-8")
-    assert text == "" or text.endswith("\r\n")
-    return text.split("\r\n")[:-1]
-
-
-def ready(**kwargs: object) -> Client:
-    client = Client(**kwargs)
-    assert client.last("EHLO client.example")[:4] == "250 "
-    return client
-
-
-def in_rcpt(**kwargs: object) -> Client:
-    client = ready(**kwargs)
-    client.lines("MAIL FROM:<a@example.org>", "RCPT TO:<b@example.net>")
-    assert client.conn.state is State.RCPT
-    return client
-
+from smtp_driver import DATE, HOST, Client, in_rcpt, ready, reply_lines
 
 # -- the classic sessions (shared/seeds) -----------------------------------------------
 
@@ -310,8 +182,9 @@ def test_seed_session_with_auth_login() -> None:
         ip="204.13.10.15",
         queue_id="m2S6ExD6029743",
         policy={Auth: login.auth, AuthResponse: login.response},
-        extensions=Extensions(auth=("LOGIN", "PLAIN"), starttls=True, smtputf8=False,
-                              chunking=False),
+        extensions=Extensions(
+            auth=("LOGIN", "PLAIN"), starttls=True, smtputf8=False, chunking=False
+        ),
     )
     assert client.conn.state is State.CLOSED
     assert client.of(AuthResponse) == [AuthResponse("d2lsbGll"), AuthResponse("ZnVuc210cA==")]
@@ -473,8 +346,9 @@ def test_strict_paths_accept_bracketed_and_refuse_bare_rcpt() -> None:
         pytest.param("<u@[127.0.0.1]>", "u", "[127.0.0.1]", id="ipv4-literal"),
         pytest.param("<u@[IPv6:::1]>", "u", "[IPv6:::1]", id="ipv6-literal"),
         pytest.param("<u@[IPv6:2001:db8::1]>", "u", "[IPv6:2001:db8::1]", id="ipv6-full"),
-        pytest.param("<first.last+tag@sub.example.com>", "first.last+tag", "sub.example.com",
-                     id="dot-atom"),
+        pytest.param(
+            "<first.last+tag@sub.example.com>", "first.last+tag", "sub.example.com", id="dot-atom"
+        ),
         pytest.param("<用户@例子.测试>", "用户", "例子.测试", id="utf8"),
     ],
 )
@@ -591,34 +465,74 @@ def _refuse_rcpt(event: Event) -> Reply:
 @pytest.mark.parametrize(
     ("setup", "command", "expected"),
     [
-        pytest.param([], "MAIL FROM:<a@b>", "503 5.5.1 Polite people say HELO first",
-                     id="mail-before-helo"),
-        pytest.param([], "RCPT TO:<a@b>", "503 5.5.1 Polite people say HELO first",
-                     id="rcpt-before-helo"),
+        pytest.param(
+            [], "MAIL FROM:<a@b>", "503 5.5.1 Polite people say HELO first", id="mail-before-helo"
+        ),
+        pytest.param(
+            [], "RCPT TO:<a@b>", "503 5.5.1 Polite people say HELO first", id="rcpt-before-helo"
+        ),
         pytest.param([], "DATA", "503 5.5.1 Polite people say HELO first", id="data-before-helo"),
-        pytest.param([], "ETRN example.org", "503 5.5.1 Polite people say HELO first",
-                     id="etrn-before-helo"),
-        pytest.param(["EHLO c"], "RCPT TO:<a@b>", "503 5.5.1 Need MAIL before RCPT",
-                     id="rcpt-before-mail"),
+        pytest.param(
+            [], "ETRN example.org", "503 5.5.1 Polite people say HELO first", id="etrn-before-helo"
+        ),
+        pytest.param(
+            ["EHLO c"], "RCPT TO:<a@b>", "503 5.5.1 Need MAIL before RCPT", id="rcpt-before-mail"
+        ),
         pytest.param(["EHLO c"], "DATA", "503 5.5.1 Need MAIL command", id="data-before-mail"),
-        pytest.param(["EHLO c", "MAIL FROM:<a@b>"], "MAIL FROM:<c@d>",
-                     "503 5.5.1 Sender already specified", id="nested-mail"),
-        pytest.param(["EHLO c", "MAIL FROM:<a@b>"], "DATA", "503 5.5.1 Need RCPT (recipient)",
-                     id="data-before-rcpt"),
-        pytest.param(["EHLO c", "MAIL FROM:<a@b>", "RCPT TO:<>"], "DATA",
-                     "554 5.5.1 Error: no valid recipients", id="data-after-bad-rcpt"),
-        pytest.param(["EHLO c", "MAIL FROM:<a@b>", "RCPT TO:<c@d>"], "MAIL FROM:<c@d>",
-                     "503 5.5.1 Sender already specified", id="mail-after-rcpt"),
-        pytest.param(["EHLO c", "MAIL FROM:<a@b>"], "ETRN example.org",
-                     "503 5.5.1 Mail transaction in progress", id="etrn-in-transaction"),
-        pytest.param(["EHLO c", "MAIL FROM:<a@b>"], "STARTTLS",
-                     "503 5.5.1 Mail transaction in progress", id="starttls-in-transaction"),
-        pytest.param(["EHLO c", "RSET"], "RCPT TO:<a@b>", "503 5.5.1 Need MAIL before RCPT",
-                     id="rcpt-after-rset"),
-        pytest.param(["EHLO c", "MAIL FROM:<a@b>", "RCPT TO:<c@d>", "EHLO c"], "RCPT TO:<a@b>",
-                     "503 5.5.1 Need MAIL before RCPT", id="ehlo-resets"),
-        pytest.param(["EHLO c", "MAIL FROM:<a@b>", "RCPT TO:<c@d>", "HELO c"], "DATA",
-                     "503 5.5.1 Need MAIL command", id="helo-resets"),
+        pytest.param(
+            ["EHLO c", "MAIL FROM:<a@b>"],
+            "MAIL FROM:<c@d>",
+            "503 5.5.1 Sender already specified",
+            id="nested-mail",
+        ),
+        pytest.param(
+            ["EHLO c", "MAIL FROM:<a@b>"],
+            "DATA",
+            "503 5.5.1 Need RCPT (recipient)",
+            id="data-before-rcpt",
+        ),
+        pytest.param(
+            ["EHLO c", "MAIL FROM:<a@b>", "RCPT TO:<>"],
+            "DATA",
+            "554 5.5.1 Error: no valid recipients",
+            id="data-after-bad-rcpt",
+        ),
+        pytest.param(
+            ["EHLO c", "MAIL FROM:<a@b>", "RCPT TO:<c@d>"],
+            "MAIL FROM:<c@d>",
+            "503 5.5.1 Sender already specified",
+            id="mail-after-rcpt",
+        ),
+        pytest.param(
+            ["EHLO c", "MAIL FROM:<a@b>"],
+            "ETRN example.org",
+            "503 5.5.1 Mail transaction in progress",
+            id="etrn-in-transaction",
+        ),
+        pytest.param(
+            ["EHLO c", "MAIL FROM:<a@b>"],
+            "STARTTLS",
+            "503 5.5.1 Mail transaction in progress",
+            id="starttls-in-transaction",
+        ),
+        pytest.param(
+            ["EHLO c", "RSET"],
+            "RCPT TO:<a@b>",
+            "503 5.5.1 Need MAIL before RCPT",
+            id="rcpt-after-rset",
+        ),
+        pytest.param(
+            ["EHLO c", "MAIL FROM:<a@b>", "RCPT TO:<c@d>", "EHLO c"],
+            "RCPT TO:<a@b>",
+            "503 5.5.1 Need MAIL before RCPT",
+            id="ehlo-resets",
+        ),
+        pytest.param(
+            ["EHLO c", "MAIL FROM:<a@b>", "RCPT TO:<c@d>", "HELO c"],
+            "DATA",
+            "503 5.5.1 Need MAIL command",
+            id="helo-resets",
+        ),
     ],
 )
 def test_out_of_sequence(setup: list[str], command: str, expected: str) -> None:
@@ -848,16 +762,19 @@ def test_rcpt_parameter_accepted(params: str, field: str, value: object) -> None
 @pytest.mark.parametrize(
     ("params", "expected"),
     [
-        pytest.param("NOTIFY=NEVER,SUCCESS", "501 5.5.4 NOTIFY=NEVER must stand alone",
-                     id="never-not-alone"),
-        pytest.param("NOTIFY=FAILURE,NEVER", "501 5.5.4 NOTIFY=NEVER must stand alone",
-                     id="never-last"),
+        pytest.param(
+            "NOTIFY=NEVER,SUCCESS", "501 5.5.4 NOTIFY=NEVER must stand alone", id="never-not-alone"
+        ),
+        pytest.param(
+            "NOTIFY=FAILURE,NEVER", "501 5.5.4 NOTIFY=NEVER must stand alone", id="never-last"
+        ),
         pytest.param("NOTIFY=SUCCESS,SUCCESS", "501 5.5.4", id="notify-dup-value"),
         pytest.param("NOTIFY=SUCCESS,,FAILURE", "501 5.5.4", id="notify-empty-item"),
         pytest.param("NOTIFY=ALWAYS", "501 5.5.4", id="notify-unknown"),
         pytest.param("NOTIFY", "501 5.5.4", id="notify-no-value"),
-        pytest.param("NOTIFY=NEVER NOTIFY=NEVER", "501 5.5.4 Duplicate parameter: NOTIFY",
-                     id="notify-twice"),
+        pytest.param(
+            "NOTIFY=NEVER NOTIFY=NEVER", "501 5.5.4 Duplicate parameter: NOTIFY", id="notify-twice"
+        ),
         pytest.param("ORCPT=rfc822", "501 5.5.4", id="orcpt-no-type"),
         pytest.param("ORCPT=;a@b", "501 5.5.4", id="orcpt-empty-type"),
         pytest.param("ORCPT=rfc822;a+zz@b", "501 5.5.4", id="orcpt-bad-xtext"),
@@ -973,9 +890,10 @@ def test_error_limit_closes_with_421() -> None:
 def test_error_limit_counts_5xx_only() -> None:
     client = ready(max_errors=2, max_recipients=1)
     client.lines("MAIL FROM:<a@b>", "RCPT TO:<c@d>")
-    assert client.lines("RCPT TO:<e@f>", "RCPT TO:<e@f>", "RCPT TO:<e@f>") == [
-        "452 4.5.3 Too many recipients"
-    ] * 3
+    assert (
+        client.lines("RCPT TO:<e@f>", "RCPT TO:<e@f>", "RCPT TO:<e@f>")
+        == ["452 4.5.3 Too many recipients"] * 3
+    )
     assert client.conn.state is State.RCPT
     assert client.lines("FOO", "FOO")[-1].startswith("421 4.7.0")
 
@@ -1045,8 +963,9 @@ BARE = "500 5.5.2 Bare CR or LF in command line; lines must end in CRLF"
         pytest.param(b"NOOP\r\r\n", BARE, id="cr-cr-lf"),
         pytest.param(b"NOOP\r", None, id="cr-at-end-waits"),
         pytest.param(b"NO\0OP\r\n", "500 5.5.2 NUL character in command line", id="nul"),
-        pytest.param(b"NOOP \xff\xfe\r\n", "500 5.5.2 Command line is not valid UTF-8",
-                     id="bad-utf8"),
+        pytest.param(
+            b"NOOP \xff\xfe\r\n", "500 5.5.2 Command line is not valid UTF-8", id="bad-utf8"
+        ),
     ],
 )
 def test_bad_bytes_in_command_line(wire: bytes, expected: str | None) -> None:
@@ -1116,8 +1035,10 @@ def test_help() -> None:
     ],
 )
 def test_disabled_commands_are_not_implemented(extensions: Extensions, command: str) -> None:
-    client = in_rcpt(extensions=extensions) if command.startswith("BDAT") else ready(
-        extensions=extensions
+    client = (
+        in_rcpt(extensions=extensions)
+        if command.startswith("BDAT")
+        else ready(extensions=extensions)
     )
     state = client.conn.state
     assert client.last(command) == "502 5.5.1 Command not implemented"
@@ -1433,6 +1354,17 @@ def test_pipelined_transaction_same_as_line_by_line(split: str) -> None:
     assert client.data == reference.data == b"Subject: x\r\n\r\n.dot\r\nabcd"
     assert reply_lines(client.out)[-1] == "221 2.0.0 mx.example.test closing connection"
     assert [line[:3] for line in reply_lines(client.out) if not line.startswith("250-")] == [
-        "250", "250", "250", "501", "250", "354", "250", "250", "250", "250", "250", "250",
+        "250",
+        "250",
+        "250",
+        "501",
+        "250",
+        "354",
+        "250",
+        "250",
+        "250",
+        "250",
+        "250",
+        "250",
         "221",
     ]

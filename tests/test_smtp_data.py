@@ -2,40 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from petrel.smtp import (
-    NEED_DATA,
-    PAUSED,
-    BadCommand,
     ChunkReceived,
     ConnectionClosed,
     Data,
     DataChunk,
-    Ehlo,
     EndOfData,
-    Event,
     Extensions,
-    Helo,
     LocalProtocolError,
     Mail,
     MessageRejected,
-    Quit,
     Rcpt,
-    Reply,
-    ServerConnection,
     State,
     reply,
 )
 from petrel.smtp import _replies as r
-
-HOST = "mx.example.test"
-
-Policy = Callable[[Event], Reply]
+from smtp_driver import Client, in_rcpt, reply_lines
 
 BARE = "550 5.6.0 Message contains a bare CR or LF (lines must end in CRLF); rejected"
 NUL = "550 5.6.0 Message contains a NUL character; rejected"
@@ -45,95 +31,9 @@ ACCEPTED = "250 2.0.0 Q Message accepted for delivery"
 START = '354 Enter mail, end with "." on a line by itself'
 
 
-class Client:
-    """Feeds bytes to a ServerConnection and answers every event with a simple policy."""
-
-    def __init__(self, *, policy: dict[type[Event], Policy] | None = None, **kwargs: object):
-        self.policy = policy or {}
-        self.conn = ServerConnection(HOST, **kwargs)  # type: ignore[arg-type]
-        self.conn.send(r.greeting(HOST, "now"))
-        self.events: list[Event] = []
-        self.out = b""
-
-    def answer(self, event: Event) -> Reply:
-        override = self.policy.get(type(event))
-        if override is not None:
-            return override(event)
-        match event:
-            case Ehlo():
-                return self.conn.ehlo_reply(f"{HOST} Hello")
-            case Helo():
-                return reply(250, None, f"{HOST} Hello")
-            case Mail(sender):
-                return r.sender_ok(str(sender) if sender is not None else "")
-            case Rcpt(recipient):
-                return r.recipient_ok(str(recipient))
-            case Data():
-                return r.START_DATA
-            case EndOfData():
-                return r.message_accepted("Q")
-            case ChunkReceived(size):
-                return r.chunk_received(size)
-            case BadCommand(error) | MessageRejected(error):
-                return error
-            case Quit():
-                return r.closing(HOST)
-        return r.OK
-
-    def send(self, data: bytes) -> bytes:
-        """Feed ``data`` (nothing when empty), answer every event; return the replies."""
-        if data:
-            self.conn.receive_data(data)
-        return self.pump()
-
-    def eof(self) -> bytes:
-        self.conn.receive_data(b"")
-        return self.pump()
-
-    def pump(self) -> bytes:
-        out = bytearray()
-        while True:
-            event = self.conn.next_event()
-            if event is NEED_DATA or event is PAUSED:
-                break
-            assert isinstance(event, Event)
-            self.events.append(event)
-            if event.needs_reply:
-                out += self.conn.send(self.answer(event))
-        self.out += out
-        return bytes(out)
-
-    def lines(self, data: bytes) -> list[str]:
-        return reply_lines(self.send(data))
-
-    def of(self, kind: type[Event]) -> list[Event]:
-        return [e for e in self.events if isinstance(e, kind)]
-
-    @property
-    def data(self) -> bytes:
-        return b"".join(e.data for e in self.events if isinstance(e, DataChunk))
-
-    @property
-    def ends(self) -> list[Event]:
-        return [e for e in self.events if isinstance(e, EndOfData | MessageRejected)]
-
-
-def reply_lines(out: bytes) -> list[str]:
-    text = out.decode("utf-8")
-    assert text == "" or text.endswith("\r\n")
-    return text.split("\r\n")[:-1]
-
-
-def in_rcpt(**kwargs: object) -> Client:
-    client = Client(**kwargs)
-    client.send(b"EHLO c.example\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\n")
-    assert client.conn.state is State.RCPT
-    return client
-
-
 def in_data(**kwargs: object) -> Client:
     client = in_rcpt(**kwargs)
-    assert client.lines(b"DATA\r\n") == [START]
+    assert client.replies(b"DATA\r\n") == [START]
     assert client.conn.state is State.DATA
     client.events.clear()
     client.out = b""
@@ -164,7 +64,7 @@ def stuff(lines: list[bytes]) -> bytes:
 )
 def test_dot_unstuffing(wire: bytes, text: bytes | None) -> None:
     client = in_data()
-    out = client.lines(wire + b".\r\n")
+    out = client.replies(wire + b".\r\n")
     if text is None:
         assert out == [BARE]
     else:
@@ -177,13 +77,13 @@ def test_dot_unstuffing(wire: bytes, text: bytes | None) -> None:
 def test_headers_blank_line_body() -> None:
     message = [b"From: a@example.org", b"To: b@example.net", b"Subject: hi", b"", b"Body", b"."]
     client = in_data()
-    assert client.lines(stuff(message) + b".\r\n") == [ACCEPTED]
+    assert client.replies(stuff(message) + b".\r\n") == [ACCEPTED]
     assert client.data == b"".join(line + b"\r\n" for line in message)
 
 
 def test_empty_message() -> None:
     client = in_data()
-    assert client.lines(b".\r\n") == [ACCEPTED]
+    assert client.replies(b".\r\n") == [ACCEPTED]
     assert client.events == [EndOfData(0)]
 
 
@@ -277,7 +177,7 @@ def test_smuggled_terminator_then_real_end_then_next_transaction() -> None:
     client.send(b"hello\n.\nMAIL FROM:<evil@x>\r\n.\r\n")
     assert reply_lines(client.out) == [BARE]
     assert client.conn.state is State.READY
-    out = client.lines(b"MAIL FROM:<good@x>\r\nRCPT TO:<v@y>\r\nDATA\r\nok\r\n.\r\n")
+    out = client.replies(b"MAIL FROM:<good@x>\r\nRCPT TO:<v@y>\r\nDATA\r\nok\r\n.\r\n")
     assert out == [
         "250 2.1.0 <good@x>... Sender ok",
         "250 2.1.5 <v@y>... Recipient ok",
@@ -301,7 +201,7 @@ def test_smuggled_terminator_then_real_end_then_next_transaction() -> None:
 )
 def test_bad_bytes_in_data(body: bytes, expected: str) -> None:
     client = in_data()
-    assert client.lines(b"first\r\n" + body + b"more\r\n.\r\n") == [expected]
+    assert client.replies(b"first\r\n" + body + b"more\r\n.\r\n") == [expected]
     assert len(client.ends) == 1
     assert client.conn.state is State.READY
 
@@ -344,7 +244,7 @@ def test_endless_line_in_data_uses_bounded_memory() -> None:
     for _ in range(200):
         client.send(b"z" * 1000)
         assert len(client.conn._buf) <= 1000 + 1000
-    assert client.lines(b"\r\n.\r\n") == [LONG]
+    assert client.replies(b"\r\n.\r\n") == [LONG]
 
 
 @pytest.mark.parametrize(("size", "ok"), [(99, True), (100, True), (101, False), (5000, False)])
@@ -375,18 +275,18 @@ def test_huge_message_over_limit_then_next_transaction() -> None:
     for _ in range(100):
         client.send(b"0123456789" * 99 + b"\r\n")
         assert len(client.conn._buf) < 2000
-    assert client.lines(b".\r\n") == [TOO_BIG]
+    assert client.replies(b".\r\n") == [TOO_BIG]
     events = client.events
     first_bad = events.index(MessageRejected(r.MESSAGE_TOO_BIG))
     assert first_bad == len(events) - 1
     assert sum(len(e.data) for e in events if isinstance(e, DataChunk)) <= 1000
-    out = client.lines(b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nsmall\r\n.\r\n")
+    out = client.replies(b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nsmall\r\n.\r\n")
     assert out[-1] == ACCEPTED
 
 
 def test_application_refuses_data_command() -> None:
     client = in_rcpt(policy={Data: lambda e: reply(451, "4.3.0", "Try later")})
-    out = client.lines(b"DATA\r\nSubject: x\r\n.\r\n")
+    out = client.replies(b"DATA\r\nSubject: x\r\n.\r\n")
     assert out[0] == "451 4.3.0 Try later"
     assert client.conn.state is State.RCPT
     assert not client.of(DataChunk)
@@ -395,9 +295,9 @@ def test_application_refuses_data_command() -> None:
 @pytest.mark.parametrize("code", [451, 554])
 def test_application_refuses_message(code: int) -> None:
     client = in_data(policy={EndOfData: lambda e: reply(code, f"{code // 100}.0.0", "no")})
-    assert client.lines(b"x\r\n.\r\n") == [f"{code} {code // 100}.0.0 no"]
+    assert client.replies(b"x\r\n.\r\n") == [f"{code} {code // 100}.0.0 no"]
     assert client.conn.state is State.READY
-    assert client.lines(b"RCPT TO:<x@y>\r\n") == ["503 5.5.1 Need MAIL before RCPT"]
+    assert client.replies(b"RCPT TO:<x@y>\r\n") == ["503 5.5.1 Need MAIL before RCPT"]
 
 
 def test_end_of_message_needs_a_final_reply() -> None:
@@ -443,7 +343,7 @@ def test_two_messages_pipelined() -> None:
 
 def test_bdat_last() -> None:
     client = in_rcpt()
-    assert client.lines(b"BDAT 5 LAST\r\nHello") == [ACCEPTED]
+    assert client.replies(b"BDAT 5 LAST\r\nHello") == [ACCEPTED]
     assert client.data == b"Hello"
     assert client.of(EndOfData) == [EndOfData(5)]
     assert client.conn.state is State.READY
@@ -451,11 +351,11 @@ def test_bdat_last() -> None:
 
 def test_bdat_multiple_chunks() -> None:
     client = in_rcpt()
-    assert client.lines(b"BDAT 6\r\nHello ") == ["250 2.0.0 6 octets received"]
+    assert client.replies(b"BDAT 6\r\nHello ") == ["250 2.0.0 6 octets received"]
     assert client.conn.state is State.CHUNKING
-    assert client.lines(b"NOOP\r\n") == ["250 2.0.0 OK"]
-    assert client.lines(b"bdat 6\r\nworld!") == ["250 2.0.0 12 octets received"]
-    assert client.lines(b"BDAT 2 last\r\n\r\n") == [ACCEPTED]
+    assert client.replies(b"NOOP\r\n") == ["250 2.0.0 OK"]
+    assert client.replies(b"bdat 6\r\nworld!") == ["250 2.0.0 12 octets received"]
+    assert client.replies(b"BDAT 2 last\r\n\r\n") == [ACCEPTED]
     assert client.data == b"Hello world!\r\n"
     assert client.of(ChunkReceived) == [ChunkReceived(6), ChunkReceived(12)]
     assert client.of(EndOfData) == [EndOfData(14)]
@@ -463,7 +363,7 @@ def test_bdat_multiple_chunks() -> None:
 
 def test_bdat_zero_last() -> None:
     client = in_rcpt()
-    assert client.lines(b"BDAT 3\r\nabcBDAT 0 LAST\r\n") == [
+    assert client.replies(b"BDAT 3\r\nabcBDAT 0 LAST\r\n") == [
         "250 2.0.0 3 octets received",
         ACCEPTED,
     ]
@@ -472,7 +372,7 @@ def test_bdat_zero_last() -> None:
 
 def test_bdat_empty_message() -> None:
     client = in_rcpt()
-    assert client.lines(b"BDAT 0 LAST\r\n") == [ACCEPTED]
+    assert client.replies(b"BDAT 0 LAST\r\n") == [ACCEPTED]
     assert client.of(EndOfData) == [EndOfData(0)] and client.data == b""
 
 
@@ -491,16 +391,16 @@ def test_bdat_binary_passes_untouched() -> None:
     payload = b"\x00\n\r.\r\n..\r\n\xff\xfe\r\n.\r\n\n"
     client = Client()
     client.send(b"EHLO c\r\nMAIL FROM:<x@y> BODY=BINARYMIME\r\nRCPT TO:<z@y>\r\n")
-    assert client.lines(b"BDAT %d LAST\r\n" % len(payload) + payload) == [ACCEPTED]
+    assert client.replies(b"BDAT %d LAST\r\n" % len(payload) + payload) == [ACCEPTED]
     assert client.data == payload
 
 
 def test_data_after_binarymime_is_refused() -> None:
     client = Client()
     client.send(b"EHLO c\r\nMAIL FROM:<x@y> BODY=BINARYMIME\r\nRCPT TO:<z@y>\r\n")
-    assert client.lines(b"DATA\r\n") == ["503 5.5.1 BODY=BINARYMIME requires BDAT, not DATA"]
+    assert client.replies(b"DATA\r\n") == ["503 5.5.1 BODY=BINARYMIME requires BDAT, not DATA"]
     assert client.conn.state is State.RCPT
-    assert client.lines(b"BDAT 1 LAST\r\nx") == [ACCEPTED]
+    assert client.replies(b"BDAT 1 LAST\r\nx") == [ACCEPTED]
 
 
 @pytest.mark.parametrize(
@@ -508,8 +408,9 @@ def test_data_after_binarymime_is_refused() -> None:
     [
         pytest.param(b"", "503 5.5.1 Polite people say HELO first", id="before-helo"),
         pytest.param(b"EHLO c\r\n", "503 5.5.1 Need MAIL command", id="before-mail"),
-        pytest.param(b"EHLO c\r\nMAIL FROM:<a@b>\r\n", "503 5.5.1 Need RCPT (recipient)",
-                     id="before-rcpt"),
+        pytest.param(
+            b"EHLO c\r\nMAIL FROM:<a@b>\r\n", "503 5.5.1 Need RCPT (recipient)", id="before-rcpt"
+        ),
     ],
 )
 def test_refused_bdat_consumes_its_octets(setup: bytes, expected: str) -> None:
@@ -518,7 +419,7 @@ def test_refused_bdat_consumes_its_octets(setup: bytes, expected: str) -> None:
     client.events.clear()
     client.out = b""
     payload = b"MAIL FROM:<e@x>\r\n"
-    out = client.lines(b"BDAT %d LAST\r\n" % len(payload) + payload + b"NOOP\r\n")
+    out = client.replies(b"BDAT %d LAST\r\n" % len(payload) + payload + b"NOOP\r\n")
     assert out == [expected, "250 2.0.0 OK"]
     assert not client.of(Mail) and not client.of(DataChunk)
 
@@ -534,7 +435,7 @@ def test_refused_bdat_split_across_reads() -> None:
 
 def test_bdat_without_chunking_consumes_octets() -> None:
     client = in_rcpt(extensions=Extensions(chunking=False))
-    out = client.lines(b"BDAT 6 LAST\r\nQUIT\r\nNOOP\r\n")
+    out = client.replies(b"BDAT 6 LAST\r\nQUIT\r\nNOOP\r\n")
     assert out == ["502 5.5.1 Command not implemented", "250 2.0.0 OK"]
     assert client.conn.state is State.RCPT
 
@@ -545,7 +446,7 @@ def test_bdat_without_chunking_consumes_octets() -> None:
 )
 def test_bdat_syntax(arg: bytes) -> None:
     client = in_rcpt()
-    assert client.lines(b"BDAT" + arg + b"\r\nNOOP\r\n") == [
+    assert client.replies(b"BDAT" + arg + b"\r\nNOOP\r\n") == [
         "501 5.5.4 Syntax: BDAT chunk-size [LAST]",
         "250 2.0.0 OK",
     ]
@@ -553,7 +454,7 @@ def test_bdat_syntax(arg: bytes) -> None:
 
 def test_bdat_over_size_limit_in_one_chunk() -> None:
     client = in_rcpt(extensions=Extensions(size=10))
-    assert client.lines(b"BDAT 11 LAST\r\n" + b"x" * 11 + b"NOOP\r\n") == [
+    assert client.replies(b"BDAT 11 LAST\r\n" + b"x" * 11 + b"NOOP\r\n") == [
         TOO_BIG,
         "250 2.0.0 OK",
     ]
@@ -563,25 +464,25 @@ def test_bdat_over_size_limit_in_one_chunk() -> None:
 
 def test_bdat_over_size_limit_across_chunks() -> None:
     client = in_rcpt(extensions=Extensions(size=10))
-    assert client.lines(b"BDAT 6\r\nabcdef") == ["250 2.0.0 6 octets received"]
-    assert client.lines(b"BDAT 6 LAST\r\nghijkl") == [TOO_BIG]
+    assert client.replies(b"BDAT 6\r\nabcdef") == ["250 2.0.0 6 octets received"]
+    assert client.replies(b"BDAT 6 LAST\r\nghijkl") == [TOO_BIG]
     assert client.data == b"abcdef"
     assert client.conn.state is State.READY
-    out = client.lines(b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 3 LAST\r\nxyz")
+    out = client.replies(b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 3 LAST\r\nxyz")
     assert out[-1] == ACCEPTED
 
 
 def test_commands_between_chunks() -> None:
     client = in_rcpt()
-    client.lines(b"BDAT 2\r\nab")
-    assert client.lines(b"DATA\r\n") == [
+    client.replies(b"BDAT 2\r\nab")
+    assert client.replies(b"DATA\r\n") == [
         "503 5.5.1 BDAT transfer in progress; only BDAT, RSET or QUIT"
     ]
-    assert client.lines(b"MAIL FROM:<a@b>\r\n")[0].startswith("503 5.5.1 BDAT transfer")
+    assert client.replies(b"MAIL FROM:<a@b>\r\n")[0].startswith("503 5.5.1 BDAT transfer")
     assert client.conn.state is State.CHUNKING
-    assert client.lines(b"RSET\r\n") == ["250 2.0.0 OK"]
+    assert client.replies(b"RSET\r\n") == ["250 2.0.0 OK"]
     assert client.conn.state is State.READY
-    assert client.lines(b"RCPT TO:<x@y>\r\n") == ["503 5.5.1 Need MAIL before RCPT"]
+    assert client.replies(b"RCPT TO:<x@y>\r\n") == ["503 5.5.1 Need MAIL before RCPT"]
 
 
 def test_eof_mid_bdat() -> None:

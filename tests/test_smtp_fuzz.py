@@ -21,34 +21,26 @@ from petrel.smtp import (
     AddressError,
     Auth,
     AuthResponse,
-    BadCommand,
-    ChunkReceived,
     ConnectionClosed,
     Data,
     DataChunk,
-    Ehlo,
     EndOfData,
     Event,
     Extensions,
-    Help,
     Mail,
     MessageRejected,
-    Quit,
-    Rcpt,
     Reply,
     ServerConnection,
-    StartTls,
     State,
     decode_xtext,
     encode_xtext,
-    help_reply,
     parse_path,
     reply,
 )
 from petrel.smtp import _replies as r
 from petrel.smtp._params import ParameterError, parse_mail_params, parse_rcpt_params
+from smtp_driver import HOST, Policy, answer
 
-HOST = "mx.example.test"
 BUFFER_SLACK = 16 * 1024
 
 REPLY_LINE = re.compile(rb"([2-5]\d\d)([ -])[^\r\n]*\r\n")
@@ -56,38 +48,20 @@ TOO_MANY = r.too_many_errors(HOST).to_bytes()
 CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 
 
-def answer(conn: ServerConnection, event: Event) -> Reply:
-    """The simple policy of the other test modules, plus SASL and STARTTLS answers."""
-    match event:
-        case Ehlo():
-            return conn.ehlo_reply(f"{HOST} Hello")
-        case Mail(sender):
-            return r.sender_ok(str(sender) if sender is not None else "")
-        case Rcpt(recipient):
-            return r.recipient_ok(str(recipient))
-        case Data():
-            return r.START_DATA
-        case EndOfData():
-            return r.message_accepted("Q")
-        case ChunkReceived(size):
-            return r.chunk_received(size)
-        case BadCommand(error) | MessageRejected(error):
-            return error
-        case Quit():
-            return r.closing(HOST)
-        case StartTls():
-            return r.READY_FOR_TLS
-        case Help(topic):
-            return help_reply(topic)
-        case Auth():
-            return reply(334, None, "")
-        case AuthResponse(data):
-            if data == "*":
-                return reply(501, "5.0.0", "Cancelled")
-            if data == "dXNlcg==":
-                return reply(235, "2.0.0", "OK Authenticated")
-            return reply(535, "5.7.8", "Authentication credentials invalid")
-    return r.OK
+def _auth_response(event: Event) -> Reply:
+    assert isinstance(event, AuthResponse)
+    if event.data == "*":
+        return reply(501, "5.0.0", "Cancelled")
+    if event.data == "dXNlcg==":
+        return reply(235, "2.0.0", "OK Authenticated")
+    return reply(535, "5.7.8", "Authentication credentials invalid")
+
+
+# The simple policy of the other test modules, plus SASL answers.
+SASL: dict[type[Event], Policy] = {
+    Auth: lambda event: reply(334, None, ""),
+    AuthResponse: _auth_response,
+}
 
 
 def parse_replies(out: bytes) -> list[tuple[int, int]]:
@@ -129,7 +103,7 @@ def drive(conn: ServerConnection, piece: bytes, events: list[Event]) -> bytes:
         if not event.needs_reply:
             assert isinstance(event, DataChunk | ConnectionClosed)
             continue
-        chunk = conn.send(answer(conn, event))
+        chunk = conn.send(answer(conn, event, policy=SASL))
         replies = parse_replies(chunk)
         # One reply per event, or that reply followed by the error-limit 421.
         assert len(replies) == 1 or (len(replies) == 2 and chunk.endswith(TOO_MANY))
@@ -342,8 +316,26 @@ PARAM_WORDS = st.sampled_from(
 )
 PARAM_VALUES = st.one_of(
     st.none(),
-    st.sampled_from(["", "1", "-1", "8BITMIME", "FULL", "<>", "a+2B", "+zz", "60;R", "0;R",
-                     "NEVER", "SUCCESS,DELAY", "rfc822;a@b", "utf-8;é", "=", ";"]),
+    st.sampled_from(
+        [
+            "",
+            "1",
+            "-1",
+            "8BITMIME",
+            "FULL",
+            "<>",
+            "a+2B",
+            "+zz",
+            "60;R",
+            "0;R",
+            "NEVER",
+            "SUCCESS,DELAY",
+            "rfc822;a@b",
+            "utf-8;é",
+            "=",
+            ";",
+        ]
+    ),
     st.text(max_size=12),
 )
 PARAM_TEXT = st.lists(
@@ -356,8 +348,13 @@ PARAM_TEXT = st.lists(
 @given(
     text=st.one_of(PARAM_TEXT, st.text(max_size=60)),
     esmtp=st.booleans(),
-    ext=st.sampled_from([Extensions(), Extensions(auth=("PLAIN",), size=0), Extensions(
-        size=None, dsn=False, deliverby=None, smtputf8=False, eightbitmime=False)]),
+    ext=st.sampled_from(
+        [
+            Extensions(),
+            Extensions(auth=("PLAIN",), size=0),
+            Extensions(size=None, dsn=False, deliverby=None, smtputf8=False, eightbitmime=False),
+        ]
+    ),
 )
 def test_parameter_parsers_raise_only_parameter_error(
     text: str, esmtp: bool, ext: Extensions

@@ -7,6 +7,7 @@ the state tables it uses live in the private modules beside it.
 
 from . import _replies as replies
 from ._address import Address, AddressError, parse_path
+from ._client import ClientConnection, ServerReply, dot_stuff
 from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from ._events import (
     Auth,
@@ -49,6 +50,7 @@ __all__ = [
     "AuthResponse",
     "BadCommand",
     "ChunkReceived",
+    "ClientConnection",
     "ConnectionClosed",
     "Data",
     "DataChunk",
@@ -73,11 +75,13 @@ __all__ = [
     "Reply",
     "Rset",
     "ServerConnection",
+    "ServerReply",
     "StartTls",
     "State",
     "Verb",
     "Vrfy",
     "decode_xtext",
+    "dot_stuff",
     "encode_xtext",
     "help_reply",
     "parse_path",
