@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
 from collections.abc import Coroutine
 from typing import Any
@@ -24,8 +25,22 @@ from petrel.server import Server
 log = logging.getLogger("petrel")
 
 
+def _raise_fd_limit() -> int:
+    """Every session is a file descriptor: lift the soft limit to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
 async def serve(config: Config) -> int:
     """Run until SIGTERM/SIGINT; returns the process exit status."""
+    fd_limit = _raise_fd_limit()
     loop = asyncio.get_running_loop()
     data_dir = config.server.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -44,6 +59,7 @@ async def serve(config: Config) -> int:
         hostname=config.server.hostname,
         data_dir=str(data_dir),
         recovered=len(recovered),
+        fd_limit=fd_limit,
     )
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
