@@ -228,3 +228,32 @@ def test_delivered_bytes_are_independent_of_chunking(chunks: list[bytes]) -> Non
         expected = PREFIX + b"".join(chunks).replace(b"\r\n", b"\n")
         assert path.read_bytes() == expected
         assert path.name.endswith(f",S={len(expected)}")
+
+
+def test_a_delivery_repeated_after_a_crash_is_recognised(tmp_path: Path) -> None:
+    """The key in the file name lets a recovered queue see what it already delivered."""
+    item = DeliveryItem(
+        "example.test", "ann", b"Delivered-To: ann@example.test\n", b"x\r\n", key="1K0ABCDEFGHIJKR0"
+    )
+    assert deliver_batch(tmp_path, [item]) == [None]
+    new = tmp_path / "example.test" / "ann" / "new"
+    [first] = os.listdir(new)
+    assert "K1K0ABCDEFGHIJKR0." in first
+    # A reader moved it to cur/ meanwhile; the repeat still finds it and writes nothing.
+    os.rename(new / first, new.parent / "cur" / f"{first}:2,S")
+    again = DeliveryItem(
+        item.domain, item.user, item.prefix, item.body_source, key=item.key, maybe_done=True
+    )
+    assert deliver_batch(tmp_path, [again]) == [None]
+    assert os.listdir(new) == []
+    # Another recipient index of the same message is a different delivery.
+    other = DeliveryItem(
+        item.domain,
+        item.user,
+        item.prefix,
+        item.body_source,
+        key="1K0ABCDEFGHIJKR1",
+        maybe_done=True,
+    )
+    assert deliver_batch(tmp_path, [other]) == [None]
+    assert len(os.listdir(new)) == 1

@@ -55,6 +55,12 @@ class DeliveryItem:
     user: str
     prefix: bytes
     body_source: BodySource
+    # A name part unique to this message and recipient (queue id + index). It is put in
+    # the file name, so that a delivery repeated after a crash can see it was done.
+    key: str = ""
+    # True when an earlier attempt may have finished unrecorded (the queue was recovered
+    # after a crash): look for ``key`` in new/ and cur/ before writing again.
+    maybe_done: bool = False
 
 
 class LineEndConverter:
@@ -112,10 +118,30 @@ def _create_tmp(maildir: Path, name: str) -> tuple[int, Path]:
         return os.open(tmp, _CREATE_FLAGS, 0o600), tmp
 
 
+def already_delivered(root: Path, item: DeliveryItem) -> bool:
+    """Does the mailbox hold this item's file already (in new/ or, once read, in cur/)?
+
+    One directory listing each: affordable because only deliveries repeated after a
+    crash ask, never the normal path.
+    """
+    if not item.key:
+        return False
+    marker = f"K{item.key}."
+    maildir = mailbox_path(root, item.domain, item.user)
+    for sub in ("new", "cur"):
+        try:
+            if any(marker in name for name in os.listdir(maildir / sub)):
+                return True
+        except FileNotFoundError:
+            continue
+    return False
+
+
 def _write_tmp(root: Path, root_dev: int, index: int, item: DeliveryItem) -> _Written:
     maildir = mailbox_path(root, item.domain, item.user)
     now = time.time_ns() // 1000
-    name = f"{now // 1_000_000}.M{now % 1_000_000}P{os.getpid()}Q{next(_counter)}.{_HOSTNAME}"
+    unique = f"K{item.key}" if item.key else f"Q{next(_counter)}"
+    name = f"{now // 1_000_000}.M{now % 1_000_000}P{os.getpid()}{unique}.{_HOSTNAME}"
     fd, tmp = _create_tmp(maildir, name)
     try:
         source = item.body_source
@@ -168,6 +194,8 @@ def deliver_batch(root: Path, items: list[DeliveryItem]) -> list[Exception | Non
         written: list[_Written] = []
         for index, item in enumerate(items):
             try:
+                if item.maybe_done and already_delivered(root, item):
+                    continue  # results[index] stays None: delivered, by the run before the crash
                 written.append(_write_tmp(root, root_dev, index, item))
             except Exception as exc:
                 results[index] = exc

@@ -60,6 +60,9 @@ class QueueManager:
         self._envelopes: dict[str, Envelope] = {}
         self._ready: deque[str] = deque()
         self._forced: set[str] = set()  # ETRN: try every open recipient, due or not
+        # Recovered at start-up: a delivery may have finished just before the crash
+        # without being recorded, so Maildir checks before writing again.
+        self._recovered: set[str] = set()
         self._timers: list[tuple[float, str]] = []  # heap of (next attempt, queue id)
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="petrel-local")
@@ -73,6 +76,7 @@ class QueueManager:
             if envelope.all_final:  # finished just before a crash: only the removal was lost
                 self.spool.finish(envelope.queue_id)
             else:
+                self._recovered.add(envelope.queue_id)
                 self._track(envelope)
         self._task = asyncio.get_running_loop().create_task(self._run())
 
@@ -215,7 +219,14 @@ class QueueManager:
         if address is None:
             raise ValueError("the null path is not a mailbox")
         prefix = (f"Return-Path: <{envelope.sender}>\nDelivered-To: {recipient.address}\n").encode()
-        return DeliveryItem(address.domain.lower(), address.mailbox, prefix, body)
+        return DeliveryItem(
+            address.domain.lower(),
+            address.mailbox,
+            prefix,
+            body,
+            key=f"{envelope.queue_id}R{envelope.recipients.index(recipient)}",
+            maybe_done=envelope.queue_id in self._recovered,
+        )
 
     def _record(
         self, envelope: Envelope, recipient: Recipient, error: Exception | str | None, now: float
@@ -260,6 +271,7 @@ class QueueManager:
         return min(q.max_backoff, q.min_backoff * 2 ** max(attempts - 1, 0))
 
     def _after_attempt(self, envelope: Envelope) -> None:
+        self._recovered.discard(envelope.queue_id)  # its state is on disk again now
         if envelope.all_final:
             self.spool.finish(envelope.queue_id)
             self._envelopes.pop(envelope.queue_id, None)
