@@ -23,10 +23,15 @@ from petrel.queue.ids import new_queue_id
 from petrel.queue.spool import MessageWriter
 from petrel.smtp import _replies as texts
 
+from .modes import IMPLICIT_TLS_MODES
+
 if TYPE_CHECKING:
     from .server import Listener, Server
 
 log = logging.getLogger("petrel.smtpd")
+
+# A client that stalls the handshake must not hold a connection slot for long.
+TLS_HANDSHAKE_TIMEOUT = 30.0
 
 _INTERNAL_ERROR = smtp.reply(421, "4.3.0", "Internal error, closing connection")
 
@@ -47,8 +52,10 @@ class SmtpSession(asyncio.Protocol):
     __slots__ = (
         "_busy",
         "_closing",
+        "_early",
         "_out",
         "_rdns",
+        "_start_tls",
         "conn",
         "id",
         "last_active",
@@ -56,6 +63,7 @@ class SmtpSession(asyncio.Protocol):
         "peer_ip",
         "peer_port",
         "server",
+        "tls_info",
         "transport",
         "txn",
     )
@@ -73,6 +81,9 @@ class SmtpSession(asyncio.Protocol):
         self._busy = False
         self._closing = False
         self._rdns: asyncio.Future[tuple[str | None, bool]] | None = None
+        self._start_tls = False
+        self._early: list[bytes] | None = None  # set while a STARTTLS handshake runs
+        self.tls_info: str | None = None  # "TLSv1.3 with cipher …" once TLS is up
         self.last_active = 0.0
 
     # -- asyncio.Protocol ---------------------------------------------------------------
@@ -94,18 +105,30 @@ class SmtpSession(asyncio.Protocol):
             return
         self.conn = smtp.ServerConnection(
             server.hostname,
-            extensions=server.extensions,
+            extensions=server.extensions_for(self.listener.mode, tls=False),
             max_recipients=server.config.limits.recipients,
             max_errors=server.config.limits.errors,
             strict_paths=server.config.policy.strict_paths,
         )
         self._rdns = server.rdns.lookup(self.peer_ip)
         log_event(log, "connect", session=self.id, client=f"{self.peer_ip}:{self.peer_port}")
+        if self.listener.mode in IMPLICIT_TLS_MODES:
+            # RFC 8314: the listener did the handshake before connection_made.
+            self._tls_up(transport)
+            self.conn.implicit_tls()
+            self.conn.extensions = server.extensions_for(self.listener.mode, tls=True)
+        transport.write(self.conn.send(self._greeting()))
+
+    def _greeting(self) -> smtp.Reply:
         date = email.utils.formatdate(localtime=True)
-        transport.write(self.conn.send(texts.greeting(server.hostname, date)))
+        return texts.greeting(self.server.hostname, date)
 
     def data_received(self, data: bytes) -> None:
         if self.conn is None:
+            return
+        if self._early is not None:
+            # Decrypted bytes that overtook the end of start_tls: legitimate, keep them.
+            self._early.append(data)
             return
         self.last_active = self.server.loop.time()
         self.conn.receive_data(data)
@@ -117,9 +140,11 @@ class SmtpSession(asyncio.Protocol):
             self.conn.receive_data(b"")
             if not self._busy:
                 self._process()
-        return True  # we close ourselves once pending replies are written
+        # We close ourselves once pending replies are written (TLS transports ignore this).
+        return self.tls_info is None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # Also called by a failed TLS handshake, where asyncio would not: idempotent.
         self._abort_message()
         if self.conn is not None:
             self.server.release(self)
@@ -160,6 +185,9 @@ class SmtpSession(asyncio.Protocol):
             self._out.append(conn.send(_INTERNAL_ERROR))
             self._closing = True
         self._flush()
+        if self._start_tls and not self._closing:
+            self._start_tls = False
+            self._begin_tls()
 
     def _flush(self) -> None:
         transport = self.transport
@@ -325,7 +353,11 @@ class SmtpSession(asyncio.Protocol):
         return smtp.reply(504, "5.5.4", "Unrecognized authentication type")
 
     def _on_starttls(self, event: smtp.StartTls) -> smtp.Reply:
-        return texts.TLS_NOT_AVAILABLE
+        # The 220 goes out first; _process starts the handshake once it is written.
+        self.txn = None
+        self._abort_message()
+        self._start_tls = True
+        return texts.READY_FOR_TLS
 
     def _on_bad(self, event: smtp.BadCommand) -> smtp.Reply:
         return event.reply
@@ -333,6 +365,64 @@ class SmtpSession(asyncio.Protocol):
     def _on_closed(self, event: smtp.ConnectionClosed) -> None:
         self._abort_message()
         self._closing = True
+
+    # -- TLS -------------------------------------------------------------------------------
+
+    def _begin_tls(self) -> None:
+        """Hand the transport to asyncio's TLS layer; the session waits for the handshake."""
+        self._busy = True
+        if self.transport is not None:
+            # Pause now: start_tls runs in a task, and the ClientHello must reach it rather
+            # than our data_received (start_tls resumes reading itself).
+            self.transport.pause_reading()
+        self.server.loop.create_task(self._handshake())
+
+    async def _handshake(self) -> None:
+        raw = self.transport
+        if raw is None or self.conn is None:
+            return
+        self._early = []
+        try:
+            transport = await self.server.loop.start_tls(
+                raw,
+                self,
+                self.server.tls.context,
+                server_side=True,
+                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
+            )
+        except Exception as exc:  # any handshake failure ends the session the same way
+            self._early = None
+            log_event(
+                log,
+                "tls-failed",
+                level=logging.WARNING,
+                session=self.id,
+                client=self.peer_ip,
+                error=str(exc) or type(exc).__name__,
+            )
+            raw.abort()
+            self.connection_lost(None)
+            return
+        early, self._early = self._early, None
+        self._busy = False
+        conn = self.conn
+        if conn is None or transport is None:
+            return
+        self._tls_up(transport)
+        conn.tls_established()  # discards anything sent before the handshake
+        conn.extensions = self.server.extensions_for(self.listener.mode, tls=True)
+        for data in early:
+            conn.receive_data(data)
+        self._process()
+
+    def _tls_up(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.last_active = self.server.loop.time()
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            name, _, bits = ssl_object.cipher()
+            self.tls_info = f"{ssl_object.version()} with cipher {name} ({bits}/{bits} bits)"
+        log_event(log, "tls", session=self.id, client=self.peer_ip, using=self.tls_info)
 
     # -- message plumbing ----------------------------------------------------------------
 
@@ -397,8 +487,12 @@ class SmtpSession(asyncio.Protocol):
         rdns = envelope.client_rdns or "unknown"
         lines = [
             f"Received: from {envelope.client_helo or 'unknown'} ({rdns} [{self.peer_ip}])",
-            f"\tby {self.server.hostname} (Petrel) with {envelope.protocol} id {envelope.queue_id}",
         ]
+        if self.tls_info is not None:
+            lines.append(f"\t(using {self.tls_info})")
+        lines.append(
+            f"\tby {self.server.hostname} (Petrel) with {envelope.protocol} id {envelope.queue_id}"
+        )
         if len(envelope.recipients) == 1:
             lines.append(f"\tfor <{envelope.recipients[0].address}>")
         lines[-1] += f"; {email.utils.formatdate(envelope.received_at, localtime=True)}"
