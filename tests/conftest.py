@@ -147,6 +147,21 @@ mode = "smtp"
     def wait_queue_empty(self, timeout: float = 15.0) -> None:
         wait_until(lambda: not self.queue_files(), timeout, "the queue to drain")
 
+    def petrel_cli(self, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        """Run ``petrel ARGS --config <this server's config>``."""
+        return subprocess.run(
+            [sys.executable, "-m", "petrel", *args, "--config", str(self.config_path)],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=self.root,
+        )
+
+    def add_user(self, address: str, password: str) -> None:
+        result = self.petrel_cli("user", "add", address, "--password-stdin", stdin=password + "\n")
+        assert result.returncode == 0, result.stderr
+
     def connect(self, timeout: float = 10.0, mode: str = "smtp") -> socket.socket:
         port = self.port if mode == "smtp" else self.ports[mode]
         return socket.create_connection((self.host, port), timeout=timeout)
