@@ -13,6 +13,7 @@ from petrel import smtp
 from petrel.config import Config, Listener
 from petrel.log import log_event
 from petrel.policy import Policy
+from petrel.policy.throttle import AuthThrottle
 from petrel.queue.spool import Spool
 
 from .modes import IMPLICIT_TLS_MODES, SERVED_MODES, STARTTLS_MODES
@@ -49,6 +50,8 @@ class Server:
         self.hostname = config.server.hostname
         self.extensions = smtp.Extensions(size=config.limits.message_size)
         self.tls = TlsManager(config)
+        auth = config.auth
+        self.auth_throttle = AuthThrottle(auth.max_failures, auth.failure_window, auth.lockout)
         self.rdns = ReverseDns(loop, enabled=config.server.reverse_dns)
         self.sessions: set[SmtpSession] = set()
         self._per_ip: Counter[str] = Counter()
@@ -59,7 +62,13 @@ class Server:
 
     def extensions_for(self, mode: str, tls: bool) -> smtp.Extensions:
         """What EHLO offers on a listener of ``mode``, before or after TLS is up."""
-        return self.extensions.with_changes(starttls=mode in STARTTLS_MODES and not tls)
+        auth = self.config.auth
+        offer_auth = tls or auth.allow_plaintext_auth
+        return self.extensions.with_changes(
+            starttls=mode in STARTTLS_MODES and not tls,
+            auth=auth.mechanisms if offer_auth else (),
+            auth_needs_tls=not offer_auth,
+        )
 
     def reload_tls(self) -> None:
         """SIGHUP: new sessions get the reloaded certificate, running ones keep theirs."""
@@ -110,6 +119,8 @@ class Server:
             return "Too many connections, try again later"
         if self._per_ip[session.peer_ip] >= limits.connections_per_ip:
             return "Too many connections from your address, try again later"
+        if self.auth_throttle.locked(session.peer_ip):
+            return "Too many failed authentications, try again later"
         self.sessions.add(session)
         self._per_ip[session.peer_ip] += 1
         return None

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import hmac
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -18,12 +20,13 @@ from typing import TYPE_CHECKING
 from petrel import smtp
 from petrel.log import log_event
 from petrel.policy import Client
+from petrel.policy.users import User, hash_password, verify_password
 from petrel.queue.envelope import Envelope, Recipient
 from petrel.queue.ids import new_queue_id
 from petrel.queue.spool import MessageWriter
 from petrel.smtp import _replies as texts
 
-from .modes import IMPLICIT_TLS_MODES
+from .modes import IMPLICIT_TLS_MODES, SUBMISSION_MODES
 
 if TYPE_CHECKING:
     from .server import Listener, Server
@@ -36,16 +39,32 @@ TLS_HANDSHAKE_TIMEOUT = 30.0
 _INTERNAL_ERROR = smtp.reply(421, "4.3.0", "Internal error, closing connection")
 
 
+_DECOY_KEY = secrets.token_bytes(32)
+_decoy_hash: str | None = None
+_MAX_HEADER_BUFFER = 256 * 1024
+
+
+def _decoy_password_hash() -> str:
+    """An argon2 hash to verify against for unknown users: same cost, same timing."""
+    global _decoy_hash
+    if _decoy_hash is None:
+        _decoy_hash = hash_password(secrets.token_urlsafe(16))
+    return _decoy_hash
+
+
 class Transaction:
     """The envelope being built between MAIL and the end of the message."""
 
-    __slots__ = ("params", "recipients", "sender", "writer")
+    __slots__ = ("head", "params", "recipients", "sender", "writer")
 
-    def __init__(self, sender: str, params: smtp.MailParams) -> None:
+    def __init__(self, sender: str, params: smtp.MailParams, submission: bool = False) -> None:
         self.sender = sender
         self.params = params
         self.recipients: list[tuple[str, smtp.RcptParams]] = []
         self.writer: MessageWriter | None = None
+        # Submission (RFC 6409 §8): the header is held back until it is complete, to
+        # add Date: and Message-ID: when the client left them out.
+        self.head: bytearray | None = bytearray() if submission else None
 
 
 class SmtpSession(asyncio.Protocol):
@@ -56,6 +75,7 @@ class SmtpSession(asyncio.Protocol):
         "_out",
         "_rdns",
         "_start_tls",
+        "auth_user",
         "conn",
         "id",
         "last_active",
@@ -84,6 +104,7 @@ class SmtpSession(asyncio.Protocol):
         self._start_tls = False
         self._early: list[bytes] | None = None  # set while a STARTTLS handshake runs
         self.tls_info: str | None = None  # "TLSv1.3 with cipher …" once TLS is up
+        self.auth_user: str | None = None  # the user address once AUTH succeeded
         self.last_active = 0.0
 
     # -- asyncio.Protocol ---------------------------------------------------------------
@@ -259,9 +280,25 @@ class SmtpSession(asyncio.Protocol):
             return self.conn.ehlo_reply(first)
         return smtp.Reply(250, (first,))
 
+    @property
+    def submission(self) -> bool:
+        return self.listener.mode in SUBMISSION_MODES
+
     def _on_mail(self, event: smtp.Mail) -> smtp.Reply:
         sender = "" if event.sender is None else str(event.sender)
-        self.txn = Transaction(sender, event.params)
+        if self.submission and self.auth_user is None:
+            return texts.AUTH_REQUIRED  # RFC 6409 §4.3 (530 5.7.0)
+        if (
+            self.auth_user is not None
+            and sender
+            and self.server.config.auth.sender_login_match
+            and not self.server.policy.may_send_as(self.auth_user, sender)
+        ):
+            log_event(log, "sender-reject", session=self.id, user=self.auth_user, sender=sender)
+            return smtp.reply(
+                553, "5.7.1", f"<{sender}>: Sender address not owned by user {self.auth_user}"
+            )
+        self.txn = Transaction(sender, event.params, submission=self.submission)
         return texts.sender_ok(sender)
 
     def _on_rcpt(self, event: smtp.Rcpt) -> smtp.Reply:
@@ -282,7 +319,41 @@ class SmtpSession(asyncio.Protocol):
 
     def _on_chunk(self, event: smtp.DataChunk) -> None:
         writer = self._start_message()
-        writer.write(event.data)
+        txn = self.txn
+        assert txn is not None
+        if txn.head is None:
+            writer.write(event.data)
+            return
+        txn.head += event.data
+        if (
+            txn.head.startswith(b"\r\n")
+            or b"\r\n\r\n" in txn.head
+            or len(txn.head) > _MAX_HEADER_BUFFER
+        ):
+            self._flush_head(txn, writer)
+
+    def _flush_head(self, txn: Transaction, writer: MessageWriter) -> None:
+        """Write the held-back header with the fields RFC 6409 §8.2–8.3 lets us add."""
+        head = txn.head
+        if head is None:
+            return
+        txn.head = None
+        end = head.find(b"\r\n\r\n")
+        header = bytes(head if end < 0 else head[: end + 2])
+        names = {
+            line.split(b":", 1)[0].strip().lower()
+            for line in header.split(b"\r\n")
+            if line and line[:1] not in (b" ", b"\t") and b":" in line
+        }
+        if head.startswith(b"\r\n"):
+            names = set()
+        added = b""
+        if b"date" not in names:
+            added += f"Date: {email.utils.formatdate(localtime=True)}\r\n".encode()
+        if b"message-id" not in names:
+            msgid = f"{writer.envelope.queue_id}.{secrets.token_hex(4)}@{self.server.hostname}"
+            added += f"Message-ID: <{msgid}>\r\n".encode()
+        writer.write(added + bytes(head))
 
     def _on_chunk_received(self, event: smtp.ChunkReceived) -> smtp.Reply:
         self._start_message()
@@ -290,6 +361,8 @@ class SmtpSession(asyncio.Protocol):
 
     def _on_end(self, event: smtp.EndOfData) -> None:
         writer = self._start_message()
+        if self.txn is not None and self.txn.head is not None:
+            self._flush_head(self.txn, writer)
         self._wait(self._commit(writer), after=self._end_transaction)
 
     async def _commit(self, writer: MessageWriter) -> smtp.Reply:
@@ -349,8 +422,85 @@ class SmtpSession(asyncio.Protocol):
             return smtp.reply(459, "4.7.1", f"<{event.node}>: ETRN not allowed from this client")
         return self.server.manager.etrn(event.node)
 
-    def _on_auth(self, event: smtp.Auth | smtp.AuthResponse) -> smtp.Reply:
-        return smtp.reply(504, "5.5.4", "Unrecognized authentication type")
+    # -- AUTH (RFC 4954): the core runs the SASL exchange, we check the secrets --------
+
+    def _on_auth_challenge(self, event: smtp.AuthChallenge) -> smtp.Reply:
+        return event.reply
+
+    def _on_auth_credentials(self, event: smtp.AuthCredentials) -> None:
+        self._wait(self._check_password(event))
+
+    async def _check_password(self, event: smtp.AuthCredentials) -> smtp.Reply:
+        user = self.server.policy.login_user(event.authcid)
+        stored = user.password_hash if user is not None else _decoy_password_hash()
+        # argon2 is slow on purpose: off the event loop, and as slow for unknown users.
+        ok = await asyncio.to_thread(verify_password, stored, event.password)
+        return await self._auth_result(event.mechanism, event.authcid, event.authzid, user, ok)
+
+    def _on_auth_lookup(self, event: smtp.AuthLookup) -> smtp.Reply:
+        assert self.conn is not None
+        user = self.server.policy.login_user(event.authcid)
+        if user is not None and user.scram is not None:
+            k = user.scram
+            return self.conn.scram_challenge(k.salt, k.iterations, k.stored_key, k.server_key)
+        # Decoys that look the same for every try at one name, so nobody learns who exists.
+        decoy = hmac.digest(_DECOY_KEY, event.authcid.lower().encode(), "sha256")
+        return self.conn.scram_challenge(decoy[:16], 4096, secrets.token_bytes(32), decoy)
+
+    def _on_auth_outcome(self, event: smtp.AuthOutcome) -> None:
+        user = self.server.policy.login_user(event.authcid)
+        self._wait(
+            self._auth_result(event.mechanism, event.authcid, event.authzid, user, event.success)
+        )
+
+    async def _auth_result(
+        self, mechanism: str, authcid: str, authzid: str, user: User | None, ok: bool
+    ) -> smtp.Reply:
+        """Log (never the secret), count failures, answer 235, 535 or the lock-out 421."""
+        if (
+            ok
+            and user is not None
+            and authzid
+            and authzid.lower()
+            not in (
+                authcid.lower(),
+                user.address,
+            )
+        ):
+            ok = False  # acting for someone else (RFC 4616 authzid) is not allowed
+        throttle = self.server.auth_throttle
+        if ok and user is not None:
+            throttle.success(self.peer_ip)
+            self.auth_user = user.address
+            log_event(
+                log,
+                "auth",
+                session=self.id,
+                mechanism=mechanism,
+                user=user.address,
+                outcome="success",
+            )
+            return texts.AUTH_OK
+        delay = throttle.failure(self.peer_ip)
+        log_event(
+            log,
+            "auth",
+            level=logging.WARNING,
+            session=self.id,
+            client=self.peer_ip,
+            mechanism=mechanism,
+            user=authcid,
+            outcome="failure",
+        )
+        if throttle.locked(self.peer_ip):
+            log_event(log, "auth-lockout", level=logging.WARNING, client=self.peer_ip)
+            return smtp.reply(
+                421,
+                "4.7.0",
+                f"{self.server.hostname} Too many failed authentications, try again later",
+            )
+        await asyncio.sleep(delay)
+        return texts.AUTH_FAILED
 
     def _on_starttls(self, event: smtp.StartTls) -> smtp.Reply:
         # The 220 goes out first; _process starts the handshake once it is written.
@@ -410,6 +560,7 @@ class SmtpSession(asyncio.Protocol):
             return
         self._tls_up(transport)
         conn.tls_established()  # discards anything sent before the handshake
+        self.auth_user = None  # RFC 3207 §4.2: nothing from before TLS is trusted
         conn.extensions = self.server.extensions_for(self.listener.mode, tls=True)
         for data in early:
             conn.receive_data(data)
@@ -465,13 +616,23 @@ class SmtpSession(asyncio.Protocol):
             ret=p.ret,
             envid=p.envid,
             by=p.by,
-            auth=p.auth,
             client_ip=self.peer_ip,
             client_helo=conn.helo or "",
             client_rdns=rdns,
             protocol=self._protocol(),
-            auth_user=None,
+            auth=self._mail_auth(p.auth),
+            auth_user=self.auth_user,
         )
+
+    def _mail_auth(self, given: str | None) -> str | None:
+        """RFC 4954 §5: trust ``MAIL AUTH=`` only from an authenticated client.
+
+        An unauthenticated client's AUTH= becomes ``<>``; an authenticated one without
+        AUTH= is taken to submit as itself.
+        """
+        if self.auth_user is None:
+            return None if given is None else "<>"
+        return given if given is not None else self.auth_user
 
     def _protocol(self) -> str:
         """The with-protocol of RFC 3848 (and RFC 6531 §4.3 for SMTPUTF8)."""
@@ -552,8 +713,10 @@ _HANDLERS: dict[type[smtp.Event], Callable[[SmtpSession, smtp.Event], smtp.Reply
     smtp.Help: SmtpSession._on_help,
     smtp.Verb: SmtpSession._on_verb,
     smtp.Etrn: SmtpSession._on_etrn,
-    smtp.Auth: SmtpSession._on_auth,
-    smtp.AuthResponse: SmtpSession._on_auth,
+    smtp.AuthChallenge: SmtpSession._on_auth_challenge,
+    smtp.AuthCredentials: SmtpSession._on_auth_credentials,
+    smtp.AuthLookup: SmtpSession._on_auth_lookup,
+    smtp.AuthOutcome: SmtpSession._on_auth_outcome,
     smtp.StartTls: SmtpSession._on_starttls,
     smtp.BadCommand: SmtpSession._on_bad,
     smtp.ConnectionClosed: SmtpSession._on_closed,

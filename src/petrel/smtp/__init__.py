@@ -8,8 +8,10 @@ the state tables it uses live in the private modules beside it.
 from ._address import Address, AddressError, parse_path
 from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from ._events import (
-    Auth,
-    AuthResponse,
+    AuthChallenge,
+    AuthCredentials,
+    AuthLookup,
+    AuthOutcome,
     BadCommand,
     ChunkReceived,
     ConnectionClosed,
@@ -44,8 +46,10 @@ __all__ = [
     "PAUSED",
     "Address",
     "AddressError",
-    "Auth",
-    "AuthResponse",
+    "AuthChallenge",
+    "AuthCredentials",
+    "AuthLookup",
+    "AuthOutcome",
     "BadCommand",
     "ChunkReceived",
     "ConnectionClosed",
