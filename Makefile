@@ -14,12 +14,12 @@ $(VENV)/.stamp: pyproject.toml
 	$(VENV)/bin/pip install -e '.[test,fast]'
 	touch $@
 
-# swaks drives the end-to-end tests; install it only when missing.
+# swaks drives the end-to-end tests (Net::SSLeay gives it -tls); install only when missing.
 system-deps:
-	@if ! command -v swaks >/dev/null 2>&1; then \
+	@if ! command -v swaks >/dev/null 2>&1 || ! perl -MNet::SSLeay -MIO::Socket::SSL -e1 2>/dev/null; then \
 		if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		$$SUDO apt-get update && \
-		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y swaks; \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y swaks libnet-ssleay-perl libio-socket-ssl-perl; \
 	fi
 
 test: venv system-deps

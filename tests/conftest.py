@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -47,6 +48,7 @@ class PetrelServer:
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.host = "127.0.0.1"
+        self.ports: dict[str, int] = {}  # first bound port of each listener mode
 
     def write_config(self) -> None:
         base = f"""
@@ -82,8 +84,22 @@ mode = "smtp"
 
         match = wait_until(listening, what="petrel to listen")
         assert isinstance(match, re.Match)
+        wait_until(lambda: "event=ready" in self.log_text()[offset:], what="petrel to be ready")
         self.host, self.port = match[1], int(match[2])
+        self.ports = {}
+        for found in _LISTENING.finditer(self.log_text()[offset:]):
+            self.ports.setdefault(found[3], int(found[2]))
         return self
+
+    @property
+    def cert_path(self) -> Path:
+        """The self-signed certificate the server generated under data_dir/tls."""
+        return self.data_dir / "tls" / "cert.pem"
+
+    def client_tls(self) -> ssl.SSLContext:
+        """A client context that trusts exactly the server's generated certificate."""
+        ctx = ssl.create_default_context(cafile=str(self.cert_path))
+        return ctx
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -131,8 +147,24 @@ mode = "smtp"
     def wait_queue_empty(self, timeout: float = 15.0) -> None:
         wait_until(lambda: not self.queue_files(), timeout, "the queue to drain")
 
-    def connect(self, timeout: float = 10.0) -> socket.socket:
-        return socket.create_connection((self.host, self.port), timeout=timeout)
+    def petrel_cli(self, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        """Run ``petrel ARGS --config <this server's config>``."""
+        return subprocess.run(
+            [sys.executable, "-m", "petrel", *args, "--config", str(self.config_path)],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=self.root,
+        )
+
+    def add_user(self, address: str, password: str) -> None:
+        result = self.petrel_cli("user", "add", address, "--password-stdin", stdin=password + "\n")
+        assert result.returncode == 0, result.stderr
+
+    def connect(self, timeout: float = 10.0, mode: str = "smtp") -> socket.socket:
+        port = self.port if mode == "smtp" else self.ports[mode]
+        return socket.create_connection((self.host, port), timeout=timeout)
 
 
 @pytest.fixture
@@ -189,13 +221,18 @@ class RawClient:
         self.send(line.encode("utf-8") + b"\r\n")
         return self.reply()
 
+    def starttls(self, context: ssl.SSLContext, server_hostname: str = HOSTNAME) -> None:
+        """Wrap the socket in TLS (after a 220 to STARTTLS); nothing may be buffered."""
+        assert self.buffer == b"", f"bytes after the STARTTLS reply: {self.buffer!r}"
+        self.sock = context.wrap_socket(self.sock, server_hostname=server_hostname)
+
     def at_eof(self) -> bool:
         """True when the server closed the connection (after any buffered bytes)."""
         if self.buffer:
             return False
         try:
             return self.sock.recv(1) == b""
-        except ConnectionResetError:
+        except (ConnectionResetError, ssl.SSLEOFError):
             return True
 
     def close(self) -> None:

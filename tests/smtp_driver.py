@@ -10,9 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from petrel.policy.users import scram_secret
 from petrel.smtp import (
     NEED_DATA,
     PAUSED,
+    AuthChallenge,
+    AuthCredentials,
+    AuthLookup,
+    AuthOutcome,
     BadCommand,
     ChunkReceived,
     Data,
@@ -38,6 +43,11 @@ from petrel.smtp import _replies as r
 HOST = "mx.example.test"
 DATE = "Thu, 27 Mar 2008 23:14:59 -0700"
 
+# The one account the simple policy knows (PLAIN/LOGIN password, SCRAM keys).
+USER = "user"
+PASSWORD = "pencil"
+SCRAM = scram_secret(PASSWORD, b"fixed test salt!", 4096)
+
 Policy = Callable[[Event], Reply]
 
 
@@ -56,7 +66,10 @@ def answer(
     makes that line from the client's domain; plain ``"<host> Hello"`` without it), MAIL →
     sender ok, RCPT → recipient ok, DATA → 354, end of message → accepted, BDAT chunk →
     octets received, core-made errors → their own reply, QUIT → 221, STARTTLS → 220,
-    HELP → ``help_reply``, the rest → OK. ``policy`` overrides the answer per event type.
+    HELP → ``help_reply``, AUTH challenges → the 334 the core built, PLAIN/LOGIN
+    credentials → 235 for ``USER``/``PASSWORD`` else 535, SCRAM lookups → the challenge
+    from the fixed ``SCRAM`` keys (whoever asks), SCRAM outcomes → 235 or 535, the rest →
+    OK. ``policy`` overrides the answer per event type.
     """
     override = (policy or {}).get(type(event))
     if override is not None:
@@ -84,6 +97,17 @@ def answer(
             return r.READY_FOR_TLS
         case Help(topic):
             return help_reply(topic)
+        case AuthChallenge(_, challenge):
+            return challenge
+        case AuthCredentials(_, _, authcid, password):
+            ok = (authcid, password) == (USER, PASSWORD)
+            return r.AUTH_OK if ok else r.AUTH_FAILED
+        case AuthLookup():
+            return conn.scram_challenge(
+                SCRAM.salt, SCRAM.iterations, SCRAM.stored_key, SCRAM.server_key
+            )
+        case AuthOutcome(success=success):
+            return r.AUTH_OK if success else r.AUTH_FAILED
     return r.OK
 
 
@@ -161,8 +185,9 @@ class Client:
         """The last reply line to one command."""
         return self.lines(command)[-1]
 
-    def of(self, kind: type[Event]) -> list[Event]:
-        return [e for e in self.events if isinstance(e, kind)]
+    def of(self, *kinds: type[Event]) -> list[Event]:
+        """The events of the given types, in order."""
+        return [e for e in self.events if isinstance(e, kinds)]
 
     @property
     def data(self) -> bytes:

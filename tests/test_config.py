@@ -406,3 +406,19 @@ def test_config_is_immutable(tmp_path: Path) -> None:
     config = load_text(tmp_path, "")
     with pytest.raises(AttributeError):
         config.limits.errors = 99  # type: ignore[misc]
+
+
+def test_auth_section_defaults_and_errors(tmp_path: Path) -> None:
+    path = tmp_path / "auth.toml"
+    path.write_text("")
+    auth = load_config(path).auth
+    assert (auth.allow_plaintext_auth, auth.max_failures, auth.lockout) == (False, 5, 900.0)
+    assert auth.mechanisms == ("PLAIN", "LOGIN", "SCRAM-SHA-256")
+    path.write_text('[auth]\nmechanisms = ["plain"]\nallow_plaintext_auth = true\n')
+    assert load_config(path).auth.mechanisms == ("PLAIN",)
+    path.write_text('[auth]\nmechanisms = ["CRAM-MD5"]\n')
+    with pytest.raises(ConfigError, match=r"^auth\.mechanisms\[0\]: must be one of"):
+        load_config(path)
+    path.write_text("[auth]\nmax_failures = 0\n")
+    with pytest.raises(ConfigError, match=r"^auth\.max_failures:"):
+        load_config(path)

@@ -87,9 +87,10 @@ def test_json_log_format(tmp_path) -> None:
 
         def first_record() -> dict[str, object] | None:
             text = (tmp_path / "json.log").read_text()
-            return json.loads(text.splitlines()[0]) if text.strip() else None
+            records = [json.loads(line) for line in text.splitlines() if line.strip()]
+            return next((r for r in records if r["event"] == "listening"), None)
 
-        record = wait_until(first_record, what="a JSON log line")
+        record = wait_until(first_record, what="a JSON listening record")
         assert isinstance(record, dict)
         assert record["event"] == "listening"
         assert record["mode"] == "smtp"

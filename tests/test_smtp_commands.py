@@ -6,6 +6,8 @@ replies, answered by the small ``Client`` driver of ``smtp_driver`` with a fixed
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from petrel.smtp import (
@@ -13,8 +15,10 @@ from petrel.smtp import (
     PAUSED,
     Address,
     AddressError,
-    Auth,
-    AuthResponse,
+    AuthChallenge,
+    AuthCredentials,
+    AuthLookup,
+    AuthOutcome,
     BadCommand,
     ConnectionClosed,
     Data,
@@ -39,7 +43,8 @@ from petrel.smtp import (
     reply,
 )
 from petrel.smtp import _replies as r
-from smtp_driver import DATE, HOST, Client, in_rcpt, ready, reply_lines
+from smtp_driver import DATE, HOST, PASSWORD, USER, Client, in_rcpt, ready, reply_lines
+from test_scram_vector import client_final
 
 # -- the classic sessions (shared/seeds) -----------------------------------------------
 
@@ -69,24 +74,10 @@ def run_transcript(text: str, **kwargs: object) -> Client:
     return client
 
 
-class LoginPolicy:
-    """AUTH LOGIN as in the seed: Username:, Password:, then OK for any password."""
-
-    def __init__(self) -> None:
-        self.step = 0
-
-    def auth(self, event: Event) -> Reply:
-        assert isinstance(event, Auth)
-        assert event.mechanism == "LOGIN"
-        self.step = 1
-        return reply(334, None, "VXNlcm5hbWU6")
-
-    def response(self, event: Event) -> Reply:
-        assert isinstance(event, AuthResponse)
-        if self.step == 1:
-            self.step = 2
-            return reply(334, None, "UGFzc3dvcmQ6")
-        return reply(235, "2.0.0", "OK Authenticated")
+def accept_any(event: Event) -> Reply:
+    """AUTH as in the seed: any PLAIN/LOGIN credentials are OK."""
+    assert isinstance(event, AuthCredentials)
+    return reply(235, "2.0.0", "OK Authenticated")
 
 
 SEED_AUTH_SESSION = """\
@@ -175,19 +166,23 @@ S: 221 2.0.0 smtp.example.com closing connection
 
 
 def test_seed_session_with_auth_login() -> None:
-    login = LoginPolicy()
     client = run_transcript(
         SEED_AUTH_SESSION,
         host="smtp.example.com",
         ip="204.13.10.15",
         queue_id="m2S6ExD6029743",
-        policy={Auth: login.auth, AuthResponse: login.response},
+        policy={AuthCredentials: accept_any},
         extensions=Extensions(
             auth=("LOGIN", "PLAIN"), starttls=True, smtputf8=False, chunking=False
         ),
     )
     assert client.conn.state is State.CLOSED
-    assert client.of(AuthResponse) == [AuthResponse("d2lsbGll"), AuthResponse("ZnVuc210cA==")]
+    # The core ran LOGIN itself: two challenges it built, then the decoded credentials.
+    assert [e.reply for e in client.of(AuthChallenge)] == [  # type: ignore[attr-defined]
+        reply(334, None, "VXNlcm5hbWU6"),
+        reply(334, None, "UGFzc3dvcmQ6"),
+    ]
+    assert client.of(AuthCredentials) == [AuthCredentials("LOGIN", "", "willie", "funsmtp")]
     assert client.data == (
         b"Date: Thu, 27 Mar 2008 23:12:49 -0700 (MST)\r\n"
         b"From: darth.vader@deathstar.com\r\n"
@@ -1112,12 +1107,18 @@ def test_starttls_discards_pipelined_plaintext() -> None:
 
 def test_starttls_forgets_authentication() -> None:
     ext = Extensions(starttls=True, auth=("PLAIN",))
-    client = ready(extensions=ext, policy={Auth: lambda e: reply(235, "2.0.0", "OK")})
-    client.lines("AUTH PLAIN AGEAYg==")
+    client = ready(extensions=ext, policy={AuthCredentials: lambda e: reply(235, "2.0.0", "OK")})
+    assert client.lines("AUTH PLAIN AGEAYg==") == ["235 2.0.0 OK"]  # \0a\0b
+    assert client.of(AuthCredentials) == [AuthCredentials("PLAIN", "", "a", "b")]
     assert client.conn.authenticated
     client.lines("STARTTLS")
     client.conn.tls_established()
     assert not client.conn.authenticated  # RFC 3207 §4.2
+    # The client must EHLO again, and then may (and must) authenticate again.
+    assert client.last("AUTH PLAIN AGEAYg==") == "503 5.5.1 Polite people say HELO first"
+    client.lines("EHLO again")
+    assert client.last("AUTH PLAIN AGEAYg==") == "235 2.0.0 OK"
+    assert client.conn.authenticated
 
 
 def test_starttls_refused_keeps_reading_commands() -> None:
@@ -1142,13 +1143,27 @@ def test_tls_established_outside_handshake_is_a_local_error() -> None:
 
 
 # -- AUTH -----------------------------------------------------------------------------
+#
+# The core runs the SASL exchange (RFC 4954) itself: it builds the 334 challenges, decodes
+# the responses, and asks the application only to check credentials (PLAIN, LOGIN), to
+# supply keys (SCRAM lookup) and to confirm a verified outcome. ``smtp_driver.answer``
+# knows one account, ``USER``/``PASSWORD``.
 
 
 AUTH_EXT = Extensions(auth=("PLAIN", "LOGIN"))
+SCRAM_EXT = Extensions(auth=("SCRAM-SHA-256",))
+AUTH_OK = "235 2.0.0 OK Authenticated"
+AUTH_FAILED = "535 5.7.8 Authentication credentials invalid"
+USERNAME = "334 VXNlcm5hbWU6"
+PASSWORD_PROMPT = "334 UGFzc3dvcmQ6"
 
 
-def challenge(event: Event) -> Reply:
-    return reply(334, None, "")
+def b64(data: str) -> str:
+    return base64.b64encode(data.encode()).decode()
+
+
+def plain(user: str = USER, password: str = PASSWORD, authzid: str = "") -> str:
+    return b64(f"{authzid}\0{user}\0{password}")
 
 
 def test_auth_not_enabled() -> None:
@@ -1156,66 +1171,117 @@ def test_auth_not_enabled() -> None:
 
 
 def test_auth_plain_exchange_success() -> None:
-    client = ready(
-        extensions=AUTH_EXT,
-        policy={Auth: challenge, AuthResponse: lambda e: reply(235, "2.0.0", "OK Authenticated")},
-    )
+    client = ready(extensions=AUTH_EXT)
     assert client.lines("AUTH plain") == ["334 "]
     assert client.conn.state is State.AUTH
-    # In the exchange, a line that looks like a command is just a SASL response.
-    assert client.lines("MAIL FROM:<a@b>") == ["235 2.0.0 OK Authenticated"]
-    assert client.of(Auth) == [Auth("PLAIN", None)]
-    assert client.of(AuthResponse) == [AuthResponse("MAIL FROM:<a@b>")]
-    assert not client.of(Mail)
+    assert client.of(AuthChallenge) == [AuthChallenge("PLAIN", reply(334, None, ""))]
+    assert client.lines(plain(authzid="boss")) == [AUTH_OK]
+    assert client.of(AuthCredentials) == [AuthCredentials("PLAIN", "boss", USER, PASSWORD)]
     assert client.conn.authenticated and client.conn.state is State.READY
     assert client.last("AUTH PLAIN") == "503 5.5.1 Already authenticated"
+    assert client.last(f"AUTH LOGIN {b64(USER)}") == "503 5.5.1 Already authenticated"
 
 
-def test_auth_failure_returns_to_ready() -> None:
-    client = ready(
-        extensions=AUTH_EXT,
-        policy={
-            Auth: challenge,
-            AuthResponse: lambda e: reply(535, "5.7.8", "Authentication credentials invalid"),
-        },
-    )
-    assert client.lines("AUTH LOGIN", "d2lsbGll") == [
-        "334 ",
-        "535 5.7.8 Authentication credentials invalid",
-    ]
+def test_command_line_in_exchange_is_a_sasl_response() -> None:
+    client = ready(extensions=AUTH_EXT)
+    client.lines("AUTH PLAIN")
+    # In the exchange, a line that looks like a command is just a (bad) SASL response.
+    assert client.lines("MAIL FROM:<a@b>") == ["501 5.5.2 Invalid base64 data"]
+    assert not client.of(Mail) and not client.of(AuthCredentials)
     assert not client.conn.authenticated and client.conn.state is State.READY
     assert client.last("MAIL FROM:<a@b>").startswith("250 ")
 
 
-def test_auth_cancel_with_star() -> None:
-    client = ready(
-        extensions=AUTH_EXT,
-        policy={Auth: challenge, AuthResponse: lambda e: reply(501, "5.0.0", "Cancelled")},
-    )
-    lines = client.lines("AUTH LOGIN", "*", "NOOP")
-    assert lines == ["334 ", "501 5.0.0 Cancelled", "250 2.0.0 OK"]
-    assert client.of(AuthResponse) == [AuthResponse("*")]
+def test_auth_failure_returns_to_ready() -> None:
+    client = ready(extensions=AUTH_EXT)
+    assert client.lines("AUTH LOGIN", b64(USER), b64("wrong")) == [
+        USERNAME,
+        PASSWORD_PROMPT,
+        AUTH_FAILED,
+    ]
+    assert client.of(AuthCredentials) == [AuthCredentials("LOGIN", "", USER, "wrong")]
+    assert not client.conn.authenticated and client.conn.state is State.READY
+    assert client.last("MAIL FROM:<a@b>").startswith("250 ")
+
+
+def test_auth_failure_then_retry_succeeds() -> None:
+    client = ready(extensions=AUTH_EXT)
+    assert client.last(f"AUTH PLAIN {plain(password='wrong')}") == AUTH_FAILED
+    assert client.last(f"AUTH PLAIN {plain()}") == AUTH_OK
+    assert client.conn.authenticated
+
+
+@pytest.mark.parametrize("before", [[], [b64(USER)]], ids=["at-username", "at-password"])
+def test_auth_cancel_with_star(before: list[str]) -> None:
+    client = ready(extensions=AUTH_EXT)
+    lines = client.lines("AUTH LOGIN", *before, "*", "NOOP")
+    assert lines == [
+        USERNAME,
+        *([PASSWORD_PROMPT] if before else []),
+        "501 5.5.2 Authentication cancelled",
+        "250 2.0.0 OK",
+    ]
+    assert not client.of(AuthCredentials) and not client.conn.authenticated
+    assert client.conn.state is State.READY
+
+
+@pytest.mark.parametrize("line", ["not base64!", "dXNlcg", "dXNl cg==", "é"])
+def test_auth_bad_base64_line(line: str) -> None:
+    client = ready(extensions=AUTH_EXT)
+    assert client.lines("AUTH LOGIN", line, "NOOP") == [
+        USERNAME,
+        "501 5.5.2 Invalid base64 data",
+        "250 2.0.0 OK",
+    ]
+    assert not client.of(AuthCredentials) and client.conn.state is State.READY
+
+
+def test_auth_malformed_response() -> None:
+    client = ready(extensions=AUTH_EXT)
+    # Valid base64, but not authzid NUL authcid NUL passwd.
+    assert client.lines("AUTH PLAIN", b64("just-a-name")) == [
+        "334 ",
+        "501 5.5.2 Malformed authentication exchange",
+    ]
+    assert not client.of(AuthCredentials) and client.conn.state is State.READY
 
 
 @pytest.mark.parametrize(
-    ("command", "event"),
+    ("command", "expected", "events"),
     [
-        ("AUTH PLAIN AGFsaWNlAHNlY3JldA==", Auth("PLAIN", "AGFsaWNlAHNlY3JldA==")),
-        ("AUTH PLAIN =", Auth("PLAIN", "=")),
-        ("AUTH login", Auth("LOGIN", None)),
+        (
+            "AUTH PLAIN AGFsaWNlAHNlY3JldA==",
+            AUTH_OK,
+            [AuthCredentials("PLAIN", "", "alice", "secret")],
+        ),
+        # "=" is an empty initial response (RFC 4954 §4), which PLAIN cannot use.
+        ("AUTH PLAIN =", "501 5.5.2 Malformed authentication exchange", []),
+        ("AUTH LOGIN =", "501 5.5.2 Malformed authentication exchange", []),
+        # Without an initial response the exchange starts with a challenge.
+        ("AUTH login", USERNAME, [AuthChallenge("LOGIN", reply(334, None, "VXNlcm5hbWU6"))]),
+        # LOGIN's initial response is the user name (smtplib and others send it).
+        (
+            f"AUTH LOGIN {b64(USER)}",
+            PASSWORD_PROMPT,
+            [AuthChallenge("LOGIN", reply(334, None, "UGFzc3dvcmQ6"))],
+        ),
     ],
+    ids=["plain", "plain-empty", "login-empty", "login", "login-initial"],
 )
-def test_auth_initial_response(command: str, event: Auth) -> None:
-    client = ready(extensions=AUTH_EXT, policy={Auth: lambda e: reply(235, "2.0.0", "OK")})
-    assert client.last(command) == "235 2.0.0 OK"
-    assert client.of(Auth) == [event]
-    assert client.conn.authenticated
+def test_auth_initial_response(command: str, expected: str, events: list[Event]) -> None:
+    client = ready(extensions=AUTH_EXT, policy={AuthCredentials: accept_any})
+    assert client.last(command) == expected
+    assert client.of(AuthChallenge, AuthCredentials) == events
+    assert client.conn.authenticated == expected.startswith("235")
+    in_exchange = expected.startswith("334")
+    assert (client.conn.state is State.AUTH) == in_exchange
 
 
 @pytest.mark.parametrize(
     ("command", "expected"),
     [
         ("AUTH CRAM-MD5", "504 5.5.4 Unrecognized authentication type"),
+        ("AUTH SCRAM-SHA-256", "504 5.5.4 Unrecognized authentication type"),  # not offered
         ("AUTH", "501 5.5.4 Syntax: AUTH mechanism [initial-response]"),
         ("AUTH PLAIN a b", "501 5.5.4 Syntax: AUTH mechanism [initial-response]"),
         ("AUTH PLAIN !!!", "501 5.5.4 Syntax: AUTH mechanism [initial-response]"),
@@ -1229,25 +1295,100 @@ def test_auth_syntax(command: str, expected: str) -> None:
 
 
 def test_auth_long_response_line_allowed() -> None:
-    client = ready(
-        extensions=AUTH_EXT,
-        policy={Auth: challenge, AuthResponse: lambda e: reply(535, "5.7.8", "no")},
-    )
+    client = ready(extensions=AUTH_EXT)
     client.lines("AUTH PLAIN")
-    long = "A" * 12000
-    assert client.lines(long) == ["535 5.7.8 no"]
-    assert client.of(AuthResponse) == [AuthResponse(long)]
+    password = "p" * 9207
+    line = plain(password=password)
+    assert len(line) + 2 == 12286  # within the 12288 octets of RFC 4954 §4
+    assert client.lines(line) == [AUTH_FAILED]
+    assert client.of(AuthCredentials) == [AuthCredentials("PLAIN", "", USER, password)]
+    # One octet over the limit is a line too long; the exchange is over.
+    client.lines("AUTH PLAIN")
+    assert client.lines("A" * 12288) == ["500 5.5.2 Line too long"]
+    assert client.conn.state is State.READY and len(client.of(AuthCredentials)) == 1
+
+
+def test_auth_initial_response_line_may_be_long() -> None:
+    client = ready(extensions=AUTH_EXT)
+    password = "p" * 9000
+    assert client.last(f"AUTH PLAIN {plain(password=password)}") == AUTH_FAILED
+    assert client.of(AuthCredentials) == [AuthCredentials("PLAIN", "", USER, password)]
 
 
 def test_bad_line_in_auth_exchange_ends_it() -> None:
-    client = ready(extensions=AUTH_EXT, policy={Auth: challenge})
+    client = ready(extensions=AUTH_EXT)
     client.lines("AUTH PLAIN")
     out = client.send(b"abc\nNOOP\r\n")
     assert reply_lines(out) == [
         "500 5.5.2 Bare CR or LF in command line; lines must end in CRLF",
         "250 2.0.0 OK",
     ]
-    assert client.conn.state is State.READY and not client.of(AuthResponse)
+    assert client.conn.state is State.READY and not client.of(AuthCredentials)
+
+
+def test_pipelined_mail_after_auth_is_not_swallowed() -> None:
+    client = ready(extensions=AUTH_EXT)
+    out = client.send(f"AUTH PLAIN {plain()}\r\nMAIL FROM:<a@b>\r\n".encode())
+    assert reply_lines(out) == [AUTH_OK, "250 2.1.0 <a@b>... Sender ok"]
+    assert len(client.of(Mail)) == 1
+    client = ready(extensions=AUTH_EXT)
+    client.lines("AUTH LOGIN")
+    out = client.send(f"{b64(USER)}\r\n{b64(PASSWORD)}\r\nMAIL FROM:<a@b>\r\n".encode())
+    assert reply_lines(out) == [PASSWORD_PROMPT, AUTH_OK, "250 2.1.0 <a@b>... Sender ok"]
+    assert len(client.of(Mail)) == 1 and client.conn.authenticated
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        reply(250, "2.0.0", "OK"),
+        reply(454, "4.7.0", "Temporary authentication failure"),
+        reply(535, "5.7.8", "Authentication credentials invalid"),
+    ],
+)
+def test_authenticated_only_on_235(answer: Reply) -> None:
+    client = ready(extensions=AUTH_EXT, policy={AuthCredentials: lambda e: answer})
+    assert client.last(f"AUTH PLAIN {plain()}") == answer.to_bytes().decode().rstrip()
+    assert not client.conn.authenticated and client.conn.state is State.READY
+    assert client.last("AUTH LOGIN") == USERNAME  # may try again
+
+
+def _scram_first(client: Client, nonce: str = "rOprNGfwEbeRWgbNEkqO") -> tuple[str, str]:
+    """Send client-first; return (client-first-bare, server-first)."""
+    bare = f"n={USER},r={nonce}"
+    line = client.last(f"AUTH SCRAM-SHA-256 {b64('n,,' + bare)}")
+    assert line.startswith("334 ")
+    server_first = base64.b64decode(line[4:]).decode()
+    assert server_first.startswith(f"r={nonce}")
+    return bare, server_first
+
+
+def test_scram_exchange_success() -> None:
+    client = ready(extensions=SCRAM_EXT)
+    bare, server_first = _scram_first(client)
+    assert client.of(AuthLookup) == [AuthLookup("SCRAM-SHA-256", "", USER)]
+    final, verifier = client_final(PASSWORD, bare, server_first)
+    assert client.last(b64(final)) == f"334 {b64(verifier)}"
+    assert not client.conn.authenticated
+    assert client.last("") == AUTH_OK
+    assert client.of(AuthOutcome) == [AuthOutcome("SCRAM-SHA-256", "", USER, True)]
+    assert client.conn.authenticated and client.conn.state is State.READY
+
+
+def test_scram_wrong_password_fails_at_the_proof() -> None:
+    client = ready(extensions=SCRAM_EXT)
+    bare, server_first = _scram_first(client)
+    final, _ = client_final("not " + PASSWORD, bare, server_first)
+    assert client.last(b64(final)) == AUTH_FAILED
+    assert client.of(AuthOutcome) == [AuthOutcome("SCRAM-SHA-256", "", USER, False)]
+    assert not client.conn.authenticated and client.conn.state is State.READY
+
+
+def test_scram_challenge_outside_scram_is_a_local_error() -> None:
+    client = ready(extensions=AUTH_EXT)
+    client.lines("AUTH PLAIN")
+    with pytest.raises(LocalProtocolError):
+        client.conn.scram_challenge(b"salt", 4096, b"k" * 32, b"s" * 32)
 
 
 # -- the event/reply contract -----------------------------------------------------------

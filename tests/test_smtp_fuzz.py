@@ -7,6 +7,7 @@ sends. The grammar helpers get round-trip and "only the documented error" proper
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import re
 import string
@@ -19,8 +20,10 @@ from petrel.smtp import (
     PAUSED,
     Address,
     AddressError,
-    Auth,
-    AuthResponse,
+    AuthChallenge,
+    AuthCredentials,
+    AuthLookup,
+    AuthOutcome,
     ConnectionClosed,
     Data,
     DataChunk,
@@ -35,11 +38,10 @@ from petrel.smtp import (
     decode_xtext,
     encode_xtext,
     parse_path,
-    reply,
 )
 from petrel.smtp import _replies as r
 from petrel.smtp._params import ParameterError, parse_mail_params, parse_rcpt_params
-from smtp_driver import HOST, Policy, answer
+from smtp_driver import HOST, PASSWORD, USER, answer
 
 BUFFER_SLACK = 16 * 1024
 
@@ -48,20 +50,19 @@ TOO_MANY = r.too_many_errors(HOST).to_bytes()
 CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 
 
-def _auth_response(event: Event) -> Reply:
-    assert isinstance(event, AuthResponse)
-    if event.data == "*":
-        return reply(501, "5.0.0", "Cancelled")
-    if event.data == "dXNlcg==":
-        return reply(235, "2.0.0", "OK Authenticated")
-    return reply(535, "5.7.8", "Authentication credentials invalid")
+def _b64(text: str) -> bytes:
+    return base64.b64encode(text.encode())
 
 
-# The simple policy of the other test modules, plus SASL answers.
-SASL: dict[type[Event], Policy] = {
-    Auth: lambda event: reply(334, None, ""),
-    AuthResponse: _auth_response,
-}
+def check_auth_event(conn: ServerConnection, event: Event, answer_reply: Reply) -> None:
+    """The application answered an AUTH event; check what the core asked and allows."""
+    if isinstance(event, AuthChallenge):
+        assert event.reply.code == 334 and answer_reply is event.reply
+    elif isinstance(event, AuthCredentials | AuthOutcome):
+        assert event.mechanism in ("PLAIN", "LOGIN", "SCRAM-SHA-256") and event.authcid
+        assert answer_reply.code in (235, 535)
+    elif isinstance(event, AuthLookup):
+        assert event.mechanism == "SCRAM-SHA-256" and answer_reply.code == 334
 
 
 def parse_replies(out: bytes) -> list[tuple[int, int]]:
@@ -103,7 +104,14 @@ def drive(conn: ServerConnection, piece: bytes, events: list[Event]) -> bytes:
         if not event.needs_reply:
             assert isinstance(event, DataChunk | ConnectionClosed)
             continue
-        chunk = conn.send(answer(conn, event, policy=SASL))
+        was_authenticated = conn.authenticated
+        answer_reply = answer(conn, event)  # AUTH: the driver's SASL answers (USER/PASSWORD)
+        check_auth_event(conn, event, answer_reply)
+        chunk = conn.send(answer_reply)
+        # Only a 235 to a finished exchange logs the client in; a reply never logs it out.
+        if conn.authenticated and not was_authenticated:
+            assert isinstance(event, AuthCredentials | AuthOutcome) and answer_reply.code == 235
+        assert conn.authenticated or not was_authenticated
         replies = parse_replies(chunk)
         # One reply per event, or that reply followed by the error-limit 421.
         assert len(replies) == 1 or (len(replies) == 2 and chunk.endswith(TOO_MANY))
@@ -138,7 +146,17 @@ TOKENS = [
     b"BDAT 0 LAST\r\n",
     b"AUTH PLAIN\r\n",
     b"AUTH LOGIN dXNlcg==\r\n",
+    b"AUTH LOGIN =\r\n",
+    b"AUTH PLAIN " + _b64(f"\0{USER}\0{PASSWORD}") + b"\r\n",
+    b"AUTH PLAIN " + _b64(f"\0{USER}\0wrong") + b"\r\n",
+    b"AUTH SCRAM-SHA-256 " + _b64(f"n,,n={USER},r=abcdef") + b"\r\n",
+    b"AUTH SCRAM-SHA-256\r\n",
+    _b64(f"n,,n={USER},r=abcdef") + b"\r\n",
+    _b64("c=biws,r=abcdefXYZ,p=" + "A" * 44) + b"\r\n",
     b"dXNlcg==\r\n",
+    _b64(PASSWORD) + b"\r\n",
+    b"=\r\n",
+    b"!!!\r\n",
     b"*\r\n",
     b"STARTTLS\r\n",
     b"RSET\r\n",
@@ -173,12 +191,17 @@ PREFIXES = [
     _TXN + b"BDAT 20\r\n",
     _TXN + b"BDAT 3\r\nabc",
     b"EHLO x.example\r\nAUTH LOGIN\r\n",
+    b"EHLO x.example\r\nAUTH PLAIN\r\n",
+    b"EHLO x.example\r\nAUTH SCRAM-SHA-256 " + _b64(f"n,,n={USER},r=abcdef") + b"\r\n",
     b"EHLO x.example\r\nSTARTTLS\r\n",
 ]
 
 CONFIGS = [
     {"max_errors": 1000},
-    {"max_errors": 1000, "extensions": Extensions(size=50, starttls=True, auth=("PLAIN", "LOGIN"))},
+    {
+        "max_errors": 1000,
+        "extensions": Extensions(size=50, starttls=True, auth=("PLAIN", "LOGIN", "SCRAM-SHA-256")),
+    },
     {"max_errors": 1000, "strict_paths": True, "max_recipients": 1},
     {"max_errors": 3},
     {"max_errors": 1000, "extensions": Extensions(chunking=False, dsn=False, size=None)},

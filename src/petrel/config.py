@@ -19,6 +19,7 @@ from typing import Any
 
 __all__ = [
     "AliasesSection",
+    "AuthSection",
     "Config",
     "ConfigError",
     "DomainsSection",
@@ -40,8 +41,20 @@ RELAY_TLS_MODES = ("required", "opportunistic")
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _SECTIONS = frozenset(
-    {"server", "listener", "tls", "domains", "limits", "queue", "relay", "policy", "aliases"}
+    {
+        "server",
+        "listener",
+        "tls",
+        "domains",
+        "limits",
+        "queue",
+        "relay",
+        "policy",
+        "aliases",
+        "auth",
+    }
 )
+AUTH_MECHANISMS = ("PLAIN", "LOGIN", "SCRAM-SHA-256")
 _DEFAULT_LISTENERS = (
     ("127.0.0.1:2525", "smtp"),
     ("127.0.0.1:2587", "submission"),
@@ -131,6 +144,18 @@ class AliasesSection:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthSection:
+    """SMTP AUTH (RFC 4954) and the submission service's rules (RFC 6409)."""
+
+    allow_plaintext_auth: bool = False  # offer AUTH before TLS: test rigs only
+    mechanisms: tuple[str, ...] = AUTH_MECHANISMS
+    sender_login_match: bool = True  # submission: MAIL FROM must be the user's own
+    max_failures: int = 5  # failed AUTHs per client IP within failure_window ...
+    failure_window: float = 600.0
+    lockout: float = 900.0  # ... then 421 4.7.0 for this long
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerSection
     listeners: tuple[Listener, ...]
@@ -142,6 +167,7 @@ class Config:
     policy: PolicySection
     aliases: AliasesSection
     source: Path | None
+    auth: AuthSection = field(default_factory=AuthSection)
 
     @classmethod
     def default(cls) -> Config:
@@ -233,6 +259,7 @@ def _build(data: dict[str, Any], base_dir: Path, source: Path | None) -> Config:
         policy=_policy(_Table(data.get("policy", {}), "policy")),
         aliases=_aliases(_Table(data.get("aliases", {}), "aliases"), server.data_dir),
         source=source,
+        auth=_auth(_Table(data.get("auth", {}), "auth")),
     )
 
 
@@ -383,6 +410,29 @@ def _aliases(t: _Table, data_dir: Path) -> AliasesSection:
     aliases = AliasesSection(_path(t.take("file", "aliases"), t.key("file"), data_dir))
     t.finish()
     return aliases
+
+
+def _auth(t: _Table) -> AuthSection:
+    mechanisms = _list(t.take("mechanisms", list(AUTH_MECHANISMS)), t.key("mechanisms"))
+    auth = AuthSection(
+        allow_plaintext_auth=_bool(
+            t.take("allow_plaintext_auth", False), t.key("allow_plaintext_auth")
+        ),
+        mechanisms=tuple(
+            _choice(
+                str(m).upper() if isinstance(m, str) else m,
+                f"{t.key('mechanisms')}[{i}]",
+                AUTH_MECHANISMS,
+            )
+            for i, m in enumerate(mechanisms)
+        ),
+        sender_login_match=_bool(t.take("sender_login_match", True), t.key("sender_login_match")),
+        max_failures=_positive_int(t.take("max_failures", 5), t.key("max_failures")),
+        failure_window=parse_duration(t.take("failure_window", "10m"), t.key("failure_window")),
+        lockout=parse_duration(t.take("lockout", "15m"), t.key("lockout")),
+    )
+    t.finish()
+    return auth
 
 
 def _show(value: Any) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import os
 import sys
 from collections.abc import Sequence
@@ -12,6 +13,7 @@ from petrel import __version__
 from petrel.config import Config, ConfigError, load_config
 from petrel.log import FORMATS, LEVELS, setup_logging
 from petrel.policy.aliases import AliasError, Aliases
+from petrel.policy.users import UserError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,7 +33,51 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-format", choices=FORMATS, default="text")
     serve.add_argument("--log-level", choices=list(LEVELS), default="info")
     sub.add_parser("check-config", parents=[common], help="validate the configuration")
+    user = sub.add_parser("user", parents=[common], help="manage the users who may AUTH")
+    user_sub = user.add_subparsers(dest="user_command", required=True, metavar="ACTION")
+    for action, text in (("add", "add a user"), ("passwd", "change a user's password")):
+        p = user_sub.add_parser(action, parents=[common], help=text)
+        p.add_argument("address", metavar="ADDRESS")
+        p.add_argument(
+            "--password-stdin",
+            action="store_true",
+            help="read the password from the first line of standard input",
+        )
+    p = user_sub.add_parser("del", parents=[common], help="delete a user")
+    p.add_argument("address", metavar="ADDRESS")
+    user_sub.add_parser("list", parents=[common], help="list the users")
     return parser
+
+
+def _read_password(from_stdin: bool) -> str:
+    """One line from stdin (scripts), else asked twice without echo (people)."""
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            raise UserError("the passwords differ")
+    if not password:
+        raise UserError("empty password")
+    return password
+
+
+def _user(args: argparse.Namespace, config: Config) -> int:
+    from petrel.policy.users import Users
+
+    users = Users(config.server.data_dir / "users")
+    action = args.user_command
+    if action == "list":
+        for user in users:
+            print(user.address)
+        return 0
+    if action == "del":
+        users.delete(args.address)
+    elif action == "add":
+        users.add(args.address, _read_password(args.password_stdin))
+    else:
+        users.set_password(args.address, _read_password(args.password_stdin))
+    return 0
 
 
 def _load(path: Path | None) -> Config:
@@ -47,6 +93,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, AliasError) as exc:
         print(f"petrel: {exc}", file=sys.stderr)
         return 2
+    if args.command == "user":
+        try:
+            return _user(args, config)
+        except UserError as exc:
+            print(f"petrel: {exc}", file=sys.stderr)
+            return 1
     if args.command == "check-config":
         source = config.source or "embedded defaults"
         print(f"petrel: configuration OK ({source})")

@@ -14,6 +14,7 @@ from petrel.config import Config
 from petrel.smtp import Address, Reply, reply
 
 from .aliases import AliasError, Aliases
+from .users import User, Users
 
 log = logging.getLogger("petrel.policy")
 
@@ -31,8 +32,9 @@ class Client:
 
 
 class Policy:
-    def __init__(self, config: Config, aliases: Aliases) -> None:
+    def __init__(self, config: Config, aliases: Aliases, users: Users | None = None) -> None:
         self.hostname = config.server.hostname
+        self.users = users if users is not None else Users(config.server.data_dir / "users")
         self.local_domains = config.domains.local
         self.relay_networks = config.domains.relay_networks
         self.vrfy_exposure = config.policy.vrfy
@@ -78,7 +80,7 @@ class Policy:
             return reply(554, "5.7.1", f"<{address}>: Relay access denied")
         if not self._safe_mailbox_name(mailbox):
             return reply(553, "5.1.3", f"<{address}>: Mailbox name not allowed")
-        if not self.mailbox_exists(mailbox, address.domain):
+        if not self.mailbox_exists(mailbox.lower(), address.domain.lower()):
             return reply(550, "5.1.1", f"<{address}>: Recipient address rejected: User unknown")
         return self._expand(str(address))
 
@@ -111,11 +113,36 @@ class Policy:
     def mailbox_exists(self, mailbox: str, domain: str) -> bool:
         """Is ``mailbox@domain`` deliverable here?
 
-        Until a user store exists every local part of a local domain is a mailbox:
-        Petrel's development mode, which is what lets the classic sessions work on a
-        fresh install (documented in README and docs/architecture.md).
+        A domain's recipients are its users, its aliases and postmaster (RFC 5321
+        §4.5.1). A local domain that has no user at all is in development mode: every
+        local part is a mailbox, which is what lets the classic sessions work on a fresh
+        install (documented in README).
         """
-        return True
+        self._reload_aliases()
+        if not self.users.has_users(domain):
+            return True
+        return (
+            mailbox == "postmaster"
+            or self.users.get(f"{mailbox}@{domain}") is not None
+            or self.aliases.lookup(mailbox, domain) is not None
+        )
+
+    # -- users -----------------------------------------------------------------------
+
+    def login_user(self, name: str) -> User | None:
+        """The user a SASL authentication identity names; a bare name means @hostname."""
+        if "@" not in name:
+            name = f"{name}@{self.hostname}"
+        return self.users.get(name)
+
+    def may_send_as(self, user: str, sender: str) -> bool:
+        """RFC 6409 §6.1: a user may use their own address and the aliases that reach it."""
+        if sender.lower() == user.lower():
+            return True
+        if not self.is_local(sender):
+            return False
+        finals = self._expand(sender)
+        return isinstance(finals, list) and user.lower() in (a.lower() for a in finals)
 
     # -- VRFY / EXPN -------------------------------------------------------------------
 

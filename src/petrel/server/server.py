@@ -13,10 +13,13 @@ from petrel import smtp
 from petrel.config import Config, Listener
 from petrel.log import log_event
 from petrel.policy import Policy
+from petrel.policy.throttle import AuthThrottle
 from petrel.queue.spool import Spool
 
+from .modes import IMPLICIT_TLS_MODES, SERVED_MODES, STARTTLS_MODES
 from .rdns import ReverseDns
-from .session import SmtpSession
+from .session import TLS_HANDSHAKE_TIMEOUT, SmtpSession
+from .tls import TlsManager
 
 if TYPE_CHECKING:
     from petrel.delivery.manager import QueueManager
@@ -25,9 +28,6 @@ __all__ = ["Listener", "Server"]
 
 log = logging.getLogger("petrel.server")
 
-# Modes whose machinery (TLS, AUTH, LMTP) is not in this build yet: their listeners are
-# skipped with a warning rather than served as something they are not.
-SERVED_MODES = frozenset({"smtp"})
 _SWEEP_SECONDS = 1.0
 
 
@@ -49,6 +49,9 @@ class Server:
         self.loop = loop
         self.hostname = config.server.hostname
         self.extensions = smtp.Extensions(size=config.limits.message_size)
+        self.tls = TlsManager(config)
+        auth = config.auth
+        self.auth_throttle = AuthThrottle(auth.max_failures, auth.failure_window, auth.lockout)
         self.rdns = ReverseDns(loop, enabled=config.server.reverse_dns)
         self.sessions: set[SmtpSession] = set()
         self._per_ip: Counter[str] = Counter()
@@ -56,6 +59,20 @@ class Server:
         self._ids = itertools.count(1)
         self._id_prefix = f"{os.getpid():x}"
         self._sweeper: asyncio.Task[None] | None = None
+
+    def extensions_for(self, mode: str, tls: bool) -> smtp.Extensions:
+        """What EHLO offers on a listener of ``mode``, before or after TLS is up."""
+        auth = self.config.auth
+        offer_auth = tls or auth.allow_plaintext_auth
+        return self.extensions.with_changes(
+            starttls=mode in STARTTLS_MODES and not tls,
+            auth=auth.mechanisms if offer_auth else (),
+            auth_needs_tls=not offer_auth,
+        )
+
+    def reload_tls(self) -> None:
+        """SIGHUP: new sessions get the reloaded certificate, running ones keep theirs."""
+        self.tls.reload()
 
     def new_session_id(self) -> str:
         return f"{self._id_prefix}.{next(self._ids):x}"
@@ -74,12 +91,16 @@ class Server:
                     reason="mode not available in this build yet",
                 )
                 continue
+            implicit = listener.mode in IMPLICIT_TLS_MODES
             server = await self.loop.create_server(
                 lambda listener=listener: SmtpSession(self, listener),
                 listener.host,
                 listener.port,
                 reuse_address=True,
                 backlog=4096,
+                # The context's SNI hook hands each handshake the newest context.
+                ssl=self.tls.context if implicit else None,
+                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if implicit else None,
             )
             self._servers.append(server)
             for sock in server.sockets:
@@ -98,6 +119,8 @@ class Server:
             return "Too many connections, try again later"
         if self._per_ip[session.peer_ip] >= limits.connections_per_ip:
             return "Too many connections from your address, try again later"
+        if self.auth_throttle.locked(session.peer_ip):
+            return "Too many failed authentications, try again later"
         self.sessions.add(session)
         self._per_ip[session.peer_ip] += 1
         return None

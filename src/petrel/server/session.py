@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import hmac
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -18,40 +20,65 @@ from typing import TYPE_CHECKING
 from petrel import smtp
 from petrel.log import log_event
 from petrel.policy import Client
+from petrel.policy.users import User, hash_password, verify_password
 from petrel.queue.envelope import Envelope, Recipient
 from petrel.queue.ids import new_queue_id
 from petrel.queue.spool import MessageWriter
 from petrel.smtp import replies as texts
+
+from .modes import IMPLICIT_TLS_MODES, SUBMISSION_MODES
 
 if TYPE_CHECKING:
     from .server import Listener, Server
 
 log = logging.getLogger("petrel.smtpd")
 
+# A client that stalls the handshake must not hold a connection slot for long.
+TLS_HANDSHAKE_TIMEOUT = 30.0
+
 _INTERNAL_ERROR = smtp.reply(421, "4.3.0", "Internal error, closing connection")
 _NO_STORAGE = smtp.reply(452, "4.3.1", "Insufficient system storage, try again later")
+
+
+_DECOY_KEY = secrets.token_bytes(32)
+_decoy_hash: str | None = None
+_MAX_HEADER_BUFFER = 256 * 1024
+
+
+def _decoy_password_hash() -> str:
+    """An argon2 hash to verify against for unknown users: same cost, same timing."""
+    global _decoy_hash
+    if _decoy_hash is None:
+        _decoy_hash = hash_password(secrets.token_urlsafe(16))
+    return _decoy_hash
 
 
 class Transaction:
     """The envelope being built between MAIL and the end of the message."""
 
-    __slots__ = ("params", "recipients", "sender", "storage_failed", "writer")
+    __slots__ = ("head", "params", "recipients", "sender", "storage_failed", "writer")
 
-    def __init__(self, sender: str, params: smtp.MailParams) -> None:
+    def __init__(self, sender: str, params: smtp.MailParams, submission: bool = False) -> None:
         self.sender = sender
         self.params = params
         # (the address as given, its final addresses after aliases, its DSN parameters)
         self.recipients: list[tuple[str, list[str], smtp.RcptParams]] = []
         self.writer: MessageWriter | None = None
         self.storage_failed = False  # the spool could not take the text: answer 452 at the end
+        # Submission (RFC 6409 §8): the header is held back until it is complete, to
+        # add Date: and Message-ID: when the client left them out.
+        self.head: bytearray | None = bytearray() if submission else None
 
 
 class SmtpSession(asyncio.Protocol):
     __slots__ = (
         "_busy",
         "_closing",
+        "_early",
         "_out",
         "_rdns",
+        "_start_tls",
+        "auth_user",
         "conn",
         "id",
         "last_active",
@@ -59,6 +86,7 @@ class SmtpSession(asyncio.Protocol):
         "peer_ip",
         "peer_port",
         "server",
+        "tls_info",
         "transport",
         "txn",
     )
@@ -76,6 +104,10 @@ class SmtpSession(asyncio.Protocol):
         self._busy = False
         self._closing = False
         self._rdns: asyncio.Future[tuple[str | None, bool]] | None = None
+        self._start_tls = False
+        self._early: list[bytes] | None = None  # set while a STARTTLS handshake runs
+        self.tls_info: str | None = None  # "TLSv1.3 with cipher …" once TLS is up
+        self.auth_user: str | None = None  # the user address once AUTH succeeded
         self.last_active = 0.0
 
     # -- asyncio.Protocol ---------------------------------------------------------------
@@ -97,18 +129,30 @@ class SmtpSession(asyncio.Protocol):
             return
         self.conn = smtp.ServerConnection(
             server.hostname,
-            extensions=server.extensions,
+            extensions=server.extensions_for(self.listener.mode, tls=False),
             max_recipients=server.config.limits.recipients,
             max_errors=server.config.limits.errors,
             strict_paths=server.config.policy.strict_paths,
         )
         self._rdns = server.rdns.lookup(self.peer_ip)
         log_event(log, "connect", session=self.id, client=f"{self.peer_ip}:{self.peer_port}")
+        if self.listener.mode in IMPLICIT_TLS_MODES:
+            # RFC 8314: the listener did the handshake before connection_made.
+            self._tls_up(transport)
+            self.conn.implicit_tls()
+            self.conn.extensions = server.extensions_for(self.listener.mode, tls=True)
+        transport.write(self.conn.send(self._greeting()))
+
+    def _greeting(self) -> smtp.Reply:
         date = email.utils.formatdate(localtime=True)
-        transport.write(self.conn.send(texts.greeting(server.hostname, date)))
+        return texts.greeting(self.server.hostname, date)
 
     def data_received(self, data: bytes) -> None:
         if self.conn is None:
+            return
+        if self._early is not None:
+            # Decrypted bytes that overtook the end of start_tls: legitimate, keep them.
+            self._early.append(data)
             return
         self.last_active = self.server.loop.time()
         self.conn.receive_data(data)
@@ -120,9 +164,11 @@ class SmtpSession(asyncio.Protocol):
             self.conn.receive_data(b"")
             if not self._busy:
                 self._process()
-        return True  # we close ourselves once pending replies are written
+        # We close ourselves once pending replies are written (TLS transports ignore this).
+        return self.tls_info is None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # Also called by a failed TLS handshake, where asyncio would not: idempotent.
         self._abort_message()
         if self.conn is not None:
             self.server.release(self)
@@ -163,6 +209,9 @@ class SmtpSession(asyncio.Protocol):
             self._out.append(conn.send(_INTERNAL_ERROR))
             self._closing = True
         self._flush()
+        if self._start_tls and not self._closing:
+            self._start_tls = False
+            self._begin_tls()
 
     def _flush(self) -> None:
         transport = self.transport
@@ -234,9 +283,25 @@ class SmtpSession(asyncio.Protocol):
             return self.conn.ehlo_reply(first)
         return smtp.Reply(250, (first,))
 
+    @property
+    def submission(self) -> bool:
+        return self.listener.mode in SUBMISSION_MODES
+
     def _on_mail(self, event: smtp.Mail) -> smtp.Reply:
         sender = "" if event.sender is None else str(event.sender)
-        self.txn = Transaction(sender, event.params)
+        if self.submission and self.auth_user is None:
+            return texts.AUTH_REQUIRED  # RFC 6409 §4.3 (530 5.7.0)
+        if (
+            self.auth_user is not None
+            and sender
+            and self.server.config.auth.sender_login_match
+            and not self.server.policy.may_send_as(self.auth_user, sender)
+        ):
+            log_event(log, "sender-reject", session=self.id, user=self.auth_user, sender=sender)
+            return smtp.reply(
+                553, "5.7.1", f"<{sender}>: Sender address not owned by user {self.auth_user}"
+            )
+        self.txn = Transaction(sender, event.params, submission=self.submission)
         return texts.sender_ok(sender)
 
     def _on_rcpt(self, event: smtp.Rcpt) -> smtp.Reply:
@@ -259,10 +324,44 @@ class SmtpSession(asyncio.Protocol):
         writer = self._start_message()
         if writer is None:
             return
+        txn = self.txn
+        assert txn is not None
         try:
-            writer.write(event.data)
+            if txn.head is None:
+                writer.write(event.data)
+                return
+            txn.head += event.data
+            if (
+                txn.head.startswith(b"\r\n")
+                or b"\r\n\r\n" in txn.head
+                or len(txn.head) > _MAX_HEADER_BUFFER
+            ):
+                self._flush_head(txn, writer)
         except OSError as exc:  # a full spool disk: refuse the message, keep the session
             self._storage_failed(exc)
+
+    def _flush_head(self, txn: Transaction, writer: MessageWriter) -> None:
+        """Write the held-back header with the fields RFC 6409 §8.2–8.3 lets us add."""
+        head = txn.head
+        if head is None:
+            return
+        txn.head = None
+        end = head.find(b"\r\n\r\n")
+        header = bytes(head if end < 0 else head[: end + 2])
+        names = {
+            line.split(b":", 1)[0].strip().lower()
+            for line in header.split(b"\r\n")
+            if line and line[:1] not in (b" ", b"\t") and b":" in line
+        }
+        if head.startswith(b"\r\n"):
+            names = set()
+        added = b""
+        if b"date" not in names:
+            added += f"Date: {email.utils.formatdate(localtime=True)}\r\n".encode()
+        if b"message-id" not in names:
+            msgid = f"{writer.envelope.queue_id}.{secrets.token_hex(4)}@{self.server.hostname}"
+            added += f"Message-ID: <{msgid}>\r\n".encode()
+        writer.write(added + bytes(head))
 
     def _on_chunk_received(self, event: smtp.ChunkReceived) -> smtp.Reply:
         if self._start_message() is None:
@@ -275,6 +374,13 @@ class SmtpSession(asyncio.Protocol):
         if writer is None:
             self.txn = None
             return _NO_STORAGE
+        if self.txn is not None and self.txn.head is not None:
+            try:
+                self._flush_head(self.txn, writer)
+            except OSError as exc:
+                self._storage_failed(exc)
+                self.txn = None
+                return _NO_STORAGE
         self._wait(self._commit(writer), after=self._end_transaction)
         return None
 
@@ -335,11 +441,92 @@ class SmtpSession(asyncio.Protocol):
             return smtp.reply(459, "4.7.1", f"<{event.node}>: ETRN not allowed from this client")
         return self.server.manager.etrn(event.node)
 
-    def _on_auth(self, event: smtp.Auth | smtp.AuthResponse) -> smtp.Reply:
-        return smtp.reply(504, "5.5.4", "Unrecognized authentication type")
+    # -- AUTH (RFC 4954): the core runs the SASL exchange, we check the secrets --------
+
+    def _on_auth_challenge(self, event: smtp.AuthChallenge) -> smtp.Reply:
+        return event.reply
+
+    def _on_auth_credentials(self, event: smtp.AuthCredentials) -> None:
+        self._wait(self._check_password(event))
+
+    async def _check_password(self, event: smtp.AuthCredentials) -> smtp.Reply:
+        user = self.server.policy.login_user(event.authcid)
+        stored = user.password_hash if user is not None else _decoy_password_hash()
+        # argon2 is slow on purpose: off the event loop, and as slow for unknown users.
+        ok = await asyncio.to_thread(verify_password, stored, event.password)
+        return await self._auth_result(event.mechanism, event.authcid, event.authzid, user, ok)
+
+    def _on_auth_lookup(self, event: smtp.AuthLookup) -> smtp.Reply:
+        assert self.conn is not None
+        user = self.server.policy.login_user(event.authcid)
+        if user is not None and user.scram is not None:
+            k = user.scram
+            return self.conn.scram_challenge(k.salt, k.iterations, k.stored_key, k.server_key)
+        # Decoys that look the same for every try at one name, so nobody learns who exists.
+        decoy = hmac.digest(_DECOY_KEY, event.authcid.lower().encode(), "sha256")
+        return self.conn.scram_challenge(decoy[:16], 4096, secrets.token_bytes(32), decoy)
+
+    def _on_auth_outcome(self, event: smtp.AuthOutcome) -> None:
+        user = self.server.policy.login_user(event.authcid)
+        self._wait(
+            self._auth_result(event.mechanism, event.authcid, event.authzid, user, event.success)
+        )
+
+    async def _auth_result(
+        self, mechanism: str, authcid: str, authzid: str, user: User | None, ok: bool
+    ) -> smtp.Reply:
+        """Log (never the secret), count failures, answer 235, 535 or the lock-out 421."""
+        if (
+            ok
+            and user is not None
+            and authzid
+            and authzid.lower()
+            not in (
+                authcid.lower(),
+                user.address,
+            )
+        ):
+            ok = False  # acting for someone else (RFC 4616 authzid) is not allowed
+        throttle = self.server.auth_throttle
+        if ok and user is not None:
+            throttle.success(self.peer_ip)
+            self.auth_user = user.address
+            log_event(
+                log,
+                "auth",
+                session=self.id,
+                mechanism=mechanism,
+                user=user.address,
+                outcome="success",
+            )
+            return texts.AUTH_OK
+        delay = throttle.failure(self.peer_ip)
+        log_event(
+            log,
+            "auth",
+            level=logging.WARNING,
+            session=self.id,
+            client=self.peer_ip,
+            mechanism=mechanism,
+            user=authcid,
+            outcome="failure",
+        )
+        if throttle.locked(self.peer_ip):
+            log_event(log, "auth-lockout", level=logging.WARNING, client=self.peer_ip)
+            return smtp.reply(
+                421,
+                "4.7.0",
+                f"{self.server.hostname} Too many failed authentications, try again later",
+            )
+        await asyncio.sleep(delay)
+        return texts.AUTH_FAILED
 
     def _on_starttls(self, event: smtp.StartTls) -> smtp.Reply:
-        return texts.TLS_NOT_AVAILABLE
+        # The 220 goes out first; _process starts the handshake once it is written.
+        self.txn = None
+        self._abort_message()
+        self._start_tls = True
+        return texts.READY_FOR_TLS
 
     def _on_bad(self, event: smtp.BadCommand) -> smtp.Reply:
         return event.reply
@@ -347,6 +534,65 @@ class SmtpSession(asyncio.Protocol):
     def _on_closed(self, event: smtp.ConnectionClosed) -> None:
         self._abort_message()
         self._closing = True
+
+    # -- TLS -------------------------------------------------------------------------------
+
+    def _begin_tls(self) -> None:
+        """Hand the transport to asyncio's TLS layer; the session waits for the handshake."""
+        self._busy = True
+        if self.transport is not None:
+            # Pause now: start_tls runs in a task, and the ClientHello must reach it rather
+            # than our data_received (start_tls resumes reading itself).
+            self.transport.pause_reading()
+        self.server.loop.create_task(self._handshake())
+
+    async def _handshake(self) -> None:
+        raw = self.transport
+        if raw is None or self.conn is None:
+            return
+        self._early = []
+        try:
+            transport = await self.server.loop.start_tls(
+                raw,
+                self,
+                self.server.tls.context,
+                server_side=True,
+                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
+            )
+        except Exception as exc:  # any handshake failure ends the session the same way
+            self._early = None
+            log_event(
+                log,
+                "tls-failed",
+                level=logging.WARNING,
+                session=self.id,
+                client=self.peer_ip,
+                error=str(exc) or type(exc).__name__,
+            )
+            raw.abort()
+            self.connection_lost(None)
+            return
+        early, self._early = self._early, None
+        self._busy = False
+        conn = self.conn
+        if conn is None or transport is None:
+            return
+        self._tls_up(transport)
+        conn.tls_established()  # discards anything sent before the handshake
+        self.auth_user = None  # RFC 3207 §4.2: nothing from before TLS is trusted
+        conn.extensions = self.server.extensions_for(self.listener.mode, tls=True)
+        for data in early:
+            conn.receive_data(data)
+        self._process()
+
+    def _tls_up(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.last_active = self.server.loop.time()
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            name, _, bits = ssl_object.cipher()
+            self.tls_info = f"{ssl_object.version()} with cipher {name} ({bits}/{bits} bits)"
+        log_event(log, "tls", session=self.id, client=self.peer_ip, using=self.tls_info)
 
     # -- message plumbing ----------------------------------------------------------------
 
@@ -404,13 +650,23 @@ class SmtpSession(asyncio.Protocol):
             ret=p.ret,
             envid=p.envid,
             by=p.by,
-            auth=p.auth,
             client_ip=self.peer_ip,
             client_helo=conn.helo or "",
             client_rdns=rdns,
             protocol=self._protocol(),
-            auth_user=None,
+            auth=self._mail_auth(p.auth),
+            auth_user=self.auth_user,
         )
+
+    def _mail_auth(self, given: str | None) -> str | None:
+        """RFC 4954 §5: trust ``MAIL AUTH=`` only from an authenticated client.
+
+        An unauthenticated client's AUTH= becomes ``<>``; an authenticated one without
+        AUTH= is taken to submit as itself.
+        """
+        if self.auth_user is None:
+            return None if given is None else "<>"
+        return given if given is not None else self.auth_user
 
     def _protocol(self) -> str:
         """The with-protocol of RFC 3848 (and RFC 6531 §4.3 for SMTPUTF8)."""
@@ -430,8 +686,12 @@ class SmtpSession(asyncio.Protocol):
         rdns = envelope.client_rdns or "unknown"
         lines = [
             f"Received: from {envelope.client_helo or 'unknown'} ({rdns} [{self.peer_ip}])",
-            f"\tby {self.server.hostname} (Petrel) with {envelope.protocol} id {envelope.queue_id}",
         ]
+        if self.tls_info is not None:
+            lines.append(f"\t(using {self.tls_info})")
+        lines.append(
+            f"\tby {self.server.hostname} (Petrel) with {envelope.protocol} id {envelope.queue_id}"
+        )
         if len(txn.recipients) == 1:
             lines.append(f"\tfor <{txn.recipients[0][0]}>")
         lines[-1] += f"; {email.utils.formatdate(envelope.received_at, localtime=True)}"
@@ -491,8 +751,10 @@ _HANDLERS: dict[type[smtp.Event], Callable[[SmtpSession, smtp.Event], smtp.Reply
     smtp.Help: SmtpSession._on_help,
     smtp.Verb: SmtpSession._on_verb,
     smtp.Etrn: SmtpSession._on_etrn,
-    smtp.Auth: SmtpSession._on_auth,
-    smtp.AuthResponse: SmtpSession._on_auth,
+    smtp.AuthChallenge: SmtpSession._on_auth_challenge,
+    smtp.AuthCredentials: SmtpSession._on_auth_credentials,
+    smtp.AuthLookup: SmtpSession._on_auth_lookup,
+    smtp.AuthOutcome: SmtpSession._on_auth_outcome,
     smtp.StartTls: SmtpSession._on_starttls,
     smtp.BadCommand: SmtpSession._on_bad,
     smtp.ConnectionClosed: SmtpSession._on_closed,

@@ -10,8 +10,10 @@ from ._address import Address, AddressError, parse_path
 from ._client import ClientConnection, ServerReply, dot_stuff
 from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from ._events import (
-    Auth,
-    AuthResponse,
+    AuthChallenge,
+    AuthCredentials,
+    AuthLookup,
+    AuthOutcome,
     BadCommand,
     ChunkReceived,
     ConnectionClosed,
@@ -46,8 +48,10 @@ __all__ = [
     "PAUSED",
     "Address",
     "AddressError",
-    "Auth",
-    "AuthResponse",
+    "AuthChallenge",
+    "AuthCredentials",
+    "AuthLookup",
+    "AuthOutcome",
     "BadCommand",
     "ChunkReceived",
     "ClientConnection",

@@ -7,7 +7,7 @@ pipelining safe. ``DataChunk`` is the only event that needs no reply.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ._address import Address
 from ._params import MailParams, RcptParams
@@ -119,16 +119,40 @@ class Etrn(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class Auth(Event):
+class AuthChallenge(Event):
+    """The SASL exchange goes on: send ``reply`` (a 334 the core built)."""
+
     mechanism: str
-    initial_response: str | None  # base64 text as sent; "=" means an empty response
+    reply: Reply
 
 
 @dataclass(frozen=True, slots=True)
-class AuthResponse(Event):
-    """A client line during a SASL exchange (after a 334 reply); ``*`` cancels."""
+class AuthCredentials(Event):
+    """PLAIN/LOGIN finished: check the password, reply 235 or 535 (``AUTH_OK/AUTH_FAILED``)."""
 
-    data: str
+    mechanism: str
+    authzid: str
+    authcid: str
+    password: str = field(repr=False)  # never in a log line by accident
+
+
+@dataclass(frozen=True, slots=True)
+class AuthLookup(Event):
+    """SCRAM needs the user's keys: reply with ``conn.scram_challenge(secret)``."""
+
+    mechanism: str
+    authzid: str
+    authcid: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuthOutcome(Event):
+    """SCRAM verified the client proof (``success``); reply 235 or 535."""
+
+    mechanism: str
+    authzid: str
+    authcid: str
+    success: bool
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,8 @@ class Extensions:
     help: bool = True
     starttls: bool = False  # RFC 3207; on once TLS is configured and not yet active
     auth: tuple[str, ...] = field(default=())  # RFC 4954 mechanisms offered right now
+    # AUTH exists but waits for TLS: AUTH gets 538 5.7.11 (RFC 4954 §6) instead of 503.
+    auth_needs_tls: bool = False
 
     def keywords(self) -> list[str]:
         """EHLO keyword lines, in the classic Sendmail order of the seed sessions."""

@@ -119,6 +119,13 @@ NUL_IN_DATA = reply(550, "5.6.0", "Message contains a NUL character; rejected")
 NOT_IMPLEMENTED = reply(502, "5.5.1", "Command not implemented")
 AUTH_NOT_ENABLED = reply(503, "5.5.1", "Error: authentication not enabled")
 ALREADY_AUTHENTICATED = reply(503, "5.5.1", "Already authenticated")
+# The seeds' text for success (RFC 4954 suggests "2.7.0 Authentication successful";
+# Sendmail's wording is kept so the classic sessions replay byte for byte).
+AUTH_OK = reply(235, "2.0.0", "OK Authenticated")
+AUTH_FAILED = reply(535, "5.7.8", "Authentication credentials invalid")
+AUTH_NEEDS_TLS = reply(538, "5.7.11", "Encryption required for requested authentication mechanism")
+AUTH_REQUIRED = reply(530, "5.7.0", "Authentication required")
+UNKNOWN_MECHANISM = reply(504, "5.5.4", "Unrecognized authentication type")
 TLS_ACTIVE = reply(503, "5.5.1", "TLS already active")
 TLS_NOT_AVAILABLE = reply(502, "5.5.1", "STARTTLS not available")
 NON_ASCII_NEEDS_SMTPUTF8 = reply(553, "5.6.7", "Non-ASCII address requires SMTPUTF8")

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import re
 
-from . import _abnf
+from . import _abnf, _sasl
 from . import _replies as r
 from ._address import AddressError, parse_path, split_path
 from ._data import ChunkReader, DataReader
 from ._errors import LocalProtocolError
 from ._events import (
-    Auth,
-    AuthResponse,
+    AuthChallenge,
+    AuthCredentials,
+    AuthLookup,
+    AuthOutcome,
     BadCommand,
     ChunkReceived,
     ConnectionClosed,
@@ -84,8 +86,10 @@ _KEYS: dict[type[Event], str] = {
     ChunkReceived: "CHUNK",
     Rset: "RSET",
     Quit: "QUIT",
-    Auth: "AUTH",
-    AuthResponse: "AUTH",
+    AuthChallenge: "AUTH",
+    AuthCredentials: "AUTH",
+    AuthLookup: "AUTH",
+    AuthOutcome: "AUTH",
     StartTls: "STARTTLS",
 }
 
@@ -105,6 +109,7 @@ class ServerConnection:
         "_message_size",
         "_pending",
         "_pending_key",
+        "_sasl",
         "authenticated",
         "body",
         "errors",
@@ -152,6 +157,7 @@ class ServerConnection:
         self._chunk_last = False
         self._chunk_error: r.Reply | None = None
         self._chunk_return = State.READY
+        self._sasl: _sasl.Mechanism | None = None
         self._reset_transaction()
 
     # -- transaction bookkeeping ---------------------------------------------------------
@@ -221,7 +227,7 @@ class ServerConnection:
         if isinstance(line, r.Reply):
             return self._deliver(BadCommand(line))
         if self.state is State.AUTH:
-            return self._deliver(AuthResponse(line))
+            return self._deliver(self._sasl_response(line))
         return self._deliver(self._parse_command(line))
 
     def _deliver(self, event: Event | _Sentinel) -> Event | _Sentinel:
@@ -464,6 +470,8 @@ class ServerConnection:
 
     def _cmd_auth(self, arg: str) -> Event:
         if not self.extensions.auth:
+            if self.extensions.auth_needs_tls and not self.tls:
+                return BadCommand(r.AUTH_NEEDS_TLS)
             return BadCommand(r.AUTH_NOT_ENABLED)
         if self.authenticated:
             return BadCommand(r.ALREADY_AUTHENTICATED)
@@ -471,9 +479,46 @@ class ServerConnection:
         if match is None:
             return BadCommand(r.syntax("5.5.4", "Syntax: AUTH mechanism [initial-response]"))
         mechanism = match["mech"].upper()
-        if mechanism not in self.extensions.auth:
-            return BadCommand(r.reply(504, "5.5.4", "Unrecognized authentication type"))
-        return Auth(mechanism, match["initial"])
+        if mechanism not in self.extensions.auth or mechanism not in _sasl.MECHANISMS:
+            return BadCommand(r.UNKNOWN_MECHANISM)
+        self._sasl = _sasl.start(mechanism)
+        initial = match["initial"]
+        if initial is None:
+            return self._sasl_event(self._sasl.step(None))
+        return self._sasl_response(initial)
+
+    def _sasl_response(self, line: str) -> Event:
+        """One client line of the exchange (or the initial response): decode, step."""
+        if line == "*":
+            return BadCommand(_sasl.CANCELLED)
+        data = _sasl.decode_response(line)
+        if data is None or self._sasl is None:
+            return BadCommand(_sasl.BAD_BASE64)
+        return self._sasl_event(self._sasl.step(data))
+
+    def _sasl_event(self, step: _sasl.Step) -> Event:
+        mech = self._sasl.name if self._sasl is not None else ""
+        if isinstance(step, _sasl.Challenge):
+            return AuthChallenge(mech, _sasl.challenge_reply(step.data))
+        if isinstance(step, _sasl.Credentials):
+            return AuthCredentials(mech, step.authzid, step.authcid, step.password)
+        if isinstance(step, _sasl.Lookup):
+            return AuthLookup(mech, step.authzid, step.authcid)
+        if isinstance(step, _sasl.Outcome):
+            return AuthOutcome(mech, step.authzid, step.authcid, step.success)
+        return BadCommand(step.reply)
+
+    def scram_challenge(
+        self, salt: bytes, iterations: int, stored: bytes, server: bytes
+    ) -> r.Reply:
+        """The reply to ``AuthLookup``: the server-first-message built from the user's keys.
+
+        For an unknown user pass decoy keys: the exchange then fails at the proof, as for
+        a wrong password, so SCRAM does not tell who exists (RFC 5802 §9).
+        """
+        if not isinstance(self._sasl, _sasl.ScramSha256):
+            raise LocalProtocolError("scram_challenge() outside a SCRAM exchange")
+        return _sasl.challenge_reply(self._sasl.server_first(salt, iterations, stored, server))
 
     def _cmd_starttls(self, arg: str) -> Event:
         if self.tls:
@@ -527,7 +572,7 @@ class ServerConnection:
             self.recipients += 1
         elif isinstance(event, Data):
             self._data = DataReader(self._limit())
-        elif isinstance(event, Auth | AuthResponse) and code == 235:
+        elif isinstance(event, AuthCredentials | AuthOutcome) and code == 235:
             self.authenticated = True
         elif isinstance(event, StartTls):
             self._buf.clear()
@@ -536,6 +581,8 @@ class ServerConnection:
         self._enter(target)
 
     def _enter(self, target: State) -> None:
+        if target is not State.AUTH:
+            self._sasl = None
         if target in TRANSACTION_ENDS:
             self._reset_transaction()
             self._data = None

@@ -1,0 +1,163 @@
+"""TLS material: the server's ``ssl.SSLContext``, made from ``[tls]`` or a self-signed pair.
+
+A fresh install must be able to offer STARTTLS at once (RFC 3207, RFC 8314 §3.3 want
+encryption on every submission path), so when ``[tls]`` names no certificate a
+self-signed one is generated once under ``<data_dir>/tls/`` and its SHA-256 fingerprint
+logged for clients to pin. ``reload`` builds a new context for sessions that start
+afterwards; sessions already running keep the context they shook hands with.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import logging
+import os
+import ssl
+from pathlib import Path
+
+from petrel.config import Config
+from petrel.fsutil import ensure_dir, fsync_dir, write_all
+from petrel.log import log_event
+
+__all__ = ["TlsError", "TlsManager", "generate_self_signed", "make_context"]
+
+log = logging.getLogger("petrel.tls")
+
+SELF_SIGNED_CERT = "cert.pem"
+SELF_SIGNED_KEY = "key.pem"
+_VALIDITY_DAYS = 825  # the longest lifetime browsers ever accepted for a leaf
+
+
+class TlsError(Exception):
+    """The certificate or key cannot be loaded (the message names the file)."""
+
+
+def make_context(cert: Path, key: Path) -> ssl.SSLContext:
+    """A server context: TLS 1.2 or newer, OpenSSL's default (sane) cipher list."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    ctx.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsError(f"cannot load certificate {cert} / key {key}: {exc}") from None
+    return ctx
+
+
+def generate_self_signed(directory: Path, hostname: str) -> tuple[Path, Path]:
+    """Write an ECDSA P-256 key (0600) and a self-signed certificate for ``hostname``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    ensure_dir(directory)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
+    now = datetime.datetime.now(datetime.UTC)
+    alt_names: list[x509.GeneralName] = [x509.DNSName(hostname)]
+    if hostname != "localhost":
+        alt_names.append(x509.DNSName("localhost"))
+    alt_names.append(x509.IPAddress(ipaddress.IPv4Address("127.0.0.1")))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=_VALIDITY_DAYS))
+        .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    key_path = directory / SELF_SIGNED_KEY
+    cert_path = directory / SELF_SIGNED_CERT
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    _write_atomically(key_path, key_pem, 0o600)
+    _write_atomically(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    fsync_dir(directory)
+    return cert_path, key_path
+
+
+def _write_atomically(path: Path, data: bytes, mode: int) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def fingerprint(cert_path: Path) -> str:
+    """SHA-256 of the first certificate in the PEM file, as colon-separated hex."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    return cert.fingerprint(hashes.SHA256()).hex(":").upper()
+
+
+class TlsManager:
+    """Holds the context new sessions use; SIGHUP swaps it for a freshly loaded one."""
+
+    def __init__(self, config: Config) -> None:
+        self.hostname = config.server.hostname
+        self.cert = config.tls.cert
+        self.key = config.tls.key
+        self.directory = config.server.data_dir / "tls"
+        self.context = self._load()
+
+    def _paths(self) -> tuple[Path, Path, bool]:
+        if self.cert is not None and self.key is not None:
+            return self.cert, self.key, False
+        cert = self.directory / SELF_SIGNED_CERT
+        key = self.directory / SELF_SIGNED_KEY
+        if cert.is_file() and key.is_file():
+            return cert, key, True
+        cert, key = generate_self_signed(self.directory, self.hostname)
+        log_event(log, "tls-generated", cert=str(cert), key=str(key))
+        return cert, key, True
+
+    def _load(self) -> ssl.SSLContext:
+        cert, key, self_signed = self._paths()
+        ctx = make_context(cert, key)
+        # Implicit-TLS listeners are bound to the context of start-up; this hook, run on
+        # every ClientHello, moves each new handshake onto the newest context.
+        ctx.sni_callback = self._newest
+        try:
+            digest = fingerprint(cert)
+        except (OSError, ValueError):
+            digest = "unknown"
+        log_event(
+            log,
+            "tls-certificate",
+            cert=str(cert),
+            self_signed=str(self_signed).lower(),
+            sha256=digest,
+        )
+        return ctx
+
+    def _newest(self, sslobj: ssl.SSLObject, server_name: str | None, ctx: ssl.SSLContext) -> None:
+        if ctx is not self.context:
+            sslobj.context = self.context
+
+    def reload(self) -> bool:
+        """Load the certificate again; on failure keep the old context and log why."""
+        try:
+            self.context = self._load()
+        except (TlsError, OSError, ValueError) as exc:
+            log_event(log, "tls-reload-failed", level=logging.ERROR, error=str(exc))
+            return False
+        log_event(log, "tls-reloaded")
+        return True

@@ -1,0 +1,242 @@
+"""SMTP AUTH (RFC 4954) and submission (RFC 6409) against a real ``petrel serve``."""
+
+from __future__ import annotations
+
+import base64
+import email
+import email.policy
+import shutil
+import smtplib
+import socket
+import ssl
+import subprocess
+
+import pytest
+
+from conftest import HOSTNAME, PetrelServer, RawClient, wait_until
+from test_scram_vector import client_final
+
+SUBMISSION = """
+[[listener]]
+address = "127.0.0.1:0"
+mode = "submission"
+
+[[listener]]
+address = "127.0.0.1:0"
+mode = "submissions"
+"""
+USER = f"willie@{HOSTNAME}"
+PASSWORD = "funsmtp"
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+@pytest.fixture
+def server(petrel_factory) -> PetrelServer:
+    petrel: PetrelServer = petrel_factory(SUBMISSION + "[auth]\nmax_failures = 4\n")
+    petrel.add_user(USER, PASSWORD)
+    (petrel.data_dir / "aliases").write_text("sales: willie\n")
+    return petrel
+
+
+def tls_client(petrel: PetrelServer, mode: str = "smtp") -> RawClient:
+    client = RawClient(petrel.connect(mode=mode))
+    client.reply()
+    client.command("EHLO client.test")
+    assert client.command("STARTTLS")[0].startswith("220")
+    client.starttls(petrel.client_tls())
+    return client
+
+
+def test_seed_auth_login_under_tls_byte_exact(server: PetrelServer) -> None:
+    client = tls_client(server)
+    ehlo = client.command("EHLO wheelersoftware.com")
+    assert "250-AUTH PLAIN LOGIN SCRAM-SHA-256" in ehlo
+    assert client.command("AUTH LOGIN") == ["334 VXNlcm5hbWU6"]
+    assert client.command("d2lsbGll") == ["334 UGFzc3dvcmQ6"]  # "willie": a bare name
+    assert client.command("ZnVuc210cA==") == ["235 2.0.0 OK Authenticated"]
+    assert client.command("MAIL FROM:<darth.vader@deathstar.com>")[0].startswith("553 5.7.1")
+    assert client.command(f"MAIL FROM:<{USER}>")[0].startswith("250 2.1.0")
+    # Relay to a remote domain is allowed once authenticated.
+    assert client.command("RCPT TO:<friend@remote.example>")[0].startswith("250 2.1.5")
+    log = server.log_text()
+    assert "ZnVuc210cA" not in log and PASSWORD not in log
+    assert "outcome=success" in log
+
+
+def test_plain_initial_response_and_challenge(server: PetrelServer) -> None:
+    client = tls_client(server)
+    client.command("EHLO c.test")
+    token = b64(f"\0{USER}\0{PASSWORD}")
+    assert client.command("AUTH PLAIN") == ["334 "]
+    assert client.command(token) == ["235 2.0.0 OK Authenticated"]
+    assert client.command(f"AUTH PLAIN {token}") == ["503 5.5.1 Already authenticated"]
+    client.close()
+    other = tls_client(server)
+    other.command("EHLO c.test")
+    assert other.command(f"AUTH PLAIN {token}") == ["235 2.0.0 OK Authenticated"]
+
+
+def test_failures_bad_base64_cancel_unknown_mechanism(server: PetrelServer) -> None:
+    client = tls_client(server)
+    client.command("EHLO c.test")
+    bad = b64(f"\0{USER}\0wrong")
+    assert client.command(f"AUTH PLAIN {bad}")[0].startswith("535 5.7.8")
+    assert client.command("AUTH PLAIN !!notbase64")[0].startswith("501 5.5")
+    assert client.command("AUTH LOGIN") == ["334 VXNlcm5hbWU6"]
+    assert client.command("*")[0].startswith("501 5.5.2")
+    assert client.command("AUTH LOGIN") == ["334 VXNlcm5hbWU6"]
+    assert client.command("@@@")[0].startswith("501 5.5.2")
+    assert client.command("AUTH CRAM-MD5")[0].startswith("504 5.5.4")
+    assert client.command("MAIL FROM:<a@client.test>")[0].startswith("250")
+    assert client.command(f"AUTH PLAIN {bad}")[0].startswith("503 5.5.1")
+    assert "wrong" not in server.log_text()
+
+
+def test_auth_refused_in_plaintext(server: PetrelServer) -> None:
+    client = RawClient(server.connect())
+    client.reply()
+    ehlo = client.command("EHLO c.test")
+    assert not any("AUTH" in line for line in ehlo)
+    assert client.command(f"AUTH PLAIN {b64(chr(0) + USER + chr(0) + PASSWORD)}")[0].startswith(
+        "538 5.7.11"
+    )
+
+
+def test_allow_plaintext_auth_for_test_rigs(petrel_factory) -> None:
+    petrel: PetrelServer = petrel_factory("[auth]\nallow_plaintext_auth = true\n")
+    petrel.add_user(USER, PASSWORD)
+    with smtplib.SMTP(petrel.host, petrel.port) as client:
+        client.ehlo()
+        assert "LOGIN" in client.esmtp_features["auth"]
+        client.login(USER, PASSWORD)
+
+
+def test_relay_denied_before_auth_allowed_after(server: PetrelServer) -> None:
+    with smtplib.SMTP(server.host, server.port) as client:
+        client.starttls(context=server.client_tls())
+        client.ehlo()
+        client.mail("s@client.test")
+        code, _ = client.rcpt("victim@remote.example")
+        assert code == 554
+        client.rset()
+        client.login(USER, PASSWORD)
+        client.mail(USER)
+        code, _ = client.rcpt("friend@remote.example")
+        assert code == 250
+        code, _ = client.data(b"Subject: relayed\r\n\r\nhi\r\n")
+        assert code == 250
+
+
+def test_scram_sha_256_with_independent_client(server: PetrelServer) -> None:
+    client = tls_client(server)
+    client.command("EHLO c.test")
+    first_bare = f"n={USER},r=clientnonce123456"
+    [challenge] = client.command(f"AUTH SCRAM-SHA-256 {b64('n,,' + first_bare)}")
+    assert challenge.startswith("334 ")
+    server_first = base64.b64decode(challenge[4:]).decode()
+    final, verifier = client_final(PASSWORD, first_bare, server_first)
+    [v] = client.command(b64(final))
+    assert base64.b64decode(v[4:]).decode() == verifier
+    assert client.command("") == ["235 2.0.0 OK Authenticated"]
+    # A wrong password fails at the proof with 535.
+    other = tls_client(server)
+    other.command("EHLO c.test")
+    [challenge] = other.command(f"AUTH SCRAM-SHA-256 {b64('n,,' + first_bare)}")
+    final, _ = client_final("bad", first_bare, base64.b64decode(challenge[4:]).decode())
+    assert other.command(b64(final))[0].startswith("535 5.7.8")
+
+
+def test_lockout_after_failures(server: PetrelServer) -> None:
+    client = tls_client(server)
+    client.command("EHLO c.test")
+    bad = b64(f"\0{USER}\0nope")
+    for _ in range(3):
+        assert client.command(f"AUTH PLAIN {bad}")[0].startswith("535 5.7.8")
+    assert client.command(f"AUTH PLAIN {bad}")[0].startswith("421 4.7.0")
+    assert client.at_eof()
+    again = RawClient(server.connect())
+    assert again.reply()[0].startswith("421 4.7.0")
+    assert "event=auth-lockout" in server.log_text()
+
+
+def test_submission_requires_tls_then_auth(server: PetrelServer) -> None:
+    plain = RawClient(server.connect(mode="submission"))
+    plain.reply()
+    assert "250-STARTTLS" in plain.command("EHLO c.test")
+    assert plain.command("AUTH LOGIN")[0].startswith("538 5.7.11")
+    assert plain.command(f"MAIL FROM:<{USER}>")[0] == "530 5.7.0 Authentication required"
+    plain.close()
+    with smtplib.SMTP(server.host, server.ports["submission"]) as client:
+        client.starttls(context=server.client_tls())
+        client.ehlo()
+        code, text = client.mail(USER)
+        assert (code, text) == (530, b"5.7.0 Authentication required")
+        client.rset()
+        client.login("willie", PASSWORD)
+        assert client.mail("darth.vader@deathstar.com")[0] == 553
+        client.rset()
+        assert client.mail(f"sales@{HOSTNAME}")[0] == 250  # an alias that reaches willie
+        assert client.rcpt("ann@localhost")[0] == 250
+        assert client.rcpt("friend@remote.example")[0] == 250
+        assert client.data(b"Subject: no date, no id\r\n\r\nbody\r\n")[0] == 250
+    [message] = server.wait_for_messages("ann", domain="localhost")
+    parsed = email.message_from_bytes(message, policy=email.policy.default)
+    assert parsed["Date"] and parsed["Message-ID"].endswith(f"@{HOSTNAME}>")
+    assert parsed["Subject"] == "no date, no id"
+    assert b"with ESMTPSA id" in message
+
+
+def test_submissions_implicit_tls_with_smtplib(server: PetrelServer) -> None:
+    ctx = server.client_tls()
+    with smtplib.SMTP_SSL(server.host, server.ports["submissions"], context=ctx) as client:
+        client.login(USER, PASSWORD)
+        refused = client.sendmail(
+            USER,
+            ["bob@localhost"],
+            b"Date: Thu, 27 Mar 2008 23:12:49 -0700\r\nMessage-ID: <own@client.test>\r\n"
+            b"Subject: kept\r\n\r\nbody\r\n",
+        )
+        assert refused == {}
+    [message] = server.wait_for_messages("bob", domain="localhost")
+    assert message.count(b"Message-ID:") == 1 and b"<own@client.test>" in message
+    assert message.count(b"Date:") == 1
+
+
+@pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks is installed by system-deps")
+@pytest.mark.parametrize("mechanism", ["LOGIN", "PLAIN"])
+def test_swaks_tls_auth(server: PetrelServer, mechanism: str) -> None:
+    result = subprocess.run(
+        [
+            "swaks",
+            "--server",
+            f"{server.host}:{server.ports['submission']}",
+            "-tls",
+            "--auth",
+            mechanism,
+            "--auth-user",
+            USER,
+            "--auth-password",
+            PASSWORD,
+            "--from",
+            USER,
+            "--to",
+            f"swaks-{mechanism.lower()}@localhost",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "235 2.0.0 OK Authenticated" in result.stdout
+    assert server.wait_for_messages(f"swaks-{mechanism.lower()}", domain="localhost")
+
+
+def test_credentials_never_logged(server: PetrelServer) -> None:
+    test_failures_bad_base64_cancel_unknown_mechanism(server)
+    wait_until(lambda: "outcome=failure" in server.log_text(), what="failure log")
+    assert PASSWORD not in server.log_text()
+    assert b64(f"\0{USER}\0wrong") not in server.log_text()
+    assert socket and ssl
