@@ -31,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-format", choices=FORMATS, default="text")
     serve.add_argument("--log-level", choices=list(LEVELS), default="info")
     sub.add_parser("check-config", parents=[common], help="validate the configuration")
+    from petrel.cli import send as send_cli
+
+    send_cli.add_parser(sub)
     return parser
 
 
@@ -42,6 +45,10 @@ def _load(path: Path | None) -> Config:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "send":  # a client for any server: no configuration needed
+        from petrel.cli import send as send_cli
+
+        return send_cli.run(args)
     try:
         config = _load(args.config)
     except (ConfigError, AliasError) as exc:
