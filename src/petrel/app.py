@@ -15,6 +15,7 @@ from typing import Any
 
 from petrel.config import Config
 from petrel.delivery.manager import QueueManager
+from petrel.delivery.pickup import PickupWatcher
 from petrel.fsutil import ensure_dir
 from petrel.log import log_event
 from petrel.policy import Policy
@@ -51,6 +52,8 @@ async def serve(config: Config) -> int:
     policy = Policy(config, Aliases.load(config.aliases.file))
     manager = QueueManager(config, spool, policy)
     manager.start(recovered)
+    pickup = PickupWatcher(spool, manager)  # mail from `petrel sendmail`
+    pickup.start()
     server = Server(config, spool, manager, policy, loop)
     await server.start()
     log_event(
@@ -68,6 +71,7 @@ async def serve(config: Config) -> int:
     await stop.wait()
     log_event(log, "stopping")
     await server.shutdown()
+    await pickup.stop()
     await manager.stop()
     spool.close()
     log_event(log, "stopped", messages=spool.commit_count, syncs=spool.sync_count)

@@ -46,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
     p = user_sub.add_parser("del", parents=[common], help="delete a user")
     p.add_argument("address", metavar="ADDRESS")
     user_sub.add_parser("list", parents=[common], help="list the users")
+    from petrel.cli import send as send_cli
+
+    send_cli.add_parser(sub)
+    sub.add_parser(  # parsed by petrel.cli.sendmail: sendmail(1) syntax is not argparse's
+        "sendmail", help="queue a message from stdin (sendmail-compatible: -t -i -f -F)"
+    )
     return parser
 
 
@@ -87,7 +93,16 @@ def _load(path: Path | None) -> Config:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if os.path.basename(sys.argv[0]) == "sendmail" or argv[:1] == ["sendmail"]:
+        from petrel.cli import sendmail as sendmail_cli  # installed as `sendmail` too
+
+        return sendmail_cli.main(argv[1:] if argv[:1] == ["sendmail"] else argv)
     args = _parser().parse_args(argv)
+    if args.command == "send":  # a client for any server: no configuration needed
+        from petrel.cli import send as send_cli
+
+        return send_cli.run(args)
     try:
         config = _load(args.config)
     except (ConfigError, AliasError) as exc:

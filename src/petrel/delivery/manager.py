@@ -94,6 +94,10 @@ class QueueManager:
         self._ready.append(envelope.queue_id)
         self._wake.set()
 
+    def knows(self, queue_id: str) -> bool:
+        """True while the message is tracked here (queued, deferred, held or in delivery)."""
+        return queue_id in self._envelopes
+
     def _track(self, envelope: Envelope) -> None:
         self._envelopes[envelope.queue_id] = envelope
         due = self._next_due(envelope)

@@ -31,6 +31,7 @@ class ServerReply:
 
     command: str
     reply: Reply
+    raw: tuple[str, ...] = ()  # the reply lines as received, for transcripts
 
 
 def dot_stuff(data: bytes) -> bytes:
@@ -56,6 +57,7 @@ class ClientConnection:
         self.extensions: dict[str, str] = {}  # EHLO/LHLO keywords (upper-case) → parameters
         self._buf = bytearray()
         self._lines: list[tuple[int, str]] = []
+        self._raw: list[str] = []
         self._expect: deque[str] = deque(["CONNECT"])
         self._accepted_rcpts = 0  # LMTP: replies owed after the message text
         self._tls_pending = False
@@ -92,6 +94,19 @@ class ClientConnection:
             raise LocalProtocolError("STARTTLS accepted: finish the handshake first")
         self._expect.append(verb)
         return line.encode("utf-8") + b"\r\n"
+
+    def send_auth_response(self, line: str) -> bytes:
+        """One SASL line after a ``334`` (base64, or ``*`` to cancel; RFC 4954 §4).
+
+        Unlike a command it is sent as given (base64 is case-sensitive); its reply
+        comes as a ``ServerReply`` for ``"AUTH"``.
+        """
+        if "\r" in line or "\n" in line:
+            raise LocalProtocolError("line break inside a SASL response")
+        if self._tls_pending:
+            raise LocalProtocolError("STARTTLS accepted: finish the handshake first")
+        self._expect.append("AUTH")
+        return line.encode("ascii") + b"\r\n"
 
     def send_data(self, message: bytes) -> bytes:
         """The message text after a 354: dot-stuffed and terminated."""
@@ -138,6 +153,7 @@ class ClientConnection:
             if self._lines and self._lines[0][0] != code:
                 raise RemoteProtocolError("reply code changed inside a multi-line reply")
             self._lines.append((code, match[3].decode("utf-8", "replace")))
+            self._raw.append(raw.decode("utf-8", "replace"))
             if len(self._lines) > MAX_REPLY_LINES:
                 raise RemoteProtocolError("too many lines in one reply")
             if match[2] == b"-":
@@ -147,7 +163,9 @@ class ClientConnection:
     def _finish_reply(self) -> ServerReply:
         code = self._lines[0][0]
         texts = [text for _, text in self._lines]
+        raw = tuple(self._raw)
         self._lines = []
+        self._raw = []
         status_match = _STATUS_RE.match(texts[-1])
         status = status_match[1] if status_match else None
         if status is not None and status[0] != str(code)[0]:
@@ -159,7 +177,7 @@ class ClientConnection:
             raise RemoteProtocolError(f"unsolicited reply: {reply}")
         command = self._expect.popleft()
         self._on_reply(command, reply)
-        return ServerReply(command, reply)
+        return ServerReply(command, reply, raw)
 
     def _on_reply(self, command: str, reply: Reply) -> None:
         if command in ("EHLO", "LHLO") and reply.code == 250:

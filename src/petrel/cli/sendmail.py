@@ -1,0 +1,107 @@
+"""``petrel sendmail`` and a ``sendmail``-named entry point: sendmail(1) option parsing.
+
+Options are parsed by hand because sendmail's syntax predates getopt conventions
+(``-oi``, ``-fSENDER``, ``-odi``). Unknown ``-o``/``-b`` variants that change nothing
+for a queue-only submission are accepted and ignored, as Postfix does.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from petrel.client.sendmail import (
+    EX_USAGE,
+    SendmailError,
+    SendmailOptions,
+    prepare,
+    read_message,
+    submit,
+)
+from petrel.config import ConfigError, load_config
+
+__all__ = ["USAGE", "main", "parse_args"]
+
+USAGE = """\
+usage: petrel sendmail [-t] [-i|-oi] [-f SENDER] [-F NAME] [--config FILE] [RCPT ...]
+Reads a message from stdin and queues it (the server may be running or stopped).
+  -t          take recipients from To/Cc/Bcc as well (Bcc is removed)
+  -i, -oi     a line with a single "." does not end the message
+  -f SENDER   envelope sender (default: you@hostname; -f '<>' for the null sender)
+  -F NAME     full name for a From: field that gets added
+  -C, --config FILE   Petrel configuration (default $PETREL_CONFIG)
+exit status (sysexits.h): 0 queued, 64 usage, 65 bad address, 67 recipient refused,
+73 spool not writable, 75 temporary failure (try again)
+"""
+
+_IGNORED_WITH_VALUE = {"-B", "-N", "-R", "-V", "-X", "-h", "-L", "-O"}
+
+
+def parse_args(argv: Sequence[str]) -> tuple[SendmailOptions, Path | None]:
+    opts = SendmailOptions()
+    config = os.environ.get("PETREL_CONFIG") or None
+    args = list(argv)
+    i = 0
+
+    def value(flag: str, arg: str) -> str:
+        nonlocal i
+        if len(arg) > len(flag):
+            return arg[len(flag) :]
+        i += 1
+        if i >= len(args):
+            raise SendmailError(EX_USAGE, f"option {flag} needs a value")
+        return args[i]
+
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            opts.recipients += args[i + 1 :]
+            break
+        if arg in ("-h", "--help"):
+            raise SendmailError(0, USAGE)
+        if arg == "--config" or arg.startswith("--config="):
+            config = value("--config=", arg) if "=" in arg else value("--config", arg)
+        elif arg.startswith("-C"):
+            config = value("-C", arg)
+        elif arg == "-t":
+            opts.extract = True
+        elif arg in ("-i", "-oi"):
+            opts.ignore_dots = True
+        elif arg.startswith(("-f", "-r")):
+            opts.sender = value(arg[:2], arg)
+        elif arg.startswith("-F"):
+            opts.full_name = value("-F", arg)
+        elif arg[:2] in _IGNORED_WITH_VALUE:
+            value(arg[:2], arg)
+        elif arg.startswith(("-o", "-b", "-v", "-U", "-n", "-m", "-e", "-q")):
+            if arg.startswith("-b") and arg not in ("-bm", "-b"):
+                raise SendmailError(EX_USAGE, f"mode {arg} is not supported (only -bm)")
+        elif arg.startswith("-") and arg != "-":
+            raise SendmailError(EX_USAGE, f"unknown option {arg}")
+        else:
+            opts.recipients.append(arg)
+        i += 1
+    return opts, Path(config) if config else None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point for ``petrel sendmail`` and the ``petrel-sendmail`` script."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        opts, config_path = parse_args(argv)
+        config = load_config(config_path)
+        message = read_message(sys.stdin.buffer, ignore_dots=opts.ignore_dots)
+        envelope, body = prepare(message, opts, config)
+        submit(envelope, body, config)
+    except SendmailError as exc:
+        if exc.status == 0:
+            print(exc, end="")  # --help
+        else:
+            print(f"sendmail: {exc}", file=sys.stderr)
+        return exc.status
+    except ConfigError as exc:
+        print(f"sendmail: {exc}", file=sys.stderr)
+        return 78  # EX_CONFIG
+    return 0

@@ -1,0 +1,129 @@
+"""``petrel sendmail``: local submission into the spool, with the server running or stopped."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from collections.abc import Callable
+
+import pytest
+
+from conftest import HOSTNAME, PetrelServer
+from petrel.cli.sendmail import parse_args
+from petrel.client.sendmail import read_message
+
+
+def sendmail(server: PetrelServer, stdin: bytes, *args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "petrel", "sendmail", "--config", str(server.config_path), *args],
+        input=stdin,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+def test_t_takes_to_cc_bcc_and_removes_bcc(petrel: PetrelServer) -> None:
+    message = (
+        b"From: Cron Daemon <cron@example.org>\n"
+        b"To: alice@mx.petrel.test\n"
+        b"Cc: Bob <bob@mx.petrel.test>,\n carol\n"
+        b"Bcc: hidden@mx.petrel.test\n"
+        b"Subject: nightly report\n"
+        b"\n"
+        b"all good\n"
+    )
+    result = sendmail(petrel, message, "-t", "-i")
+    assert result.returncode == 0, result.stderr
+    for user in ("alice", "bob", "carol", "hidden"):
+        [copy] = petrel.wait_for_messages(user, timeout=5)  # picked up at once, delivered once
+        header = copy.split(b"\n\n")[0].split(b"\n")
+        assert not [h for h in header if b"hidden" in h and not h.startswith(b"Delivered-To:")]
+        assert not [h for h in header if h.lower().startswith(b"bcc:")]
+        assert b"\nReceived: from local user " in copy
+        assert b"with local id " in copy
+        assert b"Message-ID: <" in copy and b"\nDate: " in copy
+        assert copy.endswith(b"\n\nall good\n")
+    petrel.wait_queue_empty()
+
+
+def test_a_lone_dot_ends_input_unless_i(petrel: PetrelServer) -> None:
+    text = b"Subject: dots\n\nbefore\n.\nafter\n"
+    assert sendmail(petrel, text, "dot@mx.petrel.test").returncode == 0
+    assert sendmail(petrel, text, "-oi", "dotted@mx.petrel.test").returncode == 0
+    [cut] = petrel.wait_for_messages("dot")
+    [kept] = petrel.wait_for_messages("dotted")
+    assert cut.endswith(b"\n\nbefore\n")
+    assert kept.endswith(b"\n\nbefore\n.\nafter\n")
+
+
+def test_8bit_input_and_missing_final_newline(petrel: PetrelServer) -> None:
+    text = "Subject: caf\u00e9\n\nna\u00efve \u00fcber\nlast line".encode("latin-1")
+    result = sendmail(petrel, text, "-f", "me@example.org", "-F", "Me Myself", "eight")
+    assert result.returncode == 0, result.stderr
+    [copy] = petrel.wait_for_messages("eight")
+    assert copy.startswith(b"Return-Path: <me@example.org>\n")
+    assert copy.endswith("na\u00efve \u00fcber\nlast line\n".encode("latin-1"))
+    assert b"\nFrom: Me Myself <me@example.org>\n" in copy
+
+
+def test_queued_while_stopped_is_delivered_once_at_start(
+    petrel_factory: Callable[..., PetrelServer],
+) -> None:
+    server = petrel_factory()
+    assert server.stop() == 0
+    result = sendmail(server, b"Subject: offline\r\n\r\nqueued while down\r\n", "off")
+    assert result.returncode == 0, result.stderr
+    assert len(server.queue_files()) == 1
+    assert server.messages("off") == []
+    server.start()
+    [copy] = server.wait_for_messages("off")
+    assert copy.endswith(b"\n\nqueued while down\n")
+    server.wait_queue_empty()
+    assert server.stop() == 0
+    server.start()
+    server.wait_queue_empty()
+    assert len(server.messages("off")) == 1
+
+
+def test_no_recipients_is_a_usage_error(petrel: PetrelServer) -> None:
+    result = sendmail(petrel, b"Subject: x\n\nbody\n", "-t")
+    assert result.returncode == 64
+    assert b"no recipients" in result.stderr
+    assert petrel.queue_files() == []
+
+
+def test_bad_recipient_address_is_refused(petrel: PetrelServer) -> None:
+    result = sendmail(petrel, b"x\n", "a b c@@example")
+    assert result.returncode == 65
+
+
+@pytest.mark.parametrize(
+    ("data", "ignore", "expected"),
+    [
+        (b"a\n.\nb\n", False, b"a\r\n"),
+        (b"a\n.\nb\n", True, b"a\r\n.\r\nb\r\n"),
+        (b"a\r\n.\r\n", False, b"a\r\n"),
+        (b".\n", False, b""),
+        (b"a\n.", False, b"a\r\n"),
+        (b"no newline", False, b"no newline\r\n"),
+        (b"cr\ronly\n", False, b"cr\r\nonly\r\n"),
+        (b"..stuffed\n", False, b"..stuffed\r\n"),
+    ],
+)
+def test_read_message(data: bytes, ignore: bool, expected: bytes) -> None:
+    assert read_message(io.BytesIO(data), ignore_dots=ignore) == expected
+
+
+def test_sendmail_option_syntax() -> None:
+    opts, _ = parse_args(["-oi", "-fme@x.org", "-F", "Me", "-odi", "-t", "a", "--", "-b"])
+    assert opts.ignore_dots and opts.extract
+    assert (opts.sender, opts.full_name) == ("me@x.org", "Me")
+    assert opts.recipients == ["a", "-b"]
+    assert parse_args(["-C", "/etc/p.toml"])[1] is not None
+
+
+def test_hostname_qualifies_bare_local_names(petrel: PetrelServer) -> None:
+    assert sendmail(petrel, b"Subject: s\n\nb\n", "-f", "cron", "postmaster").returncode == 0
+    [copy] = petrel.wait_for_messages("postmaster")
+    assert copy.startswith(f"Return-Path: <cron@{HOSTNAME}>\n".encode())
