@@ -22,7 +22,9 @@ class BenchError(RuntimeError):
     """Something in the bench itself failed (a server did not start, a wait ran out)."""
 
 
-def wait_until(predicate: Callable[[], T | None], timeout: float, what: str, step: float = 0.02) -> T:
+def wait_until(
+    predicate: Callable[[], T | None], timeout: float, what: str, step: float = 0.02
+) -> T:
     """Poll ``predicate`` until it returns something truthy; raise after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:

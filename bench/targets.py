@@ -8,6 +8,7 @@ never writes to /etc/postfix or touches a system instance.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import re
@@ -87,6 +88,7 @@ connections_per_ip = 30000
         self.root.mkdir(parents=True, exist_ok=True)
         config = self.root / "petrel.toml"
         config.write_text(self.config_text())
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         binary = os.environ.get("PETREL", str(REPO / ".venv" / "bin" / "petrel"))
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
@@ -102,7 +104,7 @@ connections_per_ip = 30000
             assert self.process is not None
             if self.process.poll() is not None:
                 raise BenchError(f"petrel exited early:\n{self.log_path.read_text()[-2000:]}")
-            return _LISTENING.search(self.log_path.read_text(errors="replace"))
+            return _LISTENING.search(self.log_path.read_text(errors="replace")[offset:])
 
         match = wait_until(listening, 30, "petrel to listen")
         self.port = int(match[2])
@@ -110,6 +112,11 @@ connections_per_ip = 30000
 
     def pids(self) -> list[int]:
         return descendants(self.process.pid) if self.process else []
+
+    def restart(self) -> None:
+        """Stop and start again on the same data_dir (a new port, a fresh heap)."""
+        self.stop()
+        self.start()
 
     def stop(self) -> None:
         if self.process is None:
@@ -226,11 +233,17 @@ maillog_file = {self.root}/maillog
         # local(8) writes to a file/Maildir alias with the alias table owner's rights;
         # the table belongs to nobody, and so does the Maildir: no system user needed.
         nobody = pwd.getpwnam("nobody")
-        for folder in (self.mail_dir, self.maildir, *(self.maildir / s for s in ("new", "cur", "tmp"))):
+        for folder in (
+            self.mail_dir,
+            self.maildir,
+            *(self.maildir / s for s in ("new", "cur", "tmp")),
+        ):
             folder.mkdir(mode=0o755, exist_ok=True)
             os.chown(folder, nobody.pw_uid, nobody.pw_gid)
         aliases = self.config_dir / "aliases"
-        aliases.write_text(f"{USER} {self.maildir}/\npostmaster {self.maildir}/\n")  # postmap format
+        aliases.write_text(
+            f"{USER} {self.maildir}/\npostmaster {self.maildir}/\n"
+        )  # postmap format
         os.chown(aliases, nobody.pw_uid, nobody.pw_gid)
         self.port = free_port()
         (self.config_dir / "main.cf").write_text(self.main_cf())
@@ -286,7 +299,5 @@ def _alive(pid: int) -> bool:
 
 
 def _kill(pid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
