@@ -134,26 +134,31 @@ def run_point(target: Target, point: Point) -> Sample:
     limit = 30 + point.messages * point.size / 2e6 + point.messages / 50
     start = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    accepted_at = None
-    delivered = 0
-    while True:
-        now = time.monotonic()
-        if accepted_at is None and proc.poll() is not None:
-            accepted_at = now
-        delivered = count_files(new)
-        if delivered >= point.messages or now - start > limit:
-            break
-        if accepted_at is not None and proc.returncode != 0:
-            break
-        time.sleep(0.005)
-    end = time.monotonic()
-    if accepted_at is None:
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
+    try:
+        accepted_at = None
+        delivered = 0
+        while True:
+            now = time.monotonic()
+            if accepted_at is None and proc.poll() is not None:
+                accepted_at = now
+            delivered = count_files(new)
+            if delivered >= point.messages or now - start > limit:
+                break
+            if accepted_at is not None and proc.returncode != 0:
+                break
+            time.sleep(0.005)
+        end = time.monotonic()
+        if accepted_at is None:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            accepted_at = time.monotonic()
+    finally:
+        if proc.poll() is None:  # interrupted: leave no load generator behind
             proc.kill()
             proc.wait()
-        accepted_at = time.monotonic()
     err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
     if proc.stderr:
         proc.stderr.close()
@@ -297,6 +302,7 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 def main() -> int:
     """Set up, run, report, and always tear everything down."""
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
     settings = Settings.from_env()
     if shutil.which("smtp-source") is None:
         print("smtp-source not found: `make bench` installs postfix", file=sys.stderr)
