@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 import threading
 import time
@@ -59,26 +60,37 @@ def message(size: int) -> bytes:
     return head + line * max(1, size // len(line))
 
 
-def transaction(port: int, body: bytes) -> float:
-    """One message on a new connection, no pipelining; seconds from connect to DATA's 250."""
-    start = time.perf_counter()
+STEPS = ("greeting", "EHLO", "MAIL", "RCPT", "DATA", "dot")
+
+
+def transaction(port: int, body: bytes) -> list[float]:
+    """One message on a new connection, no pipelining.
+
+    Returns the seconds each step took, from connect() to the greeting and then from each
+    command to its reply (the last is the body and dot to the 250): their sum is the
+    full transaction.
+    """
+    marks = [time.perf_counter()]
     client = LineClient(port)
     try:
-        client.expect(None, b"220")
-        client.expect(b"EHLO client.test\r\n", b"250")
-        client.expect(f"MAIL FROM:<{SENDER}>\r\n".encode(), b"250")
-        client.expect(f"RCPT TO:<{RECIPIENT}>\r\n".encode(), b"250")
-        client.expect(b"DATA\r\n", b"354")
-        client.expect(body + b".\r\n", b"250")
-        elapsed = time.perf_counter() - start
+        for data, code in (
+            (None, b"220"),
+            (b"EHLO client.test\r\n", b"250"),
+            (f"MAIL FROM:<{SENDER}>\r\n".encode(), b"250"),
+            (f"RCPT TO:<{RECIPIENT}>\r\n".encode(), b"250"),
+            (b"DATA\r\n", b"354"),
+            (body + b".\r\n", b"250"),
+        ):
+            client.expect(data, code)
+            marks.append(time.perf_counter())
         client.expect(b"QUIT\r\n", b"221")
     finally:
         client.close()
-    return elapsed
+    return [b - a for a, b in itertools.pairwise(marks)]
 
 
-def latencies(port: int, count: int) -> list[float]:
-    """``count`` sequential transactions of a 1 KB message, one client."""
+def latencies(port: int, count: int) -> list[list[float]]:
+    """``count`` sequential transactions of a 1 KB message, one client: steps of each."""
     body = message(1024)
     for _ in range(min(20, count)):  # warm-up, not recorded
         transaction(port, body)

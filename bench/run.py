@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from clients import big_message, idle_sessions, latencies, percentile
+from clients import STEPS, big_message, idle_sessions, latencies, percentile
 from common import (
     LOOPBACK,
     BenchError,
@@ -195,14 +195,22 @@ def run_probes(settings: Settings, targets: list[Target], results: Results) -> N
     """Latency, idle memory and the large message, per target."""
     for target in targets:
         count = settings.latency_messages
-        values = latencies(target.port, count)
+        steps = latencies(target.port, count)
         empty_maildir(target.maildir)
+        totals = [sum(step) for step in steps]
         text = (
-            f"p50 {percentile(values, 0.5) * 1e3:.2f} ms, p99 {percentile(values, 0.99) * 1e3:.2f}"
+            f"p50 {percentile(totals, 0.5) * 1e3:.2f} ms, p99 {percentile(totals, 0.99) * 1e3:.2f}"
             f" ms ({count} msgs)"
         )
+        parts = ", ".join(
+            f"{name} {statistics.median(step[i] for step in steps) * 1e3:.2f}"
+            for i, name in enumerate(STEPS)
+        )
         results.probes.append(("latency, one client", target.name, text))
-        print(f"  latency      {target.name:<12} {text}", flush=True)
+        results.probes.append(("latency steps, median ms", target.name, parts))
+        print(
+            f"  latency      {target.name:<12} {text}\n               {'':<12} {parts}", flush=True
+        )
     for target in targets:
         if isinstance(target, PetrelTarget):
             target.restart()  # a fresh heap: freed matrix memory would hide the cost
