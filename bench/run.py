@@ -360,7 +360,7 @@ def main() -> int:
     text = report(settings, [t.name for t in targets], results, facts)
     out_dir = HERE / "results"
     out_dir.mkdir(exist_ok=True)
-    stamp = dt.datetime.now().strftime("%Y-%m-%d-%H%M")
+    stamp = dt.datetime.now().strftime("%Y-%m-%d-%H%M%S")
     out = out_dir / f"{stamp}{'-quick' if settings.quick else ''}.md"
     out.write_text(text)
     print()
