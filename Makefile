@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 ARGS ?=
 
-.PHONY: venv system-deps test lint serve clean
+.PHONY: venv system-deps bench-deps bench test lint serve clean
 
 venv: $(VENV)/.stamp
 
@@ -23,11 +23,28 @@ system-deps:
 	fi
 
 test: venv system-deps
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/pytest -q
 
 lint: venv
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff check src tests bench
+
+# Postfix gives the bench smtp-source and the side-by-side peer. The preseed keeps the
+# package from configuring or starting a system instance; the bench runs its own.
+bench-deps:
+	@if ! command -v smtp-source >/dev/null 2>&1; then \
+		if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		echo "postfix postfix/main_mailer_type select No configuration" | $$SUDO debconf-set-selections && \
+		$$SUDO apt-get update && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postfix; \
+	fi
+
+# Side by side with Postfix on loopback; QUICK=1 for a < 2 minute run. Writes bench/results/.
+# Root is needed for the private Postfix instance (sudo is used when not root).
+QUICK ?= 0
+bench: venv bench-deps
+	@if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO="sudo --preserve-env=QUICK,RUNS,MESSAGES,WORKERS,TARGETS,PROBES,IDLE_SESSIONS,LATENCY_MESSAGES,BIG_MB,KEEP"; fi; \
+		QUICK=$(QUICK) $$SUDO $(VENV)/bin/python bench/run.py
 
 serve: venv
 	$(VENV)/bin/petrel serve $(ARGS)
@@ -35,4 +52,4 @@ serve: venv
 # Leaves petrel-data/ alone: it holds mail.
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .hypothesis
-	find src tests -name __pycache__ -type d -prune -exec rm -rf {} +
+	find src tests bench -name __pycache__ -type d -prune -exec rm -rf {} +
