@@ -20,6 +20,7 @@ from petrel.policy import Policy
 from petrel.policy.aliases import Aliases
 from petrel.queue.spool import Spool
 from petrel.server import Server
+from petrel.server.control import ControlServer, control_path
 
 log = logging.getLogger("petrel")
 
@@ -38,6 +39,8 @@ async def serve(config: Config) -> int:
     manager.start(recovered)
     server = Server(config, spool, manager, policy, loop)
     await server.start()
+    control = ControlServer(manager, control_path(data_dir))
+    await control.start()
     log_event(
         log,
         "ready",
@@ -50,6 +53,7 @@ async def serve(config: Config) -> int:
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     log_event(log, "stopping")
+    await control.close()
     await server.shutdown()
     await manager.stop()
     spool.close()

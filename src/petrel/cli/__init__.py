@@ -13,6 +13,8 @@ from petrel.config import Config, ConfigError, load_config
 from petrel.log import FORMATS, LEVELS, setup_logging
 from petrel.policy.aliases import AliasError, Aliases
 
+from . import queue
+
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
@@ -31,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-format", choices=FORMATS, default="text")
     serve.add_argument("--log-level", choices=list(LEVELS), default="info")
     sub.add_parser("check-config", parents=[common], help="validate the configuration")
+    queue.add_parser(sub, common)
     return parser
 
 
@@ -47,6 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, AliasError) as exc:
         print(f"petrel: {exc}", file=sys.stderr)
         return 2
+    if args.command == "queue":
+        return queue.run(config, args)
     if args.command == "check-config":
         source = config.source or "embedded defaults"
         print(f"petrel: configuration OK ({source})")
