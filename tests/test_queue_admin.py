@@ -356,3 +356,16 @@ def test_queue_subcommand_takes_config_before_or_after(tmp_path: Path, action: s
         )
         assert done.returncode == 0, done.stderr
     assert not (tmp_path / "petrel-data").exists()  # the config's data_dir was used
+
+
+def test_second_server_on_the_same_data_dir_leaves_the_socket_alone(
+    petrel_factory, tmp_path: Path
+) -> None:
+    first: PetrelServer = petrel_factory(RELAY, name="first", data_dir=tmp_path / "shared")
+    queue_id = send(first, "bob@elsewhere.test", "shared")
+    second: PetrelServer = petrel_factory(RELAY, name="second", data_dir=tmp_path / "shared")
+    assert "event=control-busy" in second.log_text()
+    assert second.stop() == 0
+    assert control_socket(first).exists()  # still the first server's
+    assert queue(first, "hold", queue_id).returncode == 0
+    assert "event=held" in first.log_text()

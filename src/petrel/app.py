@@ -31,16 +31,17 @@ async def serve(config: Config) -> int:
     data_dir = config.server.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     ensure_dir(data_dir)
+    control = ControlServer(control_path(data_dir))
+    control.bind()
     spool = Spool(data_dir / "queue")
     spool.open()
     recovered = spool.recover()
     policy = Policy(config, Aliases.load(config.aliases.file))
     manager = QueueManager(config, spool, policy)
     manager.start(recovered)
+    await control.start(manager)  # before the listeners: "listening" means it answers
     server = Server(config, spool, manager, policy, loop)
     await server.start()
-    control = ControlServer(manager, control_path(data_dir))
-    await control.start()
     log_event(
         log,
         "ready",

@@ -74,14 +74,20 @@ class ControlError(Exception):
 class ControlServer:
     """Serves `execute` requests on the control socket for the running queue manager."""
 
-    def __init__(self, control: QueueControl, path: Path) -> None:
-        self.control = control
+    def __init__(self, path: Path) -> None:
         self.path = path
+        self._sock: socket.socket | None = None
         self._server: asyncio.AbstractServer | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._control: QueueControl | None = None
 
-    async def start(self) -> bool:
-        """Bind the socket; False (and a warning) if another live server already owns it."""
+    def bind(self) -> bool:
+        """Claim the socket before spool recovery; False if another live server owns it.
+
+        Bound early, the socket already marks the spool as in use while recovery
+        runs: a ``petrel queue`` started then waits for the answer instead of
+        changing files behind the starting server's back.
+        """
         directory = self.path.parent
         ensure_dir(directory)
         st = os.lstat(directory)
@@ -100,26 +106,36 @@ class ControlServer:
                 sock.bind(name)
             os.chmod(self.path, 0o600)  # the 0700 directory guards the moment before this
             sock.listen(16)
-            sock.setblocking(False)
-            self._server = await asyncio.start_unix_server(
-                self._serve_client, sock=sock, limit=_LINE_LIMIT
-            )
         except BaseException:
             sock.close()
             unlink_quietly(self.path)
             raise
-        log_event(log, "control-listening", path=str(self.path))
+        self._sock = sock
         return True
+
+    async def start(self, control: QueueControl) -> None:
+        """Answer requests (queued since `bind`) with `control`, the running queue manager."""
+        if self._sock is None:
+            return
+        self._control = control
+        self._sock.setblocking(False)
+        self._server = await asyncio.start_unix_server(
+            self._serve_client, sock=self._sock, limit=_LINE_LIMIT
+        )
+        log_event(log, "control-listening", path=str(self.path))
 
     async def close(self) -> None:
         """Stop accepting, drop open connections and remove the socket file."""
-        if self._server is None:
-            return
-        self._server.close()
-        for writer in list(self._writers):
-            writer.close()
-        await self._server.wait_closed()
-        self._server = None
+        if self._sock is None:
+            return  # never bound: the socket file, if any, is another server's
+        if self._server is not None:
+            self._server.close()
+            for writer in list(self._writers):
+                writer.close()
+            await self._server.wait_closed()
+            self._server = None
+        self._sock.close()
+        self._sock = None
         unlink_quietly(self.path)
 
     async def _serve_client(
@@ -149,7 +165,8 @@ class ControlServer:
         if not isinstance(request, dict):
             return {"ok": False, "error": "bad-request", "message": "not a JSON object"}
         try:
-            response = execute(self.control, request)
+            assert self._control is not None
+            response = execute(self._control, request)
         except Exception as exc:  # a bug must not take the server down with it
             log.exception("control request failed")
             return {"ok": False, "error": "failed", "message": f"internal error: {exc}"}
