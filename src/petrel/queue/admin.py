@@ -8,6 +8,7 @@ shapes through `execute`, so the command line prints one format either way.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import logging
 import time
@@ -86,10 +87,11 @@ def describe_envelope(
 def read_headers(spool: Spool, queue_id: str) -> str:
     """The header section of a queued message (up to the blank line), LF line ends."""
     data = b""
-    for chunk in spool.iter_body(queue_id, chunk_size=8192):
-        data += chunk
-        if b"\r\n\r\n" in data or len(data) >= _HEADER_LIMIT:
-            break  # leaving early skips the CRC check: fine for display
+    with contextlib.closing(spool.iter_body(queue_id, chunk_size=8192)) as chunks:
+        for chunk in chunks:
+            data += chunk
+            if b"\r\n\r\n" in data or len(data) >= _HEADER_LIMIT:
+                break  # leaving early skips the CRC check: fine for display
     end = data.find(b"\r\n\r\n")
     head = data[: end + 2] if end >= 0 else data[:_HEADER_LIMIT]
     return head.replace(b"\r\n", b"\n").decode("utf-8", errors="replace")
