@@ -85,15 +85,16 @@ def test_json_log_format(tmp_path) -> None:
     )
     try:
 
-        def first_record() -> dict[str, object] | None:
+        def listening_record() -> dict[str, object] | None:
             text = (tmp_path / "json.log").read_text()
-            records = [json.loads(line) for line in text.splitlines() if line.strip()]
+            records = [json.loads(line) for line in text.splitlines() if line.endswith("}")]
             return next((r for r in records if r["event"] == "listening"), None)
 
-        record = wait_until(first_record, what="a JSON listening record")
+        record = wait_until(listening_record, what="a JSON 'listening' log line")
         assert isinstance(record, dict)
-        assert record["event"] == "listening"
         assert record["mode"] == "smtp"
+        first = (tmp_path / "json.log").read_text().splitlines()[0]
+        assert json.loads(first)["event"] == "control-listening"  # every line is JSON
     finally:
         process.terminate()
         assert process.wait(timeout=30) == 0

@@ -22,6 +22,7 @@ from petrel.policy import Policy
 from petrel.policy.aliases import Aliases
 from petrel.queue.spool import Spool
 from petrel.server import Server
+from petrel.server.control import ControlServer, control_path
 
 log = logging.getLogger("petrel")
 
@@ -46,12 +47,15 @@ async def serve(config: Config) -> int:
     data_dir = config.server.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     ensure_dir(data_dir)
+    control = ControlServer(control_path(data_dir))
+    control.bind()
     spool = Spool(data_dir / "queue")
     spool.open()
     recovered = spool.recover()
     policy = Policy(config, Aliases.load(config.aliases.file))
     manager = QueueManager(config, spool, policy)
     manager.start(recovered)
+    await control.start(manager)  # before the listeners: "listening" means it answers
     pickup = PickupWatcher(spool, manager)  # mail from `petrel sendmail`
     pickup.start()
     server = Server(config, spool, manager, policy, loop)
@@ -70,6 +74,7 @@ async def serve(config: Config) -> int:
     loop.add_signal_handler(signal.SIGHUP, server.reload_tls)
     await stop.wait()
     log_event(log, "stopping")
+    await control.close()
     await server.shutdown()
     await pickup.stop()
     await manager.stop()

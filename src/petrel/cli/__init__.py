@@ -15,6 +15,8 @@ from petrel.log import FORMATS, LEVELS, setup_logging
 from petrel.policy.aliases import AliasError, Aliases
 from petrel.policy.users import UserError
 
+from . import queue
+
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
@@ -52,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser(  # parsed by petrel.cli.sendmail: sendmail(1) syntax is not argparse's
         "sendmail", help="queue a message from stdin (sendmail-compatible: -t -i -f -F)"
     )
+    queue.add_parser(sub, common)
     return parser
 
 
@@ -114,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except UserError as exc:
             print(f"petrel: {exc}", file=sys.stderr)
             return 1
+    if args.command == "queue":
+        return queue.run(config, args)
     if args.command == "check-config":
         source = config.source or "embedded defaults"
         print(f"petrel: configuration OK ({source})")

@@ -19,11 +19,19 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from petrel import smtp
 from petrel.config import Config
 from petrel.log import log_event
 from petrel.policy import Policy
+from petrel.queue.admin import (
+    UnknownMessageError,
+    describe_envelope,
+    matches_domain,
+    message_info,
+    read_headers,
+)
 from petrel.queue.envelope import Envelope, Recipient
 from petrel.queue.spool import Spool
 
@@ -68,6 +76,8 @@ class QueueManager:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="petrel-local")
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._in_flight: set[str] = set()  # ids in a delivery batch right now
+        self._doomed: set[str] = set()  # deleted while in flight: removed after the batch
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -176,6 +186,7 @@ class QueueManager:
                 continue
             seen.add(queue_id)
             batch.append(envelope)
+        self._in_flight.update(seen)
         return batch
 
     # -- one batch (worker thread) -------------------------------------------------------
@@ -276,6 +287,8 @@ class QueueManager:
 
     def _after_attempt(self, envelope: Envelope) -> None:
         self._recovered.discard(envelope.queue_id)  # its state is on disk again now
+        if self._settle_admin(envelope):
+            return
         if envelope.all_final:
             self.spool.finish(envelope.queue_id)
             self._envelopes.pop(envelope.queue_id, None)
@@ -288,3 +301,105 @@ class QueueManager:
     @property
     def mailbox_root(self) -> Path:
         return self.mailboxes
+
+    # -- administration (petrel queue, over the control socket) --------------------------
+    #
+    # These run on the event loop, like _take_batch and _after_attempt, so they never
+    # race with scheduling. A message in a delivery batch belongs to the worker thread
+    # until _after_attempt: for it, hold and delete only mark, and _settle_admin acts.
+
+    def queue_ids(self) -> list[str]:
+        return list(self._envelopes)
+
+    def _envelope(self, queue_id: str) -> Envelope:
+        envelope = self._envelopes.get(queue_id)
+        if envelope is None:
+            raise UnknownMessageError(f"{queue_id}: no such message")
+        return envelope
+
+    def _size(self, queue_id: str) -> int | None:
+        try:
+            return self.spool.body_size(queue_id)
+        except (OSError, ValueError):
+            return None
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """The queue as `petrel queue list` shows it, oldest first."""
+        envelopes = sorted(self._envelopes.values(), key=lambda e: (e.received_at, e.queue_id))
+        return [
+            message_info(e, self._size(e.queue_id), active=e.queue_id in self._in_flight)
+            for e in envelopes
+        ]
+
+    def describe(self, queue_id: str) -> dict[str, Any]:
+        """One message for `petrel queue show`: envelope, live state and headers."""
+        envelope = self._envelope(queue_id)
+        headers = read_headers(self.spool, queue_id)
+        return describe_envelope(
+            envelope, self._size(queue_id), headers, active=queue_id in self._in_flight
+        )
+
+    def hold(self, queue_id: str) -> bool:
+        """Stop trying a message until it is released; False if it was held already."""
+        envelope = self._envelope(queue_id)
+        if envelope.hold:
+            return False
+        envelope.hold = True  # _take_batch and _next_due skip it from now on
+        if queue_id not in self._in_flight:  # else _after_attempt saves it with the results
+            self.spool.save_state(envelope)
+        log_event(log, "held", queue_id=queue_id)
+        return True
+
+    def release(self, queue_id: str) -> bool:
+        """Put a held message back on its schedule (overdue recipients are tried at once)."""
+        envelope = self._envelope(queue_id)
+        if not envelope.hold:
+            return False
+        envelope.hold = False
+        if queue_id not in self._in_flight:
+            self.spool.save_state(envelope)
+            due = self._next_due(envelope)
+            if due is not None:
+                heapq.heappush(self._timers, (due, queue_id))
+                self._wake.set()
+        log_event(log, "released", queue_id=queue_id)
+        return True
+
+    def delete(self, queue_id: str) -> bool:
+        """Remove a message without notice; False: it goes when its current attempt ends."""
+        self._envelope(queue_id)
+        log_event(log, "deleted", queue_id=queue_id, by="operator")
+        if queue_id in self._in_flight:
+            self._doomed.add(queue_id)
+            return False
+        self._drop(queue_id)
+        return True
+
+    def flush(self, domain: str | None = None) -> int:
+        """Try every open recipient now (of ``domain`` only, if given); held mail stays."""
+        found = [
+            queue_id
+            for queue_id, envelope in self._envelopes.items()
+            if not envelope.hold
+            and any(not r.final and matches_domain(r.address, domain) for r in envelope.recipients)
+        ]
+        self._forced.update(found)
+        self._ready.extend(found)
+        self._wake.set()
+        if found:
+            log_event(log, "flushed", messages=len(found), domain=domain or "*")
+        return len(found)
+
+    def _drop(self, queue_id: str) -> None:
+        self.spool.finish(queue_id)
+        self._envelopes.pop(queue_id, None)
+        self._forced.discard(queue_id)  # stale timer and ready entries are skipped
+
+    def _settle_admin(self, envelope: Envelope) -> bool:
+        """After a batch: apply a delete that waited for it. True if the message is gone."""
+        self._in_flight.discard(envelope.queue_id)
+        if envelope.queue_id not in self._doomed:
+            return False
+        self._doomed.discard(envelope.queue_id)
+        self._drop(envelope.queue_id)
+        return True

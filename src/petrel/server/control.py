@@ -1,0 +1,245 @@
+"""The control socket: ``petrel queue …`` talking to the running server.
+
+A unix socket at ``<data_dir>/control/petrel.sock`` (directory 0700, socket
+0600, and the peer's uid is checked too): only the owner of the spool may
+change it. The protocol is one JSON object per line each way, e.g.
+``{"op": "hold", "id": "1K0V8G4A2SAQFN"}`` → ``{"ok": true, "changed": true}``;
+operations are those of `petrel.queue.admin.execute`. Requests run on the event
+loop, in the queue manager, so its memory and the spool stay consistent.
+
+A socket path longer than ``sun_path`` allows (108 bytes) is reached through
+``/proc/self/fd/<dir fd>/``, so a deep data_dir still works on Linux.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import logging
+import os
+import socket
+import stat
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from petrel.fsutil import ensure_dir, open_dir, unlink_quietly
+from petrel.log import log_event
+from petrel.queue.admin import QueueControl, execute
+
+__all__ = ["ControlClient", "ControlError", "ControlServer", "control_path"]
+
+log = logging.getLogger("petrel.control")
+
+SOCKET_NAME = "petrel.sock"
+_LINE_LIMIT = 64 * 1024  # a request is a short JSON object; anything longer is refused
+_SUN_PATH_MAX = 107  # bytes, leaving room for the terminating NUL
+
+
+def control_path(data_dir: Path) -> Path:
+    return data_dir / "control" / SOCKET_NAME
+
+
+@contextlib.contextmanager
+def _addressable(path: Path) -> Iterator[str]:
+    """A name for bind/connect that fits ``sun_path``, however deep `path` is."""
+    if len(os.fsencode(path)) <= _SUN_PATH_MAX:
+        yield str(path)
+        return
+    fd = open_dir(path.parent)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
+
+
+def _peer_uid(sock: Any) -> int | None:
+    """The connecting process's uid (SO_PEERCRED), or None where it cannot be read."""
+    if not hasattr(socket, "SO_PEERCRED"):
+        return None
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except (OSError, AttributeError):
+        return None
+    return struct.unpack("3i", creds)[1]
+
+
+class ControlError(Exception):
+    """The control socket exists but cannot be used: the CLI must not fall back to files."""
+
+
+class ControlServer:
+    """Serves `execute` requests on the control socket for the running queue manager."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._sock: socket.socket | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._control: QueueControl | None = None
+
+    def bind(self) -> bool:
+        """Claim the socket before spool recovery; False if another live server owns it.
+
+        Bound early, the socket already marks the spool as in use while recovery
+        runs: a ``petrel queue`` started then waits for the answer instead of
+        changing files behind the starting server's back.
+        """
+        directory = self.path.parent
+        ensure_dir(directory)
+        st = os.lstat(directory)
+        if st.st_uid != os.getuid():
+            raise PermissionError(f"{directory} belongs to uid {st.st_uid}, not to us")
+        if stat.S_IMODE(st.st_mode) != 0o700:
+            os.chmod(directory, 0o700)
+        if os.path.lexists(self.path):
+            if ControlClient(self.path, timeout=2.0).alive():
+                log_event(log, "control-busy", logging.WARNING, path=str(self.path))
+                return False
+            unlink_quietly(self.path)  # left by a server that was killed
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            with _addressable(self.path) as name:
+                sock.bind(name)
+            os.chmod(self.path, 0o600)  # the 0700 directory guards the moment before this
+            sock.listen(16)
+        except BaseException:
+            sock.close()
+            unlink_quietly(self.path)
+            raise
+        self._sock = sock
+        return True
+
+    async def start(self, control: QueueControl) -> None:
+        """Answer requests (queued since `bind`) with `control`, the running queue manager."""
+        if self._sock is None:
+            return
+        self._control = control
+        self._sock.setblocking(False)
+        self._server = await asyncio.start_unix_server(
+            self._serve_client, sock=self._sock, limit=_LINE_LIMIT
+        )
+        log_event(log, "control-listening", path=str(self.path))
+
+    async def close(self) -> None:
+        """Stop accepting, drop open connections and remove the socket file."""
+        if self._sock is None:
+            return  # never bound: the socket file, if any, is another server's
+        if self._server is not None:
+            self._server.close()
+            for writer in list(self._writers):
+                writer.close()
+            await self._server.wait_closed()
+            self._server = None
+        self._sock.close()
+        self._sock = None
+        unlink_quietly(self.path)
+
+    async def _serve_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        uid = _peer_uid(writer.get_extra_info("socket"))
+        if uid is not None and uid not in (0, os.getuid()):
+            log_event(log, "control-refused", logging.WARNING, uid=uid)
+            writer.close()
+            return
+        self._writers.add(writer)
+        try:
+            while line := await reader.readline():
+                writer.write(json.dumps(self._answer(line)).encode("ascii") + b"\n")
+                await writer.drain()
+        except (ConnectionError, ValueError):  # ValueError: a line beyond the limit
+            pass
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+
+    def _answer(self, line: bytes) -> dict[str, Any]:
+        try:
+            request = json.loads(line)
+        except ValueError:
+            request = None
+        if not isinstance(request, dict):
+            return {"ok": False, "error": "bad-request", "message": "not a JSON object"}
+        try:
+            assert self._control is not None
+            response = execute(self._control, request)
+        except Exception as exc:  # a bug must not take the server down with it
+            log.exception("control request failed")
+            return {"ok": False, "error": "failed", "message": f"internal error: {exc}"}
+        if request.get("op") not in ("list", "show"):
+            log_event(log, "control", op=request.get("op"), id=request.get("id"), ok=response["ok"])
+        return response
+
+
+class ControlClient:
+    """The command line's end: blocking, one request per call, over one connection."""
+
+    def __init__(self, path: Path, *, timeout: float = 30.0) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._sock: socket.socket | None = None
+        self._buffer = b""
+
+    def connect(self) -> bool:
+        """True when a server answers; False when none runs (no socket, or a stale one).
+
+        Any other failure (permission, a hung server) raises ControlError: working
+        on the files behind a live server's back would undo its work.
+        """
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            with _addressable(self.path) as name:
+                sock.connect(name)
+        except (FileNotFoundError, ConnectionRefusedError):
+            sock.close()
+            return False
+        except OSError as exc:
+            sock.close()
+            if exc.errno == errno.ENOTDIR:
+                return False
+            raise ControlError(f"{self.path}: {exc.strerror or exc}") from None
+        self._sock = sock
+        return True
+
+    def alive(self) -> bool:
+        """Whether a server is listening on the socket (used to refuse a second server)."""
+        try:
+            up = self.connect()
+        except ControlError:
+            return True
+        self.close()
+        return up
+
+    def request(self, op: str, **args: Any) -> dict[str, Any]:
+        if self._sock is None:
+            raise ControlError("not connected")
+        message = {"op": op, **{k: v for k, v in args.items() if v is not None}}
+        try:
+            self._sock.sendall(json.dumps(message).encode("ascii") + b"\n")
+            while b"\n" not in self._buffer:
+                chunk = self._sock.recv(65536)
+                if not chunk:
+                    raise ControlError("the server closed the control connection")
+                self._buffer += chunk
+        except TimeoutError:
+            raise ControlError(f"no answer on {self.path} within {self.timeout:g}s") from None
+        except OSError as exc:
+            raise ControlError(f"{self.path}: {exc.strerror or exc}") from None
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        try:
+            response = json.loads(line)
+        except ValueError:
+            raise ControlError("the server sent something that is not JSON") from None
+        if not isinstance(response, dict):
+            raise ControlError("the server sent something that is not a JSON object")
+        return response
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
