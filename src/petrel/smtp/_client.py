@@ -93,6 +93,13 @@ class ClientConnection:
         self._expect.append(verb)
         return line.encode("utf-8") + b"\r\n"
 
+    def send_sasl_response(self, response: str) -> bytes:
+        """One SASL line after a ``334`` to AUTH (RFC 4954 §4); its reply counts as AUTH's."""
+        if "\r" in response or "\n" in response or " " in response:
+            raise LocalProtocolError("a SASL response is one base64 word")
+        self._expect.append("AUTH")
+        return response.encode("ascii") + b"\r\n"
+
     def send_data(self, message: bytes) -> bytes:
         """The message text after a 354: dot-stuffed and terminated."""
         self._expect.extend(["END"] * self._replies_for_end())
