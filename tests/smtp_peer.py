@@ -46,6 +46,9 @@ class PeerScript:
     policy: dict[type[Event], Callable[[Event], Reply]] = field(default_factory=dict)
     drop_on: type[Event] | None = None  # close the connection instead of answering
     stall_on: type[Event] | None = None  # never answer (the client must time out)
+    lmtp: bool = False  # speak LMTP (RFC 2033)
+    # LMTP: the replies after the text, one per accepted recipient (given their addresses)
+    lmtp_end: Callable[[list[str]], list[Reply]] | None = None
 
 
 class ScriptedPeer:
@@ -85,7 +88,7 @@ class ScriptedPeer:
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         script = self.script
-        conn = ServerConnection(HOST, extensions=script.extensions)
+        conn = ServerConnection(HOST, extensions=script.extensions, lmtp=script.lmtp)
         writer.write(conn.send(script.greeting or r.greeting(HOST, "now")))
         sender = ""
         params: object = None
@@ -111,6 +114,12 @@ class ScriptedPeer:
                     data += event.data
                     continue
                 if not event.needs_reply:
+                    continue
+                if isinstance(event, EndOfData) and script.lmtp_end is not None:
+                    self.messages.append(Received(sender, params, list(rcpts), bytes(data)))
+                    replies = script.lmtp_end([a for a, _ in rcpts])
+                    writer.write(conn.send_per_recipient(replies))
+                    await writer.drain()
                     continue
                 reply = answer(conn, event, policy=script.policy, host=HOST)
                 if isinstance(event, Mail) and reply.code < 300:

@@ -216,3 +216,71 @@ def test_static_hosts_and_address_literals(tmp_path) -> None:
     assert [(h.host, h.port) for h in hops] == [("10.0.0.1", 2525), ("mx2.a.test", 2526)]
     literal = asyncio.run(Resolver(config.delivery).hops("[127.0.0.1]"))  # type: ignore[attr-defined]
     assert [(h.host, h.port) for h in literal] == [("127.0.0.1", 2525)]
+
+
+def test_lmtp_route_gets_one_reply_per_recipient(tmp_path, peer_factory) -> None:
+    def verdicts(rcpts: list[str]) -> list[object]:
+        return [
+            reply(452, "4.2.2", "mailbox full")
+            if a.startswith("full")
+            else reply(250, "2.0.0", "ok")
+            for a in rcpts
+        ]
+
+    peer = peer_factory(lmtp=True, lmtp_end=verdicts)
+    config = _config(tmp_path, "", f'[domains.lmtp]\n"box.test" = "127.0.0.1:{peer.port}"\n')
+    transport = SmtpTransport(config)  # type: ignore[arg-type]
+    route = transport.route_for("a@box.test")
+    assert route == Route("lmtp", f"127.0.0.1:{peer.port}")
+    job = _job("a@box.test", "full@box.test", "c@box.test")
+    asyncio.run(transport.deliver(route, [job]))
+    assert [(r.outcome, r.status) for r in job.results] == [
+        (DELIVERED, "2.0.0"),
+        (DEFERRED, "4.2.2"),
+        (DELIVERED, "2.0.0"),
+    ]
+    assert job.results[1].diagnostic.startswith("lmtp; 452")
+    assert not job.results[0].relayed
+
+
+def test_lmtp_over_a_unix_socket(tmp_path) -> None:
+    from petrel.smtp import ServerConnection
+    from smtp_driver import answer
+
+    path = tmp_path / "lmtp.sock"
+    got: list[bytes] = []
+
+    async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = ServerConnection("sock.test", lmtp=True)
+        from petrel.smtp import NEED_DATA, DataChunk
+        from petrel.smtp import _replies as texts
+
+        writer.write(conn.send(texts.greeting("sock.test", "now")))
+        while True:
+            event = conn.next_event()
+            if event is NEED_DATA:
+                data = await reader.read(65536)
+                if not data:
+                    break
+                conn.receive_data(data)
+                continue
+            if isinstance(event, DataChunk):
+                got.append(event.data)
+                continue
+            if not event.needs_reply:
+                break
+            writer.write(conn.send(answer(conn, event)))
+        writer.close()
+
+    async def main() -> list[object]:
+        server = await asyncio.start_unix_server(session, str(path))
+        config = _config(tmp_path, "", f'[domains.lmtp]\n"box.test" = "{path}"\n')
+        transport = SmtpTransport(config)  # type: ignore[arg-type]
+        job = _job("a@box.test", "b@box.test")
+        await transport.deliver(transport.route_for("a@box.test"), [job])
+        server.close()
+        return job.results
+
+    results = asyncio.run(main())
+    assert [r.outcome for r in results] == [DELIVERED, DELIVERED]
+    assert b"".join(got) == BODY

@@ -180,3 +180,68 @@ def test_bounce_of_a_bounce_goes_to_postmaster_once(petrel_factory, peers) -> No
     assert "double bounce" in message["Subject"]
     sender.wait_queue_empty()
     assert sender.messages("alice") == []
+
+
+def test_lmtp_delivery_to_petrels_own_lmtp_listener(petrel_factory) -> None:
+    import re
+
+    target = petrel_factory(
+        '[domains]\nlocal = ["box.test"]\n\n[[listener]]\naddress = "127.0.0.1:0"\nmode = "lmtp"\n',
+        name="lmtp-target",
+    )
+    match = re.search(r"event=listening address=\S+:(\d+) mode=lmtp", target.log_text())
+    assert match is not None
+    lmtp_port = int(match[1])
+    sender = petrel_factory(
+        _relay_config(1, f'\n[domains.lmtp]\n"box.test" = "127.0.0.1:{lmtp_port}"\n'),
+        name="sender",
+    )
+    with smtplib.SMTP(sender.host, sender.port) as client:
+        client.sendmail(
+            f"alice@{HOSTNAME}", ["a@box.test", "b@box.test"], b"Subject: lmtp\r\n\r\nx\r\n"
+        )
+    for user in ("a", "b"):
+        [message] = target.wait_for_messages(user, domain="box.test")
+        assert b"Subject: lmtp" in message
+        assert b"with LMTP" in message
+    sender.wait_queue_empty()
+
+
+def test_lmtp_listener_answers_per_recipient(petrel_factory) -> None:
+    import re
+    import socket
+
+    target = petrel_factory(
+        '[domains]\nlocal = ["box.test"]\n\n[[listener]]\naddress = "127.0.0.1:0"\nmode = "lmtp"\n',
+        name="lmtp-target",
+    )
+    match = re.search(r"event=listening address=\S+:(\d+) mode=lmtp", target.log_text())
+    assert match is not None
+    with socket.create_connection(("127.0.0.1", int(match[1])), timeout=10) as sock:
+        sock.sendall(
+            b"LHLO me.test\r\nMAIL FROM:<x@y.test>\r\nRCPT TO:<a@box.test>\r\n"
+            b"RCPT TO:<b@box.test>\r\nDATA\r\n"
+        )
+        buf = b""
+        while b"354" not in buf:
+            buf += sock.recv(65536)
+        sock.sendall(b"Subject: s\r\n\r\nx\r\n.\r\nQUIT\r\n")
+        while b"221" not in buf:
+            buf += sock.recv(65536)
+    assert buf.count(b"Message accepted for delivery") == 2
+
+
+def test_too_many_received_fields_refused_at_end_of_data(petrel_factory) -> None:
+    server = petrel_factory("[delivery]\nmax_received = 5\n")
+    with smtplib.SMTP(server.host, server.port) as client:
+        client.ehlo("loop.test")
+        client.mail("a@loop.test")
+        client.rcpt(f"b@{HOSTNAME}")
+        code, text = client.data(b"Received: x\r\n" * 5 + b"Subject: loop\r\n\r\nbody\r\n")
+        assert (code, text[:5]) == (554, b"5.4.6")
+        client.mail("a@loop.test")
+        client.rcpt(f"b@{HOSTNAME}")
+        code, _ = client.data(b"Received: x\r\n" * 4 + b"Subject: ok\r\n\r\nbody\r\n")
+        assert code == 250
+    [message] = server.wait_for_messages("b")
+    assert b"Subject: ok" in message

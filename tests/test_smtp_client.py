@@ -122,3 +122,31 @@ def test_unsolicited_reply_is_an_error() -> None:
 def test_dot_stuff() -> None:
     assert dot_stuff(b"") == b".\r\n"
     assert dot_stuff(b".a\n.b\r\nc") == b"..a\r\n..b\r\nc\r\n.\r\n"
+
+
+def test_lmtp_server_core_lhlo_and_per_recipient_replies() -> None:
+    from petrel.smtp import EndOfData, reply
+
+    server = ServerDriver(lmtp=True)
+    assert server.last("EHLO x.test").startswith("500")
+    assert server.last("HELO x.test").startswith("500")
+    assert server.last("LHLO x.test").startswith("250 ")
+    server.lines("MAIL FROM:<a@x.test>", "RCPT TO:<b@y.test>", "RCPT TO:<c@y.test>")
+    server.policy[EndOfData] = lambda e: reply(250, "2.0.0", "queued")
+    lines = server.lines("DATA", "hi", ".")
+    assert lines[-2:] == ["250 2.0.0 queued", "250 2.0.0 queued"]  # one per recipient
+    server.policy.pop(EndOfData)
+    server.lines("MAIL FROM:<a@x.test>", "RCPT TO:<b@y.test>", "RCPT TO:<c@y.test>", "DATA")
+    server.conn.receive_data(b"hi\r\n.\r\n")
+    event = server.conn.next_event()
+    while not isinstance(event, EndOfData):
+        event = server.conn.next_event()
+    with pytest.raises(LocalProtocolError):
+        server.conn.send_per_recipient([reply(250, "2.0.0", "only one")])
+    out = server.conn.send_per_recipient([reply(250, "2.0.0", "ok"), reply(550, "5.1.1", "no")])
+    assert out == b"250 2.0.0 ok\r\n550 5.1.1 no\r\n"
+    assert server.last("NOOP").startswith("250")
+
+
+def test_smtp_server_core_refuses_lhlo() -> None:
+    assert ServerDriver().last("LHLO x.test").startswith("500")

@@ -25,9 +25,9 @@ __all__ = ["Listener", "Server"]
 
 log = logging.getLogger("petrel.server")
 
-# Modes whose machinery (TLS, AUTH, LMTP) is not in this build yet: their listeners are
+# Modes whose machinery (TLS, AUTH) is not in this build yet: their listeners are
 # skipped with a warning rather than served as something they are not.
-SERVED_MODES = frozenset({"smtp"})
+SERVED_MODES = frozenset({"smtp", "lmtp"})
 _SWEEP_SECONDS = 1.0
 
 

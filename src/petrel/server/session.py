@@ -30,12 +30,22 @@ log = logging.getLogger("petrel.smtpd")
 
 _INTERNAL_ERROR = smtp.reply(421, "4.3.0", "Internal error, closing connection")
 _NO_STORAGE = smtp.reply(452, "4.3.1", "Insufficient system storage, try again later")
+_TOO_MANY_HOPS = smtp.reply(554, "5.4.6", "Too many hops (Received header fields); mail loop?")
+_HEAD_LIMIT = 256 * 1024
 
 
 class Transaction:
     """The envelope being built between MAIL and the end of the message."""
 
-    __slots__ = ("params", "recipients", "sender", "storage_failed", "writer")
+    __slots__ = (
+        "head",
+        "head_done",
+        "params",
+        "recipients",
+        "sender",
+        "storage_failed",
+        "writer",
+    )
 
     def __init__(self, sender: str, params: smtp.MailParams) -> None:
         self.sender = sender
@@ -44,6 +54,30 @@ class Transaction:
         self.recipients: list[tuple[str, list[str], smtp.RcptParams]] = []
         self.writer: MessageWriter | None = None
         self.storage_failed = False  # the spool could not take the text: answer 452 at the end
+        self.head = bytearray()  # the header section, for loop detection
+        self.head_done = False
+
+    def add_text(self, data: bytes) -> None:
+        """Keep the header section (up to 256 KiB) so Received fields can be counted."""
+        if self.head_done:
+            return
+        head = self.head
+        start = max(len(head) - 3, 0)
+        head += data
+        end = head.find(b"\r\n\r\n", start)
+        if head.startswith(b"\r\n"):
+            head.clear()
+            self.head_done = True
+        elif end >= 0:
+            del head[end + 2 :]
+            self.head_done = True
+        elif len(head) > _HEAD_LIMIT:
+            self.head_done = True
+
+    @property
+    def received_fields(self) -> int:
+        head = bytes(self.head).lower()
+        return head.count(b"\nreceived:") + head.startswith(b"received:")
 
 
 class SmtpSession(asyncio.Protocol):
@@ -101,6 +135,7 @@ class SmtpSession(asyncio.Protocol):
             max_recipients=server.config.limits.recipients,
             max_errors=server.config.limits.errors,
             strict_paths=server.config.policy.strict_paths,
+            lmtp=self.listener.mode == "lmtp",
         )
         self._rdns = server.rdns.lookup(self.peer_ip)
         log_event(log, "connect", session=self.id, client=f"{self.peer_ip}:{self.peer_port}")
@@ -259,6 +294,8 @@ class SmtpSession(asyncio.Protocol):
         writer = self._start_message()
         if writer is None:
             return
+        assert self.txn is not None
+        self.txn.add_text(event.data)
         try:
             writer.write(event.data)
         except OSError as exc:  # a full spool disk: refuse the message, keep the session
@@ -275,6 +312,13 @@ class SmtpSession(asyncio.Protocol):
         if writer is None:
             self.txn = None
             return _NO_STORAGE
+        assert self.txn is not None
+        hops = self.txn.received_fields + 1  # with ours, as delivery will count them
+        if hops > self.server.config.delivery.max_received:
+            log_event(log, "message-reject", session=self.id, reply=str(_TOO_MANY_HOPS), hops=hops)
+            self._abort_message()
+            self.txn = None
+            return _TOO_MANY_HOPS
         self._wait(self._commit(writer), after=self._end_transaction)
         return None
 
@@ -416,6 +460,8 @@ class SmtpSession(asyncio.Protocol):
         """The with-protocol of RFC 3848 (and RFC 6531 §4.3 for SMTPUTF8)."""
         conn = self.conn
         assert conn is not None
+        if conn.lmtp:
+            return "LMTP"
         if not conn.esmtp:
             return "SMTP"
         name = "UTF8SMTP" if conn.smtputf8 else "ESMTP"
