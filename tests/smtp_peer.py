@@ -9,6 +9,7 @@ DSN/8BITMIME/SMTPUTF8 in its EHLO. Every finished message is recorded.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from petrel.smtp import (
     Rcpt,
     Reply,
     ServerConnection,
+    StartTls,
 )
 from petrel.smtp import _replies as r
 from smtp_driver import answer
@@ -47,6 +49,7 @@ class PeerScript:
     drop_on: type[Event] | None = None  # close the connection instead of answering
     stall_on: type[Event] | None = None  # never answer (the client must time out)
     lmtp: bool = False  # speak LMTP (RFC 2033)
+    tls: ssl.SSLContext | None = None  # answer STARTTLS with this server context
     # LMTP: the replies after the text, one per accepted recipient (given their addresses)
     lmtp_end: Callable[[list[str]], list[Reply]] | None = None
 
@@ -56,6 +59,7 @@ class ScriptedPeer:
         self.script = script or PeerScript()
         self.messages: list[Received] = []
         self.connections = 0
+        self.tls_sessions = 0
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
@@ -120,6 +124,13 @@ class ScriptedPeer:
                     replies = script.lmtp_end([a for a, _ in rcpts])
                     writer.write(conn.send_per_recipient(replies))
                     await writer.drain()
+                    continue
+                if isinstance(event, StartTls) and script.tls is not None:
+                    writer.write(conn.send(r.READY_FOR_TLS))
+                    await writer.drain()
+                    await writer.start_tls(script.tls)
+                    conn.tls_established()
+                    self.tls_sessions += 1
                     continue
                 reply = answer(conn, event, policy=script.policy, host=HOST)
                 if isinstance(event, Mail) and reply.code < 300:

@@ -284,3 +284,133 @@ def test_lmtp_over_a_unix_socket(tmp_path) -> None:
     results = asyncio.run(main())
     assert [r.outcome for r in results] == [DELIVERED, DELIVERED]
     assert b"".join(got) == BODY
+
+
+def _smarthost_config(tmp_path: Path, port: int, tls: str) -> object:
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret\n")
+    return _config(
+        tmp_path,
+        "",
+        f'[relay]\nsmarthost = "127.0.0.1:{port}"\nusername = "petrel"\n'
+        f'password_file = "{secret}"\ntls = "{tls}"\n',
+    )
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
+def test_smarthost_authenticates(tmp_path, peer_factory, mechanism: str) -> None:
+    import base64
+
+    from petrel.smtp import Auth, AuthResponse
+
+    seen: list[str] = []
+
+    def on_auth(event: Auth) -> object:
+        if event.initial_response:
+            seen.append(base64.b64decode(event.initial_response).decode())
+            return reply(235, "2.0.0", "OK Authenticated")
+        return reply(334, None, "VXNlcm5hbWU6")
+
+    def on_response(event: AuthResponse) -> object:
+        seen.append(base64.b64decode(event.data).decode())
+        if len(seen) == 1:
+            return reply(334, None, "UGFzc3dvcmQ6")
+        return reply(235, "2.0.0", "OK Authenticated")
+
+    peer = peer_factory(
+        extensions=Extensions(auth=(mechanism,)),
+        policy={Auth: on_auth, AuthResponse: on_response},
+    )
+    config = _smarthost_config(tmp_path, peer.port, "opportunistic")
+    transport = SmtpTransport(config)  # type: ignore[arg-type]
+    route = transport.route_for("a@anywhere.test")
+    assert route.kind == "smarthost"
+    job = _job("a@anywhere.test")
+    asyncio.run(transport.deliver(route, [job]))
+    assert job.results[0].outcome == DELIVERED
+    if mechanism == "PLAIN":
+        assert seen == ["\0petrel\0s3cret"]
+    else:
+        assert seen == ["petrel", "s3cret"]
+
+
+def test_smarthost_auth_failure_defers(tmp_path, peer_factory) -> None:
+    from petrel.smtp import Auth
+
+    peer = peer_factory(
+        extensions=Extensions(auth=("PLAIN",)),
+        policy={Auth: lambda e: reply(535, "5.7.8", "bad credentials")},
+    )
+    config = _smarthost_config(tmp_path, peer.port, "opportunistic")
+    job = _job("a@anywhere.test")
+    transport = SmtpTransport(config)  # type: ignore[arg-type]
+    asyncio.run(transport.deliver(transport.route_for("a@x.test"), [job]))
+    assert job.results[0].outcome == DEFERRED and "SASL" in job.results[0].text
+    assert peer.messages == []
+
+
+def test_smarthost_requiring_tls_defers_without_starttls(tmp_path, peer_factory) -> None:
+    peer = peer_factory()
+    config = _smarthost_config(tmp_path, peer.port, "required")
+    job = _job("a@anywhere.test")
+    transport = SmtpTransport(config)  # type: ignore[arg-type]
+    asyncio.run(transport.deliver(transport.route_for("a@x.test"), [job]))
+    assert job.results[0].outcome == DEFERRED and job.results[0].status == "4.7.4"
+    assert peer.messages == []
+
+
+@pytest.fixture
+def server_tls(tmp_path) -> object:
+    import shutil
+    import ssl
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=peer.test",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+def test_opportunistic_starttls_to_mx_without_verification(
+    tmp_path, peer_factory, server_tls
+) -> None:
+    peer = peer_factory(extensions=Extensions(starttls=True), tls=server_tls)
+    config = _config(tmp_path, f'"remote.test" = ["127.0.0.1:{peer.port}"]')
+    job = _job("a@remote.test")
+    _deliver(config, [job])
+    assert job.results[0].outcome == DELIVERED
+    assert peer.tls_sessions == 1 and len(peer.messages) == 1
+
+
+def test_required_tls_to_smarthost_verifies_the_certificate(
+    tmp_path, peer_factory, server_tls
+) -> None:
+    peer = peer_factory(extensions=Extensions(starttls=True), tls=server_tls)
+    config = _smarthost_config(tmp_path, peer.port, "required")
+    job = _job("a@anywhere.test")
+    transport = SmtpTransport(config)  # type: ignore[arg-type]
+    asyncio.run(transport.deliver(transport.route_for("a@x.test"), [job]))
+    assert job.results[0].outcome == DEFERRED  # self-signed: refused, mail kept
+    assert peer.messages == []
