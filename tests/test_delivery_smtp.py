@@ -414,3 +414,71 @@ def test_required_tls_to_smarthost_verifies_the_certificate(
     asyncio.run(transport.deliver(transport.route_for("a@x.test"), [job]))
     assert job.results[0].outcome == DEFERRED  # self-signed: refused, mail kept
     assert peer.messages == []
+
+
+class _MX:
+    def __init__(self, preference: int, exchange: str) -> None:
+        self.preference = preference
+        self.exchange = exchange
+
+
+class _FakeDns:
+    def __init__(self, answer: object) -> None:
+        self.answer = answer
+
+    async def resolve(self, name: str, rdtype: str, lifetime: float) -> object:
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        ([_MX(20, "mx2.d.test."), _MX(10, "mx1.d.test.")], ["mx1.d.test", "mx2.d.test"]),
+        ("noanswer", ["d.test"]),
+        ([_MX(0, ".")], "5.1.10"),
+        ("nxdomain", "5.1.2"),
+        ("timeout", "4.4.3"),
+    ],
+)
+def test_dns_resolution(tmp_path, answer: object, expected: object) -> None:
+    import dns.exception
+    import dns.resolver
+
+    from petrel.delivery.smtp import RouteError
+
+    errors = {
+        "noanswer": dns.resolver.NoAnswer(),
+        "nxdomain": dns.resolver.NXDOMAIN(),
+        "timeout": dns.exception.Timeout(),
+    }
+    fake = _FakeDns(errors.get(answer, answer) if isinstance(answer, str) else answer)
+    config = _config(tmp_path, "")
+    resolver = Resolver(config.delivery, fake)  # type: ignore[attr-defined]
+    try:
+        hops = asyncio.run(resolver.hops("d.test"))
+    except RouteError as exc:
+        assert exc.result.status == expected
+    else:
+        assert [h.host for h in hops] == expected
+        assert all(h.port == 25 for h in hops)
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("mx_port = 0", "delivery.mx_port"),
+        ('hosts = { "a.test" = "127.0.0.1" }', "delivery.hosts.a.test"),
+        ('hosts = { "a.test" = ["[::1"] }', "delivery.hosts.a.test[0]"),
+        ("destination_concurrency = 0", "delivery.destination_concurrency"),
+        ("bogus = 1", "delivery.bogus"),
+    ],
+)
+def test_delivery_config_errors_name_the_key(tmp_path, text: str, error: str) -> None:
+    from petrel.config import ConfigError
+
+    path = tmp_path / "p.toml"
+    path.write_text(f"[delivery]\n{text}\n")
+    with pytest.raises(ConfigError, match=r"^" + error.replace("[", r"\[").replace(".", r"\.")):
+        load_config(path)

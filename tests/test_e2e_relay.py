@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from conftest import HOSTNAME, PetrelServer
+from conftest import HOSTNAME, PetrelServer, wait_until
 from petrel.smtp import EndOfData, Extensions, Rcpt, reply
 from smtp_peer import PeerScript, ScriptedPeer
 
@@ -189,8 +189,11 @@ def test_lmtp_delivery_to_petrels_own_lmtp_listener(petrel_factory) -> None:
         '[domains]\nlocal = ["box.test"]\n\n[[listener]]\naddress = "127.0.0.1:0"\nmode = "lmtp"\n',
         name="lmtp-target",
     )
-    match = re.search(r"event=listening address=\S+:(\d+) mode=lmtp", target.log_text())
-    assert match is not None
+    match = wait_until(
+        lambda: re.search(r"event=listening address=\S+:(\d+) mode=lmtp", target.log_text()),
+        what="the lmtp listener",
+    )
+    assert isinstance(match, re.Match)
     lmtp_port = int(match[1])
     sender = petrel_factory(
         _relay_config(1, f'\n[domains.lmtp]\n"box.test" = "127.0.0.1:{lmtp_port}"\n'),
@@ -215,8 +218,11 @@ def test_lmtp_listener_answers_per_recipient(petrel_factory) -> None:
         '[domains]\nlocal = ["box.test"]\n\n[[listener]]\naddress = "127.0.0.1:0"\nmode = "lmtp"\n',
         name="lmtp-target",
     )
-    match = re.search(r"event=listening address=\S+:(\d+) mode=lmtp", target.log_text())
-    assert match is not None
+    match = wait_until(
+        lambda: re.search(r"event=listening address=\S+:(\d+) mode=lmtp", target.log_text()),
+        what="the lmtp listener",
+    )
+    assert isinstance(match, re.Match)
     with socket.create_connection(("127.0.0.1", int(match[1])), timeout=10) as sock:
         sock.sendall(
             b"LHLO me.test\r\nMAIL FROM:<x@y.test>\r\nRCPT TO:<a@box.test>\r\n"

@@ -36,6 +36,7 @@ log = logging.getLogger("petrel.qmgr")
 BATCH_MESSAGES = 256  # messages per Maildir batch: one sync pair covers them all
 _IN_MEMORY_BODY = 1 << 20  # bodies up to this size are read once and shared
 _HEADER_SCAN = 256 * 1024  # octets of header section scanned for Received fields
+_STOP_GRACE = 10.0  # seconds an attempt in progress may take to finish at shutdown
 
 
 @dataclass(slots=True)
@@ -99,7 +100,13 @@ class QueueManager:
         if self._task is not None:
             await self._task
         if self._attempts:
-            await asyncio.gather(*self._attempts, return_exceptions=True)
+            # Remote sessions may hang on a stalled peer for command_timeout: give them a
+            # grace period, then cancel. A cancelled attempt saves no state, so it is
+            # simply tried again after the restart.
+            _, stuck = await asyncio.wait(self._attempts, timeout=_STOP_GRACE)
+            for task in stuck:
+                task.cancel()
+            await asyncio.gather(*stuck, return_exceptions=True)
         self._executor.shutdown(wait=True)
 
     def submit(self, envelope: Envelope) -> None:
