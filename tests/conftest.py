@@ -61,6 +61,10 @@ reverse_dns = false
 address = "127.0.0.1:0"
 mode = "smtp"
 """
+        if "[delivery]" not in self.extra_config:
+            # No DNS in tests: a lookup would leave the machine. Remote domains without a
+            # `hosts` entry are deferred, so their mail waits in the queue.
+            base += "\n[delivery]\ndns = false\n"
         self.config_path.write_text(base + self.extra_config)
 
     def start(self) -> PetrelServer:

@@ -16,8 +16,7 @@ from petrel.client.sasl import (
 )
 
 SERVER_FIRST = (
-    b"r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,"
-    b"s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096"
+    b"r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096"
 )
 
 

@@ -115,9 +115,7 @@ def test_aiosmtplib_many_concurrent_clients_delivered_exactly_once(petrel_factor
     petrel: PetrelServer = petrel_factory("[limits]\nconnections_per_ip = 200\n")
 
     async def client(n: int) -> None:
-        async with aiosmtplib.SMTP(
-            hostname=petrel.host, port=petrel.port, start_tls=False
-        ) as smtp:
+        async with aiosmtplib.SMTP(hostname=petrel.host, port=petrel.port, start_tls=False) as smtp:
             for i in range(5):
                 msg = _message(f"msg {n}-{i}", f"load@{HOSTNAME}", f"client {n} message {i}\n")
                 msg["Message-ID"] = f"<{n}.{i}@client.test>"

@@ -91,7 +91,7 @@ def test_list_show_hold_release_flush_delete_on_running_server(petrel_factory) -
     assert re.fullmatch(
         rf"{first} +\d+ \w{{3}} \w{{3}} [ \d]\d \d\d:\d\d:\d\d  app@relay\.test", lines[1]
     )
-    error = " " * 41 + "(remote delivery is not available in this build; message kept in queue)"
+    error = " " * 41 + "(No route to elsewhere.test: DNS is off (delivery.dns = false))"
     assert lines[2:4] == [error, " " * 41 + "bob@elsewhere.test"]
     assert lines[4] == ""
     assert lines[5].startswith(second) and lines[5].endswith("  MAILER-DAEMON")

@@ -22,6 +22,7 @@ __all__ = [
     "AuthSection",
     "Config",
     "ConfigError",
+    "DeliverySection",
     "DomainsSection",
     "LimitsSection",
     "Listener",
@@ -52,6 +53,7 @@ _SECTIONS = frozenset(
         "policy",
         "aliases",
         "auth",
+        "delivery",
     }
 )
 AUTH_MECHANISMS = ("PLAIN", "LOGIN", "SCRAM-SHA-256")
@@ -132,6 +134,22 @@ class RelaySection:
 
 
 @dataclass(frozen=True, slots=True)
+class DeliverySection:
+    """How the SMTP/LMTP client behaves; ``hosts`` and ``mx_port`` let test rigs skip DNS."""
+
+    mx_port: int = 25
+    hosts: dict[str, tuple[tuple[str, int | None], ...]] = field(default_factory=dict)
+    connect_timeout: float = 30.0
+    command_timeout: float = 300.0
+    destination_concurrency: int = 20
+    tls_verify: bool = False
+    max_received: int = 100
+    # False: no DNS at all; a domain missing from ``hosts`` is deferred (4.4.3). For test
+    # rigs and closed networks, where a lookup must never leave the machine.
+    dns: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class PolicySection:
     vrfy: str
     expn: str
@@ -168,6 +186,7 @@ class Config:
     aliases: AliasesSection
     source: Path | None
     auth: AuthSection = field(default_factory=AuthSection)
+    delivery: DeliverySection = field(default_factory=DeliverySection)
 
     @classmethod
     def default(cls) -> Config:
@@ -260,6 +279,7 @@ def _build(data: dict[str, Any], base_dir: Path, source: Path | None) -> Config:
         aliases=_aliases(_Table(data.get("aliases", {}), "aliases"), server.data_dir),
         source=source,
         auth=_auth(_Table(data.get("auth", {}), "auth")),
+        delivery=_delivery(_Table(data.get("delivery", {}), "delivery")),
     )
 
 
@@ -394,6 +414,39 @@ def _relay(t: _Table, base_dir: Path) -> RelaySection:
     if password_file is not None and username is None:
         raise ConfigError(f"{t.key('username')}: required when relay.password_file is set")
     return RelaySection(host, port, username, password_file, tls)
+
+
+def _delivery(t: _Table) -> DeliverySection:
+    mx_port = t.take("mx_port", 25)
+    if isinstance(mx_port, bool) or not isinstance(mx_port, int) or not 1 <= mx_port <= 65535:
+        raise ConfigError(f"{t.key('mx_port')}: must be a port from 1 to 65535, got {mx_port!r}")
+    hosts_table = _Table(t.take("hosts", {}), t.key("hosts"))
+    hosts: dict[str, tuple[tuple[str, int | None], ...]] = {}
+    for name in hosts_table.names():
+        key = hosts_table.key(name)
+        targets = _list(hosts_table.take(name), key)
+        parsed: list[tuple[str, int | None]] = []
+        for i, target in enumerate(targets):
+            if target == ".":  # RFC 7505 null MX
+                parsed.append((".", None))
+                continue
+            host, port = _host_port(target, f"{key}[{i}]", min_port=1, default_port=0)
+            parsed.append((host, port or None))
+        hosts[_domain(name, key)] = tuple(parsed)
+    section = DeliverySection(
+        mx_port=mx_port,
+        hosts=hosts,
+        connect_timeout=parse_duration(t.take("connect_timeout", "30s"), t.key("connect_timeout")),
+        command_timeout=parse_duration(t.take("command_timeout", "5m"), t.key("command_timeout")),
+        destination_concurrency=_positive_int(
+            t.take("destination_concurrency", 20), t.key("destination_concurrency")
+        ),
+        tls_verify=_bool(t.take("tls_verify", False), t.key("tls_verify")),
+        max_received=_positive_int(t.take("max_received", 100), t.key("max_received")),
+        dns=_bool(t.take("dns", True), t.key("dns")),
+    )
+    t.finish()
+    return section
 
 
 def _policy(t: _Table) -> PolicySection:

@@ -62,9 +62,7 @@ def build_message(
         maintype, subtype = ctype.split("/", 1)
         data = path.read_bytes()
         if maintype == "text":
-            msg.add_attachment(
-                data.decode("utf-8", "replace"), subtype=subtype, filename=path.name
-            )
+            msg.add_attachment(data.decode("utf-8", "replace"), subtype=subtype, filename=path.name)
         else:
             msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=path.name)
     return msg.as_bytes()

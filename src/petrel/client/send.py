@@ -447,9 +447,7 @@ class _Session:
         self._send(wire)
         self._after_mail(self._read()[0].reply)
         self.stage = Exit.RCPT
-        for recipient, event in zip(
-            self.opts.recipients, self._read(len(rcpt_args)), strict=True
-        ):
+        for recipient, event in zip(self.opts.recipients, self._read(len(rcpt_args)), strict=True):
             self._after_rcpt(recipient, event.reply)
         if quit_after == "rcpt":
             self._after_rcpts()

@@ -129,8 +129,10 @@ def prepare(
     """The envelope and the bytes to spool: Received first, Bcc gone, missing fields added."""
     hostname = config.server.hostname
     user = user or getpass.getuser()
-    sender = "" if opts.sender in ("<>", "") else _address(
-        opts.sender if opts.sender is not None else user, hostname, what="sender"
+    sender = (
+        ""
+        if opts.sender in ("<>", "")
+        else _address(opts.sender if opts.sender is not None else user, hostname, what="sender")
     )
     fields, rest = split_header_block(message)
     wanted = list(opts.recipients)

@@ -4,7 +4,8 @@ Like Postfix's qmgr it never touches message text itself. Every committed messag
 tried at once; a recipient that fails temporarily is retried with exponential backoff
 between ``queue.min_backoff`` and ``queue.max_backoff``, and every ``run_interval`` the
 whole queue is looked at again. Local recipients go to Maildir in batches (one sync
-for many messages); remote ones wait for the relay transports of the delivery issue.
+for many messages); remote ones go to the SMTP/LMTP transport grouped by route, and
+both run at once. After each attempt the DSNs the senders asked for are queued.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from petrel import smtp
+from petrel import dsn, smtp
 from petrel.config import Config
 from petrel.log import log_event
 from petrel.policy import Policy
@@ -36,19 +37,28 @@ from petrel.queue.envelope import Envelope, Recipient
 from petrel.queue.spool import Spool
 
 from .maildir import BodySource, DeliveryItem, deliver_batch
+from .smtp import DEFERRED, DELIVERED, FAILED, Job, Result, Route, SmtpTransport, deferred, failed
 
 log = logging.getLogger("petrel.qmgr")
 
 BATCH_MESSAGES = 256  # messages per Maildir batch: one sync pair covers them all
 _IN_MEMORY_BODY = 1 << 20  # bodies up to this size are read once and shared
-_REMOTE_NOT_YET = "remote delivery is not available in this build; message kept in queue"
+_HEADER_SCAN = 256 * 1024  # octets of header section scanned for Received fields
+_STOP_GRACE = 10.0  # seconds an attempt in progress may take to finish at shutdown
 
 
 @dataclass(slots=True)
 class _Work:
     envelope: Envelope
     recipient: Recipient
-    item: DeliveryItem | None  # None: not deliverable by this build (remote)
+    item: DeliveryItem | None  # None: refused before any attempt (error already recorded)
+
+
+def count_received(message: bytes) -> int:
+    """Received fields in the header section (loop detection, RFC 5321 §6.3)."""
+    end = message.find(b"\r\n\r\n")
+    head = message[: end + 2] if end >= 0 else message[:_HEADER_SCAN]
+    return head.lower().count(b"\nreceived:") + head[:9].lower().startswith(b"received:")
 
 
 class QueueManager:
@@ -59,6 +69,7 @@ class QueueManager:
         policy: Policy,
         *,
         clock: Callable[[], float] = time.time,
+        transport: SmtpTransport | None = None,
     ) -> None:
         self.config = config
         self.spool = spool
@@ -76,8 +87,13 @@ class QueueManager:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="petrel-local")
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        self._in_flight: set[str] = set()  # ids in a delivery batch right now
-        self._doomed: set[str] = set()  # deleted while in flight: removed after the batch
+        self.transport = transport or SmtpTransport(config)
+        self._inflight: set[str] = set()  # messages whose attempt is running
+        self._requeue_after: set[str] = set()  # asked for while in flight
+        self._pending_notices: dict[tuple[str, str], list[Recipient]] = {}
+        self._pending_delay: dict[str, list[Recipient]] = {}
+        self._attempts: set[asyncio.Task[None]] = set()
+        self._doomed: set[str] = set()  # deleted while in flight: removed after the attempt
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -96,6 +112,14 @@ class QueueManager:
         self._wake.set()
         if self._task is not None:
             await self._task
+        if self._attempts:
+            # Remote sessions may hang on a stalled peer for command_timeout: give them a
+            # grace period, then cancel. A cancelled attempt saves no state, so it is
+            # simply tried again after the restart.
+            _, stuck = await asyncio.wait(self._attempts, timeout=_STOP_GRACE)
+            for task in stuck:
+                task.cancel()
+            await asyncio.gather(*stuck, return_exceptions=True)
         self._executor.shutdown(wait=True)
 
     def submit(self, envelope: Envelope) -> None:
@@ -169,12 +193,9 @@ class QueueManager:
                 continue
             batch = self._take_batch()
             if batch:
-                try:
-                    await loop.run_in_executor(self._executor, self._deliver, batch)
-                except Exception:
-                    log.exception("delivery batch failed")
-                for envelope in batch:
-                    self._after_attempt(envelope)
+                task = loop.create_task(self._attempt(batch))
+                self._attempts.add(task)
+                task.add_done_callback(self._attempts.discard)
 
     def _take_batch(self) -> list[Envelope]:
         seen: set[str] = set()
@@ -184,45 +205,109 @@ class QueueManager:
             envelope = self._envelopes.get(queue_id)
             if envelope is None or queue_id in seen or envelope.hold:
                 continue
+            if queue_id in self._inflight:  # being tried: look again once it is done
+                self._requeue_after.add(queue_id)
+                continue
             seen.add(queue_id)
             batch.append(envelope)
-        self._in_flight.update(seen)
+        self._inflight.update(seen)  # until _attempt's end: admin actions only mark these
         return batch
 
-    # -- one batch (worker thread) -------------------------------------------------------
+    # -- one attempt ------------------------------------------------------------------------
 
-    def _deliver(self, batch: list[Envelope]) -> None:
-        now = self.clock()
+    async def _attempt(self, batch: list[Envelope]) -> None:
+        """Local and remote recipients of ``batch`` at once, then results, DSNs, schedule."""
+        loop = asyncio.get_running_loop()
+        try:
+            now = self.clock()
+            local: list[tuple[Envelope, list[Recipient]]] = []
+            remote: list[tuple[Envelope, list[Recipient]]] = []
+            for envelope in batch:
+                forced = envelope.queue_id in self._forced
+                self._forced.discard(envelope.queue_id)
+                due = [
+                    r
+                    for r in envelope.recipients
+                    if not r.final and (forced or r.next_attempt <= now)
+                ]
+                due = self._deliver_by(envelope, due, now)
+                mine = [r for r in due if self.policy.is_local(r.address)]
+                if mine:
+                    local.append((envelope, mine))
+                others = [r for r in due if r not in mine]
+                if others:
+                    remote.append((envelope, others))
+            work = [loop.run_in_executor(self._executor, self._deliver, local, now)]
+            if remote:
+                work.append(self._deliver_remote(remote, now))
+            for outcome in await asyncio.gather(*work, return_exceptions=True):
+                if isinstance(outcome, BaseException):
+                    log.error("delivery batch failed", exc_info=outcome)
+            for envelope in batch:
+                await self._send_notices(envelope, now)
+                self._after_attempt(envelope)
+        except Exception:
+            log.exception("delivery attempt failed")
+        finally:
+            for envelope in batch:
+                self._inflight.discard(envelope.queue_id)
+                if envelope.queue_id in self._requeue_after:
+                    self._requeue_after.discard(envelope.queue_id)
+                    self._ready.append(envelope.queue_id)
+            self._wake.set()
+
+    def _deliver_by(self, envelope: Envelope, due: list[Recipient], now: float) -> list[Recipient]:
+        """RFC 2852: past the BY deadline, R returns the message (5.4.7), N warns once."""
+        if envelope.by is None:
+            return due
+        seconds, mode = envelope.by
+        if now < envelope.received_at + seconds:
+            return due
+        if mode.startswith("R"):
+            for r in due:
+                self._record(
+                    envelope,
+                    r,
+                    failed("5.4.7", "delivery time expired (DELIVERBY)"),
+                    now,
+                )
+            return []
+        for r in due:
+            if not r.delay_notified:
+                r.status = "4.4.7"
+                r.last_error = "delivery time expired (DELIVERBY, notify)"
+                self._pending_delay.setdefault(envelope.queue_id, []).append(r)
+        return due
+
+    # -- local (worker thread) -----------------------------------------------------------
+
+    def _deliver(self, batch: list[tuple[Envelope, list[Recipient]]], now: float) -> None:
         work: list[_Work] = []
-        for envelope in batch:
-            forced = envelope.queue_id in self._forced
-            self._forced.discard(envelope.queue_id)
-            due = [
-                r for r in envelope.recipients if not r.final and (forced or r.next_attempt <= now)
-            ]
-            local = [r for r in due if self.policy.is_local(r.address)]
-            work.extend(_Work(envelope, r, None) for r in due if r not in local)
-            if not local:
-                continue
+        for envelope, local in batch:
             try:
                 body = self._body_source(envelope.queue_id)
             except (OSError, ValueError) as exc:  # unreadable or corrupt spool file
                 for recipient in local:
-                    self._record(envelope, recipient, exc, now)
+                    self._record(envelope, recipient, _local_error(exc), now)
+                continue
+            head = body if isinstance(body, bytes) else next(iter(body()), b"")
+            if count_received(head) > self.config.delivery.max_received:
+                for recipient in local:
+                    self._record(envelope, recipient, _too_many_hops(), now)
                 continue
             for recipient in local:
                 try:
                     item = self._item(envelope, recipient, body)
                 except ValueError as exc:
-                    self._record(envelope, recipient, exc, now)
+                    self._record(envelope, recipient, _local_error(exc), now)
                     continue
                 work.append(_Work(envelope, recipient, item))
         items = [w.item for w in work if w.item is not None]
         results = iter(deliver_batch(self.mailboxes, items)) if items else iter(())
         for w in work:
-            error: Exception | str | None
-            error = next(results) if w.item is not None else _REMOTE_NOT_YET
-            self._record(w.envelope, w.recipient, error, now)
+            error = next(results)
+            result = _local_ok() if error is None else _local_error(error)
+            self._record(w.envelope, w.recipient, result, now)
 
     def _body_source(self, queue_id: str) -> BodySource:
         if self.spool.body_size(queue_id) <= _IN_MEMORY_BODY:
@@ -243,43 +328,169 @@ class QueueManager:
             maybe_done=envelope.queue_id in self._recovered,
         )
 
-    def _record(
-        self, envelope: Envelope, recipient: Recipient, error: Exception | str | None, now: float
+    # -- remote (event loop) -------------------------------------------------------------
+
+    async def _deliver_remote(
+        self, batch: list[tuple[Envelope, list[Recipient]]], now: float
     ) -> None:
+        """Group by route (domain, smarthost or LMTP target); one transport call per route."""
+        loop = asyncio.get_running_loop()
+        routes: dict[Route, list[Job]] = {}
+        for envelope, recipients in batch:
+            try:
+                body = await loop.run_in_executor(None, self.spool.read_body, envelope.queue_id)
+            except (OSError, ValueError) as exc:
+                for recipient in recipients:
+                    self._record(envelope, recipient, _local_error(exc), now)
+                continue
+            if count_received(body) > self.config.delivery.max_received:
+                for recipient in recipients:
+                    self._record(envelope, recipient, _too_many_hops(), now)
+                continue
+            by_route: dict[Route, list[Recipient]] = {}
+            for recipient in recipients:
+                route = self.transport.route_for(recipient.address)
+                by_route.setdefault(route, []).append(recipient)
+            for route, members in by_route.items():
+                routes.setdefault(route, []).append(Job(envelope, members, body))
+        await asyncio.gather(*(self.transport.deliver(r, jobs) for r, jobs in routes.items()))
+        for jobs in routes.values():
+            for job in jobs:
+                for recipient, result in zip(job.recipients, job.results, strict=True):
+                    if result is None:
+                        result = deferred("4.3.0", "no result from the transport")
+                    self._record(job.envelope, recipient, result, now)
+
+    # -- recording -----------------------------------------------------------------------
+
+    def _record(self, envelope: Envelope, recipient: Recipient, result: Result, now: float) -> None:
         recipient.attempts += 1
-        if error is None:
+        recipient.last_attempt = now
+        recipient.status = result.status
+        recipient.diagnostic = result.diagnostic
+        recipient.remote_mta = result.remote_mta
+        if result.outcome == DELIVERED:
             recipient.state = "delivered"
             recipient.last_error = None
+            recipient.relayed = result.relayed
+            self._notify(envelope, recipient, dsn.RELAYED if result.relayed else dsn.DELIVERED)
             log_event(
-                log, "delivered", queue_id=envelope.queue_id, to=recipient.address, relay="local"
+                log,
+                "delivered",
+                queue_id=envelope.queue_id,
+                to=recipient.address,
+                relay=result.remote_mta or "local",
+                status=result.status,
             )
             return
-        text = str(error)
+        text = result.text
         recipient.last_error = text
-        permanent = isinstance(error, ValueError)  # an unsafe mailbox name never heals
         expired = now - envelope.received_at >= self.config.queue.lifetime
-        if permanent or expired:
+        if result.outcome == FAILED or expired:
             recipient.state = "failed"
+            if result.outcome != FAILED:
+                recipient.status = "4.4.7"
+                recipient.last_error = text = f"message expired in queue: {text}"
+            self._notify(envelope, recipient, dsn.FAILED)
             log_event(
                 log,
                 "failed",
                 level=logging.ERROR,
                 queue_id=envelope.queue_id,
                 to=recipient.address,
-                error=text if permanent else f"expired in queue: {text}",
+                status=recipient.status,
+                error=text,
             )
             return
         recipient.state = "deferred"
-        recipient.next_attempt = now + self._backoff(recipient.attempts)
-        if error is not _REMOTE_NOT_YET:
+        next_attempt = now + self._backoff(recipient.attempts)
+        if envelope.by is not None and envelope.by[1].startswith("R"):
+            next_attempt = min(next_attempt, envelope.received_at + envelope.by[0])
+        recipient.next_attempt = max(next_attempt, now)
+        if (
+            not recipient.delay_notified
+            and now - envelope.received_at >= self.config.queue.delay_warning
+        ):
+            self._notify(envelope, recipient, dsn.DELAYED)
+        log_event(
+            log,
+            "deferred",
+            level=logging.WARNING,
+            queue_id=envelope.queue_id,
+            to=recipient.address,
+            status=recipient.status,
+            error=text,
+        )
+
+    def _notify(self, envelope: Envelope, recipient: Recipient, action: str) -> None:
+        if action == dsn.DELAYED:
+            self._pending_delay.setdefault(envelope.queue_id, []).append(recipient)
+            return
+        if (envelope.sender == "" and action == dsn.FAILED) or dsn.wants_notice(recipient, action):
+            self._pending_notices.setdefault((envelope.queue_id, action), []).append(recipient)
+
+    async def _send_notices(self, envelope: Envelope, now: float) -> None:
+        """Queue the DSNs this attempt called for (one per action), like any message."""
+        wanted: list[tuple[str, list[Recipient]]] = []
+        for action in (dsn.FAILED, dsn.DELIVERED, dsn.RELAYED):
+            members = self._pending_notices.pop((envelope.queue_id, action), [])
+            if members:
+                wanted.append((action, members))
+        unique = {id(r): r for r in self._pending_delay.pop(envelope.queue_id, [])}
+        delayed = [r for r in unique.values() if not r.delay_notified and not r.final]
+        for r in delayed:
+            r.delay_notified = True
+        delayed = [r for r in delayed if dsn.wants_notice(r, dsn.DELAYED)]
+        if delayed:
+            wanted.append((dsn.DELAYED, delayed))
+        if not wanted:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            message = await loop.run_in_executor(None, self._original, envelope.queue_id)
+        except (OSError, ValueError) as exc:
+            message = f"Subject: (original message unreadable: {exc})\r\n\r\n".encode()
+        for action, members in wanted:
+            notice = dsn.build_notice(
+                hostname=self.config.server.hostname,
+                original=envelope,
+                recipients=members,
+                action=action,
+                message=message,
+                now=now,
+                lifetime=self.config.queue.lifetime,
+            )
+            if notice is None:
+                log_event(log, "notice-suppressed", queue_id=envelope.queue_id, action=action)
+                continue
+            try:
+                writer = self.spool.begin(notice.envelope)
+                writer.write(notice.message)
+                await self.spool.commit(writer)
+            except OSError as exc:
+                log_event(log, "notice-error", level=logging.ERROR, error=str(exc))
+                continue
             log_event(
                 log,
-                "deferred",
-                level=logging.WARNING,
+                "notice",
                 queue_id=envelope.queue_id,
-                to=recipient.address,
-                error=text,
+                notice_id=notice.envelope.queue_id,
+                action=action,
+                to=notice.envelope.recipients[0].address,
             )
+            self.submit(notice.envelope)
+
+    def _original(self, queue_id: str) -> bytes:
+        size = self.spool.body_size(queue_id)
+        if size <= dsn.FULL_LIMIT:
+            return self.spool.read_body(queue_id)
+        head = b""
+        for chunk in self.spool.iter_body(queue_id):
+            head += chunk
+            if b"\r\n\r\n" in head or len(head) > _HEADER_SCAN:
+                break
+        end = head.find(b"\r\n\r\n")
+        return head[: end + 4] if end >= 0 else head[:_HEADER_SCAN]
 
     def _backoff(self, attempts: int) -> float:
         q = self.config.queue
@@ -327,7 +538,7 @@ class QueueManager:
         """The queue as `petrel queue list` shows it, oldest first."""
         envelopes = sorted(self._envelopes.values(), key=lambda e: (e.received_at, e.queue_id))
         return [
-            message_info(e, self._size(e.queue_id), active=e.queue_id in self._in_flight)
+            message_info(e, self._size(e.queue_id), active=e.queue_id in self._inflight)
             for e in envelopes
         ]
 
@@ -336,7 +547,7 @@ class QueueManager:
         envelope = self._envelope(queue_id)
         headers = read_headers(self.spool, queue_id)
         return describe_envelope(
-            envelope, self._size(queue_id), headers, active=queue_id in self._in_flight
+            envelope, self._size(queue_id), headers, active=queue_id in self._inflight
         )
 
     def hold(self, queue_id: str) -> bool:
@@ -345,7 +556,7 @@ class QueueManager:
         if envelope.hold:
             return False
         envelope.hold = True  # _take_batch and _next_due skip it from now on
-        if queue_id not in self._in_flight:  # else _after_attempt saves it with the results
+        if queue_id not in self._inflight:  # else _after_attempt saves it with the results
             self.spool.save_state(envelope)
         log_event(log, "held", queue_id=queue_id)
         return True
@@ -356,7 +567,7 @@ class QueueManager:
         if not envelope.hold:
             return False
         envelope.hold = False
-        if queue_id not in self._in_flight:
+        if queue_id not in self._inflight:
             self.spool.save_state(envelope)
             due = self._next_due(envelope)
             if due is not None:
@@ -369,7 +580,7 @@ class QueueManager:
         """Remove a message without notice; False: it goes when its current attempt ends."""
         self._envelope(queue_id)
         log_event(log, "deleted", queue_id=queue_id, by="operator")
-        if queue_id in self._in_flight:
+        if queue_id in self._inflight:
             self._doomed.add(queue_id)
             return False
         self._drop(queue_id)
@@ -396,10 +607,24 @@ class QueueManager:
         self._forced.discard(queue_id)  # stale timer and ready entries are skipped
 
     def _settle_admin(self, envelope: Envelope) -> bool:
-        """After a batch: apply a delete that waited for it. True if the message is gone."""
-        self._in_flight.discard(envelope.queue_id)
+        """After an attempt: apply a delete that waited for it. True if the message is gone."""
         if envelope.queue_id not in self._doomed:
             return False
         self._doomed.discard(envelope.queue_id)
         self._drop(envelope.queue_id)
         return True
+
+
+def _local_ok() -> Result:
+    return Result(DELIVERED, "2.0.0", "delivered to mailbox")
+
+
+def _local_error(error: Exception | str) -> Result:
+    """ValueError never heals (unsafe mailbox name, corrupt file): fail; the rest defers."""
+    if isinstance(error, ValueError):
+        return Result(FAILED, "5.1.1", str(error), f"x-local; {error}")
+    return Result(DEFERRED, "4.3.0", str(error), f"x-local; {error}")
+
+
+def _too_many_hops() -> Result:
+    return failed("5.4.6", "mail forwarding loop: too many Received header fields")

@@ -51,6 +51,10 @@ def _get(
     return value
 
 
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
 def _choice(value: Any, allowed: frozenset[Any], key: str) -> Any:
     if value not in allowed:
         raise ValueError(f"envelope: field {key!r} has an unknown value: {value!r}")
@@ -68,6 +72,13 @@ class Recipient:
     attempts: int = 0
     next_attempt: float = 0.0
     last_error: str | None = None
+    # For the DSN (RFC 3464): what the last attempt found out, and what was reported.
+    status: str | None = None  # RFC 3463 code of the last attempt
+    diagnostic: str | None = None  # "smtp; 550 5.1.1 ..."
+    remote_mta: str | None = None  # "dns; mx.example.org"
+    last_attempt: float | None = None
+    delay_notified: bool = False  # a delay DSN went out already (one per recipient)
+    relayed: bool = False  # delivered to a peer without DSN support
 
     @property
     def final(self) -> bool:
@@ -93,6 +104,12 @@ class Recipient:
             attempts=_get(data, "attempts", (int,), 0),
             next_attempt=float(_get(data, "next_attempt", (int, float), 0.0)),
             last_error=_get(data, "last_error", (str, type(None)), None),
+            status=_get(data, "status", (str, type(None)), None),
+            diagnostic=_get(data, "diagnostic", (str, type(None)), None),
+            remote_mta=_get(data, "remote_mta", (str, type(None)), None),
+            last_attempt=_opt_float(_get(data, "last_attempt", (int, float, type(None)), None)),
+            delay_notified=_get(data, "delay_notified", (bool,), False),
+            relayed=_get(data, "relayed", (bool,), False),
         )
 
 
@@ -117,6 +134,7 @@ class Envelope:
     protocol: str = "ESMTP"
     auth_user: str | None = None
     hold: bool = False
+    notice: str | None = None  # set on Petrel's own DSNs: "dsn" or "double-bounce"
 
     @property
     def all_final(self) -> bool:
@@ -160,6 +178,7 @@ class Envelope:
             protocol=_get(data, "protocol", (str,), "ESMTP"),
             auth_user=_get(data, "auth_user", (str, type(None)), None),
             hold=_get(data, "hold", (bool,), False),
+            notice=_get(data, "notice", (str, type(None)), None),
         )
 
     @classmethod

@@ -38,6 +38,8 @@ TLS_HANDSHAKE_TIMEOUT = 30.0
 
 _INTERNAL_ERROR = smtp.reply(421, "4.3.0", "Internal error, closing connection")
 _NO_STORAGE = smtp.reply(452, "4.3.1", "Insufficient system storage, try again later")
+_TOO_MANY_HOPS = smtp.reply(554, "5.4.6", "Too many hops (Received header fields); mail loop?")
+_HEAD_LIMIT = 256 * 1024
 
 
 _DECOY_KEY = secrets.token_bytes(32)
@@ -56,7 +58,16 @@ def _decoy_password_hash() -> str:
 class Transaction:
     """The envelope being built between MAIL and the end of the message."""
 
-    __slots__ = ("head", "params", "recipients", "sender", "storage_failed", "writer")
+    __slots__ = (
+        "head",
+        "header_copy",
+        "header_done",
+        "params",
+        "recipients",
+        "sender",
+        "storage_failed",
+        "writer",
+    )
 
     def __init__(self, sender: str, params: smtp.MailParams, submission: bool = False) -> None:
         self.sender = sender
@@ -68,6 +79,30 @@ class Transaction:
         # Submission (RFC 6409 §8): the header is held back until it is complete, to
         # add Date: and Message-ID: when the client left them out.
         self.head: bytearray | None = bytearray() if submission else None
+        self.header_copy = bytearray()  # the header section, for loop detection
+        self.header_done = False
+
+    def add_text(self, data: bytes) -> None:
+        """Keep the header section (up to 256 KiB) so Received fields can be counted."""
+        if self.header_done:
+            return
+        head = self.header_copy
+        start = max(len(head) - 3, 0)
+        head += data
+        end = head.find(b"\r\n\r\n", start)
+        if head.startswith(b"\r\n"):
+            head.clear()
+            self.header_done = True
+        elif end >= 0:
+            del head[end + 2 :]
+            self.header_done = True
+        elif len(head) > _HEAD_LIMIT:
+            self.header_done = True
+
+    @property
+    def received_fields(self) -> int:
+        head = bytes(self.header_copy).lower()
+        return head.count(b"\nreceived:") + head.startswith(b"received:")
 
 
 class SmtpSession(asyncio.Protocol):
@@ -133,6 +168,7 @@ class SmtpSession(asyncio.Protocol):
             max_recipients=server.config.limits.recipients,
             max_errors=server.config.limits.errors,
             strict_paths=server.config.policy.strict_paths,
+            lmtp=self.listener.mode == "lmtp",
         )
         self._rdns = server.rdns.lookup(self.peer_ip)
         log_event(log, "connect", session=self.id, client=f"{self.peer_ip}:{self.peer_port}")
@@ -326,6 +362,7 @@ class SmtpSession(asyncio.Protocol):
             return
         txn = self.txn
         assert txn is not None
+        txn.add_text(event.data)
         try:
             if txn.head is None:
                 writer.write(event.data)
@@ -374,7 +411,14 @@ class SmtpSession(asyncio.Protocol):
         if writer is None:
             self.txn = None
             return _NO_STORAGE
-        if self.txn is not None and self.txn.head is not None:
+        assert self.txn is not None
+        hops = self.txn.received_fields + 1  # with ours, as delivery will count them
+        if hops > self.server.config.delivery.max_received:
+            log_event(log, "message-reject", session=self.id, reply=str(_TOO_MANY_HOPS), hops=hops)
+            self._abort_message()
+            self.txn = None
+            return _TOO_MANY_HOPS
+        if self.txn.head is not None:
             try:
                 self._flush_head(self.txn, writer)
             except OSError as exc:
@@ -672,6 +716,8 @@ class SmtpSession(asyncio.Protocol):
         """The with-protocol of RFC 3848 (and RFC 6531 §4.3 for SMTPUTF8)."""
         conn = self.conn
         assert conn is not None
+        if conn.lmtp:
+            return "LMTP"
         if not conn.esmtp:
             return "SMTP"
         name = "UTF8SMTP" if conn.smtputf8 else "ESMTP"

@@ -117,6 +117,7 @@ class ServerConnection:
         "extensions",
         "helo",
         "hostname",
+        "lmtp",
         "max_errors",
         "max_recipients",
         "rcpt_attempted",
@@ -135,8 +136,12 @@ class ServerConnection:
         max_recipients: int = 100,
         max_errors: int = 10,
         strict_paths: bool = False,
+        lmtp: bool = False,
     ) -> None:
         self.hostname = hostname
+        # RFC 2033: LHLO instead of HELO/EHLO, and after the message text one reply per
+        # accepted recipient (``send`` repeats one verdict; ``send_per_recipient``).
+        self.lmtp = lmtp
         self.extensions = extensions if extensions is not None else Extensions()
         self.max_recipients = max_recipients
         self.max_errors = max_errors
@@ -330,6 +335,11 @@ class ServerConnection:
         verb, _, arg = line.partition(" ")
         # Verbs are ASCII: "maıl".upper() == "MAIL" must not make a command.
         verb = verb.upper() if verb.isascii() else ""
+        if self.lmtp:
+            # LHLO is EHLO under another name; HELO and EHLO do not exist in LMTP.
+            verb = {"LHLO": "EHLO", "HELO": "", "EHLO": ""}.get(verb, verb)
+        elif verb == "LHLO":
+            verb = ""
         handler = _HANDLERS.get(verb)
         if handler is None:
             return BadCommand(r.UNRECOGNIZED)
@@ -531,8 +541,33 @@ class ServerConnection:
 
     # -- output --------------------------------------------------------------------------
 
+    def send_per_recipient(self, replies: list[r.Reply]) -> bytes:
+        """LMTP: the end of a message answered with one reply per accepted recipient."""
+        if not self.lmtp or not isinstance(self._pending, EndOfData | MessageRejected):
+            raise LocalProtocolError("per-recipient replies belong to the end of an LMTP message")
+        if len(replies) != max(self.recipients, 1):
+            raise LocalProtocolError(
+                f"{len(replies)} replies for {self.recipients} accepted recipients"
+            )
+        head = b"".join(reply.to_bytes() for reply in replies[:-1])
+        self.errors += sum(reply.code >= 500 for reply in replies[:-1])
+        return head + self._send(replies[-1])
+
     def send(self, reply: r.Reply) -> bytes:
-        """Answer the pending event (or greet, or close with 421); returns the wire bytes."""
+        """Answer the pending event (or greet, or close with 421); returns the wire bytes.
+
+        In LMTP the reply to the end of a message is given for every accepted recipient.
+        """
+        if (
+            self.lmtp
+            and reply.code != 421
+            and isinstance(self._pending, EndOfData | MessageRejected)
+            and self.recipients > 1
+        ):
+            return self.send_per_recipient([reply] * self.recipients)
+        return self._send(reply)
+
+    def _send(self, reply: r.Reply) -> bytes:
         out = reply.to_bytes()
         if self.state is State.GREETING:
             self.state = State.INIT if reply.code == 220 else State.CLOSED

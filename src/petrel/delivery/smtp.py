@@ -1,0 +1,613 @@
+"""The SMTP and LMTP client transport: hands queued messages to the next hop.
+
+Every byte on the wire is produced and parsed by the sans-IO ``smtp.ClientConnection``;
+this module only moves bytes over asyncio streams and turns replies into per-recipient
+results. A *route* is where a recipient's mail goes: a domain's MX hosts (dnspython, or
+the static ``[delivery] hosts`` table that test rigs use instead of DNS), the
+``[relay]`` smarthost, or an ``[domains] lmtp`` target. One session carries several
+messages for its route (connection reuse), and a semaphore per route caps how many
+sessions run at once, as Postfix's ``default_destination_concurrency_limit`` does.
+
+Outcomes follow Postfix's smtp(8): 2xx delivered, 4xx deferred, 5xx failed for that
+recipient; a connection that cannot be made, drops or stalls defers what it had not
+finished and the next MX host is tried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import ipaddress
+import logging
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from petrel import smtp
+from petrel.config import Config, DeliverySection
+from petrel.log import log_event
+from petrel.queue.envelope import Envelope, Recipient
+from petrel.smtp import NEED_DATA, ClientConnection, RemoteProtocolError, encode_xtext
+
+__all__ = [
+    "DEFERRED",
+    "DELIVERED",
+    "FAILED",
+    "Hop",
+    "Job",
+    "Resolver",
+    "Result",
+    "Route",
+    "RouteError",
+    "SmtpTransport",
+]
+
+log = logging.getLogger("petrel.smtp")
+
+DELIVERED = "delivered"
+DEFERRED = "deferred"
+FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What happened to one recipient in one attempt (enough to write its DSN fields)."""
+
+    outcome: str  # DELIVERED | DEFERRED | FAILED
+    status: str  # RFC 3463, e.g. "5.1.1"
+    text: str  # one line for logs and last_error
+    diagnostic: str | None = None  # "smtp; 550 5.1.1 ..." (RFC 3464 Diagnostic-Code)
+    remote_mta: str | None = None  # "dns; mx.example.org"
+    relayed: bool = False  # handed to a peer that did not offer DSN (RFC 3461 §6.2.2)
+
+
+def deferred(status: str, text: str, remote_mta: str | None = None) -> Result:
+    return Result(DEFERRED, status, text, None, remote_mta)
+
+
+def failed(status: str, text: str, remote_mta: str | None = None) -> Result:
+    return Result(FAILED, status, text, None, remote_mta)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a recipient's mail goes; ``key`` groups recipients into sessions."""
+
+    kind: str  # "mx" | "smarthost" | "lmtp"
+    target: str  # the domain (mx), "host:port" (smarthost) or the LMTP target string
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}:{self.target}"
+
+
+@dataclass(frozen=True, slots=True)
+class Hop:
+    """One host to try: a name or IP and port, or a unix socket path (LMTP)."""
+
+    host: str
+    port: int
+    path: str | None = None
+
+    def __str__(self) -> str:
+        return self.path or (f"[{self.host}]:{self.port}" if ":" in self.host else self.host)
+
+
+@dataclass(slots=True)
+class Job:
+    """One message for one route; ``results`` is filled in, aligned with ``recipients``."""
+
+    envelope: Envelope
+    recipients: list[Recipient]
+    body: bytes
+    results: list[Result | None] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.results:
+            self.results = [None] * len(self.recipients)
+
+    def open_indexes(self) -> list[int]:
+        return [i for i, r in enumerate(self.results) if r is None]
+
+    def settle_open(self, result: Result) -> None:
+        for i in self.open_indexes():
+            self.results[i] = result
+
+
+class RouteError(Exception):
+    """No hop can be found for a route; ``result`` says defer or fail."""
+
+    def __init__(self, result: Result) -> None:
+        super().__init__(result.text)
+        self.result = result
+
+
+class _SessionError(Exception):
+    """The session cannot go on with this hop; ``result`` applies to what is unfinished."""
+
+    def __init__(self, result: Result) -> None:
+        super().__init__(result.text)
+        self.result = result
+
+
+class Resolver:
+    """MX lookup (RFC 5321 §5.1): MX in preference order, else A/AAAA, null MX refused."""
+
+    def __init__(self, delivery: DeliverySection, dns_resolver: object | None = None) -> None:
+        self.port = delivery.mx_port
+        self.static = delivery.hosts
+        self.use_dns = delivery.dns
+        self._dns = dns_resolver
+
+    async def hops(self, domain: str) -> list[Hop]:
+        domain = domain.lower().rstrip(".")
+        if domain.startswith("[") and domain.endswith("]"):  # address literal
+            literal = domain[1:-1]
+            if literal.lower().startswith("ipv6:"):
+                literal = literal[5:]
+            return [Hop(str(ipaddress.ip_address(literal)), self.port)]
+        static = self.static.get(domain)
+        if static is not None:
+            if any(host == "." for host, _ in static):
+                raise RouteError(_null_mx(domain))
+            return [Hop(host, port or self.port) for host, port in static]
+        if not self.use_dns:
+            raise RouteError(
+                deferred("4.4.3", f"No route to {domain}: DNS is off (delivery.dns = false)")
+            )
+        return await self._lookup(domain)
+
+    async def _lookup(self, domain: str) -> list[Hop]:
+        import dns.asyncresolver
+        import dns.exception
+        import dns.resolver
+
+        resolver = self._dns or dns.asyncresolver.Resolver()
+        try:
+            answer = await resolver.resolve(domain, "MX", lifetime=30.0)  # type: ignore[attr-defined]
+        except dns.resolver.NXDOMAIN:
+            raise RouteError(
+                failed("5.1.2", f"Host or domain name not found: {domain} (NXDOMAIN)")
+            ) from None
+        except dns.resolver.NoAnswer:
+            return [Hop(domain, self.port)]  # implicit MX: the domain's own A/AAAA
+        except (dns.exception.Timeout, dns.resolver.NoNameservers) as exc:
+            raise RouteError(
+                deferred("4.4.3", f"Host or domain name lookup failed for {domain}: {exc}")
+            ) from None
+        records = sorted(answer, key=lambda r: r.preference)
+        names = [str(r.exchange).rstrip(".").lower() for r in records]
+        if names == [""] or any(name == "" for name in names):
+            raise RouteError(_null_mx(domain))
+        return [Hop(name, self.port) for name in names]
+
+
+def _null_mx(domain: str) -> Result:
+    return failed("5.1.10", f"Domain {domain} does not accept mail (null MX, RFC 7505)")
+
+
+class SmtpTransport:
+    """Delivers jobs route by route; a route's sessions share a concurrency limit."""
+
+    def __init__(self, config: Config, resolver: Resolver | None = None) -> None:
+        self.config = config
+        self.delivery = config.delivery
+        self.hostname = config.server.hostname
+        self.resolver = resolver or Resolver(config.delivery)
+        self._limits: dict[str, asyncio.Semaphore] = {}
+
+    # -- routes ----------------------------------------------------------------------
+
+    def route_for(self, address: str) -> Route:
+        domain = address.rpartition("@")[2].lower()
+        if domain in self.config.domains.lmtp:
+            return Route("lmtp", self.config.domains.lmtp[domain])
+        relay = self.config.relay
+        if relay is not None:
+            return Route("smarthost", f"{relay.smarthost_host}:{relay.smarthost_port}")
+        return Route("mx", domain)
+
+    async def _hops(self, route: Route) -> list[Hop]:
+        if route.kind == "mx":
+            return await self.resolver.hops(route.target)
+        if route.kind == "lmtp" and route.target.startswith("/"):
+            return [Hop("localhost", 0, route.target)]
+        host, _, port = route.target.rpartition(":")
+        if not port.isdigit():
+            raise RouteError(failed("5.3.5", f"bad delivery target {route.target!r}"))
+        return [Hop(host.strip("[]"), int(port))]
+
+    # -- delivery ------------------------------------------------------------------------
+
+    async def deliver(self, route: Route, jobs: Sequence[Job]) -> None:
+        """Fill in every job's results; never raises for anything the peer does."""
+        try:
+            hops = await self._hops(route)
+        except RouteError as exc:
+            for job in jobs:
+                job.settle_open(exc.result)
+            return
+        limit = self.delivery.destination_concurrency
+        lanes = [list(jobs[i::limit]) for i in range(min(limit, len(jobs)))]
+        semaphore = self._limits.setdefault(route.key, asyncio.Semaphore(limit))
+        await asyncio.gather(*(self._lane(route, hops, lane, semaphore) for lane in lanes))
+
+    async def _lane(
+        self, route: Route, hops: list[Hop], jobs: list[Job], semaphore: asyncio.Semaphore
+    ) -> None:
+        """One session at a time through the hops until every job has its results."""
+        async with semaphore:
+            pending = [job for job in jobs if job.open_indexes()]
+            last = deferred("4.4.1", "no host could be tried")
+            for hop in hops:
+                if not pending:
+                    break
+                session = _Session(self, route, hop)
+                try:
+                    await session.open()
+                    while pending:
+                        await session.transaction(pending[0])
+                        pending.pop(0)
+                    await session.quit()
+                except _SessionError as exc:
+                    last = exc.result
+                except (OSError, EOFError, TimeoutError, RemoteProtocolError) as exc:
+                    last = deferred("4.4.2", session.lost(exc), f"dns; {hop.host}")
+                finally:
+                    session.close()
+                if last.outcome == FAILED and pending:
+                    break  # a permanent session-level refusal: no other hop will change it
+            for job in pending:
+                job.settle_open(last)
+
+
+class _Session:
+    """One connection to one hop, driving a ``ClientConnection``."""
+
+    def __init__(self, transport: SmtpTransport, route: Route, hop: Hop) -> None:
+        self.t = transport
+        self.route = route
+        self.hop = hop
+        self.lmtp = route.kind == "lmtp"
+        self.conn = ClientConnection(lmtp=self.lmtp)
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.stage = "connect"
+        self.peer = str(hop)
+        self.tls = False
+        self.remote_mta = f"dns; {hop.host}"
+
+    # -- plumbing --------------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        timeout = self.t.delivery.connect_timeout
+        if self.hop.path is not None:
+            coro = asyncio.open_unix_connection(self.hop.path)
+        else:
+            coro = asyncio.open_connection(self.hop.host, self.hop.port)
+        self.reader, self.writer = await asyncio.wait_for(coro, timeout)
+        sockname = self.writer.get_extra_info("peername")
+        if isinstance(sockname, tuple):
+            self.peer = f"{self.hop.host}[{sockname[0]}]:{sockname[1]}"
+
+    async def _write(self, data: bytes) -> None:
+        assert self.writer is not None
+        self.writer.write(data)
+        await asyncio.wait_for(self.writer.drain(), self.t.delivery.command_timeout)
+
+    async def _reply(self) -> smtp.ServerReply:
+        assert self.reader is not None
+        while True:
+            event = self.conn.next_event()
+            if event is not NEED_DATA:
+                assert isinstance(event, smtp.ServerReply)
+                return event
+            data = await asyncio.wait_for(self.reader.read(65536), self.t.delivery.command_timeout)
+            if not data:
+                raise EOFError("connection closed by peer")
+            self.conn.receive_data(data)
+
+    async def _command(self, verb: str, argument: str = "") -> smtp.Reply:
+        self.stage = verb
+        await self._write(self.conn.send_command(verb, argument))
+        return (await self._reply()).reply
+
+    def lost(self, exc: BaseException) -> str:
+        what = (
+            "timed out" if isinstance(exc, TimeoutError) else f"lost ({exc or type(exc).__name__})"
+        )
+        if self.stage == "connect":
+            return (
+                f"connect to {self.peer}: {'timed out' if isinstance(exc, TimeoutError) else exc}"
+            )
+        return f"conversation with {self.peer} {what} while sending {self.stage}"
+
+    def _said(self, reply: smtp.Reply, stage: str) -> str:
+        return f"host {self.peer} said: {_reply_text(reply)} (in reply to {stage} command)"
+
+    def result(self, reply: smtp.Reply, stage: str) -> Result:
+        """A reply to a recipient-bearing command as that recipient's result."""
+        status = reply.status or f"{reply.code // 100}.0.0"
+        outcome = {2: DELIVERED, 4: DEFERRED}.get(reply.code // 100, FAILED)
+        proto = "lmtp" if self.lmtp else "smtp"
+        return Result(
+            outcome,
+            status,
+            self._said(reply, stage)
+            if outcome != DELIVERED
+            else f"{self.peer}: {_reply_text(reply)}",
+            f"{proto}; {_reply_text(reply)}",
+            self.remote_mta,
+            relayed=outcome == DELIVERED and not self.lmtp and not self.conn.supports("DSN"),
+        )
+
+    def _session_error(self, reply: smtp.Reply, stage: str) -> _SessionError:
+        result = self.result(reply, stage)
+        if result.outcome == DELIVERED:  # an unexpected positive code where none belongs
+            result = deferred("4.5.0", self._said(reply, stage), self.remote_mta)
+        return _SessionError(result)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    # -- session start ----------------------------------------------------------------
+
+    async def open(self) -> None:
+        await self._connect()
+        greeting = (await self._reply()).reply
+        if greeting.code != 220:
+            # Postfix: a refusing greeting sends us on to the next MX, never bounces.
+            raise _SessionError(
+                deferred(
+                    "4.4.2" if greeting.code < 500 else "4.3.0",
+                    self._said(greeting, "initial greeting"),
+                    self.remote_mta,
+                )
+            )
+        await self._hello()
+        if self.route.kind != "lmtp":
+            await self._starttls()
+            await self._auth()
+
+    async def _hello(self) -> None:
+        name = self.t.hostname
+        if self.lmtp:
+            reply = await self._command("LHLO", name)
+        else:
+            reply = await self._command("EHLO", name)
+            if reply.code // 100 == 5:
+                reply = await self._command("HELO", name)
+        if reply.code != 250:
+            raise self._session_error(reply, self.stage)
+
+    def _tls_mode(self) -> str:
+        """ "none", "may" (opportunistic, unverified) or "verify" (required and verified)."""
+        relay = self.t.config.relay
+        if self.route.kind == "smarthost" and relay is not None:
+            return "verify" if relay.tls == "required" else "may"
+        return "verify" if self.t.delivery.tls_verify else "may"
+
+    async def _starttls(self) -> None:
+        mode = self._tls_mode()
+        if not self.conn.supports("STARTTLS"):
+            if mode == "verify" and self.route.kind == "smarthost":
+                raise _SessionError(
+                    deferred(
+                        "4.7.4",
+                        f"TLS is required, but {self.peer} does not offer STARTTLS",
+                        self.remote_mta,
+                    )
+                )
+            return
+        reply = await self._command("STARTTLS")
+        if reply.code != 220:
+            if mode == "verify" and self.route.kind == "smarthost":
+                raise self._session_error(reply, "STARTTLS")
+            return  # opportunistic: carry on in the clear, as Postfix's "may" level does
+        context = ssl.create_default_context()
+        if mode != "verify":
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        assert self.writer is not None
+        self.stage = "TLS handshake"
+        await asyncio.wait_for(
+            self.writer.start_tls(context, server_hostname=self.hop.host),
+            self.t.delivery.command_timeout,
+        )
+        self.conn.tls_established()
+        self.tls = True
+        await self._hello()
+
+    async def _auth(self) -> None:
+        relay = self.t.config.relay
+        if self.route.kind != "smarthost" or relay is None or relay.username is None:
+            return
+        assert relay.password_file is not None
+        password = relay.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+        mechanisms = self.conn.auth_mechanisms
+        if "PLAIN" in mechanisms or not mechanisms:
+            token = base64.b64encode(f"\0{relay.username}\0{password}".encode()).decode()
+            reply = await self._command("AUTH", f"PLAIN {token}")
+        elif "LOGIN" in mechanisms:
+            reply = await self._command("AUTH", "LOGIN")
+            for secret in (relay.username, password):
+                if reply.code != 334:
+                    break
+                await self._write(
+                    self.conn.send_auth_response(base64.b64encode(secret.encode()).decode())
+                )
+                reply = (await self._reply()).reply
+        else:
+            raise _SessionError(
+                deferred(
+                    "4.7.0",
+                    f"{self.peer} offers no SASL mechanism we know: {mechanisms}",
+                    self.remote_mta,
+                )
+            )
+        if reply.code != 235:
+            raise _SessionError(
+                deferred(
+                    "4.7.0",
+                    f"SASL authentication failed; {self._said(reply, 'AUTH')}",
+                    self.remote_mta,
+                )
+            )
+
+    # -- one message ------------------------------------------------------------------
+
+    def _refusal(self, job: Job) -> Result | None:
+        """Reasons the peer cannot take this message at all, decided before MAIL."""
+        env = job.envelope
+        if env.smtputf8 and not self.conn.supports("SMTPUTF8"):
+            return failed(
+                "5.6.7",
+                f"SMTPUTF8 is required, but was not offered by {self.peer}",
+                self.remote_mta,
+            )
+        if env.body == "BINARYMIME" and not (
+            self.conn.supports("BINARYMIME") and self.conn.supports("CHUNKING")
+        ):
+            return failed(
+                "5.6.3",
+                f"BINARYMIME is required, but was not offered by {self.peer}",
+                self.remote_mta,
+            )
+        limit = self.conn.max_size
+        if limit is not None and len(job.body) > limit:
+            return failed(
+                "5.3.4",
+                f"message size {len(job.body)} exceeds size limit {limit} of {self.peer}",
+                self.remote_mta,
+            )
+        return None
+
+    def _mail_argument(self, job: Job) -> str:
+        env = job.envelope
+        parts = [f"FROM:<{env.sender}>"]
+        if self.conn.supports("SIZE"):
+            parts.append(f"SIZE={len(job.body)}")
+        if env.body != "7BIT" and self.conn.supports("8BITMIME"):
+            parts.append(f"BODY={env.body}")
+        if env.smtputf8:
+            parts.append("SMTPUTF8")
+        if self.conn.supports("DSN"):
+            if env.ret:
+                parts.append(f"RET={env.ret}")
+            if env.envid:
+                parts.append(f"ENVID={encode_xtext(env.envid)}")
+        return " ".join(parts)
+
+    def _rcpt_argument(self, recipient: Recipient) -> str:
+        parts = [f"TO:<{recipient.address}>"]
+        if self.conn.supports("DSN"):
+            if recipient.notify:
+                parts.append("NOTIFY=" + ",".join(recipient.notify))
+            if recipient.orcpt:
+                kind, _, addr = recipient.orcpt.partition(";")
+                parts.append(f"ORCPT={kind};{encode_xtext(addr)}")
+        return " ".join(parts)
+
+    async def transaction(self, job: Job) -> None:
+        """MAIL, RCPT…, DATA (pipelined when offered) and the text; fills ``job.results``."""
+        indexes = job.open_indexes()
+        if not indexes:
+            return
+        refusal = self._refusal(job)
+        if refusal is not None:
+            job.settle_open(refusal)
+            return
+        conn = self.conn
+        use_bdat = job.envelope.body == "BINARYMIME"
+        mail = conn.send_command("MAIL", self._mail_argument(job))
+        accepted: list[int] = []
+        if conn.supports("PIPELINING"):
+            rcpts = [
+                conn.send_command("RCPT", self._rcpt_argument(job.recipients[i])) for i in indexes
+            ]
+            tail = b"" if use_bdat else conn.send_command("DATA")
+            self.stage = "MAIL FROM"
+            await self._write(mail + b"".join(rcpts) + tail)
+            mail_reply = (await self._reply()).reply
+            for i in indexes:
+                self.stage = "RCPT TO"
+                reply = (await self._reply()).reply
+                self._rcpt_result(job, i, mail_reply, reply, accepted)
+            data_reply = None if use_bdat else (await self._reply()).reply
+        else:
+            self.stage = "MAIL FROM"
+            await self._write(mail)
+            mail_reply = (await self._reply()).reply
+            if mail_reply.code // 100 != 2:
+                job.settle_open(self.result(mail_reply, "MAIL FROM"))
+                await self._command("RSET")
+                return
+            for i in indexes:
+                reply = await self._command("RCPT", self._rcpt_argument(job.recipients[i]))
+                self._rcpt_result(job, i, mail_reply, reply, accepted)
+            if not accepted:
+                await self._command("RSET")
+                return
+            data_reply = None if use_bdat else await self._command("DATA")
+        if mail_reply.code // 100 != 2 and not accepted:
+            if data_reply is not None and data_reply.code == 354:
+                await self._end_text(b"", 1)  # a broken peer said 354 anyway: send nothing
+            await self._command("RSET")
+            return
+        if data_reply is not None and data_reply.code != 354:
+            for i in accepted:
+                job.results[i] = self.result(data_reply, "DATA")
+            return
+        if not accepted:  # pipelined DATA got 354 though every RCPT was refused
+            await self._end_text(b"", 1)
+            return
+        self.stage = "end of DATA"
+        if use_bdat:
+            await self._write(conn.send_bdat(job.body, last=True))
+            replies = [
+                (await self._reply()).reply for _ in range(len(accepted) if self.lmtp else 1)
+            ]
+        else:
+            replies = await self._end_text(job.body, len(accepted) if self.lmtp else 1)
+        for n, i in enumerate(accepted):
+            job.results[i] = self.result(replies[min(n, len(replies) - 1)], "end of DATA")
+
+    def _rcpt_result(
+        self, job: Job, i: int, mail_reply: smtp.Reply, reply: smtp.Reply, accepted: list[int]
+    ) -> None:
+        if mail_reply.code // 100 != 2:
+            job.results[i] = self.result(mail_reply, "MAIL FROM")
+        elif reply.code // 100 == 2:
+            accepted.append(i)
+        else:
+            job.results[i] = self.result(reply, "RCPT TO")
+
+    async def _end_text(self, body: bytes, replies: int) -> list[smtp.Reply]:
+        await self._write(self.conn.send_data(body))
+        return [(await self._reply()).reply for _ in range(replies)]
+
+    async def quit(self) -> None:
+        # Everything was delivered already; a sloppy goodbye changes nothing.
+        with contextlib.suppress(OSError, EOFError, TimeoutError, RemoteProtocolError):
+            await asyncio.wait_for(self._command("QUIT"), 10.0)
+
+
+def _reply_text(reply: smtp.Reply) -> str:
+    status = f" {reply.status}" if reply.status else ""
+    return f"{reply.code}{status} {' '.join(reply.lines)}"
+
+
+def log_result(queue_id: str, address: str, result: Result) -> None:
+    level = logging.INFO if result.outcome == DELIVERED else logging.WARNING
+    log_event(
+        log,
+        result.outcome,
+        level=level,
+        queue_id=queue_id,
+        to=address,
+        status=result.status,
+        detail=result.text,
+    )

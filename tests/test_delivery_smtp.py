@@ -1,0 +1,474 @@
+"""The SMTP/LMTP client transport against a scripted peer on 127.0.0.1 (no DNS)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from petrel.config import load_config
+from petrel.delivery.smtp import DEFERRED, DELIVERED, FAILED, Job, Resolver, Route, SmtpTransport
+from petrel.queue.envelope import Envelope, Recipient
+from petrel.smtp import EndOfData, Extensions, Mail, Rcpt, reply
+from smtp_peer import PeerScript, ScriptedPeer
+
+BODY = b"Subject: hi\r\n\r\nhello\r\n.leading dot\r\n"
+
+
+def _config(tmp_path: Path, hosts: str, extra: str = "") -> object:
+    path = tmp_path / "petrel.toml"
+    path.write_text(
+        f"""
+[server]
+hostname = "client.test"
+data_dir = "{tmp_path / "data"}"
+[delivery]
+connect_timeout = "2s"
+command_timeout = "1s"
+hosts = {{ {hosts} }}
+{extra}
+"""
+    )
+    return load_config(path)
+
+
+@pytest.fixture
+def peer_factory() -> Iterator[object]:
+    peers: list[ScriptedPeer] = []
+
+    def make(**kwargs: object) -> ScriptedPeer:
+        peer = ScriptedPeer(PeerScript(**kwargs)).start()  # type: ignore[arg-type]
+        peers.append(peer)
+        return peer
+
+    yield make
+    for peer in peers:
+        peer.stop()
+
+
+def _job(*rcpts: str, **env: object) -> Job:
+    recipients = [Recipient(a) for a in rcpts]
+    envelope = Envelope("0000000000000Q", "sender@client.test", recipients, 0.0, **env)  # type: ignore[arg-type]
+    return Job(envelope, recipients, BODY)
+
+
+def _deliver(config: object, jobs: list[Job], domain: str = "remote.test") -> None:
+    transport = SmtpTransport(config)  # type: ignore[arg-type]
+    asyncio.run(transport.deliver(Route("mx", domain), jobs))
+
+
+def test_delivers_with_pipelining_and_dsn_params(tmp_path, peer_factory) -> None:
+    peer = peer_factory()
+    config = _config(tmp_path, f'"remote.test" = ["127.0.0.1:{peer.port}"]')
+    job = _job("a@remote.test", "b@remote.test", envid="env 1", ret="HDRS")
+    job.recipients[0].notify = ("SUCCESS", "FAILURE")
+    job.recipients[0].orcpt = "rfc822;orig+x@remote.test"
+    _deliver(config, [job])
+    assert [r.outcome for r in job.results] == [DELIVERED, DELIVERED]
+    assert not job.results[0].relayed  # the peer offers DSN
+    [msg] = peer.messages
+    assert msg.data == BODY  # dot-stuffing undone by the peer's core
+    assert msg.params.envid == "env 1" and msg.params.ret == "HDRS"
+    assert msg.params.size == len(BODY)
+    first = msg.recipients[0][1]
+    assert first.notify == ("SUCCESS", "FAILURE") and first.orcpt == "rfc822;orig+x@remote.test"
+
+
+def test_rcpt_4xx_defers_5xx_fails_per_recipient(tmp_path, peer_factory) -> None:
+    def rcpt(event: Rcpt) -> object:
+        text = str(event.recipient)
+        if text.startswith("soft"):
+            return reply(450, "4.2.0", "try later")
+        if text.startswith("hard"):
+            return reply(550, "5.1.1", "no such user")
+        return reply(250, "2.1.5", "ok")
+
+    peer = peer_factory(policy={Rcpt: rcpt})
+    config = _config(tmp_path, f'"remote.test" = ["127.0.0.1:{peer.port}"]')
+    job = _job("ok@remote.test", "soft@remote.test", "hard@remote.test")
+    _deliver(config, [job])
+    outcomes = [(r.outcome, r.status) for r in job.results]
+    assert outcomes == [(DELIVERED, "2.0.0"), (DEFERRED, "4.2.0"), (FAILED, "5.1.1")]
+    assert "550 5.1.1 no such user" in job.results[2].diagnostic
+    assert job.results[2].remote_mta == "dns; 127.0.0.1"
+    assert [r for r, _ in peer.messages[0].recipients] == ["ok@remote.test"]
+
+
+def test_no_pipelining_and_no_dsn_marks_relayed(tmp_path, peer_factory) -> None:
+    peer = peer_factory(extensions=Extensions(pipelining=False, dsn=False))
+    config = _config(tmp_path, f'"remote.test" = ["127.0.0.1:{peer.port}"]')
+    job = _job("a@remote.test")
+    job.recipients[0].notify = ("SUCCESS",)
+    _deliver(config, [job])
+    assert job.results[0].outcome == DELIVERED and job.results[0].relayed
+    assert peer.messages[0].recipients[0][1].notify is None
+
+
+def test_end_of_data_5xx_fails_and_4xx_defers(tmp_path, peer_factory) -> None:
+    peer = peer_factory(policy={EndOfData: lambda e: reply(554, "5.7.1", "spam")})
+    config = _config(tmp_path, f'"remote.test" = ["127.0.0.1:{peer.port}"]')
+    job = _job("a@remote.test", "b@remote.test")
+    _deliver(config, [job])
+    assert [(r.outcome, r.status) for r in job.results] == [(FAILED, "5.7.1")] * 2
+
+
+def test_mail_4xx_defers_everything(tmp_path, peer_factory) -> None:
+    peer = peer_factory(policy={Mail: lambda e: reply(451, "4.3.0", "busy")})
+    config = _config(tmp_path, f'"remote.test" = ["127.0.0.1:{peer.port}"]')
+    job = _job("a@remote.test")
+    _deliver(config, [job])
+    assert job.results[0].outcome == DEFERRED and job.results[0].status == "4.3.0"
+
+
+def test_dropped_connection_tries_next_mx(tmp_path, peer_factory) -> None:
+    dropper = peer_factory(drop_on=Rcpt)
+    good = peer_factory()
+    config = _config(
+        tmp_path, f'"remote.test" = ["127.0.0.1:{dropper.port}", "127.0.0.1:{good.port}"]'
+    )
+    job = _job("a@remote.test")
+    _deliver(config, [job])
+    assert job.results[0].outcome == DELIVERED
+    assert dropper.connections == 1 and len(good.messages) == 1
+
+
+def test_stall_times_out_and_defers(tmp_path, peer_factory) -> None:
+    peer = peer_factory(stall_on=Mail)
+    config = _config(tmp_path, f'"remote.test" = ["127.0.0.1:{peer.port}"]')
+    job = _job("a@remote.test")
+    _deliver(config, [job])
+    assert job.results[0].outcome == DEFERRED
+    assert "timed out" in job.results[0].text
+
+
+def test_connection_refused_defers(tmp_path) -> None:
+    config = _config(tmp_path, '"remote.test" = ["127.0.0.1:1"]')
+    job = _job("a@remote.test")
+    _deliver(config, [job])
+    assert job.results[0].outcome == DEFERRED and job.results[0].status == "4.4.2"
+
+
+def test_null_mx_fails_with_5_1_10(tmp_path) -> None:
+    config = _config(tmp_path, '"remote.test" = ["."]')
+    job = _job("a@remote.test")
+    _deliver(config, [job])
+    assert job.results[0].outcome == FAILED and job.results[0].status == "5.1.10"
+
+
+def test_smtputf8_to_a_peer_without_it_fails_5_6_7(tmp_path, peer_factory) -> None:
+    peer = peer_factory(extensions=Extensions(smtputf8=False))
+    config = _config(tmp_path, f'"remote.test" = ["127.0.0.1:{peer.port}"]')
+    job = _job("a@remote.test", smtputf8=True)
+    _deliver(config, [job])
+    assert job.results[0].outcome == FAILED and job.results[0].status == "5.6.7"
+    assert peer.messages == []
+
+
+def test_8bitmime_only_when_offered(tmp_path, peer_factory) -> None:
+    with8 = peer_factory()
+    config = _config(tmp_path, f'"remote.test" = ["127.0.0.1:{with8.port}"]')
+    job = _job("a@remote.test", body="8BITMIME")
+    _deliver(config, [job])
+    assert with8.messages[0].params.body == "8BITMIME"
+    without = peer_factory(extensions=Extensions(eightbitmime=False))
+    config = _config(tmp_path, f'"remote.test" = ["127.0.0.1:{without.port}"]')
+    job = _job("a@remote.test", body="8BITMIME")
+    _deliver(config, [job])
+    assert job.results[0].outcome == DELIVERED
+    assert without.messages[0].params.body is None
+
+
+def test_size_limit_of_peer_fails_before_sending(tmp_path, peer_factory) -> None:
+    peer = peer_factory(extensions=Extensions(size=10))
+    config = _config(tmp_path, f'"remote.test" = ["127.0.0.1:{peer.port}"]')
+    job = _job("a@remote.test")
+    _deliver(config, [job])
+    assert job.results[0].status == "5.3.4" and peer.messages == []
+
+
+def test_several_messages_share_one_connection(tmp_path, peer_factory) -> None:
+    peer = peer_factory()
+    config = _config(
+        tmp_path,
+        f'"remote.test" = ["127.0.0.1:{peer.port}"]',
+        "destination_concurrency = 1",
+    )
+    jobs = [_job(f"u{i}@remote.test") for i in range(5)]
+    _deliver(config, jobs)
+    assert all(j.results[0].outcome == DELIVERED for j in jobs)
+    assert peer.connections == 1 and len(peer.messages) == 5
+
+
+def test_greeting_554_goes_to_next_host_then_defers(tmp_path, peer_factory) -> None:
+    peer = peer_factory(greeting=reply(554, None, "go away"))
+    config = _config(tmp_path, f'"remote.test" = ["127.0.0.1:{peer.port}"]')
+    job = _job("a@remote.test")
+    _deliver(config, [job])
+    assert job.results[0].outcome == DEFERRED
+
+
+def test_static_hosts_and_address_literals(tmp_path) -> None:
+    """The static table replaces DNS in test rigs; literals need no lookup."""
+    config = _config(tmp_path, '"a.test" = ["127.0.0.9", "mx2.a.test:2526"]', "mx_port = 2525")
+    hops = asyncio.run(Resolver(config.delivery).hops("A.test"))  # type: ignore[attr-defined]
+    assert [(h.host, h.port) for h in hops] == [("127.0.0.9", 2525), ("mx2.a.test", 2526)]
+    literal = asyncio.run(Resolver(config.delivery).hops("[127.0.0.1]"))  # type: ignore[attr-defined]
+    assert [(h.host, h.port) for h in literal] == [("127.0.0.1", 2525)]
+
+
+def test_lmtp_route_gets_one_reply_per_recipient(tmp_path, peer_factory) -> None:
+    def verdicts(rcpts: list[str]) -> list[object]:
+        return [
+            reply(452, "4.2.2", "mailbox full")
+            if a.startswith("full")
+            else reply(250, "2.0.0", "ok")
+            for a in rcpts
+        ]
+
+    peer = peer_factory(lmtp=True, lmtp_end=verdicts)
+    config = _config(tmp_path, "", f'[domains.lmtp]\n"box.test" = "127.0.0.1:{peer.port}"\n')
+    transport = SmtpTransport(config)  # type: ignore[arg-type]
+    route = transport.route_for("a@box.test")
+    assert route == Route("lmtp", f"127.0.0.1:{peer.port}")
+    job = _job("a@box.test", "full@box.test", "c@box.test")
+    asyncio.run(transport.deliver(route, [job]))
+    assert [(r.outcome, r.status) for r in job.results] == [
+        (DELIVERED, "2.0.0"),
+        (DEFERRED, "4.2.2"),
+        (DELIVERED, "2.0.0"),
+    ]
+    assert job.results[1].diagnostic.startswith("lmtp; 452")
+    assert not job.results[0].relayed
+
+
+def test_lmtp_over_a_unix_socket(tmp_path) -> None:
+    from petrel.smtp import ServerConnection
+    from smtp_driver import answer
+
+    path = tmp_path / "lmtp.sock"
+    got: list[bytes] = []
+
+    async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = ServerConnection("sock.test", lmtp=True)
+        from petrel.smtp import NEED_DATA, DataChunk
+        from petrel.smtp import _replies as texts
+
+        writer.write(conn.send(texts.greeting("sock.test", "now")))
+        while True:
+            event = conn.next_event()
+            if event is NEED_DATA:
+                data = await reader.read(65536)
+                if not data:
+                    break
+                conn.receive_data(data)
+                continue
+            if isinstance(event, DataChunk):
+                got.append(event.data)
+                continue
+            if not event.needs_reply:
+                break
+            writer.write(conn.send(answer(conn, event)))
+        writer.close()
+
+    async def main() -> list[object]:
+        server = await asyncio.start_unix_server(session, str(path))
+        config = _config(tmp_path, "", f'[domains.lmtp]\n"box.test" = "{path}"\n')
+        transport = SmtpTransport(config)  # type: ignore[arg-type]
+        job = _job("a@box.test", "b@box.test")
+        await transport.deliver(transport.route_for("a@box.test"), [job])
+        server.close()
+        return job.results
+
+    results = asyncio.run(main())
+    assert [r.outcome for r in results] == [DELIVERED, DELIVERED]
+    assert b"".join(got) == BODY
+
+
+def _smarthost_config(tmp_path: Path, port: int, tls: str) -> object:
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret\n")
+    return _config(
+        tmp_path,
+        "",
+        f'[relay]\nsmarthost = "127.0.0.1:{port}"\nusername = "petrel"\n'
+        f'password_file = "{secret}"\ntls = "{tls}"\n',
+    )
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
+def test_smarthost_authenticates(tmp_path, peer_factory, mechanism: str) -> None:
+    from petrel.smtp import AuthChallenge, AuthCredentials
+
+    seen: list[tuple[str, str, str]] = []
+
+    def on_credentials(event: AuthCredentials) -> object:
+        seen.append((event.authzid, event.authcid, event.password))
+        return reply(235, "2.0.0", "OK Authenticated")
+
+    peer = peer_factory(
+        extensions=Extensions(auth=(mechanism,)),
+        policy={AuthChallenge: lambda e: e.reply, AuthCredentials: on_credentials},
+    )
+    config = _smarthost_config(tmp_path, peer.port, "opportunistic")
+    transport = SmtpTransport(config)  # type: ignore[arg-type]
+    route = transport.route_for("a@anywhere.test")
+    assert route.kind == "smarthost"
+    job = _job("a@anywhere.test")
+    asyncio.run(transport.deliver(route, [job]))
+    assert job.results[0].outcome == DELIVERED
+    assert seen == [("", "petrel", "s3cret")]  # the SASL exchange ran in the peer's core
+
+
+def test_smarthost_auth_failure_defers(tmp_path, peer_factory) -> None:
+    from petrel.smtp import AuthChallenge, AuthCredentials
+
+    peer = peer_factory(
+        extensions=Extensions(auth=("PLAIN",)),
+        policy={
+            AuthChallenge: lambda e: e.reply,
+            AuthCredentials: lambda e: reply(535, "5.7.8", "bad credentials"),
+        },
+    )
+    config = _smarthost_config(tmp_path, peer.port, "opportunistic")
+    job = _job("a@anywhere.test")
+    transport = SmtpTransport(config)  # type: ignore[arg-type]
+    asyncio.run(transport.deliver(transport.route_for("a@x.test"), [job]))
+    assert job.results[0].outcome == DEFERRED and "SASL" in job.results[0].text
+    assert peer.messages == []
+
+
+def test_smarthost_requiring_tls_defers_without_starttls(tmp_path, peer_factory) -> None:
+    peer = peer_factory()
+    config = _smarthost_config(tmp_path, peer.port, "required")
+    job = _job("a@anywhere.test")
+    transport = SmtpTransport(config)  # type: ignore[arg-type]
+    asyncio.run(transport.deliver(transport.route_for("a@x.test"), [job]))
+    assert job.results[0].outcome == DEFERRED and job.results[0].status == "4.7.4"
+    assert peer.messages == []
+
+
+@pytest.fixture
+def server_tls(tmp_path) -> object:
+    import shutil
+    import ssl
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=peer.test",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+def test_opportunistic_starttls_to_mx_without_verification(
+    tmp_path, peer_factory, server_tls
+) -> None:
+    peer = peer_factory(extensions=Extensions(starttls=True), tls=server_tls)
+    config = _config(tmp_path, f'"remote.test" = ["127.0.0.1:{peer.port}"]')
+    job = _job("a@remote.test")
+    _deliver(config, [job])
+    assert job.results[0].outcome == DELIVERED
+    assert peer.tls_sessions == 1 and len(peer.messages) == 1
+
+
+def test_required_tls_to_smarthost_verifies_the_certificate(
+    tmp_path, peer_factory, server_tls
+) -> None:
+    peer = peer_factory(extensions=Extensions(starttls=True), tls=server_tls)
+    config = _smarthost_config(tmp_path, peer.port, "required")
+    job = _job("a@anywhere.test")
+    transport = SmtpTransport(config)  # type: ignore[arg-type]
+    asyncio.run(transport.deliver(transport.route_for("a@x.test"), [job]))
+    assert job.results[0].outcome == DEFERRED  # self-signed: refused, mail kept
+    assert peer.messages == []
+
+
+class _MX:
+    def __init__(self, preference: int, exchange: str) -> None:
+        self.preference = preference
+        self.exchange = exchange
+
+
+class _FakeDns:
+    def __init__(self, answer: object) -> None:
+        self.answer = answer
+
+    async def resolve(self, name: str, rdtype: str, lifetime: float) -> object:
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        ([_MX(20, "mx2.d.test."), _MX(10, "mx1.d.test.")], ["mx1.d.test", "mx2.d.test"]),
+        ("noanswer", ["d.test"]),
+        ([_MX(0, ".")], "5.1.10"),
+        ("nxdomain", "5.1.2"),
+        ("timeout", "4.4.3"),
+    ],
+)
+def test_dns_resolution(tmp_path, answer: object, expected: object) -> None:
+    import dns.exception
+    import dns.resolver
+
+    from petrel.delivery.smtp import RouteError
+
+    errors = {
+        "noanswer": dns.resolver.NoAnswer(),
+        "nxdomain": dns.resolver.NXDOMAIN(),
+        "timeout": dns.exception.Timeout(),
+    }
+    fake = _FakeDns(errors.get(answer, answer) if isinstance(answer, str) else answer)
+    config = _config(tmp_path, "")
+    resolver = Resolver(config.delivery, fake)  # type: ignore[attr-defined]
+    try:
+        hops = asyncio.run(resolver.hops("d.test"))
+    except RouteError as exc:
+        assert exc.result.status == expected
+    else:
+        assert [h.host for h in hops] == expected
+        assert all(h.port == 25 for h in hops)
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("mx_port = 0", "delivery.mx_port"),
+        ('hosts = { "a.test" = "127.0.0.1" }', "delivery.hosts.a.test"),
+        ('hosts = { "a.test" = ["[::1"] }', "delivery.hosts.a.test[0]"),
+        ("destination_concurrency = 0", "delivery.destination_concurrency"),
+        ("bogus = 1", "delivery.bogus"),
+    ],
+)
+def test_delivery_config_errors_name_the_key(tmp_path, text: str, error: str) -> None:
+    from petrel.config import ConfigError
+
+    path = tmp_path / "p.toml"
+    path.write_text(f"[delivery]\n{text}\n")
+    with pytest.raises(ConfigError, match=r"^" + error.replace("[", r"\[").replace(".", r"\.")):
+        load_config(path)

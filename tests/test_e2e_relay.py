@@ -1,0 +1,254 @@
+"""Relaying end to end: a real ``petrel serve`` hands mail to a second Petrel or to a
+scripted peer, and the DSNs that come back are parsed with the stdlib ``email``."""
+
+from __future__ import annotations
+
+import email
+import email.message
+import email.policy
+import smtplib
+from collections.abc import Iterator
+
+import pytest
+
+from conftest import HOSTNAME, PetrelServer, wait_until
+from petrel.smtp import EndOfData, Extensions, Rcpt, reply
+from smtp_peer import PeerScript, ScriptedPeer
+
+
+@pytest.fixture
+def peers() -> Iterator[list[ScriptedPeer]]:
+    started: list[ScriptedPeer] = []
+    yield started
+    for peer in started:
+        peer.stop()
+
+
+def _relay_config(port: int, extra: str = "") -> str:
+    return f"""
+[domains]
+relay_networks = ["127.0.0.0/8"]
+
+[delivery]
+dns = false
+hosts = {{ "remote.test" = ["127.0.0.1:{port}"] }}
+connect_timeout = "2s"
+command_timeout = "2s"
+
+[queue]
+min_backoff = "1s"
+max_backoff = "1s"
+{extra}
+"""
+
+
+def _send(server: PetrelServer, rcpt: str, **rcpt_options: list[str]) -> None:
+    with smtplib.SMTP(server.host, server.port) as client:
+        client.ehlo("client.test")
+        client.sendmail(
+            f"alice@{HOSTNAME}",
+            [rcpt],
+            b"Subject: relay me\r\nMessage-ID: <m1@client.test>\r\n\r\nthe-body-text\r\n",
+            rcpt_options=rcpt_options.get("rcpt_options", []),
+            mail_options=rcpt_options.get("mail_options", []),
+        )
+
+
+def _report(raw: bytes) -> tuple[email.message.Message, list[email.message.Message]]:
+    """The DSN and its per-recipient status blocks."""
+    message = email.message_from_bytes(raw)
+    assert message.get_content_type() == "multipart/report"
+    assert message.get_param("report-type") == "delivery-status"
+    parts = message.get_payload()
+    assert parts[1].get_content_type() == "message/delivery-status"
+    blocks = parts[1].get_payload()
+    return message, blocks
+
+
+def test_relay_to_a_second_petrel(petrel_factory) -> None:
+    peer = petrel_factory('[domains]\nlocal = ["remote.test"]\n', name="peer")
+    sender = petrel_factory(_relay_config(peer.port), name="sender")
+    _send(sender, "bob@remote.test")
+    [message] = peer.wait_for_messages("bob", domain="remote.test")
+    assert b"Subject: relay me" in message
+    assert message.count(b"Received:") == 2  # the sender's and the peer's trace fields
+    sender.wait_queue_empty()
+    assert "event=delivered" in sender.log_text()
+
+
+def test_permanent_failure_bounces_to_the_sender(petrel_factory, peers) -> None:
+    peer = ScriptedPeer(
+        PeerScript(policy={Rcpt: lambda e: reply(550, "5.1.1", "User unknown")})
+    ).start()
+    peers.append(peer)
+    sender = petrel_factory(_relay_config(peer.port), name="sender")
+    _send(
+        sender,
+        "nobody@remote.test",
+        rcpt_options=["NOTIFY=FAILURE", "ORCPT=rfc822;nobody@remote.test"],
+        mail_options=["RET=HDRS", "ENVID=abc123"],
+    )
+    [raw] = sender.wait_for_messages("alice")
+    message, blocks = _report(raw)
+    assert message["From"].startswith("Mail Delivery System")
+    assert raw.startswith(b"Return-Path: <>")
+    per_message, per_rcpt = blocks[0], blocks[1]
+    assert per_message["Reporting-MTA"] == f"dns; {HOSTNAME}"
+    assert per_message["Original-Envelope-Id"] == "abc123"
+    assert per_message["Arrival-Date"]
+    assert per_rcpt["Action"] == "failed"
+    assert per_rcpt["Status"] == "5.1.1"
+    assert per_rcpt["Final-Recipient"] == "rfc822; nobody@remote.test"
+    assert per_rcpt["Original-Recipient"] == "rfc822; nobody@remote.test"
+    assert per_rcpt["Remote-MTA"] == "dns; 127.0.0.1"
+    assert "550 5.1.1 User unknown" in per_rcpt["Diagnostic-Code"]
+    assert per_rcpt["Last-Attempt-Date"]
+    returned = message.get_payload()[2]
+    assert returned.get_content_type() == "text/rfc822-headers"  # RET=HDRS
+    assert "Subject: relay me" in returned.get_payload()
+    assert "the-body-text" not in returned.get_payload()
+    sender.wait_queue_empty()
+
+
+def test_notify_never_sends_nothing_and_full_return_by_default(petrel_factory, peers) -> None:
+    peer = ScriptedPeer(
+        PeerScript(policy={EndOfData: lambda e: reply(554, "5.7.1", "rejected")})
+    ).start()
+    peers.append(peer)
+    sender = petrel_factory(_relay_config(peer.port), name="sender")
+    _send(sender, "quiet@remote.test", rcpt_options=["NOTIFY=NEVER"])
+    _send(sender, "loud@remote.test")
+    [raw] = sender.wait_for_messages("alice")
+    message, blocks = _report(raw)
+    assert blocks[1]["Final-Recipient"] == "rfc822; loud@remote.test"
+    returned = message.get_payload()[2]
+    assert returned.get_content_type() == "message/rfc822"  # no RET: the full message
+    sender.wait_queue_empty()
+    assert len(sender.messages("alice")) == 1
+
+
+def test_success_notice_for_relay_to_peer_without_dsn(petrel_factory, peers) -> None:
+    peer = ScriptedPeer(PeerScript(extensions=Extensions(dsn=False))).start()
+    peers.append(peer)
+    sender = petrel_factory(_relay_config(peer.port), name="sender")
+    _send(sender, "bob@remote.test", rcpt_options=["NOTIFY=SUCCESS"])
+    [raw] = sender.wait_for_messages("alice")
+    _, blocks = _report(raw)
+    assert blocks[1]["Action"] == "relayed"
+    assert len(peer.messages) == 1
+
+
+def test_success_notice_for_local_delivery(petrel_factory) -> None:
+    server = petrel_factory()
+    _send(server, f"bob@{HOSTNAME}", rcpt_options=["NOTIFY=SUCCESS"])
+    server.wait_for_messages("bob")
+    [raw] = server.wait_for_messages("alice")
+    _, blocks = _report(raw)
+    assert blocks[1]["Action"] == "delivered"
+    assert blocks[1]["Status"] == "2.0.0"
+
+
+def test_deferral_then_delay_notice_then_expiry_bounce(petrel_factory, peers) -> None:
+    peer = ScriptedPeer(
+        PeerScript(policy={Rcpt: lambda e: reply(451, "4.3.0", "try again")})
+    ).start()
+    peers.append(peer)
+    sender = petrel_factory(
+        _relay_config(peer.port, 'delay_warning = "1s"\nlifetime = "3s"'), name="sender"
+    )
+    _send(sender, "slow@remote.test")
+    first, second = sender.wait_for_messages("alice", count=2, timeout=20)
+    _, delay_blocks = _report(first)
+    assert delay_blocks[1]["Action"] == "delayed"
+    assert delay_blocks[1]["Status"] == "4.3.0"
+    assert delay_blocks[1]["Will-Retry-Until"]
+    _, fail_blocks = _report(second)
+    assert fail_blocks[1]["Action"] == "failed"
+    assert fail_blocks[1]["Status"] == "4.4.7"
+    sender.wait_queue_empty()
+
+
+def test_bounce_of_a_bounce_goes_to_postmaster_once(petrel_factory, peers) -> None:
+    peer = ScriptedPeer(
+        PeerScript(policy={Rcpt: lambda e: reply(550, "5.1.1", "User unknown")})
+    ).start()
+    peers.append(peer)
+    sender = petrel_factory(_relay_config(peer.port), name="sender")
+    with smtplib.SMTP(sender.host, sender.port) as client:
+        client.sendmail("<>", ["gone@remote.test"], b"Subject: a bounce\r\n\r\nx\r\n")
+    [raw] = sender.wait_for_messages("postmaster")
+    message, _ = _report(raw)
+    assert "double bounce" in message["Subject"]
+    sender.wait_queue_empty()
+    assert sender.messages("alice") == []
+
+
+def test_lmtp_delivery_to_petrels_own_lmtp_listener(petrel_factory) -> None:
+    import re
+
+    target = petrel_factory(
+        '[domains]\nlocal = ["box.test"]\n\n[[listener]]\naddress = "127.0.0.1:0"\nmode = "lmtp"\n',
+        name="lmtp-target",
+    )
+    match = wait_until(
+        lambda: re.search(r"event=listening address=\S+:(\d+) mode=lmtp", target.log_text()),
+        what="the lmtp listener",
+    )
+    assert isinstance(match, re.Match)
+    lmtp_port = int(match[1])
+    sender = petrel_factory(
+        _relay_config(1, f'\n[domains.lmtp]\n"box.test" = "127.0.0.1:{lmtp_port}"\n'),
+        name="sender",
+    )
+    with smtplib.SMTP(sender.host, sender.port) as client:
+        client.sendmail(
+            f"alice@{HOSTNAME}", ["a@box.test", "b@box.test"], b"Subject: lmtp\r\n\r\nx\r\n"
+        )
+    for user in ("a", "b"):
+        [message] = target.wait_for_messages(user, domain="box.test")
+        assert b"Subject: lmtp" in message
+        assert b"with LMTP" in message
+    sender.wait_queue_empty()
+
+
+def test_lmtp_listener_answers_per_recipient(petrel_factory) -> None:
+    import re
+    import socket
+
+    target = petrel_factory(
+        '[domains]\nlocal = ["box.test"]\n\n[[listener]]\naddress = "127.0.0.1:0"\nmode = "lmtp"\n',
+        name="lmtp-target",
+    )
+    match = wait_until(
+        lambda: re.search(r"event=listening address=\S+:(\d+) mode=lmtp", target.log_text()),
+        what="the lmtp listener",
+    )
+    assert isinstance(match, re.Match)
+    with socket.create_connection(("127.0.0.1", int(match[1])), timeout=10) as sock:
+        sock.sendall(
+            b"LHLO me.test\r\nMAIL FROM:<x@y.test>\r\nRCPT TO:<a@box.test>\r\n"
+            b"RCPT TO:<b@box.test>\r\nDATA\r\n"
+        )
+        buf = b""
+        while b"354" not in buf:
+            buf += sock.recv(65536)
+        sock.sendall(b"Subject: s\r\n\r\nx\r\n.\r\nQUIT\r\n")
+        while b"221" not in buf:
+            buf += sock.recv(65536)
+    assert buf.count(b"Message accepted for delivery") == 2
+
+
+def test_too_many_received_fields_refused_at_end_of_data(petrel_factory) -> None:
+    server = petrel_factory("[delivery]\ndns = false\nmax_received = 5\n")
+    with smtplib.SMTP(server.host, server.port) as client:
+        client.ehlo("loop.test")
+        client.mail("a@loop.test")
+        client.rcpt(f"b@{HOSTNAME}")
+        code, text = client.data(b"Received: x\r\n" * 5 + b"Subject: loop\r\n\r\nbody\r\n")
+        assert (code, text[:5]) == (554, b"5.4.6")
+        client.mail("a@loop.test")
+        client.rcpt(f"b@{HOSTNAME}")
+        code, _ = client.data(b"Received: x\r\n" * 4 + b"Subject: ok\r\n\r\nbody\r\n")
+        assert code == 250
+    [message] = server.wait_for_messages("b")
+    assert b"Subject: ok" in message
