@@ -240,3 +240,35 @@ def test_credentials_never_logged(server: PetrelServer) -> None:
     assert PASSWORD not in server.log_text()
     assert b64(f"\0{USER}\0wrong") not in server.log_text()
     assert socket and ssl
+
+
+def test_vrfy_expn_authenticated_policy(server: PetrelServer) -> None:
+    """``policy.vrfy/expn = "authenticated"`` (the default): the answers follow AUTH."""
+    (server.data_dir / "aliases").write_text("sales: willie\nteam: willie, ann@localhost\n")
+    client = tls_client(server)
+    client.command("EHLO c.test")
+    assert client.command("VRFY willie") == [
+        "252 2.5.2 Cannot VRFY user; try RCPT to attempt delivery"
+    ]
+    assert client.command("VRFY nobody") == client.command("VRFY willie")
+    assert client.command(f"EXPN team@{HOSTNAME}") == ["502 5.7.0 EXPN not allowed"]
+    assert client.command(f"AUTH PLAIN {b64(chr(0) + USER + chr(0) + PASSWORD)}") == [
+        "235 2.0.0 OK Authenticated"
+    ]
+    # The same session, now authenticated, gets the real answers.
+    assert client.command("VRFY willie") == [f"250 2.1.5 <{USER}>"]
+    assert client.command(f"VRFY <sales@{HOSTNAME}>") == [f"250 2.1.5 <sales@{HOSTNAME}>"]
+    assert client.command("VRFY nobody") == [f"550 5.1.1 <nobody@{HOSTNAME}>... User unknown"]
+    assert client.command("VRFY someone@remote.example")[0].startswith("252 2.5.2")
+    assert client.command(f"EXPN team@{HOSTNAME}") == [
+        f"250-2.1.5 <{USER}>",
+        "250 2.1.5 <ann@localhost>",
+    ]
+    assert client.command("EXPN willie") == [f"250 2.1.5 <{USER}>"]
+    assert client.command("EXPN nobody") == [f"550 5.1.1 <nobody@{HOSTNAME}>... User unknown"]
+    client.close()
+    # A new session starts unauthenticated again.
+    other = tls_client(server)
+    other.command("EHLO c.test")
+    assert other.command("VRFY willie")[0].startswith("252 2.5.2")
+    assert other.command("EXPN team")[0] == "502 5.7.0 EXPN not allowed"
