@@ -223,3 +223,27 @@ def test_swaks_starttls(petrel: PetrelServer) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "TLS started" in result.stdout
     assert b"with ESMTPS id" in petrel.wait_for_messages("swaks-tls")[0]
+
+
+def test_implicit_tls_handshake_failure_is_logged(petrel_factory) -> None:
+    """A plaintext client on the submissions port: logged, closed, others still served."""
+    petrel: PetrelServer = petrel_factory(SUBMISSIONS)
+    port = petrel.ports["submissions"]
+    plain = RawClient(petrel.connect(mode="submissions"))
+    local_port = plain.sock.getsockname()[1]
+    plain.send(b"EHLO x\r\n")
+    assert plain.at_eof()
+    plain.close()
+    line = wait_until(
+        lambda: next((x for x in petrel.log_text().splitlines() if "event=tls-failed" in x), None),
+        what="the tls-failed log line",
+    )
+    assert f"client=127.0.0.1:{local_port}" in str(line) and "mode=submissions" in str(line)
+    # A client that stalls without a ClientHello does not block the others either.
+    silent = socket.create_connection((petrel.host, port), timeout=10)
+    with smtplib.SMTP_SSL(petrel.host, port, context=petrel.client_tls()) as client:
+        assert client.ehlo("after.client.test")[0] == 250
+        assert client.noop()[0] == 250
+    # Nor does it delay a clean shutdown.
+    assert petrel.stop() == 0
+    silent.close()
