@@ -240,3 +240,82 @@ def test_credentials_never_logged(server: PetrelServer) -> None:
     assert PASSWORD not in server.log_text()
     assert b64(f"\0{USER}\0wrong") not in server.log_text()
     assert socket and ssl
+
+
+def test_vrfy_expn_authenticated_policy(server: PetrelServer) -> None:
+    """``policy.vrfy/expn = "authenticated"`` (the default): the answers follow AUTH."""
+    (server.data_dir / "aliases").write_text("sales: willie\nteam: willie, ann@localhost\n")
+    client = tls_client(server)
+    client.command("EHLO c.test")
+    assert client.command("VRFY willie") == [
+        "252 2.5.2 Cannot VRFY user; try RCPT to attempt delivery"
+    ]
+    assert client.command("VRFY nobody") == client.command("VRFY willie")
+    assert client.command(f"EXPN team@{HOSTNAME}") == ["502 5.7.0 EXPN not allowed"]
+    assert client.command(f"AUTH PLAIN {b64(chr(0) + USER + chr(0) + PASSWORD)}") == [
+        "235 2.0.0 OK Authenticated"
+    ]
+    # The same session, now authenticated, gets the real answers.
+    assert client.command("VRFY willie") == [f"250 2.1.5 <{USER}>"]
+    assert client.command(f"VRFY <sales@{HOSTNAME}>") == [f"250 2.1.5 <sales@{HOSTNAME}>"]
+    assert client.command("VRFY nobody") == [f"550 5.1.1 <nobody@{HOSTNAME}>... User unknown"]
+    assert client.command("VRFY someone@remote.example")[0].startswith("252 2.5.2")
+    assert client.command(f"EXPN team@{HOSTNAME}") == [
+        f"250-2.1.5 <{USER}>",
+        "250 2.1.5 <ann@localhost>",
+    ]
+    assert client.command("EXPN willie") == [f"250 2.1.5 <{USER}>"]
+    assert client.command("EXPN nobody") == [f"550 5.1.1 <nobody@{HOSTNAME}>... User unknown"]
+    client.close()
+    # A new session starts unauthenticated again.
+    other = tls_client(server)
+    other.command("EHLO c.test")
+    assert other.command("VRFY willie")[0].startswith("252 2.5.2")
+    assert other.command("EXPN team")[0] == "502 5.7.0 EXPN not allowed"
+
+
+def test_submission_rules_rfc6409(server: PetrelServer) -> None:
+    """RFC 6409 on both submission ports: AUTH before MAIL, owned senders, added fields."""
+    # 2587 in plaintext: AUTH is not even advertised, and MAIL needs AUTH.
+    plain = RawClient(server.connect(mode="submission"))
+    plain.reply()
+    ehlo = plain.command("EHLO c.test")
+    assert "250-STARTTLS" in ehlo and not any("AUTH" in line for line in ehlo)
+    assert plain.command("MAIL FROM:<>") == ["530 5.7.0 Authentication required"]
+    plain.close()
+    # 2465 (implicit TLS): AUTH is offered at once, and is still required before MAIL.
+    ctx = server.client_tls()
+    implicit = RawClient(
+        ctx.wrap_socket(server.connect(mode="submissions"), server_hostname=HOSTNAME)
+    )
+    implicit.reply()
+    ehlo = implicit.command("EHLO c.test")
+    assert "250-AUTH PLAIN LOGIN SCRAM-SHA-256" in ehlo and "250-STARTTLS" not in ehlo
+    assert implicit.command(f"MAIL FROM:<{USER}>") == ["530 5.7.0 Authentication required"]
+    assert implicit.command(f"AUTH PLAIN {b64(chr(0) + 'willie' + chr(0) + PASSWORD)}") == [
+        "235 2.0.0 OK Authenticated"
+    ]
+    # Ownership: another local user's address is refused, the own one in any case is not.
+    assert implicit.command(f"MAIL FROM:<ann@{HOSTNAME}>") == [
+        f"553 5.7.1 <ann@{HOSTNAME}>: Sender address not owned by user {USER}"
+    ]
+    assert implicit.command(f"MAIL FROM:<WILLIE@{HOSTNAME.upper()}>")[0].startswith("250 2.1.0")
+    assert implicit.command("RCPT TO:<carol@localhost>")[0].startswith("250 2.1.5")
+    # BDAT (RFC 3030) gets the same header completion as DATA; a header-only message too.
+    text = b"Subject: chunked, header only\r\n"
+    implicit.send(b"BDAT %d LAST\r\n" % len(text) + text)
+    assert implicit.reply()[0].startswith("250 2.0.0")
+    implicit.command("QUIT")
+    implicit.close()
+    [message] = server.wait_for_messages("carol", domain="localhost")
+    parsed = email.message_from_bytes(message, policy=email.policy.default)
+    assert parsed["Date"] and parsed["Message-ID"].endswith(f"@{HOSTNAME}>")
+    assert parsed["Subject"] == "chunked, header only"
+
+
+def test_mx_listener_adds_no_header_fields(server: PetrelServer) -> None:
+    """Date:/Message-ID: are the MSA's job (RFC 6409 §8); the MX relays the text as sent."""
+    with smtplib.SMTP(server.host, server.port) as client:
+        client.sendmail("s@client.test", [f"{USER}"], b"Subject: as sent\r\n\r\nbody\r\n")
+    [message] = server.wait_for_messages("willie")
+    assert b"\nDate:" not in message and b"Message-ID:" not in message

@@ -223,3 +223,89 @@ def test_swaks_starttls(petrel: PetrelServer) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "TLS started" in result.stdout
     assert b"with ESMTPS id" in petrel.wait_for_messages("swaks-tls")[0]
+
+
+def test_implicit_tls_handshake_failure_is_logged(petrel_factory) -> None:
+    """A plaintext client on the submissions port: logged, closed, others still served."""
+    petrel: PetrelServer = petrel_factory(SUBMISSIONS)
+    port = petrel.ports["submissions"]
+    plain = RawClient(petrel.connect(mode="submissions"))
+    local_port = plain.sock.getsockname()[1]
+    plain.send(b"EHLO x\r\n")
+    assert plain.at_eof()
+    plain.close()
+    line = wait_until(
+        lambda: next((x for x in petrel.log_text().splitlines() if "event=tls-failed" in x), None),
+        what="the tls-failed log line",
+    )
+    assert f"client=127.0.0.1:{local_port}" in str(line) and "mode=submissions" in str(line)
+    # A client that stalls without a ClientHello does not block the others either.
+    silent = socket.create_connection((petrel.host, port), timeout=10)
+    with smtplib.SMTP_SSL(petrel.host, port, context=petrel.client_tls()) as client:
+        assert client.ehlo("after.client.test")[0] == 250
+        assert client.noop()[0] == 250
+    # Nor does it delay a clean shutdown.
+    assert petrel.stop() == 0
+    silent.close()
+
+
+def test_petrel_reload_cli_swaps_certificate(petrel_factory, tmp_path) -> None:
+    """``petrel reload`` finds the server by its pid file and new sessions see the new cert."""
+    from petrel.server.tls import generate_self_signed
+
+    own = tmp_path / "reload-cert"
+    own.mkdir()
+    cert, key = generate_self_signed(own, HOSTNAME)
+    petrel: PetrelServer = petrel_factory(f'{SUBMISSIONS}\n[tls]\ncert = "{cert}"\nkey = "{key}"\n')
+    assert petrel.process is not None
+    pid_file = petrel.data_dir / "petrel.pid"
+    assert pid_file.read_text().strip() == str(petrel.process.pid)
+    before_ctx = ssl.create_default_context(cafile=str(cert))
+    before = _peer_sha256(petrel.host, petrel.port, before_ctx, starttls=True)
+
+    # Replace the configured files (new key, new certificate), then ask for a reload.
+    replacement = tmp_path / "replacement"
+    replacement.mkdir()
+    new_cert, new_key = generate_self_signed(replacement, HOSTNAME)
+    shutil.copy(new_key, key)
+    shutil.copy(new_cert, cert)
+    result = petrel.petrel_cli("reload")
+    assert result.returncode == 0, result.stderr
+    assert f"pid {petrel.process.pid}" in result.stdout
+    wait_until(lambda: "event=tls-reloaded" in petrel.log_text(), what="the reload")
+    new_ctx = ssl.create_default_context(cafile=str(new_cert))
+    after = _peer_sha256(petrel.host, petrel.port, new_ctx, starttls=True)
+    implicit = _peer_sha256(petrel.host, petrel.ports["submissions"], new_ctx, starttls=False)
+    assert before != after == implicit
+    # The old certificate is no longer presented to anyone.
+    with pytest.raises(ssl.SSLCertVerificationError):
+        _peer_sha256(petrel.host, petrel.port, before_ctx, starttls=True)
+
+    # A clean shutdown removes the pid file; reload then refuses.
+    assert petrel.stop() == 0
+    assert not pid_file.exists()
+    missing = petrel.petrel_cli("reload")
+    assert missing.returncode == 1 and "is petrel serve running?" in missing.stderr
+
+
+def test_petrel_reload_refuses_a_stale_pid_file(petrel_factory) -> None:
+    petrel: PetrelServer = petrel_factory()
+    petrel.kill()  # a crash leaves the pid file behind
+    pid_file = petrel.data_dir / "petrel.pid"
+    assert pid_file.exists()
+    # The pid now belongs to some other program: it must not be signalled.
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        pid_file.write_text(f"{bystander.pid}\n")
+        refused = petrel.petrel_cli("reload")
+        assert refused.returncode == 1
+        assert f"process {bystander.pid} is not petrel serve" in refused.stderr
+        assert bystander.poll() is None, "SIGHUP reached a process that is not petrel"
+    finally:
+        bystander.kill()
+        bystander.wait()
+    pid_file.write_text(f"{bystander.pid}\n")  # now no such process at all
+    gone = petrel.petrel_cli("reload")
+    assert gone.returncode == 1 and "stale" in gone.stderr
+    pid_file.write_text("garbage\n")
+    assert petrel.petrel_cli("reload").returncode == 1

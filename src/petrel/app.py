@@ -18,6 +18,7 @@ from petrel.delivery.manager import QueueManager
 from petrel.delivery.pickup import PickupWatcher
 from petrel.fsutil import ensure_dir
 from petrel.log import log_event
+from petrel.pidfile import remove_pid_file, write_pid_file
 from petrel.policy import Policy
 from petrel.policy.aliases import Aliases
 from petrel.queue.spool import Spool
@@ -41,7 +42,7 @@ def _raise_fd_limit() -> int:
 
 
 async def serve(config: Config) -> int:
-    """Run until SIGTERM/SIGINT; returns the process exit status."""
+    """Run until SIGTERM/SIGINT (SIGHUP reloads TLS); returns the process exit status."""
     fd_limit = _raise_fd_limit()
     loop = asyncio.get_running_loop()
     data_dir = config.server.data_dir
@@ -60,6 +61,7 @@ async def serve(config: Config) -> int:
     pickup.start()
     server = Server(config, spool, manager, policy, loop)
     await server.start()
+    pid_file = write_pid_file(data_dir)  # for `petrel reload`
     log_event(
         log,
         "ready",
@@ -67,6 +69,7 @@ async def serve(config: Config) -> int:
         data_dir=str(data_dir),
         recovered=len(recovered),
         fd_limit=fd_limit,
+        pid_file=str(pid_file),
     )
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -79,6 +82,7 @@ async def serve(config: Config) -> int:
     await pickup.stop()
     await manager.stop()
     spool.close()
+    remove_pid_file(data_dir)
     log_event(log, "stopped", messages=spool.commit_count, syncs=spool.sync_count)
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,6 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-format", choices=FORMATS, default="text")
     serve.add_argument("--log-level", choices=list(LEVELS), default="info")
     sub.add_parser("check-config", parents=[common], help="validate the configuration")
+    sub.add_parser(
+        "reload",
+        parents=[common],
+        help="make the running server reload its TLS certificate (SIGHUP)",
+    )
     user = sub.add_parser("user", parents=[common], help="manage the users who may AUTH")
     user_sub = user.add_subparsers(dest="user_command", required=True, metavar="ACTION")
     for action, text in (("add", "add a user"), ("passwd", "change a user's password")):
@@ -89,6 +95,20 @@ def _user(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _reload(config: Config) -> int:
+    """SIGHUP the ``petrel serve`` named by ``<data_dir>/petrel.pid``, if it is one."""
+    from petrel.pidfile import PidFileError, running_pid
+
+    try:
+        pid = running_pid(config.server.data_dir)
+        os.kill(pid, signal.SIGHUP)
+    except (PidFileError, OSError) as exc:
+        print(f"petrel: {exc}", file=sys.stderr)
+        return 1
+    print(f"petrel: reload requested (SIGHUP to pid {pid})")
+    return 0
+
+
 def _load(path: Path | None) -> Config:
     config = load_config(path)
     Aliases.load(config.aliases.file)  # a broken aliases file is a configuration error
@@ -119,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
     if args.command == "queue":
         return queue.run(config, args)
+    if args.command == "reload":
+        return _reload(config)
     if args.command == "check-config":
         source = config.source or "embedded defaults"
         print(f"petrel: configuration OK ({source})")

@@ -6,8 +6,9 @@ import asyncio
 import itertools
 import logging
 import os
+import socket
 from collections import Counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from petrel import smtp
 from petrel.config import Config, Listener
@@ -29,6 +30,117 @@ __all__ = ["Listener", "Server"]
 log = logging.getLogger("petrel.server")
 
 _SWEEP_SECONDS = 1.0
+_BACKLOG = 4096
+
+
+class _Listening(Protocol):
+    """What shutdown needs of a listener: ``asyncio.Server`` or ``ImplicitTlsListener``."""
+
+    def close(self) -> None: ...
+
+    async def wait_closed(self) -> None: ...
+
+
+class ImplicitTlsListener:
+    """A ``submissions`` listener (RFC 8314 §3.3) that runs each TLS handshake itself.
+
+    ``create_server(ssl=…)`` drops a failed handshake silently (asyncio and uvloop log it
+    only in debug mode), so this accepts plain sockets and hands each to
+    ``connect_accepted_socket`` with the newest context: a failure is logged with the
+    client's address and the connection closed, and the listener goes on serving.
+    """
+
+    def __init__(self, server: Server, listener: Listener, sockets: list[socket.socket]) -> None:
+        self.server = server
+        self.listener = listener
+        self.sockets = sockets
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._accepting: list[asyncio.Task[None]] = []
+
+    @classmethod
+    def bind(cls, server: Server, listener: Listener) -> ImplicitTlsListener:
+        """Bind every address ``listener.host`` resolves to, like ``create_server``."""
+        sockets: list[socket.socket] = []
+        infos = socket.getaddrinfo(
+            listener.host or None,
+            listener.port,
+            type=socket.SOCK_STREAM,
+            flags=socket.AI_PASSIVE,
+        )
+        try:
+            for family, kind, proto, _, address in dict.fromkeys(infos):
+                sock = socket.socket(family, kind, proto)
+                sockets.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(address)
+                sock.listen(_BACKLOG)
+                sock.setblocking(False)
+        except OSError:
+            for sock in sockets:
+                sock.close()
+            raise
+        return cls(server, listener, sockets)
+
+    def start(self) -> None:
+        loop = self.server.loop
+        self._accepting = [loop.create_task(self._accept(sock)) for sock in self.sockets]
+
+    async def _accept(self, listening: socket.socket) -> None:
+        loop = self.server.loop
+        while True:
+            try:
+                sock, _ = await loop.sock_accept(listening)
+            except OSError as exc:  # EMFILE and friends: back off rather than spin
+                log_event(log, "accept-error", level=logging.ERROR, error=str(exc))
+                await asyncio.sleep(0.1)
+                continue
+            task = loop.create_task(self._handshake(sock))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _handshake(self, sock: socket.socket) -> None:
+        try:
+            peer = sock.getpeername()
+        except OSError:
+            sock.close()
+            return
+        ip = str(peer[0])
+        client = f"{ip[7:] if ip.startswith('::ffff:') else ip}:{peer[1]}"
+        try:
+            await self.server.loop.connect_accepted_socket(
+                lambda: SmtpSession(self.server, self.listener),
+                sock,
+                ssl=self.server.tls.context,
+                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
+            )
+        except asyncio.CancelledError:  # shutdown while the handshake ran
+            sock.close()
+            raise
+        except Exception as exc:  # a failed handshake ends this connection only
+            log_event(
+                log,
+                "tls-failed",
+                level=logging.WARNING,
+                client=client,
+                mode=self.listener.mode,
+                error=str(exc) or type(exc).__name__,
+            )
+            sock.close()
+
+    def close(self) -> None:
+        for task in self._accepting:
+            task.cancel()
+        for task in self._tasks:
+            task.cancel()  # handshakes in progress: their sessions never started
+        for sock in self.sockets:
+            sock.close()
+
+    async def wait_closed(self) -> None:
+        pending = [*self._accepting, *self._tasks]
+        if pending:
+            await asyncio.wait(pending)
 
 
 class Server:
@@ -55,7 +167,7 @@ class Server:
         self.rdns = ReverseDns(loop, enabled=config.server.reverse_dns)
         self.sessions: set[SmtpSession] = set()
         self._per_ip: Counter[str] = Counter()
-        self._servers: list[asyncio.Server] = []
+        self._servers: list[_Listening] = []
         self._ids = itertools.count(1)
         self._id_prefix = f"{os.getpid():x}"
         self._sweeper: asyncio.Task[None] | None = None
@@ -91,20 +203,24 @@ class Server:
                     reason="mode not available in this build yet",
                 )
                 continue
-            implicit = listener.mode in IMPLICIT_TLS_MODES
-            server = await self.loop.create_server(
-                lambda listener=listener: SmtpSession(self, listener),
-                listener.host,
-                listener.port,
-                reuse_address=True,
-                backlog=4096,
-                # The context's SNI hook hands each handshake the newest context.
-                ssl=self.tls.context if implicit else None,
-                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if implicit else None,
-            )
-            self._servers.append(server)
-            for sock in server.sockets:
-                host, port = sock.getsockname()[:2]
+            sockets: list[socket.socket] | tuple[object, ...]
+            if listener.mode in IMPLICIT_TLS_MODES:
+                tls_listener = ImplicitTlsListener.bind(self, listener)
+                tls_listener.start()
+                self._servers.append(tls_listener)
+                sockets = tls_listener.sockets
+            else:
+                server = await self.loop.create_server(
+                    lambda listener=listener: SmtpSession(self, listener),
+                    listener.host,
+                    listener.port,
+                    reuse_address=True,
+                    backlog=_BACKLOG,
+                )
+                self._servers.append(server)
+                sockets = server.sockets
+            for sock in sockets:
+                host, port = sock.getsockname()[:2]  # type: ignore[attr-defined]
                 bound.append((host, port, listener.mode))
                 log_event(log, "listening", address=_join(host, port), mode=listener.mode)
         self._sweeper = self.loop.create_task(self._sweep())

@@ -4,7 +4,9 @@ A fresh install must be able to offer STARTTLS at once (RFC 3207, RFC 8314 §3.3
 encryption on every submission path), so when ``[tls]`` names no certificate a
 self-signed one is generated once under ``<data_dir>/tls/`` and its SHA-256 fingerprint
 logged for clients to pin. ``reload`` builds a new context for sessions that start
-afterwards; sessions already running keep the context they shook hands with.
+afterwards (every session, STARTTLS or implicit TLS, runs its own handshake with the
+context current at that moment); sessions already running keep the one they shook
+hands with.
 """
 
 from __future__ import annotations
@@ -132,9 +134,6 @@ class TlsManager:
     def _load(self) -> ssl.SSLContext:
         cert, key, self_signed = self._paths()
         ctx = make_context(cert, key)
-        # Implicit-TLS listeners are bound to the context of start-up; this hook, run on
-        # every ClientHello, moves each new handshake onto the newest context.
-        ctx.sni_callback = self._newest
         try:
             digest = fingerprint(cert)
         except (OSError, ValueError):
@@ -147,10 +146,6 @@ class TlsManager:
             sha256=digest,
         )
         return ctx
-
-    def _newest(self, sslobj: ssl.SSLObject, server_name: str | None, ctx: ssl.SSLContext) -> None:
-        if ctx is not self.context:
-            sslobj.context = self.context
 
     def reload(self) -> bool:
         """Load the certificate again; on failure keep the old context and log why."""
