@@ -554,3 +554,39 @@ def test_kill_9_never_loses_an_acknowledged_message(tmp_path: Path) -> None:
             assert spool.read_body(queue_id) == body(n)  # type: ignore[operator]
         spool.close()
     assert len(acknowledged) > 8
+
+
+def test_concurrent_syncfs_calls_share_rounds_and_each_waits_for_a_fresh_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Group sync: fewer flushes than callers, and none released by a flush that began earlier."""
+    import threading
+
+    from petrel import fsutil
+
+    if not fsutil.HAVE_SYNCFS:
+        pytest.skip("no syncfs(2) here")
+    starts: list[float] = []
+
+    def slow_syncfs(fd: int) -> None:
+        starts.append(time.monotonic())
+        time.sleep(0.02)
+
+    monkeypatch.setattr(fsutil, "_raw_syncfs", slow_syncfs)
+    monkeypatch.setattr(fsutil, "_groups", {})
+    fd = os.open(tmp_path, os.O_RDONLY)
+    covered: list[bool] = []
+
+    def caller() -> None:
+        called_at = time.monotonic()
+        fsutil.syncfs(fd)
+        covered.append(any(called_at <= s for s in starts))
+
+    threads = [threading.Thread(target=caller) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    os.close(fd)
+    assert len(covered) == 20 and all(covered)
+    assert len(starts) < 20

@@ -16,7 +16,7 @@ from typing import Any
 from petrel.config import Config
 from petrel.delivery.manager import QueueManager
 from petrel.delivery.pickup import PickupWatcher
-from petrel.fsutil import ensure_dir
+from petrel.fsutil import ensure_dir, sync_rounds
 from petrel.log import log_event
 from petrel.pidfile import remove_pid_file, write_pid_file
 from petrel.policy import Policy
@@ -83,7 +83,7 @@ async def serve(config: Config) -> int:
     await manager.stop()
     spool.close()
     remove_pid_file(data_dir)
-    log_event(log, "stopped", messages=spool.commit_count, syncs=spool.sync_count)
+    log_event(log, "stopped", messages=spool.commit_count, syncs=sync_rounds())
     return 0
 
 

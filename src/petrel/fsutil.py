@@ -11,6 +11,7 @@ import ctypes
 import errno
 import os
 import stat
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -53,18 +54,91 @@ _SYNCFS = _load_syncfs()
 HAVE_SYNCFS = _SYNCFS is not None
 
 
-def syncfs(fd: int) -> None:
-    """Flush every dirty page and metadata change of the file system holding open `fd`.
-
-    Since Linux 5.8 this also reports write-back errors that happened after `fd`
-    was opened, so keep the fd from before the writes it must vouch for. An error
-    raises OSError. ctypes releases the GIL, so a worker thread may call this.
-    """
+def _raw_syncfs(fd: int) -> None:
     if _SYNCFS is None:
         raise OSError(errno.ENOSYS, "syncfs is not available on this system")
     if _SYNCFS(fd) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"syncfs: {os.strerror(err)}")
+
+
+class _SyncGroup:
+    """Coalesces the syncfs calls of one file system made from any thread.
+
+    A caller is released by the first sync that *started* after it called, so it is
+    covered; callers arriving while a sync runs share the next one. The spool's commit
+    thread and the Maildir delivery thread so pay one flush where they would pay two.
+    The syscall always runs on the first descriptor registered for the file system
+    (opened at start-up, before any write), so write-back errors are never missed.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = os.dup(fd)
+        self._cond = threading.Condition()
+        self._started = 0
+        self._finished = 0
+        self._running = False
+        self._errors: dict[int, OSError] = {}
+        self.rounds = 0
+
+    def sync(self) -> None:
+        with self._cond:
+            ticket = self._started + 1
+            while self._finished < ticket:
+                if self._running:
+                    self._cond.wait()
+                    continue
+                self._running = True
+                self._started += 1
+                this_round = self._started
+                error: OSError | None = None
+                self._cond.release()
+                try:
+                    _raw_syncfs(self._fd)
+                except OSError as exc:
+                    error = exc
+                finally:
+                    self._cond.acquire()
+                self._running = False
+                self._finished = this_round
+                self.rounds += 1
+                if error is not None:
+                    self._errors[this_round] = error
+                    for old in [r for r in self._errors if r < this_round - 64]:
+                        del self._errors[old]
+                self._cond.notify_all()
+            error = self._errors.get(ticket)
+        if error is not None:
+            raise error
+
+
+_groups: dict[int, _SyncGroup] = {}
+_groups_lock = threading.Lock()
+
+
+def syncfs(fd: int) -> None:
+    """Flush every dirty page and metadata change of the file system holding open `fd`.
+
+    Since Linux 5.8 this also reports write-back errors that happened after the first
+    descriptor of that file system given here was opened: pass one opened before the
+    writes it must vouch for. An error raises OSError. Concurrent calls for one file
+    system are coalesced (`_SyncGroup`); a worker thread may call this (the GIL is
+    released during the syscall).
+    """
+    if _SYNCFS is None:
+        raise OSError(errno.ENOSYS, "syncfs is not available on this system")
+    device = os.fstat(fd).st_dev
+    with _groups_lock:
+        group = _groups.get(device)
+        if group is None:
+            group = _groups[device] = _SyncGroup(fd)
+    group.sync()
+
+
+def sync_rounds() -> int:
+    """syncfs calls actually made (all file systems): what group commit saved shows here."""
+    with _groups_lock:
+        return sum(group.rounds for group in _groups.values())
 
 
 def open_dir(path: Path) -> int:
