@@ -14,12 +14,17 @@ $(VENV)/.stamp: pyproject.toml
 	$(VENV)/bin/pip install -e '.[test,fast]'
 	touch $@
 
-# swaks drives the end-to-end tests (Net::SSLeay gives it -tls); install only when missing.
+# Test peers, installed only when missing: swaks (Net::SSLeay gives it -tls) and Postfix,
+# preseeded to "No configuration" so no system instance is set up or started (the
+# interop tests and the bench run private instances in temp directories).
 system-deps:
-	@if ! command -v swaks >/dev/null 2>&1 || ! perl -MNet::SSLeay -MIO::Socket::SSL -e1 2>/dev/null; then \
+	@if ! command -v swaks >/dev/null 2>&1 || ! perl -MNet::SSLeay -MIO::Socket::SSL -e1 2>/dev/null \
+			|| ! command -v postfix >/dev/null 2>&1; then \
 		if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		echo "postfix postfix/main_mailer_type select No configuration" | $$SUDO debconf-set-selections && \
 		$$SUDO apt-get update && \
-		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y swaks libnet-ssleay-perl libio-socket-ssl-perl; \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+			swaks libnet-ssleay-perl libio-socket-ssl-perl postfix; \
 	fi
 
 test: venv system-deps
