@@ -141,3 +141,17 @@ def test_a_killed_worker_is_restarted_and_service_continues(
     pids = list(_live_pids(server).values())
     assert server.stop() == 0
     assert not [pid for pid in pids if _alive(pid)]
+
+
+def test_etrn_in_a_worker_reaches_the_queue_manager(
+    petrel_factory: Callable[..., PetrelServer],
+) -> None:
+    server = _workers(petrel_factory, extra_config='[domains]\nrelay_networks = ["127.0.0.1/32"]\n')
+    with smtplib.SMTP(server.host, server.port, timeout=10) as client:
+        client.ehlo("client.test")
+        code, _ = client.docmd("ETRN", "far.test")
+        assert code == 250
+    wait_until(
+        lambda: re.search(r"event=etrn node=far.test reply=251(?! worker)", server.log_text()),
+        what="the parent to run ETRN",
+    )
