@@ -39,8 +39,15 @@ def wait_until(predicate: Callable[[], object], timeout: float = 15.0, what: str
 class PetrelServer:
     """One ``petrel serve`` process with its own config, data dir and log file."""
 
-    def __init__(self, root: Path, extra_config: str = "", data_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        extra_config: str = "",
+        data_dir: Path | None = None,
+        server_config: str = "",
+    ) -> None:
         self.root = root
+        self.server_config = server_config  # more keys of the [server] table
         self.data_dir = data_dir or root / "data"
         self.config_path = root / "petrel.toml"
         self.log_path = root / "petrel.log"
@@ -56,7 +63,7 @@ class PetrelServer:
 hostname = "{HOSTNAME}"
 data_dir = "{self.data_dir}"
 reverse_dns = false
-
+{self.server_config}
 [[listener]]
 address = "127.0.0.1:0"
 mode = "smtp"
@@ -177,11 +184,14 @@ def petrel_factory(tmp_path: Path) -> Iterator[Callable[..., PetrelServer]]:
     servers: list[PetrelServer] = []
 
     def make(
-        extra_config: str = "", name: str = "petrel", data_dir: Path | None = None
+        extra_config: str = "",
+        name: str = "petrel",
+        data_dir: Path | None = None,
+        server_config: str = "",
     ) -> PetrelServer:
         root = tmp_path / name
         root.mkdir(exist_ok=True)
-        server = PetrelServer(root, extra_config, data_dir)
+        server = PetrelServer(root, extra_config, data_dir, server_config)
         servers.append(server)
         return server.start()
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import resource
 import signal
+import socket
 from collections.abc import Coroutine
 from typing import Any
 
@@ -24,6 +26,10 @@ from petrel.policy.aliases import Aliases
 from petrel.queue.spool import Spool
 from petrel.server import Server
 from petrel.server.control import ControlServer, control_path
+from petrel.server.modes import SERVED_MODES
+from petrel.server.server import bind_sockets, join_address
+from petrel.server.tls import TlsManager
+from petrel.server.workers import WORKER_FDS_ENV, WorkerPool, WorkerQueue, decode_fds
 
 log = logging.getLogger("petrel")
 
@@ -41,8 +47,12 @@ def _raise_fd_limit() -> int:
     return soft
 
 
-async def serve(config: Config) -> int:
-    """Run until SIGTERM/SIGINT (SIGHUP reloads TLS); returns the process exit status."""
+async def serve(config: Config, log_args: list[str] | None = None) -> int:
+    """Run until SIGTERM/SIGINT (SIGHUP reloads TLS); returns the process exit status.
+
+    With ``server.workers`` > 1 this process binds the listeners but runs no sessions:
+    worker processes (``serve_worker``) accept on its sockets (petrel.server.workers).
+    """
     fd_limit = _raise_fd_limit()
     loop = asyncio.get_running_loop()
     data_dir = config.server.data_dir
@@ -57,10 +67,19 @@ async def serve(config: Config) -> int:
     manager = QueueManager(config, spool, policy)
     manager.start(recovered)
     await control.start(manager)  # before the listeners: "listening" means it answers
-    pickup = PickupWatcher(spool, manager)  # mail from `petrel sendmail`
+    workers = config.server.workers
+    # mail from `petrel sendmail`, and from the workers' sessions when there are workers
+    pickup = PickupWatcher(spool, manager, accept_any=workers > 1)
     pickup.start()
-    server = Server(config, spool, manager, policy, loop)
-    await server.start()
+    server: Server | None = None
+    pool: WorkerPool | None = None
+    if workers > 1:
+        TlsManager(config)  # generate a self-signed pair once, before the workers race to
+        pool = WorkerPool(config, workers, _bind_listeners(config), log_args or [])
+        pool.start()
+    else:
+        server = Server(config, spool, manager, policy, loop)
+        await server.start()
     pid_file = write_pid_file(data_dir)  # for `petrel reload`
     log_event(
         log,
@@ -70,20 +89,85 @@ async def serve(config: Config) -> int:
         recovered=len(recovered),
         fd_limit=fd_limit,
         pid_file=str(pid_file),
+        workers=workers,
     )
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, server.reload_tls)
+    loop.add_signal_handler(signal.SIGHUP, (pool or server).reload_tls)  # type: ignore[union-attr]
     await stop.wait()
     log_event(log, "stopping")
     await control.close()
-    await server.shutdown()
+    if pool is not None:
+        await pool.stop()
+        pickup.scan(force=True)  # the last pokes of the workers: deliver them now or at start
+    if server is not None:
+        await server.shutdown()
     await pickup.stop()
     await manager.stop()
     spool.close()
     remove_pid_file(data_dir)
     log_event(log, "stopped", messages=spool.commit_count, syncs=sync_rounds())
+    return 0
+
+
+def _bind_listeners(config: Config) -> dict[int, list[socket.socket]]:
+    """The parent binds every served listener; its workers accept on these sockets."""
+    bound: dict[int, list[socket.socket]] = {}
+    try:
+        for index, listener in enumerate(config.listeners):
+            if listener.mode not in SERVED_MODES:
+                log_event(
+                    log,
+                    "listener-skipped",
+                    level=logging.WARNING,
+                    address=f"{listener.host}:{listener.port}",
+                    mode=listener.mode,
+                    reason="mode not available in this build yet",
+                )
+                continue
+            bound[index] = bind_sockets(listener)
+            for sock in bound[index]:
+                host, port = sock.getsockname()[:2]
+                log_event(log, "listening", address=join_address(host, port), mode=listener.mode)
+    except OSError:
+        for socks in bound.values():
+            for sock in socks:
+                sock.close()
+        raise
+    return bound
+
+
+async def serve_worker(config: Config, number: int) -> int:
+    """One of ``server.workers``: SMTP sessions on the parent's sockets, nothing else."""
+    _raise_fd_limit()
+    loop = asyncio.get_running_loop()
+    inherited = decode_fds(os.environ.pop(WORKER_FDS_ENV, ""))
+    parent = os.getppid()
+    spool = Spool(config.server.data_dir / "queue")
+    spool.open()  # no recovery: the parent did that before any worker started
+    policy = Policy(config, Aliases.load(config.aliases.file))
+    server = Server(config, spool, WorkerQueue(spool.root), policy, loop)  # type: ignore[arg-type]
+    await server.start(inherited)
+    log_event(log, "worker-ready", pid=os.getpid())
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, server.reload_tls)
+
+    async def orphaned() -> None:  # the parent was killed: do not serve on alone
+        while os.getppid() == parent:
+            await asyncio.sleep(1.0)
+        log_event(log, "parent-gone", level=logging.WARNING)
+        stop.set()
+
+    watchdog = loop.create_task(orphaned())
+    await stop.wait()
+    watchdog.cancel()
+    log_event(log, "worker-stopping")
+    await server.shutdown()
+    spool.close()
+    log_event(log, "worker-stopped", messages=spool.commit_count, syncs=sync_rounds())
     return 0
 
 

@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-__all__ = ["FORMATS", "LEVELS", "log_event", "setup_logging"]
+__all__ = ["FORMATS", "LEVELS", "log_event", "set_process_field", "setup_logging"]
 
 LEVELS = {
     "debug": logging.DEBUG,
@@ -23,6 +23,9 @@ LEVELS = {
     "critical": logging.CRITICAL,
 }
 FORMATS = ("text", "json")
+
+# Fields every line of this process carries (``worker=N`` in a worker process).
+_process_fields: dict[str, Any] = {}
 
 # Text values outside this set are quoted, so every line splits back into fields.
 _BARE_VALUE = re.compile(r'[^\s\x00-\x1f\x7f"=\\]+')
@@ -34,6 +37,11 @@ def log_event(
     """Log `event` with `fields` at `level` (INFO by default) as one structured line."""
     if logger.isEnabledFor(level):
         logger.log(level, event, extra={"petrel_fields": fields}, stacklevel=2)
+
+
+def set_process_field(key: str, value: Any) -> None:
+    """Add ``key=value`` to every later line this process logs."""
+    _process_fields[key] = value
 
 
 def setup_logging(fmt: str = "text", level: str = "info") -> None:
@@ -71,6 +79,8 @@ class _PetrelFormatter(logging.Formatter):
             fields: dict[str, Any] = {"msg": record.getMessage()}
         else:
             fields = {"event": record.msg, **petrel_fields}
+        if _process_fields:
+            fields.update(_process_fields)
         if record.exc_info:
             fields["exc"] = self.formatException(record.exc_info)
         return fields

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from petrel import __version__
 from petrel.config import Config, ConfigError, load_config
-from petrel.log import FORMATS, LEVELS, setup_logging
+from petrel.log import FORMATS, LEVELS, set_process_field, setup_logging
 from petrel.policy.aliases import AliasError, Aliases
 from petrel.policy.users import UserError
 
@@ -35,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--log-format", choices=FORMATS, default="text")
     serve.add_argument("--log-level", choices=list(LEVELS), default="info")
+    serve.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # server.workers > 1
     sub.add_parser("check-config", parents=[common], help="validate the configuration")
     sub.add_parser(
         "reload",
@@ -146,6 +147,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"petrel: configuration OK ({source})")
         return 0
     setup_logging(args.log_format, args.log_level)
-    from petrel.app import run, serve
+    from petrel.app import run, serve, serve_worker
 
-    return run(serve(config))
+    if args.worker is not None:
+        set_process_field("worker", args.worker)
+        return run(serve_worker(config, args.worker))
+    log_args = ["--log-format", args.log_format, "--log-level", args.log_level]
+    return run(serve(config, log_args))

@@ -6,7 +6,13 @@ The server reads the pipe and hands the message to the queue manager at once. In
 case a poke is lost (the server was starting, the pipe was full), the watcher also
 rescans ``active/`` every few seconds, when the directory changed, for committed
 local messages the manager does not know yet. Messages received over SMTP are
-never picked up here: their session submits them.
+never picked up by that scan in a single-process server: their session submits them.
+
+With ``server.workers`` > 1 the SMTP sessions run in worker processes (see
+``petrel.server.workers``): a worker commits a message to the spool and then writes
+its queue id to the same pipe, and may write ``ETRN <node>`` for a client's ETRN. The
+parent runs no sessions then, so its scan takes any committed message it does not
+know (``accept_any``): a poke lost to a full pipe costs a delay, never the message.
 """
 
 from __future__ import annotations
@@ -17,23 +23,34 @@ import errno
 import logging
 import os
 import stat
+import time
 from pathlib import Path
 
 from petrel.delivery.manager import QueueManager
 from petrel.log import log_event
+from petrel.queue.ids import is_valid_queue_id
 from petrel.queue.spool import Spool
 
-__all__ = ["LOCAL_PROTOCOL", "PICKUP_PIPE", "PickupWatcher", "notify_pickup"]
+__all__ = ["LOCAL_PROTOCOL", "PICKUP_PIPE", "PickupWatcher", "notify_pickup", "write_pickup"]
 
 log = logging.getLogger("petrel.pickup")
 
 PICKUP_PIPE = "pickup"  # in <data_dir>/queue/
 LOCAL_PROTOCOL = "local"  # Envelope.protocol of locally submitted mail
 SCAN_INTERVAL = 2.0
+SETTLE_SECONDS = 1.0  # a worker's message found by the scan alone must be this old
 
 
 def notify_pickup(queue_root: Path, queue_id: str) -> bool:
     """Wake a running server for ``queue_id``; False when none is listening (that is fine)."""
+    return write_pickup(queue_root, queue_id)
+
+
+def write_pickup(queue_root: Path, line: str) -> bool:
+    """Write one line (a queue id, or ``ETRN <node>``) to the pickup pipe, if anyone reads it.
+
+    A line is far shorter than PIPE_BUF, so concurrent writers never interleave.
+    """
     try:
         fd = os.open(queue_root / PICKUP_PIPE, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
@@ -43,7 +60,7 @@ def notify_pickup(queue_root: Path, queue_id: str) -> bool:
     try:
         if not stat.S_ISFIFO(os.fstat(fd).st_mode):
             return False
-        os.write(fd, queue_id.encode("ascii") + b"\n")
+        os.write(fd, line.encode("ascii") + b"\n")
     except BlockingIOError:
         return False  # pipe full: the periodic scan will find it
     finally:
@@ -54,10 +71,20 @@ def notify_pickup(queue_root: Path, queue_id: str) -> bool:
 class PickupWatcher:
     """Feeds locally submitted messages to the ``QueueManager`` of a running server."""
 
-    def __init__(self, spool: Spool, manager: QueueManager, interval: float = SCAN_INTERVAL):
+    def __init__(
+        self,
+        spool: Spool,
+        manager: QueueManager,
+        interval: float = SCAN_INTERVAL,
+        *,
+        accept_any: bool = False,
+    ):
         self.spool = spool
         self.manager = manager
         self.interval = interval
+        self.accept_any = accept_any  # workers > 1: no session of ours submits anything
+        self._buffer = b""
+        self._lines: list[bytes] = []
         self._pipe = spool.root / PICKUP_PIPE
         self._fd: int | None = None
         self._wake = asyncio.Event()
@@ -94,38 +121,75 @@ class PickupWatcher:
     def _readable(self) -> None:
         assert self._fd is not None
         with contextlib.suppress(BlockingIOError):
-            while os.read(self._fd, 65536):
-                pass
+            while chunk := os.read(self._fd, 65536):
+                self._buffer += chunk
+        *lines, self._buffer = self._buffer.split(b"\n")
+        self._lines.extend(lines)
+        if len(self._buffer) > 4096:  # not ours: drop it, the scan still finds the mail
+            self._buffer = b""
         self._wake.set()
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_scan = 0.0
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.interval)
-            woken = self._wake.is_set()
             self._wake.clear()
+            lines, self._lines = self._lines, []
             try:
-                self.scan(force=woken)
+                if lines:
+                    self._take(lines)
+                if loop.time() >= next_scan:  # also under a steady stream of pokes
+                    next_scan = loop.time() + self.interval
+                    self.scan()
             except OSError as exc:
                 log_event(log, "pickup-scan-failed", level=logging.WARNING, error=str(exc))
+
+    def _take(self, lines: list[bytes]) -> None:
+        """Submit the messages named in the pipe; forward ETRN requests from workers."""
+        for raw in dict.fromkeys(lines):
+            line = raw.decode("ascii", "replace").strip()
+            if line.startswith("ETRN "):
+                reply = self.manager.etrn(line[5:])
+                log_event(log, "etrn", node=line[5:], reply=reply.code)
+                continue
+            if not is_valid_queue_id(line) or self.manager.knows(line):
+                continue
+            self._submit(line)
+
+    def _submit(self, queue_id: str, *, scanned: bool = False) -> bool:
+        try:
+            envelope = self.spool.load(queue_id)
+            if scanned and envelope.protocol != LOCAL_PROTOCOL:
+                # A worker renames into active/ before its sync: a file seen by the
+                # scan alone may not be acknowledged yet. Its poke, or a later scan, will do.
+                age = time.time() - os.stat(self.spool.root / "active" / queue_id).st_ctime
+                if age < SETTLE_SECONDS:
+                    return False
+        except (OSError, ValueError):
+            return False  # finished meanwhile, or damaged: recovery deals with that at start
+        local = envelope.protocol == LOCAL_PROTOCOL
+        if not local and not self.accept_any:
+            return False  # SMTP mail: its session submits it after the commit
+        log_event(
+            log,
+            "pickup",
+            level=logging.INFO if local else logging.DEBUG,
+            queue_id=queue_id,
+            sender=envelope.sender or "<>",
+        )
+        self.manager.submit(envelope)
+        return True
 
     def scan(self, *, force: bool = False) -> int:
         """Submit committed local messages the manager does not track; returns how many."""
         mtime = os.stat(self.spool.root / "active").st_mtime_ns
-        if mtime == self._last_mtime and not force:
+        if mtime == self._last_mtime and not force and not self.accept_any:
             return 0
         self._last_mtime = mtime
         found = 0
         for queue_id in self.spool.list_ids():
-            if self.manager.knows(queue_id):
-                continue
-            try:
-                envelope = self.spool.load(queue_id)
-            except (OSError, ValueError):
-                continue  # finished meanwhile, or damaged: recovery deals with that at start
-            if envelope.protocol != LOCAL_PROTOCOL:
-                continue  # SMTP mail: its session submits it after the commit
-            log_event(log, "pickup", queue_id=queue_id, sender=envelope.sender or "<>")
-            self.manager.submit(envelope)
-            found += 1
+            if not self.manager.knows(queue_id) and self._submit(queue_id, scanned=True):
+                found += 1
         return found

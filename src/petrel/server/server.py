@@ -25,7 +25,7 @@ from .tls import TlsManager
 if TYPE_CHECKING:
     from petrel.delivery.manager import QueueManager
 
-__all__ = ["Listener", "Server"]
+__all__ = ["Listener", "Server", "bind_sockets", "join_address"]
 
 log = logging.getLogger("petrel.server")
 
@@ -39,6 +39,32 @@ class _Listening(Protocol):
     def close(self) -> None: ...
 
     async def wait_closed(self) -> None: ...
+
+
+def bind_sockets(listener: Listener) -> list[socket.socket]:
+    """Listening, non-blocking sockets on every address ``listener.host`` resolves to."""
+    sockets: list[socket.socket] = []
+    infos = socket.getaddrinfo(
+        listener.host or None,
+        listener.port,
+        type=socket.SOCK_STREAM,
+        flags=socket.AI_PASSIVE,
+    )
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(_BACKLOG)
+            sock.setblocking(False)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
 
 
 class ImplicitTlsListener:
@@ -60,28 +86,7 @@ class ImplicitTlsListener:
     @classmethod
     def bind(cls, server: Server, listener: Listener) -> ImplicitTlsListener:
         """Bind every address ``listener.host`` resolves to, like ``create_server``."""
-        sockets: list[socket.socket] = []
-        infos = socket.getaddrinfo(
-            listener.host or None,
-            listener.port,
-            type=socket.SOCK_STREAM,
-            flags=socket.AI_PASSIVE,
-        )
-        try:
-            for family, kind, proto, _, address in dict.fromkeys(infos):
-                sock = socket.socket(family, kind, proto)
-                sockets.append(sock)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                sock.bind(address)
-                sock.listen(_BACKLOG)
-                sock.setblocking(False)
-        except OSError:
-            for sock in sockets:
-                sock.close()
-            raise
-        return cls(server, listener, sockets)
+        return cls(server, listener, bind_sockets(listener))
 
     def start(self) -> None:
         loop = self.server.loop
@@ -189,27 +194,40 @@ class Server:
     def new_session_id(self) -> str:
         return f"{self._id_prefix}.{next(self._ids):x}"
 
-    async def start(self) -> list[tuple[str, int, str]]:
-        """Bind every listener; returns (host, port, mode) as actually bound."""
+    async def start(
+        self, inherited: dict[int, list[socket.socket]] | None = None
+    ) -> list[tuple[str, int, str]]:
+        """Bind every listener; returns (host, port, mode) as actually bound.
+
+        ``inherited`` maps the index of a listener in ``config.listeners`` to sockets
+        already bound and listening (a worker process serves its parent's sockets);
+        listeners absent from it are not served.
+        """
         bound: list[tuple[str, int, str]] = []
-        for listener in self.config.listeners:
+        for index, listener in enumerate(self.config.listeners):
             if listener.mode not in SERVED_MODES:
-                log_event(
-                    log,
-                    "listener-skipped",
-                    level=logging.WARNING,
-                    address=f"{listener.host}:{listener.port}",
-                    mode=listener.mode,
-                    reason="mode not available in this build yet",
-                )
+                if inherited is None:
+                    log_event(
+                        log,
+                        "listener-skipped",
+                        level=logging.WARNING,
+                        address=f"{listener.host}:{listener.port}",
+                        mode=listener.mode,
+                        reason="mode not available in this build yet",
+                    )
+                continue
+            if inherited is not None and index not in inherited:
                 continue
             sockets: list[socket.socket] | tuple[object, ...]
             if listener.mode in IMPLICIT_TLS_MODES:
-                tls_listener = ImplicitTlsListener.bind(self, listener)
+                if inherited is None:
+                    tls_listener = ImplicitTlsListener.bind(self, listener)
+                else:
+                    tls_listener = ImplicitTlsListener(self, listener, inherited[index])
                 tls_listener.start()
                 self._servers.append(tls_listener)
                 sockets = tls_listener.sockets
-            else:
+            elif inherited is None:
                 server = await self.loop.create_server(
                     lambda listener=listener: SmtpSession(self, listener),
                     listener.host,
@@ -219,10 +237,22 @@ class Server:
                 )
                 self._servers.append(server)
                 sockets = server.sockets
+            else:
+                sockets = inherited[index]
+                for sock in inherited[index]:
+                    server = await self.loop.create_server(
+                        lambda listener=listener: SmtpSession(self, listener),
+                        sock=sock,
+                        backlog=_BACKLOG,
+                    )
+                    self._servers.append(server)
             for sock in sockets:
                 host, port = sock.getsockname()[:2]  # type: ignore[attr-defined]
                 bound.append((host, port, listener.mode))
-                log_event(log, "listening", address=_join(host, port), mode=listener.mode)
+                if inherited is None:
+                    log_event(
+                        log, "listening", address=join_address(host, port), mode=listener.mode
+                    )
         self._sweeper = self.loop.create_task(self._sweep())
         return bound
 
@@ -280,5 +310,5 @@ class Server:
             await asyncio.wait_for(server.wait_closed(), grace)
 
 
-def _join(host: str, port: int) -> str:
+def join_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

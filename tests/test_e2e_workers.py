@@ -1,0 +1,157 @@
+"""``server.workers = 2``: two accepting processes, one queue manager, one spool.
+
+Real ``petrel serve`` runs; which worker served a session is read from its log lines
+(every line of a worker carries ``worker=N``). No timing assertions: every wait is a
+bounded poll for an observable result.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import smtplib
+import socket
+from collections.abc import Callable
+from email.parser import BytesParser
+
+from conftest import HOSTNAME, PetrelServer, wait_until
+
+_STARTED = re.compile(r"event=worker-started worker=(\d+) pid=(\d+)")
+_CONNECT_BY = re.compile(r"event=connect .* worker=(\d+)")
+
+
+def _workers(petrel_factory: Callable[..., PetrelServer], **kwargs: str) -> PetrelServer:
+    server = petrel_factory(server_config="workers = 2", **kwargs)
+    wait_until(
+        lambda: server.log_text().count("event=worker-ready") >= 2, what="both workers ready"
+    )
+    return server
+
+
+def _live_pids(server: PetrelServer) -> dict[int, int]:
+    """worker number -> pid of its latest start."""
+    return {int(n): int(pid) for n, pid in _STARTED.findall(server.log_text())}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _send(server: PetrelServer, subject: str) -> None:
+    with smtplib.SMTP(server.host, server.port, timeout=10) as client:
+        client.sendmail(
+            "alice@client.test",
+            [f"bob@{HOSTNAME}"],
+            f"From: alice@client.test\r\nSubject: {subject}\r\n\r\nbody {subject}\r\n",
+        )
+
+
+def _subjects(server: PetrelServer) -> list[str]:
+    return sorted(
+        str(BytesParser().parsebytes(raw, headersonly=True)["Subject"])
+        for raw in server.messages("bob")
+    )
+
+
+def test_mail_over_many_connections_is_delivered_exactly_once_by_both_workers(
+    petrel_factory: Callable[..., PetrelServer],
+) -> None:
+    server = _workers(petrel_factory)
+    pids = _live_pids(server)
+    assert sorted(pids) == [1, 2]
+    for pid in pids.values():  # children of the server, not of the test
+        with open(f"/proc/{pid}/stat") as f:
+            assert int(f.read().split(") ", 1)[1].split()[1]) == server.process.pid  # type: ignore[union-attr]
+    subjects = [f"m{i:02d}" for i in range(20)]
+    for subject in subjects:
+        _send(server, subject)
+    server.wait_for_messages("bob", len(subjects))
+    server.wait_queue_empty()
+    assert _subjects(server) == subjects  # each once, none twice
+
+    # The kernel picks the worker for each connection: open more (held open, so the
+    # busy worker is not the only one waiting in accept) until both have served.
+    held: list[socket.socket] = []
+    try:
+        for _ in range(200):
+            if set(_CONNECT_BY.findall(server.log_text())) == {"1", "2"}:
+                break
+            sock = server.connect()
+            sock.recv(512)  # the greeting: the session has started in some worker
+            held.append(sock)
+        assert set(_CONNECT_BY.findall(server.log_text())) == {"1", "2"}
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_sendmail_and_reload_reach_the_workers_setup(
+    petrel_factory: Callable[..., PetrelServer],
+) -> None:
+    server = _workers(petrel_factory)
+    result = server.petrel_cli(
+        "sendmail", "-f", "root@client.test", f"bob@{HOSTNAME}", stdin="Subject: local\n\nhi\n"
+    )
+    assert result.returncode == 0, result.stderr
+    server.wait_for_messages("bob", 1)
+    assert server.petrel_cli("reload").returncode == 0
+    wait_until(
+        lambda: (
+            {"1", "2"} <= set(re.findall(r"event=tls-reloaded worker=(\d+)", server.log_text()))
+        ),
+        what="both workers to reload TLS",
+    )
+
+
+def test_sigterm_stops_the_workers_and_exits_zero(
+    petrel_factory: Callable[..., PetrelServer],
+) -> None:
+    server = _workers(petrel_factory)
+    pids = list(_live_pids(server).values())
+    _send(server, "before-stop")
+    server.wait_for_messages("bob", 1)
+    assert server.stop() == 0
+    assert not [pid for pid in pids if _alive(pid)], "worker processes outlived the server"
+    assert server.log_text().count("event=worker-stopped") == 2
+
+
+def test_a_killed_worker_is_restarted_and_service_continues(
+    petrel_factory: Callable[..., PetrelServer],
+) -> None:
+    server = _workers(petrel_factory)
+    victim = _live_pids(server)[1]
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: _live_pids(server)[1] != victim, what="worker 1 to be restarted")
+    assert f"event=worker-exited worker=1 pid={victim} status=-9" in server.log_text()
+    wait_until(
+        lambda: server.log_text().count("event=worker-ready") >= 3, what="the new worker ready"
+    )
+    assert _alive(_live_pids(server)[1])
+    subjects = [f"after{i}" for i in range(6)]
+    for subject in subjects:
+        _send(server, subject)
+    server.wait_for_messages("bob", len(subjects))
+    server.wait_queue_empty()
+    assert _subjects(server) == subjects
+    pids = list(_live_pids(server).values())
+    assert server.stop() == 0
+    assert not [pid for pid in pids if _alive(pid)]
+
+
+def test_etrn_in_a_worker_reaches_the_queue_manager(
+    petrel_factory: Callable[..., PetrelServer],
+) -> None:
+    server = _workers(petrel_factory, extra_config='[domains]\nrelay_networks = ["127.0.0.1/32"]\n')
+    with smtplib.SMTP(server.host, server.port, timeout=10) as client:
+        client.ehlo("client.test")
+        code, _ = client.docmd("ETRN", "far.test")
+        assert code == 250
+    wait_until(
+        lambda: re.search(r"event=etrn node=far.test reply=251(?! worker)", server.log_text()),
+        what="the parent to run ETRN",
+    )
