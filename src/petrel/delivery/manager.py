@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
+import functools
 import heapq
 import logging
 import time
@@ -243,9 +245,14 @@ class QueueManager:
             for outcome in await asyncio.gather(*work, return_exceptions=True):
                 if isinstance(outcome, BaseException):
                     log.error("delivery batch failed", exc_info=outcome)
+            file_work: list[Callable[[], None]] = []
             for envelope in batch:
                 await self._send_notices(envelope, now)
-                self._after_attempt(envelope)
+                step = self._settle(envelope)
+                if step is not None:
+                    file_work.append(step)
+            if file_work:  # unlinks and state files: off the event loop, one hop for all
+                await loop.run_in_executor(self._executor, _run_each, file_work)
         except Exception:
             log.exception("delivery attempt failed")
         finally:
@@ -497,17 +504,23 @@ class QueueManager:
         return min(q.max_backoff, q.min_backoff * 2 ** max(attempts - 1, 0))
 
     def _after_attempt(self, envelope: Envelope) -> None:
+        """Record an attempt's outcome: schedule what is left, store or remove the files."""
+        step = self._settle(envelope)
+        if step is not None:
+            step()
+
+    def _settle(self, envelope: Envelope) -> Callable[[], None] | None:
+        """The in-memory part of `_after_attempt`; returns the file work still to do."""
         self._recovered.discard(envelope.queue_id)  # its state is on disk again now
         if self._settle_admin(envelope):
-            return
+            return None
         if envelope.all_final:
-            self.spool.finish(envelope.queue_id)
             self._envelopes.pop(envelope.queue_id, None)
-            return
-        self.spool.save_state(envelope)
+            return functools.partial(self.spool.finish, envelope.queue_id)
         due = self._next_due(envelope)
         if due is not None:
             heapq.heappush(self._timers, (due, envelope.queue_id))
+        return functools.partial(self.spool.save_state, copy.deepcopy(envelope))
 
     @property
     def mailbox_root(self) -> Path:
@@ -613,6 +626,15 @@ class QueueManager:
         self._doomed.discard(envelope.queue_id)
         self._drop(envelope.queue_id)
         return True
+
+
+def _run_each(steps: list[Callable[[], None]]) -> None:
+    """Worker thread: each step on its own, so one failing file does not stop the rest."""
+    for step in steps:
+        try:
+            step()
+        except OSError:
+            log.exception("queue file update failed")
 
 
 def _local_ok() -> Result:
