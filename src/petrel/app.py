@@ -26,7 +26,6 @@ from petrel.policy.aliases import Aliases
 from petrel.queue.spool import Spool
 from petrel.server import Server
 from petrel.server.control import ControlServer, control_path
-from petrel.server.modes import SERVED_MODES
 from petrel.server.server import bind_sockets, join_address
 from petrel.server.tls import TlsManager
 from petrel.server.workers import WORKER_FDS_ENV, WorkerPool, WorkerQueue, decode_fds
@@ -116,16 +115,6 @@ def _bind_listeners(config: Config) -> dict[int, list[socket.socket]]:
     bound: dict[int, list[socket.socket]] = {}
     try:
         for index, listener in enumerate(config.listeners):
-            if listener.mode not in SERVED_MODES:
-                log_event(
-                    log,
-                    "listener-skipped",
-                    level=logging.WARNING,
-                    address=f"{listener.host}:{listener.port}",
-                    mode=listener.mode,
-                    reason="mode not available in this build yet",
-                )
-                continue
             bound[index] = bind_sockets(listener)
             for sock in bound[index]:
                 host, port = sock.getsockname()[:2]

@@ -141,6 +141,18 @@ def sync_rounds() -> int:
         return sum(group.rounds for group in _groups.values())
 
 
+FileSignature = tuple[int, int, int, int] | None  # (st_dev, st_ino, st_size, st_mtime_ns)
+
+
+def file_signature(path: Path) -> FileSignature:
+    """What tells a re-read file apart from the one read before (None: it is absent)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def open_dir(path: Path) -> int:
     """Open directory `path` read-only (for syncfs or fsync); the caller closes the fd."""
     return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

@@ -15,12 +15,12 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from petrel.fsutil import FileSignature, file_signature
+
 __all__ = ["MAX_DEPTH", "AliasError", "Aliases"]
 
 MAX_DEPTH = 20
 _FORBIDDEN_CHARS = frozenset(' \t"<>,;()[]\\')
-
-_Signature = tuple[int, int, int, int] | None  # (st_dev, st_ino, st_size, st_mtime_ns)
 
 
 class AliasError(ValueError):
@@ -93,7 +93,7 @@ def _parse(data: bytes, source: str) -> dict[str, list[str]]:
     return entries
 
 
-def _read(path: Path) -> tuple[dict[str, list[str]], _Signature]:
+def _read(path: Path) -> tuple[dict[str, list[str]], FileSignature]:
     """Parse the file; a missing file is an empty table."""
     try:
         with open(path, "rb") as f:
@@ -104,18 +104,10 @@ def _read(path: Path) -> tuple[dict[str, list[str]], _Signature]:
     return _parse(data, str(path)), (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def _signature(path: Path) -> _Signature:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-
-
 class Aliases:
     """An aliases table that can follow edits of its file."""
 
-    def __init__(self, path: Path, entries: dict[str, list[str]], signature: _Signature) -> None:
+    def __init__(self, path: Path, entries: dict[str, list[str]], signature: FileSignature) -> None:
         self.path = path
         self._entries = entries
         self._signature = signature
@@ -132,7 +124,7 @@ class Aliases:
         On a broken edit the old table stays in force and AliasError is raised
         once; the same broken file is not re-parsed on later calls.
         """
-        signature = _signature(self.path)
+        signature = file_signature(self.path)
         if signature == self._signature:
             return False
         # Remembered first: a broken file is reported once, not on every call.

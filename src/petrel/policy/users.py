@@ -21,13 +21,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from petrel.fsutil import fsync_dir, unlink_quietly, write_all
+from petrel.fsutil import FileSignature, file_signature, fsync_dir, unlink_quietly, write_all
 
 __all__ = ["ScramSecret", "User", "UserError", "Users", "hash_password", "scram_secret"]
 
 SCRAM_ITERATIONS = 4096  # RFC 7677 §4 minimum; argon2id guards the other mechanisms
-
-_Signature = tuple[int, int, int, int] | None
 
 
 class UserError(ValueError):
@@ -130,14 +128,6 @@ def _parse(data: str, source: Path) -> dict[str, User]:
     return users
 
 
-def _signature(path: Path) -> _Signature:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-
-
 class Users:
     """The users of every local domain, re-read when the file changes."""
 
@@ -145,12 +135,12 @@ class Users:
         self.path = path
         self._users: dict[str, User] = {}
         self._domains: frozenset[str] = frozenset()
-        self._signature: _Signature = ("unread",)  # type: ignore[assignment]
+        self._signature: FileSignature = ("unread",)  # type: ignore[assignment]
         self.reload_if_changed()
 
     def reload_if_changed(self) -> bool:
         """One stat when nothing changed; a broken file keeps the old table in force."""
-        signature = _signature(self.path)
+        signature = file_signature(self.path)
         if signature == self._signature:
             return False
         self._signature = signature

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-# Every listener mode of the configuration contract is served (LMTP: RFC 2033).
-SERVED_MODES = frozenset({"smtp", "submission", "submissions", "lmtp"})
 STARTTLS_MODES = frozenset({"smtp", "submission"})  # RFC 3207
 IMPLICIT_TLS_MODES = frozenset({"submissions"})  # RFC 8314 §3.3
 SUBMISSION_MODES = frozenset({"submission", "submissions"})  # RFC 6409: AUTH before MAIL

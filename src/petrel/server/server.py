@@ -17,7 +17,7 @@ from petrel.policy import Policy
 from petrel.policy.throttle import AuthThrottle
 from petrel.queue.spool import Spool
 
-from .modes import IMPLICIT_TLS_MODES, SERVED_MODES, STARTTLS_MODES
+from .modes import IMPLICIT_TLS_MODES, STARTTLS_MODES
 from .rdns import ReverseDns
 from .session import TLS_HANDSHAKE_TIMEOUT, SmtpSession
 from .tls import TlsManager
@@ -205,17 +205,6 @@ class Server:
         """
         bound: list[tuple[str, int, str]] = []
         for index, listener in enumerate(self.config.listeners):
-            if listener.mode not in SERVED_MODES:
-                if inherited is None:
-                    log_event(
-                        log,
-                        "listener-skipped",
-                        level=logging.WARNING,
-                        address=f"{listener.host}:{listener.port}",
-                        mode=listener.mode,
-                        reason="mode not available in this build yet",
-                    )
-                continue
             if inherited is not None and index not in inherited:
                 continue
             sockets: list[socket.socket] | tuple[object, ...]
