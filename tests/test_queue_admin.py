@@ -358,14 +358,24 @@ def test_queue_subcommand_takes_config_before_or_after(tmp_path: Path, action: s
     assert not (tmp_path / "petrel-data").exists()  # the config's data_dir was used
 
 
-def test_second_server_on_the_same_data_dir_leaves_the_socket_alone(
+def test_second_server_on_the_same_data_dir_refuses_to_start(
     petrel_factory, tmp_path: Path
 ) -> None:
+    """Two servers on one spool would recover it under each other: the second one exits."""
     first: PetrelServer = petrel_factory(RELAY, name="first", data_dir=tmp_path / "shared")
     queue_id = send(first, "bob@elsewhere.test", "shared")
-    second: PetrelServer = petrel_factory(RELAY, name="second", data_dir=tmp_path / "shared")
-    assert "event=control-busy" in second.log_text()
-    assert second.stop() == 0
+    second = PetrelServer(tmp_path / "second", RELAY, tmp_path / "shared")
+    (tmp_path / "second").mkdir()
+    second.write_config()
+    result = subprocess.run(
+        [sys.executable, "-m", "petrel", "serve", "--config", str(second.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "event=already-running" in result.stderr
     assert control_socket(first).exists()  # still the first server's
+    assert first.queue_files() == [queue_id]  # its spool untouched
     assert queue(first, "hold", queue_id).returncode == 0
     assert "event=held" in first.log_text()

@@ -7,12 +7,14 @@ accepting anything), signal handling and the orderly shutdown of DESIGN.md.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import resource
 import signal
 import socket
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 from petrel.config import Config
@@ -46,6 +48,21 @@ def _raise_fd_limit() -> int:
     return soft
 
 
+def _lock_data_dir(data_dir: Path) -> int | None:
+    """Hold ``<data_dir>/petrel.lock`` for the life of the process, or None if taken.
+
+    Two servers on one spool would each recover it and delete the other's messages in
+    flight. The kernel drops the lock when the process ends, even by kill -9.
+    """
+    fd = os.open(data_dir / "petrel.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd  # kept open on purpose: closing it would release the lock
+
+
 async def serve(config: Config, log_args: list[str] | None = None) -> int:
     """Run until SIGTERM/SIGINT (SIGHUP reloads TLS); returns the process exit status.
 
@@ -57,6 +74,16 @@ async def serve(config: Config, log_args: list[str] | None = None) -> int:
     data_dir = config.server.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     ensure_dir(data_dir)
+    lock = _lock_data_dir(data_dir)
+    if lock is None:
+        log_event(
+            log,
+            "already-running",
+            level=logging.ERROR,
+            data_dir=str(data_dir),
+            reason="another petrel serve holds this data_dir; stop it first",
+        )
+        return 1
     control = ControlServer(control_path(data_dir))
     control.bind()
     spool = Spool(data_dir / "queue")
