@@ -472,3 +472,18 @@ def test_delivery_config_errors_name_the_key(tmp_path, text: str, error: str) ->
     path.write_text(f"[delivery]\n{text}\n")
     with pytest.raises(ConfigError, match=r"^" + error.replace("[", r"\[").replace(".", r"\.")):
         load_config(path)
+
+
+def test_deliverby_is_passed_on_with_the_time_left(tmp_path, peer_factory) -> None:
+    """RFC 2852 §4.2: a peer offering DELIVERBY gets BY= minus the time already spent."""
+    import time
+
+    peer = peer_factory(extensions=Extensions(deliverby=30))
+    config = _config(tmp_path, f'"remote.test" = ["127.0.0.1:{peer.port}"]')
+    job = _job("a@remote.test", by=(3600, "RT"))
+    job.envelope.received_at = time.time() - 600  # ten minutes in the queue already
+    _deliver(config, [job])
+    assert job.results[0].outcome == DELIVERED
+    [msg] = peer.messages
+    seconds, mode = msg.params.by
+    assert mode == "RT" and 2990 <= seconds <= 3000

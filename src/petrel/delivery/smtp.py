@@ -21,6 +21,7 @@ import contextlib
 import ipaddress
 import logging
 import ssl
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -499,6 +500,11 @@ class _Session:
                 parts.append(f"RET={env.ret}")
             if env.envid:
                 parts.append(f"ENVID={encode_xtext(env.envid)}")
+        if env.by is not None and self.conn.supports("DELIVERBY"):
+            # RFC 2852 §4.2: pass on what is left of the time, not the original by-time.
+            seconds, mode = env.by
+            left = int(seconds - (time.time() - env.received_at))
+            parts.append(f"BY={max(left, 1) if mode.startswith('R') else left};{mode}")
         return " ".join(parts)
 
     def _rcpt_argument(self, recipient: Recipient) -> str:
