@@ -6,6 +6,7 @@ from __future__ import annotations
 import email
 import email.message
 import email.policy
+import re
 import smtplib
 from collections.abc import Iterator
 
@@ -183,9 +184,8 @@ def test_bounce_of_a_bounce_goes_to_postmaster_once(petrel_factory, peers) -> No
     assert sender.messages("alice") == []
 
 
-def test_lmtp_delivery_to_petrels_own_lmtp_listener(petrel_factory) -> None:
-    import re
-
+def _lmtp_target(petrel_factory) -> tuple[PetrelServer, int]:
+    """A Petrel with an extra LMTP listener for box.test; returns it and that port."""
     target = petrel_factory(
         '[domains]\nlocal = ["box.test"]\n\n[[listener]]\naddress = "127.0.0.1:0"\nmode = "lmtp"\n',
         name="lmtp-target",
@@ -195,7 +195,11 @@ def test_lmtp_delivery_to_petrels_own_lmtp_listener(petrel_factory) -> None:
         what="the lmtp listener",
     )
     assert isinstance(match, re.Match)
-    lmtp_port = int(match[1])
+    return target, int(match[1])
+
+
+def test_lmtp_delivery_to_petrels_own_lmtp_listener(petrel_factory) -> None:
+    target, lmtp_port = _lmtp_target(petrel_factory)
     sender = petrel_factory(
         _relay_config(1, f'\n[domains.lmtp]\n"box.test" = "127.0.0.1:{lmtp_port}"\n'),
         name="sender",
@@ -212,19 +216,10 @@ def test_lmtp_delivery_to_petrels_own_lmtp_listener(petrel_factory) -> None:
 
 
 def test_lmtp_listener_answers_per_recipient(petrel_factory) -> None:
-    import re
     import socket
 
-    target = petrel_factory(
-        '[domains]\nlocal = ["box.test"]\n\n[[listener]]\naddress = "127.0.0.1:0"\nmode = "lmtp"\n',
-        name="lmtp-target",
-    )
-    match = wait_until(
-        lambda: re.search(r"event=listening address=\S+:(\d+) mode=lmtp", target.log_text()),
-        what="the lmtp listener",
-    )
-    assert isinstance(match, re.Match)
-    with socket.create_connection(("127.0.0.1", int(match[1])), timeout=10) as sock:
+    _, lmtp_port = _lmtp_target(petrel_factory)
+    with socket.create_connection(("127.0.0.1", lmtp_port), timeout=10) as sock:
         sock.sendall(
             b"LHLO me.test\r\nMAIL FROM:<x@y.test>\r\nRCPT TO:<a@box.test>\r\n"
             b"RCPT TO:<b@box.test>\r\nDATA\r\n"
