@@ -6,11 +6,8 @@ level first, so a disabled debug event in the session hot path costs one call.
 
 from __future__ import annotations
 
-import atexit
 import json
 import logging
-import logging.handlers
-import queue
 import re
 import sys
 import time
@@ -47,13 +44,8 @@ def set_process_field(key: str, value: Any) -> None:
     _process_fields[key] = value
 
 
-def setup_logging(fmt: str = "text", level: str = "info", *, background: bool = False) -> None:
-    """Send every logger's records to stderr as one line each, replacing earlier setups.
-
-    ``background=True`` (the server) hands records to a writer thread, so the event loop
-    never waits for a write to stderr; the thread is drained at exit.
-    """
-    global _listener
+def setup_logging(fmt: str = "text", level: str = "info") -> None:
+    """Send every logger's records to stderr as one line each, replacing earlier setups."""
     if fmt not in FORMATS:
         raise ValueError(f"log format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if level not in LEVELS:
@@ -61,40 +53,10 @@ def setup_logging(fmt: str = "text", level: str = "info", *, background: bool = 
     handler = _StderrHandler()
     handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
     root = logging.getLogger()
-    for old in [h for h in root.handlers if isinstance(h, _StderrHandler | _Handoff)]:
+    for old in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
         root.removeHandler(old)
-    if _listener is not None:
-        _listener.stop()
-        _listener = None
-    if background:
-        records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-        _listener = logging.handlers.QueueListener(records, handler)
-        _listener.start()
-        atexit.register(_stop_listener)
-        root.addHandler(_Handoff(records))
-    else:
-        root.addHandler(handler)
+    root.addHandler(handler)
     root.setLevel(LEVELS[level])
-
-
-_listener: logging.handlers.QueueListener | None = None
-
-
-def _stop_listener() -> None:
-    global _listener
-    if _listener is not None:
-        _listener.stop()  # writes what is still queued
-        _listener = None
-
-
-class _Handoff(logging.handlers.QueueHandler):
-    """Passes records on as they are; the writer thread formats them."""
-
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        if record.args:  # resolve now: the arguments may change after this call
-            record.msg = record.getMessage()
-            record.args = None
-        return record
 
 
 class _StderrHandler(logging.StreamHandler[TextIO]):

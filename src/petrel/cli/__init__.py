@@ -146,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         source = config.source or "embedded defaults"
         print(f"petrel: configuration OK ({source})")
         return 0
-    setup_logging(args.log_format, args.log_level, background=True)
+    setup_logging(args.log_format, args.log_level)
     from petrel.app import run, serve, serve_worker
 
     if args.worker is not None:
