@@ -44,7 +44,6 @@ _HEAD_LIMIT = 256 * 1024
 
 _DECOY_KEY = secrets.token_bytes(32)
 _decoy_hash: str | None = None
-_MAX_HEADER_BUFFER = 256 * 1024
 
 
 def _decoy_password_hash() -> str:
@@ -59,9 +58,9 @@ class Transaction:
     """The envelope being built between MAIL and the end of the message."""
 
     __slots__ = (
-        "head",
-        "header_copy",
+        "header",
         "header_done",
+        "held",
         "params",
         "recipients",
         "sender",
@@ -76,17 +75,19 @@ class Transaction:
         self.recipients: list[tuple[str, list[str], smtp.RcptParams]] = []
         self.writer: MessageWriter | None = None
         self.storage_failed = False  # the spool could not take the text: answer 452 at the end
-        # Submission (RFC 6409 §8): the header is held back until it is complete, to
-        # add Date: and Message-ID: when the client left them out.
-        self.head: bytearray | None = bytearray() if submission else None
-        self.header_copy = bytearray()  # the header section, for loop detection
+        # The header section (up to 256 KiB), kept to count Received fields and, on
+        # submission, to see which fields the client left out.
+        self.header = bytearray()
         self.header_done = False
+        # Submission (RFC 6409 §8): the text is held back until the header is complete,
+        # so Date: and Message-ID: can be added in front when missing.
+        self.held: bytearray | None = bytearray() if submission else None
 
     def add_text(self, data: bytes) -> None:
-        """Keep the header section (up to 256 KiB) so Received fields can be counted."""
+        """Keep the header section (up to 256 KiB)."""
         if self.header_done:
             return
-        head = self.header_copy
+        head = self.header
         start = max(len(head) - 3, 0)
         head += data
         end = head.find(b"\r\n\r\n", start)
@@ -101,7 +102,7 @@ class Transaction:
 
     @property
     def received_fields(self) -> int:
-        head = bytes(self.header_copy).lower()
+        head = bytes(self.header).lower()
         return head.count(b"\nreceived:") + head.startswith(b"received:")
 
 
@@ -364,41 +365,33 @@ class SmtpSession(asyncio.Protocol):
         assert txn is not None
         txn.add_text(event.data)
         try:
-            if txn.head is None:
+            if txn.held is None:
                 writer.write(event.data)
                 return
-            txn.head += event.data
-            if (
-                txn.head.startswith(b"\r\n")
-                or b"\r\n\r\n" in txn.head
-                or len(txn.head) > _MAX_HEADER_BUFFER
-            ):
-                self._flush_head(txn, writer)
+            txn.held += event.data
+            if txn.header_done:
+                self._flush_held(txn, writer)
         except OSError as exc:  # a full spool disk: refuse the message, keep the session
             self._storage_failed(exc)
 
-    def _flush_head(self, txn: Transaction, writer: MessageWriter) -> None:
-        """Write the held-back header with the fields RFC 6409 §8.2–8.3 lets us add."""
-        head = txn.head
-        if head is None:
+    def _flush_held(self, txn: Transaction, writer: MessageWriter) -> None:
+        """Write the held-back text with the fields RFC 6409 §8.2–8.3 lets us add."""
+        held = txn.held
+        if held is None:
             return
-        txn.head = None
-        end = head.find(b"\r\n\r\n")
-        header = bytes(head if end < 0 else head[: end + 2])
+        txn.held = None
         names = {
             line.split(b":", 1)[0].strip().lower()
-            for line in header.split(b"\r\n")
+            for line in bytes(txn.header).split(b"\r\n")
             if line and line[:1] not in (b" ", b"\t") and b":" in line
         }
-        if head.startswith(b"\r\n"):
-            names = set()
         added = b""
         if b"date" not in names:
             added += f"Date: {email.utils.formatdate(localtime=True)}\r\n".encode()
         if b"message-id" not in names:
             msgid = f"{writer.envelope.queue_id}.{secrets.token_hex(4)}@{self.server.hostname}"
             added += f"Message-ID: <{msgid}>\r\n".encode()
-        writer.write(added + bytes(head))
+        writer.write(added + bytes(held))
 
     def _on_chunk_received(self, event: smtp.ChunkReceived) -> smtp.Reply:
         if self._start_message() is None:
@@ -418,9 +411,9 @@ class SmtpSession(asyncio.Protocol):
             self._abort_message()
             self.txn = None
             return _TOO_MANY_HOPS
-        if self.txn.head is not None:
+        if self.txn.held is not None:
             try:
-                self._flush_head(self.txn, writer)
+                self._flush_held(self.txn, writer)
             except OSError as exc:
                 self._storage_failed(exc)
                 self.txn = None
