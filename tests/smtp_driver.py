@@ -38,14 +38,15 @@ from petrel.smtp import (
     help_reply,
     reply,
 )
-from petrel.smtp import _replies as r
+from petrel.smtp import replies as r
 
 HOST = "mx.example.test"
 DATE = "Thu, 27 Mar 2008 23:14:59 -0700"
 
-# The one account the simple policy knows (PLAIN/LOGIN password, SCRAM keys).
-USER = "user"
-PASSWORD = "pencil"
+# The one account the simple policy knows (PLAIN/LOGIN password, SCRAM keys): the
+# seed session's willie/funsmtp.
+USER = "willie"
+PASSWORD = "funsmtp"
 SCRAM = scram_secret(PASSWORD, b"fixed test salt!", 4096)
 
 Policy = Callable[[Event], Reply]

@@ -27,7 +27,7 @@ from petrel.smtp import (
     ServerConnection,
     StartTls,
 )
-from petrel.smtp import _replies as r
+from petrel.smtp import replies as r
 from smtp_driver import answer
 
 HOST = "peer.test"

@@ -253,7 +253,7 @@ def test_lmtp_over_a_unix_socket(tmp_path) -> None:
     async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = ServerConnection("sock.test", lmtp=True)
         from petrel.smtp import NEED_DATA, DataChunk
-        from petrel.smtp import _replies as texts
+        from petrel.smtp import replies as texts
 
         writer.write(conn.send(texts.greeting("sock.test", "now")))
         while True:

@@ -8,18 +8,52 @@ import json
 import os
 import re
 import socket
+import ssl
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from conftest import HOSTNAME, PetrelServer
-from scripted_peer import ScriptedPeer
+from petrel.smtp import (
+    AuthCredentials,
+    AuthOutcome,
+    Data,
+    Ehlo,
+    EndOfData,
+    Extensions,
+    Mail,
+    Rcpt,
+    Reply,
+    StartTls,
+    reply,
+)
+from smtp_driver import answer
+from smtp_peer import PeerScript, ScriptedPeer
 
 GOLDEN = Path(__file__).parent / "golden"
-PASSWORD = "funsmtp"
+PASSWORD = "funsmtp"  # the seed's, and the one account smtp_driver's answers know
+REFUSE = {
+    "greeting": reply(554, None, "peer.test no service for you"),
+    "ehlo": reply(550, "5.7.1", "go away"),
+    "tls": reply(454, "4.7.0", "TLS not available due to temporary reason"),
+    "auth": reply(535, "5.7.8", "Authentication credentials invalid"),
+    "mail": reply(550, "5.7.1", "Sender refused"),
+    "rcpt": reply(550, "5.1.1", "User unknown"),
+    "data": reply(554, "5.5.1", "No DATA for you"),
+    "message": reply(554, "5.7.1", "Message refused: spam"),
+}
+_STAGE_EVENTS = {
+    "ehlo": (Ehlo,),
+    "tls": (StartTls,),
+    "auth": (AuthCredentials, AuthOutcome),
+    "mail": (Mail,),
+    "rcpt": (Rcpt,),
+    "data": (Data,),
+    "message": (EndOfData,),
+}
 
 
 def petrel_send(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
@@ -59,22 +93,58 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     return str(cert), str(key)
 
 
-@pytest.fixture
-def peer_factory(certificate: tuple[str, str]) -> Iterator[type[ScriptedPeer]]:
-    peers: list[ScriptedPeer] = []
+class SendPeer:
+    """smtp_peer's scripted peer set up for petrel send: refuse at one stage, log logins."""
 
-    def make(**kwargs: object) -> ScriptedPeer:
-        peer = ScriptedPeer(
-            certfile=certificate[0],
-            keyfile=certificate[1],
-            **kwargs,  # type: ignore[arg-type]
+    def __init__(
+        self,
+        certificate: tuple[str, str],
+        refuse: str | None = None,
+        starttls: bool = False,
+        auth: tuple[str, ...] = (),
+    ) -> None:
+        self.credentials: list[tuple[str, str]] = []
+        policy = {event: self._refuse(refuse) for event in _STAGE_EVENTS.get(refuse or "", ())}
+        if refuse != "auth":
+            policy[AuthCredentials] = self._login
+        tls = None
+        if starttls and refuse != "tls":
+            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            tls.load_cert_chain(*certificate)
+        script = PeerScript(
+            extensions=Extensions(starttls=starttls, auth=auth),
+            greeting=REFUSE["greeting"] if refuse == "greeting" else None,
+            policy=policy,  # type: ignore[arg-type]
+            tls=tls,
         )
+        self.peer = ScriptedPeer(script).start()
+        self.address = f"127.0.0.1:{self.peer.port}"
+
+    @staticmethod
+    def _refuse(stage: str | None) -> Callable[[object], Reply]:
+        return lambda event: REFUSE[stage or ""]
+
+    def _login(self, event: AuthCredentials) -> Reply:
+        self.credentials.append((event.authcid, event.password))
+        return answer(None, event)  # type: ignore[arg-type]  # 235 for willie/funsmtp
+
+    @property
+    def received(self) -> list[bytes]:
+        return [message.data for message in self.peer.messages]
+
+
+@pytest.fixture
+def peer_factory(certificate: tuple[str, str]) -> Iterator[Callable[..., SendPeer]]:
+    peers: list[SendPeer] = []
+
+    def make(**kwargs: object) -> SendPeer:
+        peer = SendPeer(certificate, **kwargs)  # type: ignore[arg-type]
         peers.append(peer)
         return peer
 
-    yield make  # type: ignore[misc]
+    yield make
     for peer in peers:
-        peer.close()
+        peer.peer.stop()
 
 
 # -- against Petrel ------------------------------------------------------------------------
@@ -177,7 +247,7 @@ def test_exit_3_when_the_connection_is_refused() -> None:
     ],
 )
 def test_exit_status_for_each_stage(
-    peer_factory: type[ScriptedPeer], refuse: str, code: int, extra: list[str]
+    peer_factory: Callable[..., SendPeer], refuse: str, code: int, extra: list[str]
 ) -> None:
     peer = peer_factory(refuse=refuse, starttls=True, auth=("PLAIN", "LOGIN"))
     result = petrel_send(
@@ -189,14 +259,14 @@ def test_exit_status_for_each_stage(
     assert PASSWORD not in result.stdout + result.stderr
 
 
-def test_pipelined_rcpt_refusal_consumes_every_reply(peer_factory: type[ScriptedPeer]) -> None:
+def test_pipelined_rcpt_refusal_consumes_every_reply(peer_factory: Callable[..., SendPeer]) -> None:
     peer = peer_factory(refuse="rcpt")
     result = petrel_send("--server", peer.address, "--to", "a@peer.test", "--pipeline")
     assert result.returncode == 9, result.stdout
     assert result.stdout.splitlines()[-1].startswith("S: 221")
 
 
-def test_quiet_failure_is_one_line_on_stderr(peer_factory: type[ScriptedPeer]) -> None:
+def test_quiet_failure_is_one_line_on_stderr(peer_factory: Callable[..., SendPeer]) -> None:
     peer = peer_factory(refuse="mail")
     result = petrel_send("--server", peer.address, "--to", "a@peer.test", "--quiet")
     assert result.returncode == 8 and result.stdout == ""
@@ -215,7 +285,7 @@ def _encoded(password: str) -> list[str]:
 
 @pytest.mark.parametrize("mechanism", ["LOGIN", "PLAIN", "SCRAM-SHA-256"])
 def test_starttls_then_auth_and_the_password_never_shows(
-    peer_factory: type[ScriptedPeer], certificate: tuple[str, str], mechanism: str
+    peer_factory: Callable[..., SendPeer], certificate: tuple[str, str], mechanism: str
 ) -> None:
     peer = peer_factory(starttls=True, auth=("SCRAM-SHA-256", "PLAIN", "LOGIN"))
     result = petrel_send(
@@ -244,7 +314,7 @@ def test_starttls_then_auth_and_the_password_never_shows(
 
 
 def test_auth_auto_picks_scram_and_a_wrong_password_exits_7(
-    peer_factory: type[ScriptedPeer],
+    peer_factory: Callable[..., SendPeer],
 ) -> None:
     peer = peer_factory(auth=("LOGIN", "PLAIN", "SCRAM-SHA-256"))
     result = petrel_send(
@@ -256,14 +326,14 @@ def test_auth_auto_picks_scram_and_a_wrong_password_exits_7(
     assert "wrong-password" not in result.stdout
 
 
-def test_tls_verification_failure_exits_6(peer_factory: type[ScriptedPeer]) -> None:
+def test_tls_verification_failure_exits_6(peer_factory: Callable[..., SendPeer]) -> None:
     peer = peer_factory(starttls=True)
     result = petrel_send("--server", peer.address, "--starttls", "--to", "a@peer.test")
     assert result.returncode == 6
     assert "TLS handshake failed" in result.stdout
 
 
-def test_starttls_optional_goes_on_in_clear(peer_factory: type[ScriptedPeer]) -> None:
+def test_starttls_optional_goes_on_in_clear(peer_factory: Callable[..., SendPeer]) -> None:
     peer = peer_factory()
     result = petrel_send("--server", peer.address, "--starttls-optional", "--to", "a@peer.test")
     assert result.returncode == 0

@@ -20,7 +20,7 @@ from petrel.smtp import (
     State,
     reply,
 )
-from petrel.smtp import _replies as r
+from petrel.smtp import replies as r
 from smtp_driver import Client, in_rcpt, reply_lines
 
 BARE = "550 5.6.0 Message contains a bare CR or LF (lines must end in CRLF); rejected"

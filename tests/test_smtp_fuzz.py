@@ -39,7 +39,7 @@ from petrel.smtp import (
     encode_xtext,
     parse_path,
 )
-from petrel.smtp import _replies as r
+from petrel.smtp import replies as r
 from petrel.smtp._params import ParameterError, parse_mail_params, parse_rcpt_params
 from smtp_driver import HOST, PASSWORD, USER, answer
 
