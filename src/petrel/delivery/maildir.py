@@ -141,7 +141,8 @@ def _write_tmp(root: Path, root_dev: int, index: int, item: DeliveryItem) -> _Wr
     maildir = mailbox_path(root, item.domain, item.user)
     now = time.time_ns() // 1000
     unique = f"K{item.key}" if item.key else f"Q{next(_counter)}"
-    name = f"{now // 1_000_000}.M{now % 1_000_000}P{os.getpid()}{unique}.{_HOSTNAME}"
+    # Zero-padded microseconds: a plain `ls` (and sorted()) lists mail in arrival order.
+    name = f"{now // 1_000_000}.M{now % 1_000_000:06d}P{os.getpid()}{unique}.{_HOSTNAME}"
     fd, tmp = _create_tmp(maildir, name)
     try:
         source = item.body_source
