@@ -249,6 +249,29 @@ def test_implicit_tls_handshake_failure_is_logged(petrel_factory) -> None:
     silent.close()
 
 
+def test_stalled_implicit_tls_handshakes_count_against_connection_limits(petrel_factory) -> None:
+    """Sockets that never send a ClientHello cannot pile up past connections_per_ip."""
+    petrel: PetrelServer = petrel_factory(SUBMISSIONS + "[limits]\nconnections_per_ip = 2\n")
+    port = petrel.ports["submissions"]
+    stalled = [socket.create_connection((petrel.host, port), timeout=10) for _ in range(2)]
+    # The third is closed at once, long before the 30 s handshake timeout.
+    third = RawClient(petrel.connect(mode="submissions"))
+    assert third.at_eof()
+    third.close()
+    assert 'reason="Too many connections from this address"' in petrel.log_text()
+    for sock in stalled:
+        sock.close()
+
+    def served() -> bool:
+        try:
+            with smtplib.SMTP_SSL(petrel.host, port, context=petrel.client_tls()) as client:
+                return client.ehlo("freed.client.test")[0] == 250
+        except (smtplib.SMTPServerDisconnected, ConnectionError, ssl.SSLError):
+            return False
+
+    wait_until(served, what="a handshake slot freed by the stalled clients")
+
+
 def test_petrel_reload_cli_swaps_certificate(petrel_factory, tmp_path) -> None:
     """``petrel reload`` finds the server by its pid file and new sessions see the new cert."""
     from petrel.server.tls import generate_self_signed

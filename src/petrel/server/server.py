@@ -112,7 +112,15 @@ class ImplicitTlsListener:
             sock.close()
             return
         ip = str(peer[0])
-        client = f"{ip[7:] if ip.startswith('::ffff:') else ip}:{peer[1]}"
+        ip = ip[7:] if ip.startswith("::ffff:") else ip
+        client = f"{ip}:{peer[1]}"
+        refusal = self.server.admit_handshake(ip)
+        if refusal is not None:
+            # No SMTP reply is possible before TLS is up: the client expects a handshake.
+            log_event(log, "reject", client=client, mode=self.listener.mode, reason=refusal)
+            sock.close()
+            return
+        self.server.handshakes[ip] += 1
         try:
             await self.server.loop.connect_accepted_socket(
                 lambda: SmtpSession(self.server, self.listener),
@@ -133,6 +141,10 @@ class ImplicitTlsListener:
                 error=str(exc) or type(exc).__name__,
             )
             sock.close()
+        finally:
+            self.server.handshakes[ip] -= 1
+            if self.server.handshakes[ip] <= 0:
+                del self.server.handshakes[ip]
 
     def close(self) -> None:
         for task in self._accepting:
@@ -172,6 +184,8 @@ class Server:
         self.rdns = ReverseDns(loop, enabled=config.server.reverse_dns)
         self.sessions: set[SmtpSession] = set()
         self._per_ip: Counter[str] = Counter()
+        # Implicit-TLS handshakes in progress: they hold sockets before any session exists.
+        self.handshakes: Counter[str] = Counter()
         self._servers: list[_Listening] = []
         self._ids = itertools.count(1)
         self._id_prefix = f"{os.getpid():x}"
@@ -258,6 +272,17 @@ class Server:
             return "Too many failed authentications, try again later"
         self.sessions.add(session)
         self._per_ip[session.peer_ip] += 1
+        return None
+
+    def admit_handshake(self, ip: str) -> str | None:
+        """Like ``admit``, for a connection whose TLS handshake has not finished yet."""
+        limits = self.config.limits
+        if len(self.sessions) + self.handshakes.total() >= limits.connections:
+            return "Too many connections"
+        if self._per_ip[ip] + self.handshakes[ip] >= limits.connections_per_ip:
+            return "Too many connections from this address"
+        if self.auth_throttle.locked(ip):
+            return "Too many failed authentications"
         return None
 
     def release(self, session: SmtpSession) -> None:
