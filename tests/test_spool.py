@@ -295,16 +295,38 @@ def test_begin_picks_a_new_id_when_the_old_one_is_taken(spool: Spool) -> None:
     again.queue_id = taken  # clashes with active/
     writer = spool.begin(again)
     assert writer.queue_id == again.queue_id != taken
+    writer.write(b"x" * 300_000)  # past the in-memory buffer: incoming/<id> now exists
     in_flight = make_envelope()
     in_flight.queue_id = writer.queue_id  # clashes with incoming/
     other = spool.begin(in_flight)
     assert other.queue_id == in_flight.queue_id not in (taken, writer.queue_id)
-    writer.write(b"two\r\n")
     asyncio.run(spool.commit(writer))
     assert spool.read_body(taken) == b"one\r\n"
-    assert spool.read_body(writer.queue_id) == b"two\r\n"
+    assert spool.read_body(writer.queue_id) == b"x" * 300_000
     assert spool.load(writer.queue_id).queue_id == writer.queue_id
     other.abort()
+
+
+def test_an_id_claimed_meanwhile_fails_the_commit_instead_of_overwriting(spool: Spool) -> None:
+    """Two writers that chose one id before either made its file: the second one loses."""
+    first, second = make_envelope(), make_envelope()
+    second.queue_id = first.queue_id
+    winner, loser = spool.begin(first), spool.begin(second)
+    winner.write(b"mine\r\n")
+    loser.write(b"theirs\r\n")
+    asyncio.run(spool.commit(winner))
+    with pytest.raises(FileExistsError):
+        asyncio.run(spool.commit(loser))
+    assert spool.read_body(first.queue_id) == b"mine\r\n"
+    assert os.listdir(spool.root / "incoming") == []
+
+
+def test_a_small_message_makes_no_file_before_commit(spool: Spool) -> None:
+    writer = spool.begin(make_envelope())
+    writer.write(b"Subject: small\r\n\r\nbody\r\n")
+    assert os.listdir(spool.root / "incoming") == []
+    writer.abort()
+    assert os.listdir(spool.root / "incoming") == []
 
 
 @settings(max_examples=60, deadline=None)

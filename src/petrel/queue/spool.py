@@ -12,7 +12,8 @@ message bytes, then ``\\nPETREL-END <body-length> <crc32-hex>\\n``. The CRC cove
 everything before the trailer, so a file cut short or damaged anywhere fails
 validation.
 
-Durability: a writer fills ``incoming/<id>``; `Spool.commit` queues it for the one
+Durability: a writer fills ``incoming/<id>`` (a small message only in memory, until
+the commit thread creates its file); `Spool.commit` queues it for the one
 committer task, which in a worker thread seals every queued file, renames it to
 ``active/`` and then runs ONE syncfs(2) for the whole batch. Each caller returns
 only after the sync that covered its own file; meanwhile new commits gather for
@@ -20,7 +21,7 @@ the next batch. A crash before that sync can leave a renamed but partial file in
 ``active/``; that message was never acknowledged, and recovery quarantines it.
 
 Several processes may share a spool: ids are claimed by the O_EXCL create in
-``incoming/`` and checked against ``active/``, and renames are atomic. Only
+``incoming/`` and checked against ``active/`` before the rename, and renames are atomic. Only
 `Spool.recover` must run alone, before any writer starts.
 """
 
@@ -139,16 +140,19 @@ class MessageWriter:
     """One message being written to ``incoming/``: `write` the body, then commit or `abort`.
 
     The envelope is serialised when the writer is made; later changes to it are
-    not stored. Up to 256 KiB stays in memory (small messages then cost no system
-    call before the commit batch); beyond that, data goes straight to the file.
+    not stored. Up to 256 KiB stays in memory, and the file is created only when the
+    body grows past that or, for the usual small message, by the commit thread: the
+    event loop then makes no system call that could wait on the file system's journal.
     Once handed to `Spool.commit` the writer belongs to the spool: `abort` is then
     a no-op, so a client vanishing mid-commit cannot pull the file away.
     """
 
-    def __init__(self, envelope: Envelope, fd: int, incoming: Path, active: Path) -> None:
+    def __init__(self, envelope: Envelope, incoming: Path, active: Path) -> None:
         self.envelope = envelope
         self.size = 0  # body bytes written so far
-        self._fd: int | None = fd
+        self._fd: int | None = None
+        self._owns_incoming = False  # incoming/<id> was created by us and not yet renamed
+        self._closed = False
         self._incoming = incoming
         self._active = active
         self._handed_over = False
@@ -167,7 +171,7 @@ class MessageWriter:
 
         After an error (e.g. ENOSPC) the file is unusable: `abort` it.
         """
-        if self._fd is None or self._handed_over:
+        if self._closed or self._handed_over:
             raise ValueError(f"message {self.queue_id} is already closed")
         self._crc = zlib.crc32(data, self._crc)
         self.size += len(data)
@@ -175,36 +179,61 @@ class MessageWriter:
             self._buffer += data
             return
         self._flush()
-        write_all(self._fd, data)
+        write_all(self._file(), data)
 
     def abort(self) -> None:
         """Close and remove the unfinished file; safe to call more than once."""
         if not self._handed_over:
             self._discard()
 
+    def _file(self) -> int:
+        """The descriptor of ``incoming/<id>``, claiming the name on first use.
+
+        The O_EXCL create claims the id among processes sharing the spool; holding
+        ``incoming/<id>`` means nobody else can move a file to ``active/<id>``, so an
+        id already committed there is refused rather than overwritten.
+        """
+        if self._fd is None:
+            fd = os.open(self._incoming, _CREATE_FLAGS, 0o600)
+            if os.path.lexists(self._active):
+                os.close(fd)
+                os.unlink(self._incoming)
+                raise FileExistsError(f"queue id {self.queue_id} is already in use")
+            self._fd = fd
+            self._owns_incoming = True
+        return self._fd
+
     def _discard(self) -> None:
+        self._buffer = bytearray()
+        self._closed = True
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        unlink_quietly(self._incoming)
+        if self._owns_incoming:
+            self._owns_incoming = False
+            unlink_quietly(self._incoming)
 
     def _flush(self) -> None:
-        assert self._fd is not None
         if self._buffer:
-            write_all(self._fd, self._buffer)
+            write_all(self._file(), self._buffer)
             self._buffer = bytearray()
 
     def _seal(self, fsync: bool) -> None:
         """Write what is buffered plus the trailer, close, and move into ``active/``."""
-        if self._fd is None:
+        if self._closed:
             raise ValueError(f"message {self.queue_id} is already closed")
         self._buffer += b"\nPETREL-END %d %08x\n" % (self.size, self._crc)
         self._flush()
-        if fsync:
-            os.fsync(self._fd)
-        os.close(self._fd)
+        fd = self._file()
         self._fd = None
+        self._closed = True
+        try:
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
         os.rename(self._incoming, self._active)
+        self._owns_incoming = False
 
 
 class Spool:
@@ -284,21 +313,16 @@ class Spool:
     # -- writing ------------------------------------------------------------
 
     def begin(self, envelope: Envelope) -> MessageWriter:
-        """Claim ``incoming/<id>``; on a clash pick a new id and set envelope.queue_id."""
+        """A writer for ``incoming/<id>``; if the id is in use, pick a new one (envelope.queue_id).
+
+        Only lookups here: the name is claimed when the file is created (`MessageWriter`).
+        """
         self._check_id(envelope.queue_id)
         for _ in range(_ID_ATTEMPTS):
             incoming = self._incoming / envelope.queue_id
             active = self._active / envelope.queue_id
-            try:
-                fd = os.open(incoming, _CREATE_FLAGS, 0o600)
-            except FileExistsError:
-                envelope.queue_id = new_queue_id()
-                continue
-            # Holding incoming/<id> means nobody else can move a file to active/<id>.
-            if not os.path.lexists(active):
-                return MessageWriter(envelope, fd, incoming, active)
-            os.close(fd)
-            os.unlink(incoming)
+            if not (os.path.lexists(incoming) or os.path.lexists(active)):
+                return MessageWriter(envelope, incoming, active)
             envelope.queue_id = new_queue_id()
         raise FileExistsError(f"no free queue id after {_ID_ATTEMPTS} attempts")
 
