@@ -288,23 +288,22 @@ def test_abort_removes_the_unfinished_file(spool: Spool) -> None:
         writer.write(b"more")
 
 
-def test_begin_picks_a_new_id_when_the_old_one_is_taken(spool: Spool) -> None:
+def test_an_id_already_committed_fails_the_commit_and_keeps_the_first(spool: Spool) -> None:
+    """Another process sharing the spool may have used the id: refuse, never overwrite."""
     first = make_envelope()
     taken = asyncio.run(store(spool, first, b"one\r\n"))
     again = make_envelope()
-    again.queue_id = taken  # clashes with active/
+    again.queue_id = taken
     writer = spool.begin(again)
-    assert writer.queue_id == again.queue_id != taken
-    writer.write(b"x" * 300_000)  # past the in-memory buffer: incoming/<id> now exists
-    in_flight = make_envelope()
-    in_flight.queue_id = writer.queue_id  # clashes with incoming/
-    other = spool.begin(in_flight)
-    assert other.queue_id == in_flight.queue_id not in (taken, writer.queue_id)
-    asyncio.run(spool.commit(writer))
+    writer.write(b"two\r\n")
+    with pytest.raises(FileExistsError):
+        asyncio.run(spool.commit(writer))
+    big = spool.begin(again)
+    with pytest.raises(FileExistsError):
+        big.write(b"x" * 300_000)  # past the buffer: the clash shows at the file's creation
+    big.abort()
     assert spool.read_body(taken) == b"one\r\n"
-    assert spool.read_body(writer.queue_id) == b"x" * 300_000
-    assert spool.load(writer.queue_id).queue_id == writer.queue_id
-    other.abort()
+    assert os.listdir(spool.root / "incoming") == []
 
 
 def test_an_id_claimed_meanwhile_fails_the_commit_instead_of_overwriting(spool: Spool) -> None:

@@ -52,7 +52,7 @@ from petrel.fsutil import (
 )
 from petrel.log import log_event
 from petrel.queue.envelope import Envelope, Recipient
-from petrel.queue.ids import is_valid_queue_id, new_queue_id
+from petrel.queue.ids import is_valid_queue_id
 
 __all__ = ["CorruptMessageError", "MessageWriter", "Spool"]
 
@@ -65,7 +65,6 @@ _HEADER_MAX = 18  # "PETREL1 " + 9 digits + "\n"
 _TRAILER_MAX = 42  # "\nPETREL-END " + 20 digits + " " + 8 hex + "\n"
 _BUFFER_LIMIT = 256 * 1024  # bodies up to this stay in memory until commit
 _READ_CHUNK = 1 << 20
-_ID_ATTEMPTS = 100
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -313,18 +312,14 @@ class Spool:
     # -- writing ------------------------------------------------------------
 
     def begin(self, envelope: Envelope) -> MessageWriter:
-        """A writer for ``incoming/<id>``; if the id is in use, pick a new one (envelope.queue_id).
+        """A writer for ``incoming/<id>``; no system call until the file is needed.
 
-        Only lookups here: the name is claimed when the file is created (`MessageWriter`).
+        Even a lookup in ``incoming/`` can wait behind a journal commit, and this runs on
+        the event loop. Ids are unique within a process; a clash with another process
+        sharing the spool is caught when the file is created (`MessageWriter`).
         """
-        self._check_id(envelope.queue_id)
-        for _ in range(_ID_ATTEMPTS):
-            incoming = self._incoming / envelope.queue_id
-            active = self._active / envelope.queue_id
-            if not (os.path.lexists(incoming) or os.path.lexists(active)):
-                return MessageWriter(envelope, incoming, active)
-            envelope.queue_id = new_queue_id()
-        raise FileExistsError(f"no free queue id after {_ID_ATTEMPTS} attempts")
+        queue_id = self._check_id(envelope.queue_id)
+        return MessageWriter(envelope, self._incoming / queue_id, self._active / queue_id)
 
     async def commit(self, writer: MessageWriter) -> None:
         """Return once the message is on stable storage (raise if it could not be put there).
