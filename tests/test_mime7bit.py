@@ -159,6 +159,13 @@ def test_message_without_8bit_body_is_returned_as_is(message: bytes) -> None:
     assert _convert(message) is message
 
 
+def test_a_body_without_the_empty_line_before_it_is_converted_too() -> None:
+    # A line that is no header field ends the header section (parsers read on as body).
+    converted = _convert(b"Subject: x\r\nno field here\r\ncaf\xc3\xa9\r\n")
+    _assert_7bit(converted)
+    assert _parse(converted).get_payload(decode=True) == b"no field here\r\ncaf\xc3\xa9\r\n"
+
+
 def test_8bit_part_headers_stay_but_the_content_is_converted() -> None:
     original = MULTIPART.replace(b"name=blob.bin", b'name="bl\xc3\xb6b.bin"')
     converted = _convert(original)

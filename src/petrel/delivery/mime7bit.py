@@ -62,26 +62,17 @@ def to_7bit(message: bytes, hostname: str, queue_id: str) -> bytes:
     Returns ``message`` itself when its body has no byte >= 0x80, so callers can tell
     with ``is`` that nothing was converted.
     """
-    if _body_is_7bit(message):
+    if message.isascii():
         return message
     try:
         root = BytesParser(policy=_POLICY).parsebytes(message)
         if not _convert_message(root, f"by {hostname} id {queue_id}", ()):
-            return message  # the 8-bit bytes are all in part headers or a preamble
+            return message  # the 8-bit bytes are all in header sections or preambles
         out = io.BytesIO()
         BytesGenerator(out, mangle_from_=False, maxheaderlen=0, policy=_POLICY).flatten(root)
     except RecursionError:  # the stdlib parser and generator recurse per nesting level
         raise ConversionError("MIME nesting too deep") from None
     return out.getvalue()
-
-
-def _body_is_7bit(message: bytes) -> bool:
-    if message.isascii():
-        return True
-    if message.startswith(b"\r\n"):
-        return message[2:].isascii()
-    end = message.find(b"\r\n\r\n")
-    return end < 0 or message[end + 4 :].isascii()
 
 
 def _eight_bit(part: Message) -> bool:
