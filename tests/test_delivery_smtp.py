@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import email
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,10 +50,10 @@ def peer_factory() -> Iterator[object]:
         peer.stop()
 
 
-def _job(*rcpts: str, **env: object) -> Job:
+def _job(*rcpts: str, text: bytes = BODY, **env: object) -> Job:
     recipients = [Recipient(a) for a in rcpts]
     envelope = Envelope("0000000000000Q", "sender@client.test", recipients, 0.0, **env)  # type: ignore[arg-type]
-    return Job(envelope, recipients, BODY)
+    return Job(envelope, recipients, text)
 
 
 def _deliver(config: object, jobs: list[Job], domain: str = "remote.test") -> None:
@@ -178,6 +180,48 @@ def test_8bitmime_only_when_offered(tmp_path, peer_factory) -> None:
     _deliver(config, [job])
     assert job.results[0].outcome == DELIVERED
     assert without.messages[0].params.body is None
+
+
+EIGHT_BIT_BODY = "Subject: 8-bit\r\n\r\nGrüße aus Köln\r\n".encode()
+
+
+def test_8bit_text_is_converted_once_for_peers_without_8bitmime(
+    tmp_path, peer_factory, caplog
+) -> None:
+    caplog.set_level(logging.INFO, logger="petrel.smtp")
+    dropper = peer_factory(extensions=Extensions(eightbitmime=False), drop_on=Rcpt)
+    good = peer_factory(extensions=Extensions(eightbitmime=False))
+    config = _config(
+        tmp_path, f'"remote.test" = ["127.0.0.1:{dropper.port}", "127.0.0.1:{good.port}"]'
+    )
+    # The client said nothing of 8 bits (BODY=7BIT); the bytes decide.
+    job = _job("a@remote.test", text=EIGHT_BIT_BODY)
+    _deliver(config, [job])
+    assert job.results[0].outcome == DELIVERED
+    [msg] = good.messages
+    assert msg.data.isascii() and msg.data == job.seven_bit
+    assert msg.params.body is None and msg.params.size == len(msg.data)
+    message = email.message_from_bytes(msg.data)
+    assert message["Content-Transfer-Encoding"] == "quoted-printable"
+    assert message.get_payload(decode=True) == "Grüße aus Köln\r\n".encode()
+    # Two peers without 8BITMIME, one conversion.
+    [record] = [r for r in caplog.records if r.msg == "converted-7bit"]
+    assert record.petrel_fields["queue_id"] == job.envelope.queue_id
+
+
+def test_8bit_text_that_cannot_be_converted_fails_5_6_5(tmp_path, peer_factory) -> None:
+    peer = peer_factory(extensions=Extensions(eightbitmime=False))
+    config = _config(tmp_path, f'"remote.test" = ["127.0.0.1:{peer.port}"]')
+    depth = 1000  # deeper than the stdlib parser can recurse
+    nested = b"".join(
+        b"Content-Type: multipart/mixed; boundary=b%d\r\n\r\n--b%d\r\n" % (i, i)
+        for i in range(depth)
+    )
+    body = b"MIME-Version: 1.0\r\n" + nested + b"\r\ncaf\xc3\xa9\r\n"
+    job = _job("a@remote.test", text=body)
+    _deliver(config, [job])
+    assert job.results[0].outcome == FAILED and job.results[0].status == "5.6.5"
+    assert "8BITMIME" in job.results[0].text and peer.messages == []
 
 
 def test_size_limit_of_peer_fails_before_sending(tmp_path, peer_factory) -> None:

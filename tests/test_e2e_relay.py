@@ -14,7 +14,7 @@ import pytest
 
 from conftest import HOSTNAME, PetrelServer, wait_until
 from petrel.smtp import EndOfData, Extensions, Rcpt, reply
-from smtp_peer import PeerScript, ScriptedPeer
+from smtp_peer import PeerScript, Received, ScriptedPeer
 
 
 @pytest.fixture
@@ -137,6 +137,57 @@ def test_success_notice_for_relay_to_peer_without_dsn(petrel_factory, peers) -> 
     _, blocks = _report(raw)
     assert blocks[1]["Action"] == "relayed"
     assert len(peer.messages) == 1
+
+
+EIGHT_BIT_TEXT = "Grüße aus Köln, naïve café: 8-bit text\r\n"
+EIGHT_BIT_MESSAGE = (
+    b"Subject: 8-bit\r\n"
+    b"Message-ID: <m8@client.test>\r\n"
+    b"MIME-Version: 1.0\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Transfer-Encoding: 8bit\r\n"
+    b"\r\n" + EIGHT_BIT_TEXT.encode()
+)
+
+
+def _relay_8bit(petrel_factory, peers, extensions: Extensions) -> tuple[PetrelServer, Received]:
+    """Send EIGHT_BIT_MESSAGE with BODY=8BITMIME through a Petrel to a scripted peer."""
+    peer = ScriptedPeer(PeerScript(extensions=extensions)).start()
+    peers.append(peer)
+    sender = petrel_factory(_relay_config(peer.port), name="sender")
+    with smtplib.SMTP(sender.host, sender.port) as client:
+        client.ehlo("client.test")
+        client.sendmail(
+            f"alice@{HOSTNAME}",
+            ["bob@remote.test"],
+            EIGHT_BIT_MESSAGE,
+            mail_options=["BODY=8BITMIME"],
+        )
+    wait_until(lambda: peer.messages, what="the peer to receive the message")
+    sender.wait_queue_empty()
+    [received] = peer.messages
+    return sender, received
+
+
+def test_8bit_message_to_a_peer_without_8bitmime_is_converted(petrel_factory, peers) -> None:
+    sender, received = _relay_8bit(petrel_factory, peers, Extensions(eightbitmime=False))
+    assert received.data.isascii()
+    assert received.params.body is None  # no BODY=8BITMIME to a peer that lacks it
+    assert received.params.size == len(received.data)  # the converted size
+    message = email.message_from_bytes(received.data, policy=email.policy.default)
+    assert message["Content-Transfer-Encoding"] == "quoted-printable"
+    assert message["X-MIME-Autoconverted"].startswith(
+        f"from 8bit to quoted-printable by {HOSTNAME} id "
+    )
+    assert message.get_content() == EIGHT_BIT_TEXT
+    assert "event=converted-7bit" in sender.log_text()
+
+
+def test_8bit_message_to_a_peer_with_8bitmime_is_sent_as_is(petrel_factory, peers) -> None:
+    sender, received = _relay_8bit(petrel_factory, peers, Extensions())
+    assert received.params.body == "8BITMIME"
+    assert received.data.endswith(b"\r\n" + EIGHT_BIT_MESSAGE)  # after our Received: field
+    assert "event=converted-7bit" not in sender.log_text()
 
 
 def test_success_notice_for_local_delivery(petrel_factory) -> None:

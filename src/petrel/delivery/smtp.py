@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from petrel import smtp
 from petrel.config import Config, DeliverySection
+from petrel.delivery.mime7bit import ConversionError, to_7bit
 from petrel.log import log_event
 from petrel.queue.envelope import Envelope, Recipient
 from petrel.smtp import NEED_DATA, ClientConnection, RemoteProtocolError, encode_xtext
@@ -103,6 +104,8 @@ class Job:
     recipients: list[Recipient]
     body: bytes
     results: list[Result | None] = field(default_factory=list)
+    # ``body`` as 7-bit MIME, made for the first peer without 8BITMIME and kept for the rest
+    seven_bit: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not self.results:
@@ -460,7 +463,31 @@ class _Session:
 
     # -- one message ------------------------------------------------------------------
 
-    def _refusal(self, job: Job) -> Result | None:
+    async def _text(self, job: Job) -> bytes:
+        """The message as this peer may take it: 7-bit MIME if it lacks 8BITMIME.
+
+        RFC 6152 §3 forbids 8-bit text to such a peer. The bytes decide, not ``BODY=``
+        (clients declare 7BIT and send 8-bit); BINARYMIME cannot be converted and is
+        refused in `_refusal` instead.
+        """
+        if self.conn.supports("8BITMIME") or job.envelope.body == "BINARYMIME":
+            return job.body
+        if job.seven_bit is None:
+            queue_id = job.envelope.queue_id
+            # A thread, so a big message does not stall every other session of the loop.
+            job.seven_bit = await asyncio.to_thread(to_7bit, job.body, self.t.hostname, queue_id)
+            if job.seven_bit is not job.body:
+                log_event(
+                    log,
+                    "converted-7bit",
+                    queue_id=queue_id,
+                    relay=self.peer,
+                    size=len(job.body),
+                    converted_size=len(job.seven_bit),
+                )
+        return job.seven_bit
+
+    def _refusal(self, job: Job, text: bytes) -> Result | None:
         """Reasons the peer cannot take this message at all, decided before MAIL."""
         env = job.envelope
         if env.smtputf8 and not self.conn.supports("SMTPUTF8"):
@@ -478,19 +505,19 @@ class _Session:
                 self.remote_mta,
             )
         limit = self.conn.max_size
-        if limit is not None and len(job.body) > limit:
+        if limit is not None and len(text) > limit:
             return failed(
                 "5.3.4",
-                f"message size {len(job.body)} exceeds size limit {limit} of {self.peer}",
+                f"message size {len(text)} exceeds size limit {limit} of {self.peer}",
                 self.remote_mta,
             )
         return None
 
-    def _mail_argument(self, job: Job) -> str:
+    def _mail_argument(self, job: Job, text: bytes) -> str:
         env = job.envelope
         parts = [f"FROM:<{env.sender}>"]
         if self.conn.supports("SIZE"):
-            parts.append(f"SIZE={len(job.body)}")
+            parts.append(f"SIZE={len(text)}")
         if env.body != "7BIT" and self.conn.supports("8BITMIME"):
             parts.append(f"BODY={env.body}")
         if env.smtputf8:
@@ -522,13 +549,25 @@ class _Session:
         indexes = job.open_indexes()
         if not indexes:
             return
-        refusal = self._refusal(job)
+        try:
+            text = await self._text(job)
+        except ConversionError as exc:
+            job.settle_open(
+                failed(
+                    "5.6.5",
+                    f"8-bit message not converted to 7 bit for {self.peer}, which does not "
+                    f"offer 8BITMIME: {exc}",
+                    self.remote_mta,
+                )
+            )
+            return
+        refusal = self._refusal(job, text)
         if refusal is not None:
             job.settle_open(refusal)
             return
         conn = self.conn
         use_bdat = job.envelope.body == "BINARYMIME"
-        mail = conn.send_command("MAIL", self._mail_argument(job))
+        mail = conn.send_command("MAIL", self._mail_argument(job, text))
         accepted: list[int] = []
         if conn.supports("PIPELINING"):
             rcpts = [
@@ -572,12 +611,12 @@ class _Session:
             return
         self.stage = "end of DATA"
         if use_bdat:
-            await self._write(conn.send_bdat(job.body, last=True))
+            await self._write(conn.send_bdat(text, last=True))
             replies = [
                 (await self._reply()).reply for _ in range(len(accepted) if self.lmtp else 1)
             ]
         else:
-            replies = await self._end_text(job.body, len(accepted) if self.lmtp else 1)
+            replies = await self._end_text(text, len(accepted) if self.lmtp else 1)
         for n, i in enumerate(accepted):
             job.results[i] = self.result(replies[min(n, len(replies) - 1)], "end of DATA")
 
