@@ -182,6 +182,16 @@ def test_8bitmime_only_when_offered(tmp_path, peer_factory) -> None:
     assert without.messages[0].params.body is None
 
 
+def test_undeclared_8bit_text_is_passed_on_as_8bitmime(tmp_path, peer_factory) -> None:
+    """A client that sent 8-bit bytes without BODY=8BITMIME: the bytes decide, as in Postfix."""
+    peer = peer_factory()
+    config = _config(tmp_path, f'"remote.test" = ["127.0.0.1:{peer.port}"]')
+    eight, seven = _job("a@remote.test", text=EIGHT_BIT_BODY), _job("b@remote.test")
+    _deliver(config, [eight, seven])
+    assert [m.params.body for m in peer.messages] == ["8BITMIME", None]
+    assert peer.messages[0].data == EIGHT_BIT_BODY
+
+
 EIGHT_BIT_BODY = "Subject: 8-bit\r\n\r\nGrüße aus Köln\r\n".encode()
 
 

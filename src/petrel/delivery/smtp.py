@@ -518,8 +518,12 @@ class _Session:
         parts = [f"FROM:<{env.sender}>"]
         if self.conn.supports("SIZE"):
             parts.append(f"SIZE={len(text)}")
-        if env.body != "7BIT" and self.conn.supports("8BITMIME"):
-            parts.append(f"BODY={env.body}")
+        if self.conn.supports("8BITMIME"):
+            # Like Postfix's cleanup, the content decides: a client that said nothing
+            # (or 7BIT) but sent 8-bit bytes is passed on as 8BITMIME, not as a lie.
+            body = "8BITMIME" if env.body == "7BIT" and not text.isascii() else env.body
+            if body != "7BIT":
+                parts.append(f"BODY={body}")
         if env.smtputf8:
             parts.append("SMTPUTF8")
         if self.conn.supports("DSN"):
