@@ -14,17 +14,21 @@ $(VENV)/.stamp: pyproject.toml
 	$(VENV)/bin/pip install -e '.[test,fast]'
 	touch $@
 
-# Test peers, installed only when missing: swaks (Net::SSLeay gives it -tls) and Postfix,
-# preseeded to "No configuration" so no system instance is set up or started (the
-# interop tests and the bench run private instances in temp directories).
+# Test peers, installed only when missing: swaks (Net::SSLeay gives it -tls), Postfix,
+# preseeded to "No configuration" so no system instance is set up, and Dovecot's LMTP
+# server. The interop tests and the bench run private instances in temp directories, so
+# the install starts no service (tools/apt-install-no-start.sh), and a Dovecot installed
+# here is also kept from starting at boot (a Dovecot that was already there is left alone).
 system-deps:
 	@if ! command -v swaks >/dev/null 2>&1 || ! perl -MNet::SSLeay -MIO::Socket::SSL -e1 2>/dev/null \
-			|| ! command -v postfix >/dev/null 2>&1; then \
+			|| ! command -v postfix >/dev/null 2>&1 || ! test -x /usr/lib/dovecot/lmtp; then \
 		if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		if [ -e /usr/sbin/dovecot ]; then had_dovecot=yes; else had_dovecot=; fi; \
 		echo "postfix postfix/main_mailer_type select No configuration" | $$SUDO debconf-set-selections && \
 		$$SUDO apt-get update && \
-		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-			swaks libnet-ssleay-perl libio-socket-ssl-perl postfix; \
+		$$SUDO sh tools/apt-install-no-start.sh \
+			swaks libnet-ssleay-perl libio-socket-ssl-perl postfix dovecot-core dovecot-lmtpd && \
+		{ [ -n "$$had_dovecot" ] || $$SUDO update-rc.d dovecot disable; }; \
 	fi
 
 test: venv system-deps
