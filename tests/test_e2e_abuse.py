@@ -79,6 +79,25 @@ def test_relay_networks_may_relay(petrel_factory) -> None:
     client.close()
 
 
+def test_lmtp_domains_are_destinations_not_relays(petrel_factory) -> None:
+    """Like Postfix's virtual_mailbox_domains: anyone may send to them, nobody through them."""
+    server: PetrelServer = petrel_factory('[domains]\nlmtp = { "hosted.test" = "127.0.0.1:9" }\n')
+    client = RawClient(server.connect())
+    client.reply()
+    client.command("EHLO stranger.test")
+    client.command("MAIL FROM:<someone@stranger.test>")
+    assert client.command("RCPT TO:<anyone@hosted.test>")[0].startswith("250 2.1.5")
+    for trick in ("user%elsewhere.test@hosted.test", "elsewhere.test!user@hosted.test"):
+        assert client.command(f"RCPT TO:<{trick}>")[0].startswith("554 5.7.1")
+    assert client.command("RCPT TO:<user@elsewhere.test>")[0].startswith("554 5.7.1")
+    # Once the domain has users here, the others are refused at RCPT, not bounced later.
+    server.add_user("alice@hosted.test", "secret")
+    assert client.command("RCPT TO:<alice@hosted.test>")[0].startswith("250 2.1.5")
+    assert client.command("RCPT TO:<mallory@hosted.test>")[0].startswith("550 5.1.1")
+    assert client.command("RCPT TO:<postmaster@hosted.test>")[0].startswith("250 2.1.5")
+    client.close()
+
+
 def test_bare_lf_and_nul_in_commands(petrel: PetrelServer, raw: RawClient) -> None:
     raw.reply()
     raw.send(b"EHLO lf.test\n")

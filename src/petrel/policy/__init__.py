@@ -36,6 +36,7 @@ class Policy:
         self.hostname = config.server.hostname
         self.users = users if users is not None else Users(config.server.data_dir / "users")
         self.local_domains = config.domains.local
+        self.lmtp_domains = frozenset(config.domains.lmtp)
         self.relay_networks = config.domains.relay_networks
         self.vrfy_exposure = config.policy.vrfy
         self.expn_exposure = config.policy.expn
@@ -71,7 +72,9 @@ class Policy:
         """The final delivery addresses of an RCPT (aliases expanded), or the refusal."""
         if address.is_bare_postmaster:
             return self._expand(self.canonical(address))
-        if not self.is_local_domain(address.domain):
+        domain = address.domain.lower()
+        hosted_by_lmtp = domain in self.lmtp_domains and not self.is_local_domain(domain)
+        if not (hosted_by_lmtp or self.is_local_domain(domain)):
             if self.may_relay(client):
                 return [str(address)]
             return reply(554, "5.7.1", f"<{address}>: Relay access denied")
@@ -80,8 +83,12 @@ class Policy:
             return reply(554, "5.7.1", f"<{address}>: Relay access denied")
         if not self._safe_mailbox_name(mailbox):
             return reply(553, "5.1.3", f"<{address}>: Mailbox name not allowed")
-        if not self.mailbox_exists(mailbox.lower(), address.domain.lower()):
+        if not self.mailbox_exists(mailbox.lower(), domain):
             return reply(550, "5.1.1", f"<{address}>: Recipient address rejected: User unknown")
+        if hosted_by_lmtp:
+            # A final destination whose mailboxes the LMTP server keeps (Postfix's
+            # virtual_mailbox_domains): accepted from anyone, and no local aliases apply.
+            return [str(address)]
         return self._expand(str(address))
 
     def _expand(self, address: str) -> list[str] | Reply:
@@ -116,7 +123,8 @@ class Policy:
         A domain's recipients are its users, its aliases and postmaster (RFC 5321
         §4.5.1). A local domain that has no user at all is in development mode: every
         local part is a mailbox, which is what lets the classic sessions work on a fresh
-        install (documented in README).
+        install (documented in README). An LMTP domain without users leaves the
+        decision to its LMTP server, which refuses unknown users itself.
         """
         self._reload_aliases()
         if not self.users.has_users(domain):
