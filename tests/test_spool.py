@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import random
 import signal
@@ -241,6 +242,32 @@ def test_commits_arriving_during_a_sync_form_the_next_batch(spool: Spool) -> Non
     asyncio.run(main())
     assert len(spool.list_ids()) == 20
     assert 2 <= spool.sync_count <= 4
+
+
+@pytest.mark.parametrize("batch", [1, 5])  # per-file fsyncs, then one syncfs
+def test_a_failed_flush_acknowledges_nothing_and_leaves_nothing_queued(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch, batch: int
+) -> None:
+    if batch > fsutil.PER_FILE_SYNC_MAX and not fsutil.HAVE_SYNCFS:
+        pytest.skip("no syncfs here")
+
+    def broken(fd: int) -> None:
+        raise OSError(errno.EIO, "write-back failed")
+
+    monkeypatch.setattr(os, "fsync", broken)
+    monkeypatch.setattr(fsutil, "_raw_syncfs", broken)
+
+    async def main() -> list[object]:
+        stores = (store(spool, make_envelope(), b"x\r\n") for _ in range(batch))
+        return await asyncio.gather(*stores, return_exceptions=True)
+
+    outcomes = asyncio.run(main())
+    assert all(isinstance(o, OSError) and o.errno == errno.EIO for o in outcomes)
+    assert spool.list_ids() == []
+    assert os.listdir(spool.root / "incoming") == []
+    monkeypatch.undo()
+    queue_id = asyncio.run(store(spool, make_envelope(), b"later\r\n"))
+    assert spool.list_ids() == [queue_id]
 
 
 def test_one_bad_writer_does_not_fail_its_batch(spool: Spool) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 __all__ = [
     "HAVE_SYNCFS",
+    "PER_FILE_SYNC_MAX",
     "ensure_dir",
     "fsync_dir",
     "open_dir",
@@ -52,6 +53,12 @@ def _load_syncfs() -> Callable[[int], int] | None:
 
 _SYNCFS = _load_syncfs()
 HAVE_SYNCFS = _SYNCFS is not None
+
+# Batches this small fsync each file instead of the whole file system: measured on
+# ext4 (a VM, loopback bench), fsync of one file costs 0.6-0.7 ms at the median while
+# syncfs costs 0.7-2 ms and grows with whatever else on the disk is dirty (logs,
+# other services). From three files on, one syncfs is cheaper than their fsyncs.
+PER_FILE_SYNC_MAX = 2
 
 
 def _raw_syncfs(fd: int) -> None:

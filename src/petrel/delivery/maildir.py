@@ -3,7 +3,8 @@
 `root` is ``<data_dir>/mailboxes``. A batch writes every message into ``tmp/``,
 syncs the file system once, renames each into ``new/``, and syncs once more, so a
 message is reported delivered only when both its bytes and its name are on
-stable storage, and ``new/`` never holds a partial file. Stored messages use LF
+stable storage, and ``new/`` never holds a partial file. A batch of one or two
+fsyncs each file and its ``new/`` instead of the whole file system. Stored messages use LF
 line ends, as Postfix local(8) writes them and Dovecot expects.
 
 An existing Maildir is used as found (an operator may have symlinked it to
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from petrel.fsutil import (
     HAVE_SYNCFS,
+    PER_FILE_SYNC_MAX,
     ensure_dir,
     fsync_dir,
     open_dir,
@@ -102,7 +104,7 @@ class _Written:
     index: int
     tmp: Path
     new: Path
-    fsynced: bool  # synced on its own: no syncfs, or another file system than root
+    fsynced: bool  # synced on its own: small batch, no syncfs, or not root's file system
 
 
 def _create_tmp(maildir: Path, name: str) -> tuple[int, Path]:
@@ -137,7 +139,9 @@ def already_delivered(root: Path, item: DeliveryItem) -> bool:
     return False
 
 
-def _write_tmp(root: Path, root_dev: int, index: int, item: DeliveryItem) -> _Written:
+def _write_tmp(
+    root: Path, root_dev: int, index: int, item: DeliveryItem, per_file: bool
+) -> _Written:
     maildir = mailbox_path(root, item.domain, item.user)
     now = time.time_ns() // 1000
     unique = f"K{item.key}" if item.key else f"Q{next(_counter)}"
@@ -159,7 +163,7 @@ def _write_tmp(root: Path, root_dev: int, index: int, item: DeliveryItem) -> _Wr
         out += converter.end()
         write_all(fd, out)
         size += len(out)
-        fsynced = not HAVE_SYNCFS or os.fstat(fd).st_dev != root_dev
+        fsynced = per_file or not HAVE_SYNCFS or os.fstat(fd).st_dev != root_dev
         if fsynced:
             os.fsync(fd)
     except BaseException:
@@ -193,11 +197,12 @@ def deliver_batch(root: Path, items: list[DeliveryItem]) -> list[Exception | Non
     try:
         root_dev = os.fstat(root_fd).st_dev
         written: list[_Written] = []
+        per_file = len(items) <= PER_FILE_SYNC_MAX  # cheaper than syncfs for so few
         for index, item in enumerate(items):
             try:
                 if item.maybe_done and already_delivered(root, item):
                     continue  # results[index] stays None: delivered, by the run before the crash
-                written.append(_write_tmp(root, root_dev, index, item))
+                written.append(_write_tmp(root, root_dev, index, item, per_file))
             except Exception as exc:
                 results[index] = exc
         try:

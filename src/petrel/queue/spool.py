@@ -15,7 +15,8 @@ validation.
 Durability: a writer fills ``incoming/<id>`` (a small message only in memory, until
 the commit thread creates its file); `Spool.commit` queues it for the one
 committer task, which in a worker thread seals every queued file, renames it to
-``active/`` and then runs ONE syncfs(2) for the whole batch. Each caller returns
+``active/`` and then makes the whole batch durable at once: ONE syncfs(2), or for a
+batch of one or two files an fsync of each plus one of ``active/``. Each caller returns
 only after the sync that covered its own file; meanwhile new commits gather for
 the next batch. A crash before that sync can leave a renamed but partial file in
 ``active/``; that message was never acknowledged, and recovery quarantines it.
@@ -43,6 +44,7 @@ from pathlib import Path
 
 from petrel.fsutil import (
     HAVE_SYNCFS,
+    PER_FILE_SYNC_MAX,
     ensure_dir,
     fsync_dir,
     open_dir,
@@ -217,8 +219,11 @@ class MessageWriter:
             write_all(self._file(), self._buffer)
             self._buffer = bytearray()
 
-    def _seal(self, fsync: bool) -> None:
-        """Write what is buffered plus the trailer, close, and move into ``active/``."""
+    def _seal(self) -> int:
+        """Write what is buffered plus the trailer and move into ``active/``.
+
+        Returns the still open descriptor: the caller syncs (or not) and closes it.
+        """
         if self._closed:
             raise ValueError(f"message {self.queue_id} is already closed")
         self._buffer += b"\nPETREL-END %d %08x\n" % (self.size, self._crc)
@@ -227,12 +232,12 @@ class MessageWriter:
         self._fd = None
         self._closed = True
         try:
-            if fsync:
-                os.fsync(fd)
-        finally:
+            os.rename(self._incoming, self._active)
+        except BaseException:
             os.close(fd)
-        os.rename(self._incoming, self._active)
+            raise
         self._owns_incoming = False
+        return fd
 
 
 class Spool:
@@ -367,36 +372,43 @@ class Spool:
             self._committer = None
 
     def _commit_batch(self, writers: list[MessageWriter]) -> list[Exception | None]:
-        """Worker thread: seal and rename each file, then one sync for all of them."""
+        """Worker thread: seal and rename each file, then make the batch durable at once.
+
+        A batch of up to `PER_FILE_SYNC_MAX` files fsyncs each of them and ``active/``;
+        a larger one pays one syncfs(2) instead. Renaming first lets the file's fsync
+        commit its directory entry in the same journal transaction.
+        """
         results: list[Exception | None] = []
-        sealed = []
+        sealed: list[tuple[MessageWriter, int]] = []
         for writer in writers:
             try:
-                writer._seal(fsync=not self._use_syncfs)
+                fd = writer._seal()
             except Exception as exc:
                 writer._discard()
                 results.append(exc)
                 continue
-            sealed.append(writer)
+            sealed.append((writer, fd))
             results.append(None)
         self.commit_count += len(sealed)
-        if sealed:
-            try:
-                self._sync()
-            except OSError:
-                for writer in sealed:
-                    unlink_quietly(writer._active)
-                raise
+        if not sealed:
+            return results
+        try:
+            if self._use_syncfs and len(sealed) > PER_FILE_SYNC_MAX:
+                assert self._sync_fd is not None
+                syncfs(self._sync_fd)
+            else:
+                for _, fd in sealed:
+                    os.fsync(fd)
+                fsync_dir(self._active)
+            self.sync_count += 1
+        except OSError:
+            for writer, _ in sealed:
+                unlink_quietly(writer._active)
+            raise
+        finally:
+            for _, fd in sealed:
+                os.close(fd)
         return results
-
-    def _sync(self) -> None:
-        if self._use_syncfs:
-            assert self._sync_fd is not None
-            syncfs(self._sync_fd)
-        else:
-            fsync_dir(self._active)
-            fsync_dir(self._incoming)
-        self.sync_count += 1
 
     # -- reading ------------------------------------------------------------
 
