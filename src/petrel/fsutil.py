@@ -199,7 +199,7 @@ def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
         view = view[written:]
 
 
-def unlink_quietly(path: Path) -> None:
+def unlink_quietly(path: str | Path) -> None:
     """Remove `path` if it is there: clean-up paths must not fail on what is already gone."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)

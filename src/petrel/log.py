@@ -6,6 +6,7 @@ level first, so a disabled debug event in the session hot path costs one call.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -86,8 +87,7 @@ class _PetrelFormatter(logging.Formatter):
         return fields
 
     def timestamp(self, record: logging.LogRecord) -> str:
-        seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        return f"{seconds}.{int(record.msecs):03d}Z"
+        return f"{_utc_second(int(record.created))}.{int(record.msecs):03d}Z"
 
 
 class _TextFormatter(_PetrelFormatter):
@@ -107,6 +107,12 @@ class _JsonFormatter(_PetrelFormatter):
         for key, value in self.fields(record).items():
             line.setdefault(key, value)
         return json.dumps(line, ensure_ascii=False, default=str)
+
+
+@functools.lru_cache(maxsize=4)
+def _utc_second(second: int) -> str:
+    """ISO 8601 UTC up to the second: strftime once per second, not once per line."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
 
 
 def _text_value(value: Any) -> str:

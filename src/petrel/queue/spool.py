@@ -127,7 +127,7 @@ def _iter_body(fd: int, layout: _Layout, chunk_size: int) -> Iterator[bytes]:
         raise CorruptMessageError("checksum mismatch")
 
 
-def _open_regular(path: Path) -> tuple[int, int]:
+def _open_regular(path: str | Path) -> tuple[int, int]:
     """Open a spool file for reading without following symlinks; return (fd, size)."""
     fd = os.open(path, _READ_FLAGS)
     st = os.fstat(fd)
@@ -148,7 +148,7 @@ class MessageWriter:
     a no-op, so a client vanishing mid-commit cannot pull the file away.
     """
 
-    def __init__(self, envelope: Envelope, incoming: Path, active: Path) -> None:
+    def __init__(self, envelope: Envelope, incoming: str, active: str) -> None:
         self.envelope = envelope
         self.size = 0  # body bytes written so far
         self._fd: int | None = None
@@ -257,6 +257,11 @@ class Spool:
         self._use_syncfs = HAVE_SYNCFS if use_syncfs is None else use_syncfs
         self._incoming = root / "incoming"
         self._active = root / "active"
+        # Per-message paths are built from these strings: pathlib costs several
+        # microseconds a join, which the profile showed on the event loop.
+        self._incoming_prefix = f"{self._incoming}{os.sep}"
+        self._active_prefix = f"{self._active}{os.sep}"
+        self._state_prefix = f"{root / 'state'}{os.sep}"
         self._state = root / "state"
         self._corrupt = root / "corrupt"
         self._sync_fd: int | None = None
@@ -324,7 +329,9 @@ class Spool:
         sharing the spool is caught when the file is created (`MessageWriter`).
         """
         queue_id = self._check_id(envelope.queue_id)
-        return MessageWriter(envelope, self._incoming / queue_id, self._active / queue_id)
+        return MessageWriter(
+            envelope, self._incoming_prefix + queue_id, self._active_prefix + queue_id
+        )
 
     async def commit(self, writer: MessageWriter) -> None:
         """Return once the message is on stable storage (raise if it could not be put there).
@@ -418,7 +425,7 @@ class Spool:
 
     def load(self, queue_id: str) -> Envelope:
         """The envelope of a committed message with its delivery state applied."""
-        fd, size = _open_regular(self._active / self._check_id(queue_id))
+        fd, size = _open_regular(self._active_prefix + self._check_id(queue_id))
         try:
             envelope = self._parse_envelope(queue_id, _read_layout(fd, size))
         finally:
@@ -432,7 +439,7 @@ class Spool:
         A consumer that writes elsewhere should publish its copy only after the
         iterator is exhausted, so a damaged file is never delivered.
         """
-        fd, size = _open_regular(self._active / self._check_id(queue_id))
+        fd, size = _open_regular(self._active_prefix + self._check_id(queue_id))
         try:
             yield from _iter_body(fd, _read_layout(fd, size), chunk_size)
         finally:
@@ -444,7 +451,7 @@ class Spool:
 
     def body_size(self, queue_id: str) -> int:
         """Length of the message bytes, e.g. for SIZE= when relaying."""
-        fd, size = _open_regular(self._active / self._check_id(queue_id))
+        fd, size = _open_regular(self._active_prefix + self._check_id(queue_id))
         try:
             return _read_layout(fd, size).body_length
         finally:
@@ -482,8 +489,8 @@ class Spool:
         file, which recovery removes, never a message without its state.
         """
         self._check_id(queue_id)
-        unlink_quietly(self._active / queue_id)
-        unlink_quietly(self._state / queue_id)
+        unlink_quietly(self._active_prefix + queue_id)
+        unlink_quietly(self._state_prefix + queue_id)
 
     # -- helpers ------------------------------------------------------------
 
