@@ -178,6 +178,7 @@ class Server:
         self.loop = loop
         self.hostname = config.server.hostname
         self.extensions = smtp.Extensions(size=config.limits.message_size)
+        self._extensions_for: dict[tuple[str, bool], smtp.Extensions] = {}
         self.tls = TlsManager(config)
         auth = config.auth
         self.auth_throttle = AuthThrottle(auth.max_failures, auth.failure_window, auth.lockout)
@@ -192,14 +193,20 @@ class Server:
         self._sweeper: asyncio.Task[None] | None = None
 
     def extensions_for(self, mode: str, tls: bool) -> smtp.Extensions:
-        """What EHLO offers on a listener of ``mode``, before or after TLS is up."""
-        auth = self.config.auth
-        offer_auth = tls or auth.allow_plaintext_auth
-        return self.extensions.with_changes(
-            starttls=mode in STARTTLS_MODES and not tls,
-            auth=auth.mechanisms if offer_auth else (),
-            auth_needs_tls=not offer_auth,
-        )
+        """What EHLO offers on a listener of ``mode``, before or after TLS is up.
+
+        Made once per (mode, tls): every session asks, and the answer never changes.
+        """
+        extensions = self._extensions_for.get((mode, tls))
+        if extensions is None:
+            auth = self.config.auth
+            offer_auth = tls or auth.allow_plaintext_auth
+            extensions = self._extensions_for[mode, tls] = self.extensions.with_changes(
+                starttls=mode in STARTTLS_MODES and not tls,
+                auth=auth.mechanisms if offer_auth else (),
+                auth_needs_tls=not offer_auth,
+            )
+        return extensions
 
     def reload_tls(self) -> None:
         """SIGHUP: new sessions get the reloaded certificate, running ones keep theirs."""
