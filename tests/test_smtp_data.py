@@ -220,11 +220,14 @@ def test_bad_bytes_in_data(body: bytes, expected: str) -> None:
         pytest.param(b".." + b"a" * 998, False, id="stuffed-dot-999"),
     ],
 )
-@pytest.mark.parametrize("split", ["whole", "pieces"])
+@pytest.mark.parametrize("split", ["whole", "pieces", "deep"])
 def test_text_line_length(line: bytes, ok: bool, split: str) -> None:
     client = in_data()
-    wire = b"before\r\n" + line + b"\r\nafter\r\n.\r\n"
-    if split == "whole":
+    # "deep": the line sits inside 55 KB of ordinary lines, all in one read.
+    padding = (b"x" * 76 + b"\r\n") * 700 + b"y" * 997 + b"\r\n" if split == "deep" else b""
+    before, after = padding + b"before\r\n", b"after\r\n" + padding
+    wire = before + line + b"\r\n" + after + b".\r\n"
+    if split != "pieces":
         client.send(wire)
     else:
         for i in range(0, len(wire), 100):
@@ -233,7 +236,7 @@ def test_text_line_length(line: bytes, ok: bool, split: str) -> None:
     if ok:
         assert reply_lines(client.out) == [ACCEPTED]
         unstuffed = line[1:] if line.startswith(b".") else line
-        assert client.data == b"before\r\n" + unstuffed + b"\r\nafter\r\n"
+        assert client.data == before + unstuffed + b"\r\n" + after
     else:
         assert reply_lines(client.out) == [LONG]
         assert client.ends == [MessageRejected(r.TEXT_LINE_TOO_LONG)]
