@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import re
 import stat
@@ -15,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from petrel import fsutil
 from petrel.delivery import maildir
 from petrel.delivery.maildir import (
     DeliveryItem,
@@ -66,6 +68,25 @@ def test_without_syncfs_each_file_is_fsynced(
     assert deliver_batch(root, items) == [None, None, None]
     assert len(new_files(root / "example.test" / "bob")) == 2
     assert only_message(root / "example.test" / "carol") == PREFIX + b"x\n"
+
+
+@pytest.mark.parametrize("count", [1, fsutil.PER_FILE_SYNC_MAX + 4])  # fsyncs, then syncfs
+def test_a_failed_flush_delivers_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int
+) -> None:
+    """Nothing is reported delivered, and nothing is left to be read, if it is not durable."""
+
+    def broken(fd: int) -> None:
+        raise OSError(errno.EIO, "write-back failed")
+
+    monkeypatch.setattr(os, "fsync", broken)
+    monkeypatch.setattr(fsutil, "_raw_syncfs", broken)
+    root = tmp_path / "mailboxes"
+    items = [DeliveryItem("example.test", "bob", PREFIX, b"m%d\r\n" % i) for i in range(count)]
+    results = deliver_batch(root, items)
+    assert all(isinstance(r, OSError) and r.errno == errno.EIO for r in results)
+    maildir = root / "example.test" / "bob"
+    assert os.listdir(maildir / "new") == [] and os.listdir(maildir / "tmp") == []
 
 
 def test_names_are_lower_cased_and_unique(tmp_path: Path) -> None:

@@ -244,7 +244,7 @@ def test_commits_arriving_during_a_sync_form_the_next_batch(spool: Spool) -> Non
     assert 2 <= spool.sync_count <= 4
 
 
-@pytest.mark.parametrize("batch", [1, 5])  # per-file fsyncs, then one syncfs
+@pytest.mark.parametrize("batch", [1, fsutil.PER_FILE_SYNC_MAX + 4])  # fsyncs, then syncfs
 def test_a_failed_flush_acknowledges_nothing_and_leaves_nothing_queued(
     spool: Spool, monkeypatch: pytest.MonkeyPatch, batch: int
 ) -> None:
