@@ -22,8 +22,8 @@ the next batch. A crash before that sync can leave a renamed but partial file in
 ``active/``; that message was never acknowledged, and recovery quarantines it.
 
 Several processes may share a spool: ids are claimed by the O_EXCL create in
-``incoming/`` and checked against ``active/`` before the rename, and renames are atomic. Only
-`Spool.recover` must run alone, before any writer starts.
+``incoming/`` and checked against ``active/`` before the rename, and renames are
+atomic. Only `Spool.recover` must run alone, before any writer starts.
 """
 
 from __future__ import annotations
@@ -257,13 +257,13 @@ class Spool:
         self._use_syncfs = HAVE_SYNCFS if use_syncfs is None else use_syncfs
         self._incoming = root / "incoming"
         self._active = root / "active"
+        self._state = root / "state"
+        self._corrupt = root / "corrupt"
         # Per-message paths are built from these strings: pathlib costs several
         # microseconds a join, which the profile showed on the event loop.
         self._incoming_prefix = f"{self._incoming}{os.sep}"
         self._active_prefix = f"{self._active}{os.sep}"
-        self._state_prefix = f"{root / 'state'}{os.sep}"
-        self._state = root / "state"
-        self._corrupt = root / "corrupt"
+        self._state_prefix = f"{self._state}{os.sep}"
         self._sync_fd: int | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._pending: list[tuple[MessageWriter, asyncio.Future[None]]] = []
