@@ -27,7 +27,7 @@ from petrel.delivery.maildir import (
 from petrel.queue import Envelope, Recipient, Spool, new_queue_id
 
 PREFIX = b"Return-Path: <alice@example.test>\nDelivered-To: bob@example.test\n"
-NAME_RE = re.compile(r"(\d+)\.M(\d+)P(\d+)Q(\d+)\.([^,/]+),S=(\d+)")
+NAME_RE = re.compile(r"(\d+)\.M(\d{6})P(\d+)Q(\d+)\.([^,/]+),S=(\d+)")
 
 
 def new_files(maildir: Path) -> list[Path]:
@@ -87,6 +87,17 @@ def test_a_failed_flush_delivers_nothing(
     assert all(isinstance(r, OSError) and r.errno == errno.EIO for r in results)
     maildir = root / "example.test" / "bob"
     assert os.listdir(maildir / "new") == [] and os.listdir(maildir / "tmp") == []
+
+
+def test_names_sort_in_arrival_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ls new/` lists mail as it came, also within one second (M84126 vs M123456)."""
+    clock = iter([1_795_000_000_084_126_000, 1_795_000_000_123_456_000])
+    monkeypatch.setattr(maildir.time, "time_ns", lambda: next(clock))
+    root = tmp_path / "mailboxes"
+    for body in (b"first\r\n", b"second\r\n"):
+        assert deliver_batch(root, [DeliveryItem("example.test", "bob", PREFIX, body)]) == [None]
+    [first, second] = new_files(root / "example.test" / "bob")
+    assert (first.read_bytes(), second.read_bytes()) == (PREFIX + b"first\n", PREFIX + b"second\n")
 
 
 def test_names_are_lower_cased_and_unique(tmp_path: Path) -> None:

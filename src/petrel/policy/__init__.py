@@ -73,8 +73,9 @@ class Policy:
         if address.is_bare_postmaster:
             return self._expand(self.canonical(address))
         domain = address.domain.lower()
-        hosted_by_lmtp = domain in self.lmtp_domains and not self.is_local_domain(domain)
-        if not (hosted_by_lmtp or self.is_local_domain(domain)):
+        local = self.is_local_domain(domain)
+        hosted_by_lmtp = not local and domain in self.lmtp_domains
+        if not (local or hosted_by_lmtp):
             if self.may_relay(client):
                 return [str(address)]
             return reply(554, "5.7.1", f"<{address}>: Relay access denied")

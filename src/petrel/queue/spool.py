@@ -243,9 +243,10 @@ class MessageWriter:
 class Spool:
     """The queue directory: group-committed writes, recovery, reads and delivery state.
 
-    `use_syncfs` None picks syncfs(2) when the system has it; False means one
-    fsync per file plus one per directory each batch (slower, but it touches only
-    the spool's own files, which may suit a disk shared with busy neighbours).
+    `use_syncfs` None picks syncfs(2) when the system has it, for batches larger than
+    `PER_FILE_SYNC_MAX`; False means one fsync per file plus one of ``active/`` for
+    every batch (slower for big batches, but it touches only the spool's own files,
+    which may suit a disk shared with busy neighbours).
     """
 
     def __init__(self, root: Path, *, use_syncfs: bool | None = None) -> None:
