@@ -12,6 +12,7 @@ import re
 import signal
 import smtplib
 import socket
+import threading
 from collections.abc import Callable
 from email.parser import BytesParser
 
@@ -155,3 +156,49 @@ def test_etrn_in_a_worker_reaches_the_queue_manager(
         lambda: re.search(r"event=etrn node=far.test reply=251(?! worker)", server.log_text()),
         what="the parent to run ETRN",
     )
+
+
+def test_mail_delivered_under_load_with_workers_is_never_requeued_nor_bounced(
+    petrel_factory: Callable[..., PetrelServer],
+) -> None:
+    """Issue 14 #1: a delivered message's spool file lingered after the manager forgot it,
+    the parent's pickup scan took it for new mail, and the retries ended in 4.4.7 bounces."""
+    server = _workers(
+        petrel_factory,
+        extra_config='[queue]\nmin_backoff = "1s"\nmax_backoff = "2s"\nlifetime = "20s"\n',
+    )
+    senders, per_sender = 10, 400
+
+    def burst(n: int) -> None:
+        with smtplib.SMTP(server.host, server.port, timeout=30) as client:
+            for i in range(per_sender):
+                client.sendmail(
+                    f"s{n}@client.test",
+                    [f"bob@{HOSTNAME}"],
+                    f"From: s{n}@client.test\r\nSubject: s{n}-{i}\r\n\r\nbody\r\n",
+                )
+
+    threads = [threading.Thread(target=burst, args=(n,)) for n in range(senders)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    total = senders * per_sender
+    server.wait_for_messages("bob", total, timeout=60)
+    server.wait_queue_empty(timeout=60)
+    # A file left behind after the manager forgot its message is found by the parent's
+    # scan (every 2 s): one more message after the drain spans at least one more scan.
+    marker = "after-the-drain"
+    _send(server, marker)
+    server.wait_for_messages("bob", total + 1, timeout=30)
+    wait_until(
+        lambda: "Mail queue is empty" in server.petrel_cli("queue", "list").stdout,
+        timeout=30,
+        what="the manager to hold no request",
+    )
+    log = server.log_text()
+    assert "event=deferred" not in log
+    assert "event=failed" not in log
+    assert "event=notice " not in log
+    assert len(server.messages("bob")) == total + 1
+    assert not os.listdir(server.data_dir / "queue" / "state")  # no orphan state files

@@ -289,3 +289,29 @@ def test_a_delivery_repeated_after_a_crash_is_recognised(tmp_path: Path) -> None
     )
     assert deliver_batch(tmp_path, [other]) == [None]
     assert len(os.listdir(new)) == 1
+
+
+def test_a_recovered_backlog_lists_each_mailbox_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a crash each recovered delivery is checked against one listing per mailbox
+    (issue 14: a listing per message cost 40 ms each in a mailbox of 46 730 files)."""
+    keys = [f"{new_queue_id()}R0" for _ in range(40)]
+    done = [DeliveryItem("example.test", "ann", PREFIX, b"x\r\n", key=k) for k in keys[:30]]
+    assert deliver_batch(tmp_path, done) == [None] * 30
+    listings: list[str] = []
+    real_listdir = os.listdir
+
+    def counting_listdir(path: str | Path) -> list[str]:
+        listings.append(str(path))
+        return real_listdir(path)
+
+    monkeypatch.setattr(maildir.os, "listdir", counting_listdir)
+    delivered = maildir.DeliveredKeys(tmp_path)
+    repeat = [
+        DeliveryItem("example.test", "ann", PREFIX, b"x\r\n", key=k, maybe_done=True) for k in keys
+    ]
+    for start in range(0, 40, 8):  # several batches, as the queue manager sends them
+        assert deliver_batch(tmp_path, repeat[start : start + 8], delivered) == [None] * 8
+    assert len(listings) == 2  # new/ and cur/ of the one mailbox, once
+    assert len(new_files(tmp_path / "example.test" / "ann")) == 40  # 30 kept, 10 written

@@ -331,7 +331,7 @@ def test_delete_during_a_delivery_batch_waits_for_it(tmp_path: Path) -> None:
         assert manager.delete(envelope.queue_id) is False  # in flight: only marked
         assert manager.hold(envelope.queue_id) is True
         assert spool.list_ids() == [envelope.queue_id]
-        manager._after_attempt(envelope)  # the batch ends
+        assert manager._settle(envelope) is None  # the batch ends; the delete acts now
         assert spool.list_ids() == [] and manager.snapshot() == []
         with pytest.raises(LookupError):
             manager.describe(envelope.queue_id)

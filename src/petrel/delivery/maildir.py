@@ -35,7 +35,14 @@ from petrel.fsutil import (
     write_all,
 )
 
-__all__ = ["BodySource", "DeliveryItem", "LineEndConverter", "deliver_batch", "mailbox_path"]
+__all__ = [
+    "BodySource",
+    "DeliveredKeys",
+    "DeliveryItem",
+    "LineEndConverter",
+    "deliver_batch",
+    "mailbox_path",
+]
 
 # The bytes themselves, or a callable giving a fresh iterator of chunks (one per
 # item, so several mailboxes can stream the same spool file).
@@ -61,7 +68,7 @@ class DeliveryItem:
     # the file name, so that a delivery repeated after a crash can see it was done.
     key: str = ""
     # True when an earlier attempt may have finished unrecorded (the queue was recovered
-    # after a crash): look for ``key`` in new/ and cur/ before writing again.
+    # after a crash): look for ``key`` among the delivered ones before writing again.
     maybe_done: bool = False
 
 
@@ -120,23 +127,40 @@ def _create_tmp(maildir: Path, name: str) -> tuple[int, Path]:
         return os.open(tmp, _CREATE_FLAGS, 0o600), tmp
 
 
-def already_delivered(root: Path, item: DeliveryItem) -> bool:
-    """Does the mailbox hold this item's file already (in new/ or, once read, in cur/)?
+_KEY_IN_NAME = re.compile(r"P[0-9]+K([0-9A-Z]{14}R[0-9]+)\.")
 
-    One directory listing each: affordable because only deliveries repeated after a
-    crash ask, never the normal path.
+
+class DeliveredKeys:
+    """The delivery keys already in each mailbox's new/ and cur/, listed once per mailbox.
+
+    After a crash every recovered delivery must check that it was not done just before
+    the crash. Listing a big mailbox per message cost 40 ms each (46 730 files); one
+    listing per mailbox for the whole recovery makes each check a set lookup. The
+    listing stays valid for it: only keys of deliveries that may have finished *before*
+    it are asked for, and those are on disk by then.
     """
-    if not item.key:
-        return False
-    marker = f"K{item.key}."
-    maildir = mailbox_path(root, item.domain, item.user)
-    for sub in ("new", "cur"):
-        try:
-            if any(marker in name for name in os.listdir(maildir / sub)):
-                return True
-        except FileNotFoundError:
-            continue
-    return False
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._keys: dict[Path, set[str]] = {}
+
+    def __contains__(self, item: DeliveryItem) -> bool:
+        if not item.key:
+            return False
+        maildir = mailbox_path(self.root, item.domain, item.user)
+        keys = self._keys.get(maildir)
+        if keys is None:
+            keys = self._keys[maildir] = set()
+            for sub in ("new", "cur"):
+                try:
+                    names = os.listdir(maildir / sub)
+                except FileNotFoundError:
+                    continue
+                for name in names:
+                    found = _KEY_IN_NAME.search(name)
+                    if found is not None:
+                        keys.add(found[1])
+        return item.key in keys
 
 
 def _write_tmp(
@@ -185,10 +209,13 @@ def _sync(root_fd: int, written: list[_Written], dirs: bool) -> None:
             fsync_dir(directory)
 
 
-def deliver_batch(root: Path, items: list[DeliveryItem]) -> list[Exception | None]:
+def deliver_batch(
+    root: Path, items: list[DeliveryItem], delivered: DeliveredKeys | None = None
+) -> list[Exception | None]:
     """Deliver each item; per item None (delivered, durably) or the exception that stopped it.
 
     One item's failure (unsafe name, full disk, unreadable body) leaves the others alone.
+    An item marked ``maybe_done`` whose key is in ``delivered`` is not written again.
     """
     results: list[Exception | None] = [None] * len(items)
     os.makedirs(root, mode=0o700, exist_ok=True)
@@ -200,7 +227,7 @@ def deliver_batch(root: Path, items: list[DeliveryItem]) -> list[Exception | Non
         per_file = len(items) <= PER_FILE_SYNC_MAX  # cheaper than syncfs for so few
         for index, item in enumerate(items):
             try:
-                if item.maybe_done and already_delivered(root, item):
+                if item.maybe_done and item in (delivered or DeliveredKeys(root)):
                     continue  # results[index] stays None: delivered, by the run before the crash
                 written.append(_write_tmp(root, root_dev, index, item, per_file))
             except Exception as exc:

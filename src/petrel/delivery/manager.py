@@ -38,7 +38,7 @@ from petrel.queue.admin import (
 from petrel.queue.envelope import Envelope, Recipient
 from petrel.queue.spool import Spool
 
-from .maildir import BodySource, DeliveryItem, deliver_batch
+from .maildir import BodySource, DeliveredKeys, DeliveryItem, deliver_batch
 from .smtp import DEFERRED, DELIVERED, FAILED, Job, Result, Route, SmtpTransport, deferred, failed
 
 log = logging.getLogger("petrel.qmgr")
@@ -87,6 +87,15 @@ class QueueManager:
         self._timers: list[tuple[float, str]] = []  # heap of (next attempt, queue id)
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="petrel-local")
+        # Spool file updates (unlinks, state files) get their own thread: behind the
+        # delivery batches they waited for the whole backlog, and the files of delivered
+        # mail outlived the manager's memory of it (issue 14).
+        self._files = ThreadPoolExecutor(max_workers=1, thread_name_prefix="petrel-files")
+        # Finished messages whose spool files are being removed: still "known", so the
+        # pickup scan never takes a lingering file for new mail.
+        self._finishing: set[str] = set()
+        # Set while recovered messages remain: their mailboxes' delivered keys, listed once.
+        self._delivered_keys: DeliveredKeys | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self.transport = transport or SmtpTransport(config)
@@ -106,6 +115,8 @@ class QueueManager:
             else:
                 self._recovered.add(envelope.queue_id)
                 self._track(envelope)
+        if self._recovered:
+            self._delivered_keys = DeliveredKeys(self.mailboxes)
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
@@ -123,6 +134,7 @@ class QueueManager:
                 task.cancel()
             await asyncio.gather(*stuck, return_exceptions=True)
         self._executor.shutdown(wait=True)
+        self._files.shutdown(wait=True)
 
     def submit(self, envelope: Envelope) -> None:
         """A message was just committed: try it now."""
@@ -131,8 +143,9 @@ class QueueManager:
         self._wake.set()
 
     def knows(self, queue_id: str) -> bool:
-        """True while the message is tracked here (queued, deferred, held or in delivery)."""
-        return queue_id in self._envelopes
+        """True while the message is tracked here (queued, deferred, held, in delivery or
+        having its files removed)."""
+        return queue_id in self._envelopes or queue_id in self._finishing
 
     def _track(self, envelope: Envelope) -> None:
         self._envelopes[envelope.queue_id] = envelope
@@ -218,7 +231,11 @@ class QueueManager:
     # -- one attempt ------------------------------------------------------------------------
 
     async def _attempt(self, batch: list[Envelope]) -> None:
-        """Local and remote recipients of ``batch`` at once, then results, DSNs, schedule."""
+        """Local and remote recipients of ``batch`` at once, then results, DSNs, schedule.
+
+        A message with local recipients only is concluded as soon as the Maildir batch
+        is done, without waiting for remote peers: its spool file goes at once.
+        """
         loop = asyncio.get_running_loop()
         try:
             now = self.clock()
@@ -239,20 +256,21 @@ class QueueManager:
                 others = [r for r in due if r not in mine]
                 if others:
                     remote.append((envelope, others))
-            work = [loop.run_in_executor(self._executor, self._deliver, local, now)]
+            remote_ids = {envelope.queue_id for envelope, _ in remote}
+
+            async def local_part() -> None:
+                try:
+                    await loop.run_in_executor(self._executor, self._deliver, local, now)
+                finally:
+                    await self._conclude([e for e in batch if e.queue_id not in remote_ids], now)
+
+            work = [local_part()]
             if remote:
                 work.append(self._deliver_remote(remote, now))
             for outcome in await asyncio.gather(*work, return_exceptions=True):
                 if isinstance(outcome, BaseException):
                     log.error("delivery batch failed", exc_info=outcome)
-            file_work: list[Callable[[], None]] = []
-            for envelope in batch:
-                await self._send_notices(envelope, now)
-                step = self._settle(envelope)
-                if step is not None:
-                    file_work.append(step)
-            if file_work:  # unlinks and state files: off the event loop, one hop for all
-                await loop.run_in_executor(self._executor, _run_each, file_work)
+            await self._conclude([e for e in batch if e.queue_id in remote_ids], now)
         except Exception:
             log.exception("delivery attempt failed")
         finally:
@@ -262,6 +280,22 @@ class QueueManager:
                     self._requeue_after.discard(envelope.queue_id)
                     self._ready.append(envelope.queue_id)
             self._wake.set()
+
+    async def _conclude(self, envelopes: list[Envelope], now: float) -> None:
+        """After an attempt: queue the DSNs, settle the schedule, then update the files."""
+        file_work: list[Callable[[], None]] = []
+        for envelope in envelopes:
+            await self._send_notices(envelope, now)
+            step = self._settle(envelope)
+            if step is not None:
+                file_work.append(step)
+        if not file_work:
+            return
+        loop = asyncio.get_running_loop()
+        try:  # unlinks and state files: off the event loop, one hop for all
+            await loop.run_in_executor(self._files, _run_each, file_work)
+        finally:
+            self._finishing.difference_update(e.queue_id for e in envelopes)
 
     def _deliver_by(self, envelope: Envelope, due: list[Recipient], now: float) -> list[Recipient]:
         """RFC 2852: past the BY deadline, R returns the message (5.4.7), N warns once."""
@@ -289,6 +323,7 @@ class QueueManager:
     # -- local (worker thread) -----------------------------------------------------------
 
     def _deliver(self, batch: list[tuple[Envelope, list[Recipient]]], now: float) -> None:
+        delivered = self._delivered_keys  # read once: the event loop may drop it meanwhile
         work: list[_Work] = []
         for envelope, local in batch:
             try:
@@ -310,7 +345,7 @@ class QueueManager:
                     continue
                 work.append(_Work(envelope, recipient, item))
         items = [w.item for w in work if w.item is not None]
-        results = iter(deliver_batch(self.mailboxes, items)) if items else iter(())
+        results = iter(deliver_batch(self.mailboxes, items, delivered)) if items else iter(())
         for w in work:
             error = next(results)
             result = _local_ok() if error is None else _local_error(error)
@@ -503,19 +538,16 @@ class QueueManager:
         q = self.config.queue
         return min(q.max_backoff, q.min_backoff * 2 ** max(attempts - 1, 0))
 
-    def _after_attempt(self, envelope: Envelope) -> None:
-        """Record an attempt's outcome: schedule what is left, store or remove the files."""
-        step = self._settle(envelope)
-        if step is not None:
-            step()
-
     def _settle(self, envelope: Envelope) -> Callable[[], None] | None:
-        """The in-memory part of `_after_attempt`; returns the file work still to do."""
+        """Record an attempt's outcome in memory; returns the file work still to do."""
         self._recovered.discard(envelope.queue_id)  # its state is on disk again now
+        if not self._recovered:
+            self._delivered_keys = None
         if self._settle_admin(envelope):
             return None
         if envelope.all_final:
             self._envelopes.pop(envelope.queue_id, None)
+            self._finishing.add(envelope.queue_id)
             return functools.partial(self.spool.finish, envelope.queue_id)
         due = self._next_due(envelope)
         if due is not None:
@@ -528,9 +560,9 @@ class QueueManager:
 
     # -- administration (petrel queue, over the control socket) --------------------------
     #
-    # These run on the event loop, like _take_batch and _after_attempt, so they never
-    # race with scheduling. A message in a delivery batch belongs to the worker thread
-    # until _after_attempt: for it, hold and delete only mark, and _settle_admin acts.
+    # These run on the event loop, like _take_batch and _settle, so they never race
+    # with scheduling. A message in a delivery batch belongs to the worker thread
+    # until _settle: for it, hold and delete only mark, and _settle_admin acts.
 
     def queue_ids(self) -> list[str]:
         return list(self._envelopes)
@@ -569,7 +601,7 @@ class QueueManager:
         if envelope.hold:
             return False
         envelope.hold = True  # _take_batch and _next_due skip it from now on
-        if queue_id not in self._inflight:  # else _after_attempt saves it with the results
+        if queue_id not in self._inflight:  # else _settle saves it with the results
             self.spool.save_state(envelope)
         log_event(log, "held", queue_id=queue_id)
         return True
