@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 ARGS ?=
 
-.PHONY: venv system-deps bench-deps bench test lint serve clean
+.PHONY: venv system-deps bench-deps bench crash test lint serve clean
 
 venv: $(VENV)/.stamp
 
@@ -54,6 +54,10 @@ QUICK ?= 0
 bench: venv bench-deps
 	@if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO="sudo --preserve-env=QUICK,RUNS,MESSAGES,WORKERS,TARGETS,PROBES,IDLE_SESSIONS,LATENCY_MESSAGES,BIG_MB,KEEP"; fi; \
 		QUICK=$(QUICK) $$SUDO $(VENV)/bin/python bench/run.py
+
+# kill -9 under load, again and again: every 250 must arrive exactly once (bench/crash.py).
+crash: venv
+	$(VENV)/bin/python bench/crash.py
 
 serve: venv
 	$(VENV)/bin/petrel serve $(ARGS)
