@@ -31,8 +31,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from common import BenchError, free_port, raise_nofile, wait_until
 
 HOSTNAME = "crash.petrel.test"
