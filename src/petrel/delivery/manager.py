@@ -94,6 +94,10 @@ class QueueManager:
         # Finished messages whose spool files are being removed: still "known", so the
         # pickup scan never takes a lingering file for new mail.
         self._finishing: set[str] = set()
+        # One Maildir batch at a time, each concluded before the next starts: with all of
+        # them queued at once, the file thread's unlinks waited on the GIL behind the
+        # delivering thread (a few ms per syscall), and a backlog's files stayed to the end.
+        self._local_turn = asyncio.Lock()
         # Set while recovered messages remain: their mailboxes' delivered keys, listed once.
         self._delivered_keys: DeliveredKeys | None = None
         self._task: asyncio.Task[None] | None = None
@@ -259,10 +263,12 @@ class QueueManager:
             remote_ids = {envelope.queue_id for envelope, _ in remote}
 
             async def local_part() -> None:
-                try:
-                    await loop.run_in_executor(self._executor, self._deliver, local, now)
-                finally:
-                    await self._conclude([e for e in batch if e.queue_id not in remote_ids], now)
+                async with self._local_turn:
+                    try:
+                        await loop.run_in_executor(self._executor, self._deliver, local, now)
+                    finally:
+                        local_only = [e for e in batch if e.queue_id not in remote_ids]
+                        await self._conclude(local_only, now)
 
             work = [local_part()]
             if remote:
