@@ -189,26 +189,6 @@ def test_restart_keeps_the_schedule(tmp_path) -> None:
     asyncio.run(second())
 
 
-def test_too_many_received_fields_fail_with_5_4_6(tmp_path) -> None:
-    async def main() -> None:
-        _, spool, manager, clock, transport = _setup(
-            tmp_path, deferred("4.2.0", "x"), "[delivery]\nmax_received = 3\n"
-        )
-        manager.start([])
-        envelope = Envelope(new_queue_id(), "alice@mx.test", [Recipient("b@far.test")], clock.now)
-        writer = spool.begin(envelope)
-        writer.write(b"Received: a\r\n" * 4 + b"Subject: loop\r\n\r\nx\r\n")
-        await spool.commit(writer)
-        manager.submit(envelope)
-        await _settle(manager)
-        assert envelope.recipients[0].status == "5.4.6"
-        assert transport.calls == 0
-        await manager.stop()
-        spool.close()
-
-    asyncio.run(main())
-
-
 def test_job_results_align_with_recipients() -> None:
     recipients = [Recipient("a@x.test"), Recipient("b@x.test")]
     job = Job(Envelope("0000000000000Q", "", recipients, 0.0), recipients, b"")

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import HOSTNAME, PetrelServer
 from petrel.cli.sendmail import parse_args
-from petrel.client.sendmail import read_message
+from petrel.intake.local import read_message
 
 
 def sendmail(server: PetrelServer, stdin: bytes, *args: str) -> subprocess.CompletedProcess[bytes]:

@@ -19,8 +19,9 @@ from typing import Any
 
 from petrel.config import Config
 from petrel.delivery.manager import QueueManager
-from petrel.delivery.pickup import PickupWatcher
 from petrel.fsutil import ensure_dir, sync_rounds
+from petrel.intake import Intake
+from petrel.intake.pickup import PickupPoke, PickupWatcher
 from petrel.log import log_event
 from petrel.pidfile import remove_pid_file, write_pid_file
 from petrel.policy import Policy
@@ -30,7 +31,7 @@ from petrel.server import Server
 from petrel.server.control import ControlServer, control_path
 from petrel.server.server import bind_sockets, join_address
 from petrel.server.tls import TlsManager
-from petrel.server.workers import WORKER_FDS_ENV, WorkerPool, WorkerQueue, decode_fds
+from petrel.server.workers import WORKER_FDS_ENV, WorkerPool, decode_fds
 
 log = logging.getLogger("petrel")
 
@@ -104,7 +105,7 @@ async def serve(config: Config, log_args: list[str] | None = None) -> int:
         pool = WorkerPool(config, workers, _bind_listeners(config), log_args or [])
         pool.start()
     else:
-        server = Server(config, spool, manager, policy, loop)
+        server = Server(config, manager.intake, policy, loop)
         await server.start()
     pid_file = write_pid_file(data_dir)  # for `petrel reload`
     log_event(
@@ -163,7 +164,7 @@ async def serve_worker(config: Config, number: int) -> int:
     spool = Spool(config.server.data_dir / "queue")
     spool.open()  # no recovery: the parent did that before any worker started
     policy = Policy(config, Aliases.load(config.aliases.file))
-    server = Server(config, spool, WorkerQueue(spool.root), policy, loop)  # type: ignore[arg-type]
+    server = Server(config, Intake(config, spool, PickupPoke(spool.root)), policy, loop)
     await server.start(inherited)
     log_event(log, "worker-ready", pid=os.getpid())
     stop = asyncio.Event()

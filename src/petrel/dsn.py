@@ -158,7 +158,6 @@ def build_notice(
 
     header = "\r\n".join(
         [
-            f"Received: by {hostname} (Petrel) id {queue_id}; {_date(now)}",
             f"From: Mail Delivery System <MAILER-DAEMON@{hostname}>",
             f"To: <{to}>",
             f"Subject: {subject}",

@@ -12,7 +12,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from petrel.client.sendmail import (
+from petrel.config import ConfigError, load_config
+from petrel.intake.local import (
     EX_USAGE,
     SendmailError,
     SendmailOptions,
@@ -20,7 +21,6 @@ from petrel.client.sendmail import (
     read_message,
     submit,
 )
-from petrel.config import ConfigError, load_config
 
 __all__ = ["USAGE", "main", "parse_args"]
 
@@ -93,8 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         opts, config_path = parse_args(argv)
         config = load_config(config_path)
         message = read_message(sys.stdin.buffer, ignore_dots=opts.ignore_dots)
-        envelope, body = prepare(message, opts, config)
-        submit(envelope, body, config)
+        submission = prepare(message, opts, config)
+        submit(submission, config)
     except SendmailError as exc:
         if exc.status == 0:
             print(exc, end="")  # --help

@@ -26,6 +26,7 @@ from typing import Any
 
 from petrel import dsn, smtp
 from petrel.config import Config
+from petrel.intake import Intake, TooManyHops
 from petrel.log import log_event
 from petrel.policy import Policy
 from petrel.queue.admin import (
@@ -45,7 +46,6 @@ log = logging.getLogger("petrel.qmgr")
 
 BATCH_MESSAGES = 256  # messages per Maildir batch: one sync pair covers them all
 _IN_MEMORY_BODY = 1 << 20  # bodies up to this size are read once and shared
-_HEADER_SCAN = 256 * 1024  # octets of header section scanned for Received fields
 _STOP_GRACE = 10.0  # seconds an attempt in progress may take to finish at shutdown
 
 
@@ -54,13 +54,6 @@ class _Work:
     envelope: Envelope
     recipient: Recipient
     item: DeliveryItem | None  # None: refused before any attempt (error already recorded)
-
-
-def count_received(message: bytes) -> int:
-    """Received fields in the header section (loop detection, RFC 5321 §6.3)."""
-    end = message.find(b"\r\n\r\n")
-    head = message[: end + 2] if end >= 0 else message[:_HEADER_SCAN]
-    return head.lower().count(b"\nreceived:") + head[:9].lower().startswith(b"received:")
 
 
 class QueueManager:
@@ -78,6 +71,7 @@ class QueueManager:
         self.policy = policy
         self.clock = clock
         self.mailboxes = config.server.data_dir / "mailboxes"
+        self.intake = Intake(config, spool, self)  # notices enter like any message
         self._envelopes: dict[str, Envelope] = {}
         self._ready: deque[str] = deque()
         self._forced: set[str] = set()  # ETRN: try every open recipient, due or not
@@ -338,11 +332,6 @@ class QueueManager:
                 for recipient in local:
                     self._record(envelope, recipient, _local_error(exc), now)
                 continue
-            head = body if isinstance(body, bytes) else next(iter(body()), b"")
-            if count_received(head) > self.config.delivery.max_received:
-                for recipient in local:
-                    self._record(envelope, recipient, _too_many_hops(), now)
-                continue
             for recipient in local:
                 try:
                     item = self._item(envelope, recipient, body)
@@ -390,10 +379,6 @@ class QueueManager:
             except (OSError, ValueError) as exc:
                 for recipient in recipients:
                     self._record(envelope, recipient, _local_error(exc), now)
-                continue
-            if count_received(body) > self.config.delivery.max_received:
-                for recipient in recipients:
-                    self._record(envelope, recipient, _too_many_hops(), now)
                 continue
             by_route: dict[Route, list[Recipient]] = {}
             for recipient in recipients:
@@ -512,10 +497,8 @@ class QueueManager:
                 log_event(log, "notice-suppressed", queue_id=envelope.queue_id, action=action)
                 continue
             try:
-                writer = self.spool.begin(notice.envelope)
-                writer.write(notice.message)
-                await self.spool.commit(writer)
-            except OSError as exc:
+                await self.intake.put(notice.envelope, notice.message, None, via="notice")
+            except (OSError, TooManyHops) as exc:
                 log_event(log, "notice-error", level=logging.ERROR, error=str(exc))
                 continue
             log_event(
@@ -526,19 +509,11 @@ class QueueManager:
                 action=action,
                 to=notice.envelope.recipients[0].address,
             )
-            self.submit(notice.envelope)
 
     def _original(self, queue_id: str) -> bytes:
-        size = self.spool.body_size(queue_id)
-        if size <= dsn.FULL_LIMIT:
+        if self.spool.body_size(queue_id) <= dsn.FULL_LIMIT:
             return self.spool.read_body(queue_id)
-        head = b""
-        for chunk in self.spool.iter_body(queue_id):
-            head += chunk
-            if b"\r\n\r\n" in head or len(head) > _HEADER_SCAN:
-                break
-        end = head.find(b"\r\n\r\n")
-        return head[: end + 4] if end >= 0 else head[:_HEADER_SCAN]
+        return self.spool.read_header(queue_id)
 
     def _backoff(self, attempts: int) -> float:
         q = self.config.queue
@@ -684,7 +659,3 @@ def _local_error(error: Exception | str) -> Result:
     if isinstance(error, ValueError):
         return Result(FAILED, "5.1.1", str(error), f"x-local; {error}")
     return Result(DEFERRED, "4.3.0", str(error), f"x-local; {error}")
-
-
-def _too_many_hops() -> Result:
-    return failed("5.4.6", "mail forwarding loop: too many Received header fields")

@@ -9,12 +9,13 @@ from petrel.queue.envelope import (
     Recipient,
 )
 from petrel.queue.ids import is_valid_queue_id, new_queue_id
-from petrel.queue.spool import CorruptMessageError, MessageWriter, Spool
+from petrel.queue.spool import HEADER_SCAN, CorruptMessageError, MessageWriter, Spool
 
 __all__ = [
     "DEFERRED",
     "DELIVERED",
     "FAILED",
+    "HEADER_SCAN",
     "PENDING",
     "CorruptMessageError",
     "Envelope",

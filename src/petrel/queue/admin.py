@@ -8,7 +8,6 @@ shapes through `execute`, so the command line prints one format either way.
 
 from __future__ import annotations
 
-import contextlib
 import email.utils
 import logging
 import time
@@ -40,7 +39,6 @@ log = logging.getLogger("petrel.admin")
 
 LIST_HEADER = "-Queue ID-  --Size-- ----Arrival Time---- -Sender/Recipient-------"
 _INDENT = " " * 41  # recipients sit under the sender column, as in Postfix's mailq
-_HEADER_LIMIT = 64 * 1024  # `show` reads at most this much looking for the header end
 
 
 class UnknownMessageError(LookupError):
@@ -86,14 +84,9 @@ def describe_envelope(
 
 def read_headers(spool: Spool, queue_id: str) -> str:
     """The header section of a queued message (up to the blank line), LF line ends."""
-    data = b""
-    with contextlib.closing(spool.iter_body(queue_id, chunk_size=8192)) as chunks:
-        for chunk in chunks:
-            data += chunk
-            if b"\r\n\r\n" in data or len(data) >= _HEADER_LIMIT:
-                break  # leaving early skips the CRC check: fine for display
-    end = data.find(b"\r\n\r\n")
-    head = data[: end + 2] if end >= 0 else data[:_HEADER_LIMIT]
+    head = spool.read_header(queue_id)
+    if head.endswith(b"\r\n\r\n"):
+        head = head[:-2]
     return head.replace(b"\r\n", b"\n").decode("utf-8", errors="replace")
 
 

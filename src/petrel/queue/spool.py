@@ -56,7 +56,7 @@ from petrel.log import log_event
 from petrel.queue.envelope import Envelope, Recipient
 from petrel.queue.ids import is_valid_queue_id
 
-__all__ = ["CorruptMessageError", "MessageWriter", "Spool"]
+__all__ = ["HEADER_SCAN", "CorruptMessageError", "MessageWriter", "Spool"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,9 @@ _TRAILER_RE = re.compile(rb"\nPETREL-END (0|[1-9][0-9]{0,19}) ([0-9a-f]{8})\n")
 _HEADER_MAX = 18  # "PETREL1 " + 9 digits + "\n"
 _TRAILER_MAX = 42  # "\nPETREL-END " + 20 digits + " " + 8 hex + "\n"
 _BUFFER_LIMIT = 256 * 1024  # bodies up to this stay in memory until commit
+# The most of a message's start read as its header section (when no blank line ends it
+# sooner): for hop counting, submission fix-ups, notices and `petrel queue show`.
+HEADER_SCAN = 256 * 1024
 _READ_CHUNK = 1 << 20
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -445,6 +448,20 @@ class Spool:
             yield from _iter_body(fd, _read_layout(fd, size), chunk_size)
         finally:
             os.close(fd)
+
+    def read_header(self, queue_id: str) -> bytes:
+        """The header section with its blank line (at most `HEADER_SCAN` octets).
+
+        Stops reading early, so the CRC is not checked: for display and notices only.
+        """
+        head = b""
+        with contextlib.closing(self.iter_body(queue_id, chunk_size=65536)) as chunks:
+            for chunk in chunks:
+                head += chunk
+                if b"\r\n\r\n" in head or len(head) >= HEADER_SCAN:
+                    break
+        end = head.find(b"\r\n\r\n")
+        return head[: end + 4] if end >= 0 else head[:HEADER_SCAN]
 
     def read_body(self, queue_id: str) -> bytes:
         """The whole message in memory: for small messages only."""

@@ -8,22 +8,19 @@ import logging
 import os
 import socket
 from collections import Counter
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from petrel import smtp
 from petrel.config import Config, Listener
+from petrel.intake import Intake
 from petrel.log import log_event
 from petrel.policy import Policy
 from petrel.policy.throttle import AuthThrottle
-from petrel.queue.spool import Spool
 
 from .modes import IMPLICIT_TLS_MODES, STARTTLS_MODES
 from .rdns import ReverseDns
 from .session import TLS_HANDSHAKE_TIMEOUT, SmtpSession
 from .tls import TlsManager
-
-if TYPE_CHECKING:
-    from petrel.delivery.manager import QueueManager
 
 __all__ = ["Listener", "Server", "bind_sockets", "join_address"]
 
@@ -166,14 +163,13 @@ class Server:
     def __init__(
         self,
         config: Config,
-        spool: Spool,
-        manager: QueueManager,
+        intake: Intake,
         policy: Policy,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         self.config = config
-        self.spool = spool
-        self.manager = manager
+        self.intake = intake  # where every accepted message goes
+        self.manager = intake.submitter  # ETRN
         self.policy = policy
         self.loop = loop
         self.hostname = config.server.hostname

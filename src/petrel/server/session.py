@@ -9,8 +9,6 @@ DNS behind an EHLO reply — pauses event processing (and reading) until it is d
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import functools
 import hmac
 import logging
 import secrets
@@ -19,12 +17,11 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from petrel import smtp
+from petrel.intake import Accepted, Draft, Origin, TooManyHops, expand_recipients, rfc5322_date
 from petrel.log import log_event
 from petrel.policy import Client
 from petrel.policy.users import User, hash_password, verify_password
-from petrel.queue.envelope import Envelope, Recipient
-from petrel.queue.ids import new_queue_id
-from petrel.queue.spool import MessageWriter
+from petrel.queue import Envelope, new_queue_id
 from petrel.smtp import replies as texts
 
 from .modes import IMPLICIT_TLS_MODES, SUBMISSION_MODES
@@ -38,23 +35,9 @@ log = logging.getLogger("petrel.smtpd")
 TLS_HANDSHAKE_TIMEOUT = 30.0
 
 
-@functools.lru_cache(maxsize=4)
-def _date_at(second: int) -> str:
-    return email.utils.formatdate(second, localtime=True)
-
-
-def _date(timestamp: float | None = None) -> str:
-    """The RFC 5322 date-time of ``timestamp`` (default now), made once per second.
-
-    It has one-second precision anyway, and formatdate showed in the receive-path profile.
-    """
-    return _date_at(int(time.time() if timestamp is None else timestamp))
-
-
 _INTERNAL_ERROR = smtp.reply(421, "4.3.0", "Internal error, closing connection")
 _NO_STORAGE = smtp.reply(452, "4.3.1", "Insufficient system storage, try again later")
 _TOO_MANY_HOPS = smtp.reply(554, "5.4.6", "Too many hops (Received header fields); mail loop?")
-_HEAD_LIMIT = 256 * 1024
 
 
 _DECOY_KEY = secrets.token_bytes(32)
@@ -72,53 +55,14 @@ def _decoy_password_hash() -> str:
 class Transaction:
     """The envelope being built between MAIL and the end of the message."""
 
-    __slots__ = (
-        "header",
-        "header_done",
-        "held",
-        "params",
-        "recipients",
-        "sender",
-        "storage_failed",
-        "writer",
-    )
+    __slots__ = ("draft", "params", "recipients", "sender", "storage_failed")
 
-    def __init__(self, sender: str, params: smtp.MailParams, submission: bool = False) -> None:
+    def __init__(self, sender: str, params: smtp.MailParams) -> None:
         self.sender = sender
         self.params = params
-        # (the address as given, its final addresses after aliases, its DSN parameters)
-        self.recipients: list[tuple[str, list[str], smtp.RcptParams]] = []
-        self.writer: MessageWriter | None = None
+        self.recipients: list[Accepted] = []
+        self.draft: Draft | None = None  # created at the first text
         self.storage_failed = False  # the spool could not take the text: answer 452 at the end
-        # The header section (up to 256 KiB), kept to count Received fields and, on
-        # submission, to see which fields the client left out.
-        self.header = bytearray()
-        self.header_done = False
-        # Submission (RFC 6409 §8): the text is held back until the header is complete,
-        # so Date: and Message-ID: can be added in front when missing.
-        self.held: bytearray | None = bytearray() if submission else None
-
-    def add_text(self, data: bytes) -> None:
-        """Keep the header section (up to 256 KiB)."""
-        if self.header_done:
-            return
-        head = self.header
-        start = max(len(head) - 3, 0)
-        head += data
-        end = head.find(b"\r\n\r\n", start)
-        if head.startswith(b"\r\n"):
-            head.clear()
-            self.header_done = True
-        elif end >= 0:
-            del head[end + 2 :]
-            self.header_done = True
-        elif len(head) > _HEAD_LIMIT:
-            self.header_done = True
-
-    @property
-    def received_fields(self) -> int:
-        head = bytes(self.header).lower()
-        return head.count(b"\nreceived:") + head.startswith(b"received:")
 
 
 class SmtpSession(asyncio.Protocol):
@@ -196,8 +140,7 @@ class SmtpSession(asyncio.Protocol):
         transport.write(self.conn.send(self._greeting()))
 
     def _greeting(self) -> smtp.Reply:
-        date = _date()
-        return texts.greeting(self.server.hostname, date)
+        return texts.greeting(self.server.hostname, rfc5322_date())
 
     def data_received(self, data: bytes) -> None:
         if self.conn is None:
@@ -353,7 +296,7 @@ class SmtpSession(asyncio.Protocol):
             return smtp.reply(
                 553, "5.7.1", f"<{sender}>: Sender address not owned by user {self.auth_user}"
             )
-        self.txn = Transaction(sender, event.params, submission=self.submission)
+        self.txn = Transaction(sender, event.params)
         return texts.sender_ok(sender)
 
     def _on_rcpt(self, event: smtp.Rcpt) -> smtp.Reply:
@@ -366,47 +309,21 @@ class SmtpSession(asyncio.Protocol):
             )
             return resolved
         original = policy.canonical(event.recipient)
-        self.txn.recipients.append((original, resolved, event.params))
+        params = event.params
+        self.txn.recipients.append(Accepted(original, resolved, params.orcpt, params.notify))
         return texts.recipient_ok(str(event.recipient))
 
     def _on_data(self, event: smtp.Data) -> smtp.Reply:
         return texts.START_DATA if self._start_message() is not None else _NO_STORAGE
 
     def _on_chunk(self, event: smtp.DataChunk) -> None:
-        writer = self._start_message()
-        if writer is None:
+        draft = self._start_message()
+        if draft is None:
             return
-        txn = self.txn
-        assert txn is not None
-        txn.add_text(event.data)
         try:
-            if txn.held is None:
-                writer.write(event.data)
-                return
-            txn.held += event.data
-            if txn.header_done:
-                self._flush_held(txn, writer)
+            draft.write(event.data)
         except OSError as exc:  # a full spool disk: refuse the message, keep the session
             self._storage_failed(exc)
-
-    def _flush_held(self, txn: Transaction, writer: MessageWriter) -> None:
-        """Write the held-back text with the fields RFC 6409 §8.2–8.3 lets us add."""
-        held = txn.held
-        if held is None:
-            return
-        txn.held = None
-        names = {
-            line.split(b":", 1)[0].strip().lower()
-            for line in bytes(txn.header).split(b"\r\n")
-            if line and line[:1] not in (b" ", b"\t") and b":" in line
-        }
-        added = b""
-        if b"date" not in names:
-            added += f"Date: {_date()}\r\n".encode()
-        if b"message-id" not in names:
-            msgid = f"{writer.envelope.queue_id}.{secrets.token_hex(4)}@{self.server.hostname}"
-            added += f"Message-ID: <{msgid}>\r\n".encode()
-        writer.write(added + bytes(held))
 
     def _on_chunk_received(self, event: smtp.ChunkReceived) -> smtp.Reply:
         if self._start_message() is None:
@@ -415,45 +332,25 @@ class SmtpSession(asyncio.Protocol):
         return texts.chunk_received(event.size)
 
     def _on_end(self, event: smtp.EndOfData) -> smtp.Reply | None:
-        writer = self._start_message()
-        if writer is None:
+        draft = self._start_message()
+        if draft is None:
             self.txn = None
             return _NO_STORAGE
-        assert self.txn is not None
-        hops = self.txn.received_fields + 1  # with ours, as delivery will count them
-        if hops > self.server.config.delivery.max_received:
-            log_event(log, "message-reject", session=self.id, reply=str(_TOO_MANY_HOPS), hops=hops)
-            self._abort_message()
-            self.txn = None
-            return _TOO_MANY_HOPS
-        if self.txn.held is not None:
-            try:
-                self._flush_held(self.txn, writer)
-            except OSError as exc:
-                self._storage_failed(exc)
-                self.txn = None
-                return _NO_STORAGE
-        self._wait(self._commit(writer), after=self._end_transaction)
+        self._wait(self._commit(draft), after=self._end_transaction)
         return None
 
-    async def _commit(self, writer: MessageWriter) -> smtp.Reply:
+    async def _commit(self, draft: Draft) -> smtp.Reply:
         try:
-            await self.server.spool.commit(writer)
+            await self.server.intake.commit(draft, session=self.id)
+        except TooManyHops as exc:
+            log_event(
+                log, "message-reject", session=self.id, reply=str(_TOO_MANY_HOPS), hops=exc.hops
+            )
+            return _TOO_MANY_HOPS
         except OSError as exc:
             log_event(log, "spool-error", level=logging.ERROR, session=self.id, error=str(exc))
             return _NO_STORAGE
-        envelope = writer.envelope
-        log_event(
-            log,
-            "accepted",
-            session=self.id,
-            queue_id=envelope.queue_id,
-            sender=envelope.sender or "<>",
-            nrcpt=len(envelope.recipients),
-            size=writer.size,
-        )
-        self.server.manager.submit(envelope)
-        return texts.message_accepted(envelope.queue_id)
+        return texts.message_accepted(draft.envelope.queue_id)
 
     def _end_transaction(self) -> None:
         self.txn = None
@@ -648,8 +545,8 @@ class SmtpSession(asyncio.Protocol):
 
     # -- message plumbing ----------------------------------------------------------------
 
-    def _start_message(self) -> MessageWriter | None:
-        """The spool file for the current transaction, created on first need.
+    def _start_message(self) -> Draft | None:
+        """The draft of the current transaction, begun at the first need.
 
         None when the spool could not take it (disk full): the core keeps reading the
         text, and the end of the message is answered with 452 4.3.1.
@@ -658,15 +555,18 @@ class SmtpSession(asyncio.Protocol):
         assert txn is not None and self.conn is not None
         if txn.storage_failed:
             return None
-        if txn.writer is None:
-            envelope = self._envelope(txn)
+        if txn.draft is None:
             try:
-                txn.writer = self.server.spool.begin(envelope)
-                txn.writer.write(self._received_header(envelope, txn))
+                txn.draft = self.server.intake.begin(
+                    self._envelope(txn),
+                    self._origin(),
+                    given=[r.given for r in txn.recipients],
+                    fix_header=self.submission,
+                )
             except OSError as exc:
                 self._storage_failed(exc)
                 return None
-        return txn.writer
+        return txn.draft
 
     def _storage_failed(self, exc: OSError) -> None:
         log_event(log, "spool-error", level=logging.ERROR, session=self.id, error=str(exc))
@@ -674,27 +574,27 @@ class SmtpSession(asyncio.Protocol):
         assert self.txn is not None
         self.txn.storage_failed = True
 
+    def _rdns_name(self) -> str | None:
+        return self._rdns.result()[0] if self._rdns is not None and self._rdns.done() else None
+
+    def _origin(self) -> Origin:
+        assert self.conn is not None
+        return Origin(
+            self._protocol(),
+            ip=self.peer_ip,
+            helo=self.conn.helo or "",
+            rdns=self._rdns_name(),
+            tls=self.tls_info,
+        )
+
     def _envelope(self, txn: Transaction) -> Envelope:
         conn = self.conn
         assert conn is not None
-        recipients: list[Recipient] = []
-        seen: set[str] = set()
-        for original, finals, params in txn.recipients:
-            for final in finals:
-                key = final.lower()
-                if key in seen:
-                    continue
-                seen.add(key)
-                orcpt = params.orcpt
-                if orcpt is None and final.lower() != original.lower():
-                    orcpt = f"rfc822;{original}"
-                recipients.append(Recipient(final, orcpt=orcpt, notify=params.notify))
-        rdns = self._rdns.result()[0] if self._rdns is not None and self._rdns.done() else None
         p = txn.params
         return Envelope(
             queue_id=new_queue_id(),
             sender=txn.sender,
-            recipients=recipients,
+            recipients=expand_recipients(txn.recipients),
             received_at=time.time(),
             body=p.body or "7BIT",
             smtputf8=p.smtputf8,
@@ -704,7 +604,7 @@ class SmtpSession(asyncio.Protocol):
             by=p.by,
             client_ip=self.peer_ip,
             client_helo=conn.helo or "",
-            client_rdns=rdns,
+            client_rdns=self._rdns_name(),
             protocol=self._protocol(),
             auth=self._mail_auth(p.auth),
             auth_user=self.auth_user,
@@ -731,31 +631,11 @@ class SmtpSession(asyncio.Protocol):
         name = "UTF8SMTP" if conn.smtputf8 else "ESMTP"
         return name + ("S" if conn.tls else "") + ("A" if conn.authenticated else "")
 
-    def _received_header(self, envelope: Envelope, txn: Transaction) -> bytes:
-        """The trace field of RFC 5321 §4.4, folded.
-
-        The ``for`` clause names the recipient as the client gave it, and only when
-        there is one: listing several would disclose Bcc recipients to each other.
-        """
-        rdns = envelope.client_rdns or "unknown"
-        lines = [
-            f"Received: from {envelope.client_helo or 'unknown'} ({rdns} [{self.peer_ip}])",
-        ]
-        if self.tls_info is not None:
-            lines.append(f"\t(using {self.tls_info})")
-        lines.append(
-            f"\tby {self.server.hostname} (Petrel) with {envelope.protocol} id {envelope.queue_id}"
-        )
-        if len(txn.recipients) == 1:
-            lines.append(f"\tfor <{txn.recipients[0][0]}>")
-        lines[-1] += f"; {_date(envelope.received_at)}"
-        return ("\r\n".join(lines) + "\r\n").encode("utf-8")
-
     def _abort_message(self) -> None:
         txn = self.txn
-        if txn is not None and txn.writer is not None:
-            txn.writer.abort()
-            txn.writer = None
+        if txn is not None and txn.draft is not None:
+            txn.draft.abort()
+            txn.draft = None
 
     # -- server-initiated ---------------------------------------------------------------
 

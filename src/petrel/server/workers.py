@@ -31,15 +31,11 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from petrel import smtp
 from petrel.config import Config
-from petrel.delivery.pickup import write_pickup
 from petrel.log import log_event
-from petrel.queue.envelope import Envelope
 
-__all__ = ["WORKER_FDS_ENV", "WorkerPool", "WorkerQueue", "decode_fds", "encode_fds"]
+__all__ = ["WORKER_FDS_ENV", "WorkerPool", "decode_fds", "encode_fds"]
 
 log = logging.getLogger("petrel.workers")
 
@@ -47,25 +43,6 @@ WORKER_FDS_ENV = "PETREL_WORKER_FDS"
 _POLL_SECONDS = 0.2
 _RESTART_DELAY = 1.0  # a worker that dies young waits this long before its restart
 _STOP_GRACE = 15.0  # a worker's own shutdown lets messages in flight finish for 10 s
-
-
-class WorkerQueue:
-    """The queue manager as a worker's sessions see it: pokes to the parent's pickup pipe."""
-
-    def __init__(self, queue_root: Path) -> None:
-        self.root = queue_root
-
-    def submit(self, envelope: Envelope) -> None:
-        if not write_pickup(self.root, envelope.queue_id):
-            # No reader or a full pipe: the parent's periodic scan finds the message.
-            log_event(log, "pickup-poke-lost", level=logging.DEBUG, queue_id=envelope.queue_id)
-
-    def etrn(self, node: str) -> smtp.Reply:
-        if node.startswith("#") or not node.isascii() or any(c.isspace() for c in node):
-            return smtp.reply(458, "4.0.0", f"Unable to queue messages for node {node}")
-        if not write_pickup(self.root, f"ETRN {node}"):
-            return smtp.reply(458, "4.0.0", f"Unable to queue messages for node {node}")
-        return smtp.reply(250, "2.0.0", f"Queuing for node {node} started")
 
 
 def encode_fds(sockets: dict[int, list[socket.socket]]) -> str:

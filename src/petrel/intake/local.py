@@ -1,10 +1,11 @@
-"""``petrel sendmail``: the classic local submission interface, straight into the spool.
+"""``petrel sendmail``: the classic local submission interface, through intake.
 
-The message is read from stdin, completed the way Postfix's pickup/cleanup do
-(Received, Date, Message-ID, From; Bcc removed with ``-t``), and committed with
-`Spool.begin`/`write`/`commit`: the same group-committed fsync as a 250 over SMTP.
-A running server is poked through the pickup pipe and delivers at once; a stopped
-one finds the message at its next start (`Spool.recover`).
+The message is read from stdin, its envelope is made (``-t`` takes the recipients
+from To/Cc/Bcc and removes Bcc), and `Intake` completes and commits it as it does for
+SMTP (Received; Date, Message-ID and From when missing, as Postfix's cleanup adds
+them): the same group-committed fsync as a 250 over SMTP. A running server is poked
+through the pickup pipe and delivers at once; a stopped one finds the message at its
+next start (`Spool.recover`).
 
 Exit statuses follow sysexits.h, as every sendmail does.
 """
@@ -12,29 +13,23 @@ Exit statuses follow sysexits.h, as every sendmail does.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import email.utils
 import getpass
 import os
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from petrel import smtp
-from petrel.client.message import (
-    add_missing_headers,
-    header_values,
-    remove_headers,
-    split_header_block,
-)
 from petrel.config import Config
-from petrel.delivery.pickup import LOCAL_PROTOCOL, notify_pickup
 from petrel.policy import Client, Policy
 from petrel.policy.aliases import Aliases
-from petrel.queue.envelope import Envelope, Recipient
-from petrel.queue.ids import new_queue_id
-from petrel.queue.spool import Spool
+from petrel.queue import Envelope, Spool, new_queue_id
+
+from ._intake import Accepted, Intake, TooManyHops, expand_recipients
+from .headers import header_values, remove_headers, split_header_block
+from .pickup import PickupPoke
+from .trace import LOCAL_PROTOCOL, Origin
 
 __all__ = [
     "EX_DATAERR",
@@ -44,6 +39,7 @@ __all__ = [
     "EX_USAGE",
     "SendmailError",
     "SendmailOptions",
+    "Submission",
     "prepare",
     "read_message",
     "submit",
@@ -53,7 +49,6 @@ EX_OK = 0
 EX_USAGE = 64
 EX_DATAERR = 65
 EX_NOUSER = 67
-EX_SOFTWARE = 70
 EX_CANTCREAT = 73
 EX_TEMPFAIL = 75
 
@@ -111,22 +106,20 @@ def _address(text: str, hostname: str, *, what: str) -> str:
     return "" if path is None else str(path)
 
 
-def _received(user: str, hostname: str, queue_id: str, recipients: Sequence[str]) -> bytes:
-    """A Received field in the spirit of Postfix's pickup: who ran us, our local id."""
-    lines = [
-        f"Received: from local user {user} (uid {os.getuid()})",
-        f"\tby {hostname} (Petrel) with {LOCAL_PROTOCOL} id {queue_id}",
-    ]
-    if len(recipients) == 1:
-        lines.append(f"\tfor <{recipients[0]}>")
-    lines[-1] += f"; {email.utils.formatdate(localtime=True)}"
-    return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+@dataclass
+class Submission:
+    """What `prepare` made of the input: the envelope and the text intake completes."""
+
+    envelope: Envelope
+    message: bytes
+    given: list[str]  # the recipients as given, for the Received field's ``for``
+    default_from: str  # the From: field for a message without one
 
 
 def prepare(
     message: bytes, opts: SendmailOptions, config: Config, *, user: str | None = None
-) -> tuple[Envelope, bytes]:
-    """The envelope and the bytes to spool: Received first, Bcc gone, missing fields added."""
+) -> Submission:
+    """The envelope and the text to spool (Bcc gone with ``-t``)."""
     hostname = config.server.hostname
     user = user or getpass.getuser()
     sender = (
@@ -142,32 +135,22 @@ def prepare(
         fields = remove_headers(fields, "bcc")
     if not wanted:
         raise SendmailError(EX_USAGE, "no recipients given" + (" or found" if opts.extract else ""))
-    fields = add_missing_headers(
-        fields, sender=sender or f"MAILER-DAEMON@{hostname}", full_name=opts.full_name,
-        domain=hostname,
-    )  # fmt: skip
     if not rest.startswith(b"\r\n"):
         rest = b"\r\n" + rest  # the header needs its empty line before any body
     policy = Policy(config, Aliases.load(config.aliases.file))
     given = [_address(r, hostname, what="recipient") for r in wanted]
-    recipients: list[Recipient] = []
-    seen: set[str] = set()
+    accepted: list[Accepted] = []
     for original in given:
         address = smtp.parse_path(f"<{original}>")
         assert address is not None
         finals = policy.resolve_recipient(address, _LOCAL)
         if isinstance(finals, smtp.Reply):
             raise SendmailError(EX_NOUSER, f"{original}: {' '.join(finals.lines)}")
-        for final in finals:
-            if final.lower() in seen:
-                continue
-            seen.add(final.lower())
-            orcpt = f"rfc822;{original}" if final.lower() != original.lower() else None
-            recipients.append(Recipient(final, orcpt=orcpt))
+        accepted.append(Accepted(original, finals))
     envelope = Envelope(
         queue_id=new_queue_id(),
         sender=sender,
-        recipients=recipients,
+        recipients=expand_recipients(accepted),
         received_at=time.time(),
         body="8BITMIME" if any(b > 127 for b in message) else "7BIT",
         smtputf8=not all(a.isascii() for a in [sender, *given]),
@@ -176,12 +159,14 @@ def prepare(
         client_helo="localhost",
         auth_user=user,
     )
-    body = b"".join(fields) + rest
-    return envelope, body
+    shown = sender or f"MAILER-DAEMON@{hostname}"
+    if opts.full_name:
+        shown = email.utils.formataddr((opts.full_name, shown))
+    return Submission(envelope, b"".join(fields) + rest, given, shown)
 
 
-def submit(envelope: Envelope, body: bytes, config: Config, *, user: str | None = None) -> str:
-    """Commit to the spool (durably: returns after the sync) and poke a running server."""
+def submit(submission: Submission, config: Config, *, user: str | None = None) -> str:
+    """Commit through intake (durably: returns after the sync) and poke a running server."""
     data_dir = config.server.data_dir
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -190,22 +175,25 @@ def submit(envelope: Envelope, body: bytes, config: Config, *, user: str | None 
     except OSError as exc:
         message = f"cannot open the spool under {data_dir}: {exc}"
         raise SendmailError(EX_CANTCREAT, message) from None
+    origin = Origin(LOCAL_PROTOCOL, local_user=user or getpass.getuser(), uid=os.getuid())
+    intake = Intake(config, spool, PickupPoke(spool.root))
+    envelope = submission.envelope
     try:
-        writer = spool.begin(envelope)
-        recipients = [r.address for r in envelope.recipients]
-        try:
-            who = user or getpass.getuser()
-            writer.write(_received(who, config.server.hostname, writer.queue_id, recipients))
-            writer.write(body)
-        except OSError:
-            writer.abort()
-            raise
-        asyncio.run(spool.commit(writer))
+        asyncio.run(
+            intake.put(
+                envelope,
+                submission.message,
+                origin,
+                given=submission.given,
+                fix_header=True,
+                default_from=submission.default_from,
+                via="sendmail",
+            )
+        )
+    except TooManyHops as exc:
+        raise SendmailError(EX_DATAERR, f"mail loop: {exc}") from None
     except OSError as exc:
         raise SendmailError(EX_TEMPFAIL, f"cannot queue the message: {exc}") from None
     finally:
         spool.close()
-    # If the poke fails, the server's periodic scan (or its next start) finds the message.
-    with contextlib.suppress(OSError):
-        notify_pickup(spool.root, envelope.queue_id)
     return envelope.queue_id

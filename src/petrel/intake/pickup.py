@@ -1,4 +1,4 @@
-"""Pickup of locally submitted mail (``petrel sendmail``) by a running server.
+"""Pickup: locally submitted mail (``petrel sendmail``, worker sessions) reaches the server.
 
 ``petrel sendmail`` commits straight into the spool, then pokes the named pipe
 ``<data_dir>/queue/pickup`` with the queue id, as Postfix's postdrop pokes pickup.
@@ -25,25 +25,50 @@ import os
 import stat
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from petrel.delivery.manager import QueueManager
+from petrel import smtp
 from petrel.log import log_event
-from petrel.queue.ids import is_valid_queue_id
-from petrel.queue.spool import Spool
+from petrel.queue import Envelope, Spool, is_valid_queue_id
 
-__all__ = ["LOCAL_PROTOCOL", "PICKUP_PIPE", "PickupWatcher", "notify_pickup", "write_pickup"]
+from .trace import LOCAL_PROTOCOL
+
+if TYPE_CHECKING:
+    from petrel.delivery.manager import QueueManager
+
+__all__ = ["PICKUP_PIPE", "PickupPoke", "PickupWatcher", "write_pickup"]
 
 log = logging.getLogger("petrel.pickup")
 
 PICKUP_PIPE = "pickup"  # in <data_dir>/queue/
-LOCAL_PROTOCOL = "local"  # Envelope.protocol of locally submitted mail
 SCAN_INTERVAL = 2.0
 SETTLE_SECONDS = 1.0  # a worker's message found by the scan alone must be this old
 
 
-def notify_pickup(queue_root: Path, queue_id: str) -> bool:
-    """Wake a running server for ``queue_id``; False when none is listening (that is fine)."""
-    return write_pickup(queue_root, queue_id)
+class PickupPoke:
+    """The `Submitter` of a process without the queue manager (a worker, ``petrel
+    sendmail``): it names committed mail to the server through the pickup pipe."""
+
+    def __init__(self, queue_root: Path) -> None:
+        self.root = queue_root
+
+    def submit(self, envelope: Envelope) -> None:
+        # No reader (server down) or a full pipe: the server's scan or its next start
+        # finds the message; it is durable already.
+        try:
+            poked = write_pickup(self.root, envelope.queue_id)
+        except OSError:
+            poked = False
+        if not poked:
+            log_event(log, "pickup-poke-lost", level=logging.DEBUG, queue_id=envelope.queue_id)
+
+    def etrn(self, node: str) -> smtp.Reply:
+        """Forward ETRN (RFC 1985) to the parent's queue manager."""
+        if node.startswith("#") or not node.isascii() or any(c.isspace() for c in node):
+            return smtp.reply(458, "4.0.0", f"Unable to queue messages for node {node}")
+        if not write_pickup(self.root, f"ETRN {node}"):
+            return smtp.reply(458, "4.0.0", f"Unable to queue messages for node {node}")
+        return smtp.reply(250, "2.0.0", f"Queuing for node {node} started")
 
 
 def write_pickup(queue_root: Path, line: str) -> bool:

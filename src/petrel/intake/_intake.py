@@ -1,0 +1,222 @@
+"""`Intake`: the one way a message enters the queue (Postfix's cleanup, chasquid's Put).
+
+Every producer — an SMTP session, ``petrel sendmail``, Petrel's own delivery notices —
+goes through the same steps: the envelope's recipients come from `expand_recipients`
+(aliases applied once, duplicates dropped, ORCPT kept), `Intake.begin` writes the trace
+field, the text streams through a `Draft` (header section scanned once: hop count and,
+for submission, the missing Date/Message-ID added), and `Intake.commit` checks the hop
+limit, makes the message durable and hands it to delivery.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple, Protocol
+
+from petrel import smtp
+from petrel.config import Config
+from petrel.log import log_event
+from petrel.queue import Envelope, MessageWriter, Recipient, Spool
+
+from .headers import HeaderSection
+from .trace import Origin, received_field, rfc5322_date
+
+__all__ = ["Accepted", "Draft", "Intake", "Submitter", "TooManyHops", "expand_recipients"]
+
+log = logging.getLogger("petrel.intake")
+
+
+class Submitter(Protocol):
+    """Who takes committed mail: the queue manager, or a worker's poke to its parent."""
+
+    def submit(self, envelope: Envelope) -> None: ...
+
+    def etrn(self, node: str) -> smtp.Reply: ...
+
+
+class TooManyHops(Exception):
+    """More Received fields than ``delivery.max_received``: a mail loop (RFC 5321 §6.3)."""
+
+    def __init__(self, hops: int) -> None:
+        super().__init__(f"{hops} Received header fields")
+        self.hops = hops
+
+
+class Accepted(NamedTuple):
+    """A recipient as accepted: the address given, what aliases made of it, DSN options."""
+
+    given: str
+    finals: Sequence[str]
+    orcpt: str | None = None
+    notify: tuple[str, ...] | None = None
+
+
+def expand_recipients(accepted: Iterable[Accepted]) -> list[Recipient]:
+    """The envelope's recipients: each final address once, with the ORCPT of RFC 3461.
+
+    A recipient an alias changed keeps the address given as ``rfc822;<given>``, so its
+    DSN names what the sender wrote.
+    """
+    recipients: list[Recipient] = []
+    seen: set[str] = set()
+    for given, finals, orcpt, notify in accepted:
+        for final in finals:
+            key = final.lower()
+            if key in seen:
+                continue
+            seen.add(key)
+            original = orcpt
+            if original is None and key != given.lower():
+                original = f"rfc822;{given}"
+            recipients.append(Recipient(final, orcpt=original, notify=notify))
+    return recipients
+
+
+class Draft:
+    """One message on its way in: the text streams to the spool as it arrives.
+
+    With ``fix_header`` (submission, RFC 6409 §8; local submission) the text is held
+    back until the header section is complete, so the fields it lacks can go in front.
+    Writes may raise OSError (a full disk): then `abort`.
+    """
+
+    __slots__ = ("_default_from", "_header", "_held", "_hostname", "_writer")
+
+    def __init__(
+        self, writer: MessageWriter, hostname: str, fix_header: bool, default_from: str | None
+    ) -> None:
+        self._writer = writer
+        self._hostname = hostname
+        self._header = HeaderSection()
+        self._held: bytearray | None = bytearray() if fix_header else None
+        self._default_from = default_from
+
+    @property
+    def envelope(self) -> Envelope:
+        return self._writer.envelope
+
+    @property
+    def size(self) -> int:
+        """Octets spooled so far, trace field included."""
+        return self._writer.size
+
+    @property
+    def hops(self) -> int:
+        """Received fields the message will carry, ours included."""
+        return self._header.received_fields + 1
+
+    def write(self, data: bytes) -> None:
+        self._header.feed(data)
+        if self._held is None:
+            self._writer.write(data)
+            return
+        self._held += data
+        if self._header.done:
+            self._release()
+
+    def abort(self) -> None:
+        """Drop the message; safe to call more than once."""
+        self._held = None
+        self._writer.abort()
+
+    def _release(self) -> None:
+        """Write the held-back text behind the fields it lacks (RFC 6409 §8.2–8.3)."""
+        held, self._held = self._held, None
+        if held is None:
+            return
+        names = self._header.field_names()
+        added = b""
+        if b"date" not in names:
+            added += f"Date: {rfc5322_date()}\r\n".encode()
+        if b"message-id" not in names:
+            msgid = f"{self.envelope.queue_id}.{secrets.token_hex(4)}@{self._hostname}"
+            added += f"Message-ID: <{msgid}>\r\n".encode()
+        if self._default_from is not None and b"from" not in names:
+            added += f"From: {self._default_from}\r\n".encode()
+        self._writer.write(added + bytes(held))
+
+
+class Intake:
+    """Begin, stream, commit: the same path into the queue for every kind of producer."""
+
+    def __init__(self, config: Config, spool: Spool, submitter: Submitter) -> None:
+        self.hostname = config.server.hostname
+        self.max_received = config.delivery.max_received
+        self.spool = spool
+        self.submitter = submitter
+
+    def begin(
+        self,
+        envelope: Envelope,
+        origin: Origin | None,
+        *,
+        given: Sequence[str] = (),
+        fix_header: bool = False,
+        default_from: str | None = None,
+    ) -> Draft:
+        """A draft whose first line is our Received field (``given``: the addresses as
+        the client gave them, for its ``for`` clause). OSError if the spool refuses."""
+        writer = self.spool.begin(envelope)
+        draft = Draft(writer, self.hostname, fix_header, default_from)
+        for_rcpt = given[0] if len(given) == 1 else None
+        trace = received_field(
+            self.hostname, envelope.queue_id, envelope.received_at, origin, for_rcpt
+        )
+        try:
+            writer.write(trace)
+        except BaseException:
+            writer.abort()
+            raise
+        return draft
+
+    async def commit(self, draft: Draft, **context: str) -> None:
+        """Return once the message is durable and handed to delivery.
+
+        Raises TooManyHops (the draft is dropped) or OSError (nothing was queued).
+        ``context`` goes into the ``accepted`` log line (e.g. the session id).
+        """
+        if draft.hops > self.max_received:
+            draft.abort()
+            raise TooManyHops(draft.hops)
+        try:
+            draft._release()
+        except BaseException:
+            draft.abort()
+            raise
+        envelope = draft.envelope
+        await self.spool.commit(draft._writer)
+        log_event(
+            log,
+            "accepted",
+            **context,
+            queue_id=envelope.queue_id,
+            sender=envelope.sender or "<>",
+            nrcpt=len(envelope.recipients),
+            size=draft.size,
+        )
+        self.submitter.submit(envelope)
+
+    async def put(
+        self,
+        envelope: Envelope,
+        message: bytes,
+        origin: Origin | None,
+        *,
+        given: Sequence[str] = (),
+        fix_header: bool = False,
+        default_from: str | None = None,
+        **context: str,
+    ) -> None:
+        """`begin`, write and `commit` a message that is already whole in memory."""
+        draft = self.begin(
+            envelope, origin, given=given, fix_header=fix_header, default_from=default_from
+        )
+        try:
+            draft.write(message)
+        except BaseException:
+            draft.abort()
+            raise
+        await self.commit(draft, **context)
+
