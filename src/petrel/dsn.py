@@ -32,7 +32,6 @@ FAILED = "failed"
 DELAYED = "delayed"
 DELIVERED = "delivered"
 RELAYED = "relayed"
-EXPANDED = "expanded"
 
 _SUBJECTS = {
     FAILED: "Undelivered Mail Returned to Sender",

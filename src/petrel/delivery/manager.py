@@ -21,7 +21,6 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from petrel import dsn, smtp
@@ -534,10 +533,6 @@ class QueueManager:
         if due is not None:
             heapq.heappush(self._timers, (due, envelope.queue_id))
         return functools.partial(self.spool.save_state, copy.deepcopy(envelope))
-
-    @property
-    def mailbox_root(self) -> Path:
-        return self.mailboxes
 
     # -- administration (petrel queue, over the control socket) --------------------------
     #

@@ -91,9 +91,6 @@ class WorkerPool:
             self._spawn(worker)
         self._watcher = asyncio.get_running_loop().create_task(self._watch())
 
-    def pids(self) -> list[int]:
-        return [w.process.pid for w in self.workers if w.process is not None]
-
     def _spawn(self, worker: _Worker) -> None:
         argv = [sys.executable, "-m", "petrel", "serve", *self.log_args]
         if self.config.source is not None:

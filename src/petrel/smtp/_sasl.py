@@ -144,7 +144,6 @@ class ScramSha256(Mechanism):
         self._authcid = ""
         self._stored_key = b""
         self._server_key = b""
-        self._server_final = b""
         self._success = False
 
     def step(self, response: bytes | None) -> Step:
