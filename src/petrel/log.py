@@ -54,7 +54,7 @@ def setup_logging(fmt: str = "text", level: str = "info") -> None:
     # No line shows the caller's file, the thread or the process, so records need not
     # collect them (the logging HOWTO's "Optimization" flags): a getpid(2) and a stack
     # walk less for every line the session hot path writes.
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
@@ -74,7 +74,7 @@ class _StderrHandler(logging.StreamHandler[TextIO]):
         logging.Handler.__init__(self)
 
     @property
-    def stream(self) -> TextIO:
+    def stream(self) -> TextIO:  # type: ignore[override]  # StreamHandler has an attribute
         return sys.stderr
 
 

@@ -516,7 +516,8 @@ class QueueManager:
 
     def _backoff(self, attempts: int) -> float:
         q = self.config.queue
-        return min(q.max_backoff, q.min_backoff * 2 ** max(attempts - 1, 0))
+        doublings: int = 2 ** max(attempts - 1, 0)
+        return min(q.max_backoff, q.min_backoff * doublings)
 
     def _settle(self, envelope: Envelope) -> Callable[[], None] | None:
         """Record an attempt's outcome in memory; returns the file work still to do."""

@@ -107,6 +107,7 @@ def _convert_entity(part: Message, stamp: str, boundaries: tuple[bytes, ...]) ->
         boundaries = (*boundaries, b"--" + boundary.encode("ascii", "surrogateescape"))
     attached = part.get_content_maintype() == "message"
     for child in part.get_payload():
+        assert isinstance(child, Message)  # a multipart's payload is a list of parts
         if attached:
             _convert_message(child, stamp, boundaries)
         else:
@@ -119,6 +120,7 @@ def _convert_entity(part: Message, stamp: str, boundaries: tuple[bytes, ...]) ->
 
 def _encode(part: Message, stamp: str, boundaries: tuple[bytes, ...]) -> None:
     content = part.get_payload(decode=True)
+    assert isinstance(content, bytes)  # decode=True on a leaf part gives bytes
     if "Content-Type" not in part:
         # The default, us-ascii, is wrong for 8-bit text of unknown charset (RFC 1428).
         part["Content-Type"] = "text/plain; charset=unknown-8bit"

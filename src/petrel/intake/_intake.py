@@ -190,6 +190,7 @@ class Intake:
         log_event(
             log,
             "accepted",
+            logging.INFO,
             **context,
             queue_id=envelope.queue_id,
             sender=envelope.sender or "<>",

@@ -124,7 +124,8 @@ def execute(control: QueueControl, request: Mapping[str, Any]) -> dict[str, Any]
             return {"ok": True, "message": control.describe(queue_id)}
         if op == "delete":
             ids = control.queue_ids() if queue_id == "ALL" else [queue_id]
-            removed, pending = [], []
+            removed: list[str] = []
+            pending: list[str] = []
             for one in ids:
                 try:
                     (removed if control.delete(one) else pending).append(one)
@@ -313,7 +314,7 @@ def format_show(info: Mapping[str, Any]) -> str:
         if r["last_error"]:
             out.append(f"    ({r['last_error']})")
     out.append("Headers:")
-    return "\n".join(out) + "\n" + info["headers"].rstrip("\n") + "\n"
+    return "\n".join(out) + "\n" + str(info["headers"]).rstrip("\n") + "\n"
 
 
 def spool_admin(data_dir: Path) -> SpoolAdmin:

@@ -37,7 +37,7 @@ import os
 import re
 import stat
 import zlib
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -437,7 +437,9 @@ class Spool:
         self._apply_state(envelope)
         return envelope
 
-    def iter_body(self, queue_id: str, chunk_size: int = _READ_CHUNK) -> Iterator[bytes]:
+    def iter_body(
+        self, queue_id: str, chunk_size: int = _READ_CHUNK
+    ) -> Generator[bytes, None, None]:
         """Stream the message bytes; CorruptMessageError at the end if the CRC fails.
 
         A consumer that writes elsewhere should publish its copy only after the
