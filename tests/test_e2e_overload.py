@@ -104,6 +104,28 @@ def test_pipelining_floods_do_not_starve_a_normal_client(petrel: PetrelServer) -
     petrel.wait_for_messages("fair")
 
 
+def test_a_client_that_never_reads_its_replies_is_dropped(petrel_factory) -> None:
+    """The server stops reading it at once, and after command_timeout drops it (a close
+    would wait forever for replies it never takes)."""
+    petrel: PetrelServer = petrel_factory('[limits]\ncommand_timeout = "2s"\n')
+    sock = petrel.connect()
+    sock.setblocking(False)
+    burst = b"HELO flood.test\r\n" * 4096
+    started = time.monotonic()
+    dropped = False
+    while not dropped and time.monotonic() - started < 20:
+        try:
+            sock.send(burst)
+        except BlockingIOError:
+            time.sleep(0.1)  # the server has stopped reading; wait for it to give up
+        except (BrokenPipeError, ConnectionResetError):
+            dropped = True
+    sock.close()
+    assert dropped, "a client that reads nothing must not hold its session"
+    assert "event=timeout" in petrel.log_text()
+    _send_mail(petrel, "after.stall")
+
+
 def test_junk_command_flood_is_closed_by_the_error_limit(petrel: PetrelServer) -> None:
     """Past limits.junk_commands (100) NOOPs count as errors: limits.errors (10) closes."""
     client = RawClient(petrel.connect())
