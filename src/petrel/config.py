@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "FD_RESERVE",
     "AliasesSection",
     "AuthSection",
     "Config",
