@@ -46,7 +46,7 @@ class _Flooder:
     def __init__(self, server: PetrelServer, command: bytes) -> None:
         self.sock = server.connect()
         self.sock.settimeout(10)
-        self.burst = command * (65536 // len(command))
+        self.command = command
         self.stop = threading.Event()
         self.replies = 0
         self._threads = [
@@ -57,9 +57,14 @@ class _Flooder:
             thread.start()
 
     def _send(self) -> None:
+        """Send the endless stream in slices that end mid-line, as real reads do."""
+        size = 65521  # a prime: the slices end at every offset within a line
+        stream = self.command * (size // len(self.command) + 2)
+        offset = 0
         try:
             while not self.stop.is_set():
-                self.sock.sendall(self.burst)
+                self.sock.sendall(stream[offset : offset + size])
+                offset = (offset + size) % len(self.command)
         except OSError:
             pass
 
@@ -72,7 +77,8 @@ class _Flooder:
 
     def close(self) -> None:
         self.stop.set()
-        self.sock.shutdown(socket.SHUT_RDWR)
+        with suppress(OSError):  # the server may have closed it first
+            self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
         for thread in self._threads:
             thread.join(timeout=10)
@@ -185,6 +191,17 @@ def test_a_trickled_command_line_times_out_from_its_first_octet(petrel_factory) 
     assert "event=timeout" in petrel.log_text() and "reason=command" in petrel.log_text()
     client.close()
     _send_mail(petrel, "not.trickling")  # a client that types whole lines is untouched
+
+
+def test_a_busy_pipeliner_is_not_taken_for_a_trickler(petrel_factory) -> None:
+    """Its input never runs dry, but every line completes: no command deadline passes."""
+    petrel: PetrelServer = petrel_factory('[limits]\ncommand_timeout = "2s"\n')
+    with _flooding(petrel, b"HELO busy.test\r\n", count=1) as [flooder]:
+        deadline = time.monotonic() + 5  # well past command_timeout
+        while time.monotonic() < deadline:
+            before = flooder.replies
+            wait_until(lambda n=before: flooder.replies > n, what="more replies")
+    assert "event=timeout" not in petrel.log_text()
 
 
 def test_message_text_below_min_data_rate_times_out(petrel_factory) -> None:

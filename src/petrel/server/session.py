@@ -308,13 +308,13 @@ class SmtpSession(asyncio.Protocol):
         conn = self.conn
         if conn is None:
             return
+        handled = 0
         try:
-            for _ in range(EVENTS_PER_TURN):
-                if self._busy:
-                    break
+            while handled < EVENTS_PER_TURN and not self._busy:
                 event = conn.next_event()
                 if event is smtp.NEED_DATA or event is smtp.PAUSED:
                     break
+                handled += 1
                 handler = _HANDLERS[type(event)]
                 result = handler(self, event)
                 if result is not None:
@@ -322,22 +322,28 @@ class SmtpSession(asyncio.Protocol):
                 if conn.state is smtp.State.CLOSED:
                     self._closing = True
                     break
-            else:  # the turn is used up: let other sessions run before the rest
-                self._backlog = self.server.loop.call_soon(self._next_turn)
+            else:
+                if not self._busy:  # the turn is used up: other sessions run first
+                    self._backlog = self.server.loop.call_soon(self._next_turn)
         except Exception:
             log.exception("session %s: internal error", self.id)
             self._abort_message()
             self._out.append(conn.send(_INTERNAL_ERROR))
             self._closing = True
-        self._track_deadlines(conn)
+        self._track_deadlines(conn, progressed=handled > 0)
         self._flush()
         self._update_reading()
         if self._start_tls and not self._closing:
             self._start_tls = False
             self._begin_tls()
 
-    def _track_deadlines(self, conn: smtp.ServerConnection) -> None:
-        """Start or stop the clocks of ``timed_out`` as the state changes."""
+    def _track_deadlines(self, conn: smtp.ServerConnection, progressed: bool) -> None:
+        """Start or stop the clocks of ``timed_out`` as the state changes.
+
+        After a turn that consumed input, what is left is a new line (or lines still to
+        be handled): its clock starts now. A turn that consumed nothing keeps the clock
+        of the partial line, however many octets were added to it.
+        """
         if self.in_message:
             self._line_started = None
             if self._text_started is None:
@@ -347,7 +353,7 @@ class SmtpSession(asyncio.Protocol):
         self._text_started = None
         if not conn.buffered:
             self._line_started = None
-        elif self._line_started is None:  # a partial line left over from message text
+        elif progressed or self._line_started is None:
             self._line_started = self.server.loop.time()
 
     def _flush(self) -> None:
