@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from petrel.config import Config, ConfigError, Listener, load_config, parse_duration
+from petrel.config import (
+    Config,
+    ConfigError,
+    Listener,
+    default_connections,
+    load_config,
+    parse_duration,
+)
 
 FULL_EXAMPLE = """
 [server]
@@ -109,8 +116,10 @@ def test_no_config_file_runs_on_documented_defaults(
     assert config.domains.lmtp == {}
     limits = config.limits
     assert (limits.message_size, limits.recipients, limits.errors) == (20_000_000, 100, 10)
-    assert (limits.connections, limits.connections_per_ip) == (1000, 50)
+    assert (limits.connections, limits.connections_per_ip) == (default_connections(), 50)
     assert (limits.command_timeout, limits.data_timeout) == (300.0, 600.0)
+    assert (limits.min_data_rate, limits.junk_commands) == (500, 100)
+    assert (limits.tls_handshake_timeout, limits.tls_handshakes_per_ip) == (10.0, 10)
     queue = config.queue
     assert queue.run_interval == 30 * 60
     assert (queue.min_backoff, queue.max_backoff) == (5 * 60, 60 * 60)
@@ -152,6 +161,7 @@ def test_full_example_is_read_as_written(tmp_path: Path) -> None:
         ipaddress.ip_network("10.1.2.3/32"),
     )
     assert config.limits.errors == 3
+    assert config.limits.connections == 200  # an explicit figure is kept exactly
     assert (config.limits.command_timeout, config.limits.data_timeout) == (30.0, 120.0)
     assert config.queue.delay_warning == 5400.0
     assert config.relay is not None
@@ -298,6 +308,16 @@ def test_parse_duration_rejects_with_key(value: object) -> None:
         ),
         ("[limits]\nmessage_size = '20MB'\n", "limits.message_size: must be a positive integer"),
         ("[limits]\nconnections = 1.5\n", "limits.connections: must be a positive integer"),
+        ("[limits]\nmin_data_rate = 0\n", "limits.min_data_rate: must be a positive integer"),
+        ("[limits]\njunk_commands = 'x'\n", "limits.junk_commands: must be a positive integer"),
+        (
+            "[limits]\ntls_handshakes_per_ip = -2\n",
+            "limits.tls_handshakes_per_ip: must be a positive integer, got -2",
+        ),
+        (
+            "[limits]\ntls_handshake_timeout = 'soon'\n",
+            "limits.tls_handshake_timeout: must be a duration",
+        ),
         ("[server]\nreverse_dns = 'no'\n", "server.reverse_dns: must be true or false, got 'no'"),
         ("[server]\nworkers = 0\n", 'server.workers: must be a positive integer or "auto"'),
         ("[server]\nworkers = 'many'\n", "server.workers: must be a positive integer or"),
@@ -422,3 +442,18 @@ def test_auth_section_defaults_and_errors(tmp_path: Path) -> None:
     path.write_text("[auth]\nmax_failures = 0\n")
     with pytest.raises(ConfigError, match=r"^auth\.max_failures:"):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("hard", "expected"),
+    [(1024, 384), (20_000, 9872), (524_288, 50_000), (-1, 50_000)],
+)
+def test_default_connections_follow_the_fd_limit(
+    monkeypatch: pytest.MonkeyPatch, hard: int, expected: int
+) -> None:
+    """Half the descriptors left after the reserve, capped; RLIM_INFINITY is -1 on Linux."""
+    import resource
+
+    monkeypatch.setattr(resource, "getrlimit", lambda _which: (1024, hard))
+    assert default_connections() == expected
+    assert Config.default().limits.connections == expected

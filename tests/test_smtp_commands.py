@@ -893,6 +893,28 @@ def test_error_limit_counts_5xx_only() -> None:
     assert client.lines("FOO", "FOO")[-1].startswith("421 4.7.0")
 
 
+def test_junk_commands_past_the_limit_count_as_errors() -> None:
+    """Like Postfix's smtpd_junk_command_limit: cheap commands cannot flood forever."""
+    client = ready(max_junk=3, max_errors=2)
+    assert client.lines("NOOP", "RSET", "NOOP") == ["250 2.0.0 OK"] * 3
+    assert client.conn.errors == 0
+    assert client.lines("NOOP") == ["250 2.0.0 OK"]  # the fourth: answered, and one error
+    assert client.conn.errors == 1
+    assert client.lines("RSET") == [
+        "250 2.0.0 OK",
+        "421 4.7.0 mx.example.test Too many errors, closing connection",
+    ]
+    assert client.conn.state is State.CLOSED
+
+
+def test_an_accepted_message_starts_the_junk_count_again() -> None:
+    client = ready(max_junk=2, max_errors=1)
+    client.lines("NOOP", "NOOP", "MAIL FROM:<a@example.org>", "RCPT TO:<b@example.net>", "DATA")
+    assert client.replies(b"Subject: x\r\n\r\nhi\r\n.\r\n")[0].startswith("250 ")
+    assert client.lines("RSET", "NOOP") == ["250 2.0.0 OK"] * 2
+    assert client.conn.errors == 0 and client.conn.state is State.READY
+
+
 def test_application_421_closes() -> None:
     client = ready(policy={Mail: lambda e: reply(421, "4.3.2", "Shutting down")})
     assert client.lines("MAIL FROM:<a@b>", "NOOP") == ["421 4.3.2 Shutting down"]

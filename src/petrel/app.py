@@ -17,7 +17,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from petrel.config import Config
+from petrel.config import FD_RESERVE, Config
 from petrel.delivery.manager import QueueManager
 from petrel.fsutil import ensure_dir, sync_rounds
 from petrel.intake import Intake
@@ -47,6 +47,19 @@ def _raise_fd_limit() -> int:
         except (ValueError, OSError):
             pass
     return soft
+
+
+def _warn_fd_shortage(config: Config, fd_limit: int) -> None:
+    """An explicit limits.connections is kept as given, but say when fds cannot carry it."""
+    if config.limits.connections + FD_RESERVE > fd_limit:
+        log_event(
+            log,
+            "fd-limit-low",
+            level=logging.WARNING,
+            connections=config.limits.connections,
+            fd_limit=fd_limit,
+            reason="limits.connections needs more file descriptors than RLIMIT_NOFILE allows",
+        )
 
 
 def _lock_data_dir(data_dir: Path) -> int | None:
@@ -115,9 +128,11 @@ async def serve(config: Config, log_args: list[str] | None = None) -> int:
         data_dir=str(data_dir),
         recovered=len(recovered),
         fd_limit=fd_limit,
+        connections=config.limits.connections,
         pid_file=str(pid_file),
         workers=workers,
     )
+    _warn_fd_shortage(config, fd_limit)
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)

@@ -11,6 +11,7 @@ import ipaddress
 import math
 import os
 import re
+import resource
 import socket
 import tomllib
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "FD_RESERVE",
     "AliasesSection",
     "AuthSection",
     "Config",
@@ -31,6 +33,7 @@ __all__ = [
     "RelaySection",
     "ServerSection",
     "TlsSection",
+    "default_connections",
     "load_config",
     "parse_duration",
 ]
@@ -68,6 +71,11 @@ _DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 _SECONDS_RE = re.compile(r"\d+(?:\.\d+)?")
 _LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _MISSING: Any = object()
+# Descriptors kept back from sessions: listeners, the spool, logs, outgoing delivery.
+FD_RESERVE = 256
+# An idle session costs a few KiB (docs/architecture.md §6): even this many is a few
+# hundred MiB, so past it an operator should choose the figure deliberately.
+_MAX_DEFAULT_CONNECTIONS = 50_000
 
 
 class ConfigError(ValueError):
@@ -113,6 +121,10 @@ class LimitsSection:
     errors: int
     command_timeout: float
     data_timeout: float
+    min_data_rate: int = 500  # octets per second of message text, after a grace period
+    junk_commands: int = 100  # NOOP, RSET, VRFY, ... before each counts as an error
+    tls_handshake_timeout: float = 10.0
+    tls_handshakes_per_ip: int = 10  # implicit-TLS handshakes in progress per client
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,17 +378,40 @@ def _domains(t: _Table, hostname: str) -> DomainsSection:
     return DomainsSection(local, relay_networks, lmtp)
 
 
+def default_connections() -> int:
+    """``limits.connections`` when the config leaves it out: what the fd limit allows.
+
+    ``petrel serve`` lifts the soft RLIMIT_NOFILE to the hard limit. A session holds one
+    descriptor, and a second while a large message goes to the spool; ``FD_RESERVE`` is
+    kept for everything else. Memory is not the constraint below the cap.
+    """
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    fds = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+    return max(1, min(_MAX_DEFAULT_CONNECTIONS, (fds - FD_RESERVE) // 2))
+
+
 def _limits(t: _Table) -> LimitsSection:
+    connections = t.take("connections", None)
     limits = LimitsSection(
         message_size=_positive_int(t.take("message_size", 20_000_000), t.key("message_size")),
         recipients=_positive_int(t.take("recipients", 100), t.key("recipients")),
-        connections=_positive_int(t.take("connections", 1000), t.key("connections")),
+        connections=default_connections()
+        if connections is None
+        else _positive_int(connections, t.key("connections")),
         connections_per_ip=_positive_int(
             t.take("connections_per_ip", 50), t.key("connections_per_ip")
         ),
         errors=_positive_int(t.take("errors", 10), t.key("errors")),
         command_timeout=parse_duration(t.take("command_timeout", "5m"), t.key("command_timeout")),
         data_timeout=parse_duration(t.take("data_timeout", "10m"), t.key("data_timeout")),
+        min_data_rate=_positive_int(t.take("min_data_rate", 500), t.key("min_data_rate")),
+        junk_commands=_positive_int(t.take("junk_commands", 100), t.key("junk_commands")),
+        tls_handshake_timeout=parse_duration(
+            t.take("tls_handshake_timeout", "10s"), t.key("tls_handshake_timeout")
+        ),
+        tls_handshakes_per_ip=_positive_int(
+            t.take("tls_handshakes_per_ip", 10), t.key("tls_handshakes_per_ip")
+        ),
     )
     t.finish()
     return limits

@@ -19,7 +19,7 @@ from petrel.policy.throttle import AuthThrottle
 
 from .modes import IMPLICIT_TLS_MODES, STARTTLS_MODES
 from .rdns import ReverseDns
-from .session import TLS_HANDSHAKE_TIMEOUT, SmtpSession
+from .session import SmtpSession
 from .tls import TlsManager
 
 __all__ = ["Listener", "Server", "bind_sockets", "join_address"]
@@ -123,7 +123,7 @@ class ImplicitTlsListener:
                 lambda: SmtpSession(self.server, self.listener),
                 sock,
                 ssl=self.server.tls.context,
-                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
+                ssl_handshake_timeout=self.server.config.limits.tls_handshake_timeout,
             )
         except asyncio.CancelledError:  # shutdown while the handshake ran
             sock.close()
@@ -264,25 +264,51 @@ class Server:
 
     # -- connection accounting ---------------------------------------------------------
 
+    @property
+    def reserve(self) -> int:
+        """Slots kept for clients that hold none yet: a tenth of ``limits.connections``.
+
+        Without it, a flood from many addresses, each under its per-IP cap, takes the
+        last slots and every new client gets 421.
+        """
+        return self.config.limits.connections // 10
+
+    def _crowded(self, in_use: int, held: int) -> bool:
+        """Full, or into the reserve for a client that already holds ``held`` slots."""
+        connections = self.config.limits.connections
+        return in_use >= connections or (held > 0 and in_use >= connections - self.reserve)
+
     def admit(self, session: SmtpSession) -> str | None:
         """None to accept the session, else the reason to refuse it with 421."""
         limits = self.config.limits
-        if len(self.sessions) >= limits.connections:
+        ip = session.peer_ip
+        if self._crowded(len(self.sessions), self._per_ip[ip]):
             return "Too many connections, try again later"
-        if self._per_ip[session.peer_ip] >= limits.connections_per_ip:
+        if self._per_ip[ip] >= limits.connections_per_ip:
             return "Too many connections from your address, try again later"
-        if self.auth_throttle.locked(session.peer_ip):
+        if self.auth_throttle.locked(ip):
             return "Too many failed authentications, try again later"
         self.sessions.add(session)
-        self._per_ip[session.peer_ip] += 1
+        self._per_ip[ip] += 1
         return None
 
     def admit_handshake(self, ip: str) -> str | None:
-        """Like ``admit``, for a connection whose TLS handshake has not finished yet."""
+        """Like ``admit``, for a connection whose TLS handshake has not finished yet.
+
+        Handshakes have their own, smaller budget: ``limits.tls_handshakes_per_ip`` per
+        client, and past a quarter of ``limits.connections`` in all only a client's first
+        one. Sockets that never send a ClientHello cannot fill the server, and a new
+        client still gets its handshake.
+        """
         limits = self.config.limits
-        if len(self.sessions) + self.handshakes.total() >= limits.connections:
+        pending = self.handshakes[ip]
+        if self._crowded(len(self.sessions) + self.handshakes.total(), self._per_ip[ip] + pending):
             return "Too many connections"
-        if self._per_ip[ip] + self.handshakes[ip] >= limits.connections_per_ip:
+        if pending >= limits.tls_handshakes_per_ip:
+            return "Too many TLS handshakes from this address"
+        if pending and self.handshakes.total() >= limits.connections // 4:
+            return "Too many TLS handshakes in progress"
+        if self._per_ip[ip] + pending >= limits.connections_per_ip:
             return "Too many connections from this address"
         if self.auth_throttle.locked(ip):
             return "Too many failed authentications"
@@ -296,14 +322,17 @@ class Server:
                 del self._per_ip[session.peer_ip]
 
     async def _sweep(self) -> None:
-        """Close sessions idle past their timeout with 421 4.4.2 (RFC 5321 §4.5.3.2)."""
+        """Close sessions past a deadline with 421 4.4.2 (RFC 5321 §4.5.3.2)."""
         timeout = smtp.reply(421, "4.4.2", f"{self.hostname} Error: timeout exceeded")
         while True:
             await asyncio.sleep(_SWEEP_SECONDS)
             now = self.loop.time()
             for session in list(self.sessions):
-                if not session.busy and now - session.last_active > session.idle_limit:
-                    log_event(log, "timeout", session=session.id, client=session.peer_ip)
+                reason = session.timed_out(now)
+                if reason is not None:
+                    log_event(
+                        log, "timeout", session=session.id, client=session.peer_ip, reason=reason
+                    )
                     session.close_with(timeout)
 
     # -- shutdown ------------------------------------------------------------------------

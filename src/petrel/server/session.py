@@ -4,14 +4,21 @@ The session owns no protocol logic: it turns events into replies by asking the p
 and the spool, and it writes all replies produced by one read in one ``write`` (RFC 2920
 pipelining). Work that must wait — the group-committed fsync behind a 250, the reverse
 DNS behind an EHLO reply — pauses event processing (and reading) until it is done.
+
+One client must not hold the event loop or our memory: a turn handles at most
+``EVENTS_PER_TURN`` events and leaves the rest for a later loop iteration, and the
+session reads nothing while it has unprocessed input, waits for work, or has more than
+``WRITE_HIGH_WATER`` octets of replies the client has not taken.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import secrets
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -31,8 +38,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("petrel.smtpd")
 
-# A client that stalls the handshake must not hold a connection slot for long.
-TLS_HANDSHAKE_TIMEOUT = 30.0
+# Events handled per turn before other sessions get the loop (RFC 2920 groups are far
+# smaller: a pipelined transaction is MAIL, its RCPTs and DATA).
+EVENTS_PER_TURN = 64
+# Unsent replies past which the session stops reading (pause_writing).
+WRITE_HIGH_WATER = 64 * 1024
+# The kernel's send buffer for a session's socket. Left to autotuning it grows to
+# megabytes of replies a client never reads before pause_writing can notice; replies are
+# small, so a fixed buffer costs no throughput.
+SEND_BUFFER = 64 * 1024
+# Message text gets this long (at most data_timeout) before limits.min_data_rate applies.
+DATA_RATE_GRACE = 10.0
 
 
 _INTERNAL_ERROR = smtp.reply(421, "4.3.0", "Internal error, closing connection")
@@ -67,12 +83,17 @@ class Transaction:
 
 class SmtpSession(asyncio.Protocol):
     __slots__ = (
+        "_backlog",
         "_busy",
         "_closing",
         "_early",
+        "_line_started",
         "_out",
         "_rdns",
         "_start_tls",
+        "_text_bytes",
+        "_text_started",
+        "_write_paused",
         "auth_user",
         "conn",
         "id",
@@ -97,6 +118,8 @@ class SmtpSession(asyncio.Protocol):
         self.id = ""
         self._out: list[bytes] = []
         self._busy = False
+        self._backlog: asyncio.Handle | None = None  # the next turn, when one is due
+        self._write_paused = False
         self._closing = False
         self._rdns: asyncio.Future[tuple[str | None, bool]] | None = None
         self._start_tls = False
@@ -104,6 +127,11 @@ class SmtpSession(asyncio.Protocol):
         self.tls_info: str | None = None  # "TLSv1.3 with cipher …" once TLS is up
         self.auth_user: str | None = None  # the user address once AUTH succeeded
         self.last_active = 0.0
+        # When the current command line's first octet came (None: no partial line).
+        self._line_started: float | None = None
+        # When the message text began, and the octets read since (min_data_rate).
+        self._text_started: float | None = None
+        self._text_bytes = 0
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
@@ -127,10 +155,12 @@ class SmtpSession(asyncio.Protocol):
             extensions=server.extensions_for(self.listener.mode, tls=False),
             max_recipients=server.config.limits.recipients,
             max_errors=server.config.limits.errors,
+            max_junk=server.config.limits.junk_commands,
             strict_paths=server.config.policy.strict_paths,
             lmtp=self.listener.mode == "lmtp",
         )
         self._rdns = server.rdns.lookup(self.peer_ip)
+        self._limit_buffers(transport)
         log_event(log, "connect", session=self.id, client=f"{self.peer_ip}:{self.peer_port}")
         if self.listener.mode in IMPLICIT_TLS_MODES:
             # RFC 8314: the listener did the handshake before connection_made.
@@ -138,6 +168,15 @@ class SmtpSession(asyncio.Protocol):
             self.conn.implicit_tls()
             self.conn.extensions = server.extensions_for(self.listener.mode, tls=True)
         transport.write(self.conn.send(self._greeting()))
+
+    @staticmethod
+    def _limit_buffers(transport: asyncio.BaseTransport) -> None:
+        """Make a client that does not read its replies visible early (pause_writing)."""
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)  # type: ignore[attr-defined]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):  # a socket we may not tune: autotuning stays
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
 
     def _greeting(self) -> smtp.Reply:
         return texts.greeting(self.server.hostname, rfc5322_date())
@@ -149,15 +188,20 @@ class SmtpSession(asyncio.Protocol):
             # Decrypted bytes that overtook the end of start_tls: legitimate, keep them.
             self._early.append(data)
             return
-        self.last_active = self.server.loop.time()
-        self.conn.receive_data(data)
-        if not self._busy:
+        conn = self.conn
+        now = self.last_active = self.server.loop.time()
+        if self._text_started is not None:
+            self._text_bytes += len(data)
+        elif not conn.buffered:
+            self._line_started = now  # the first octet of a command line
+        conn.receive_data(data)
+        if self._ready():
             self._process()
 
     def eof_received(self) -> bool:
         if self.conn is not None:
             self.conn.receive_data(b"")
-            if not self._busy:
+            if self._ready():
                 self._process()
         # We close ourselves once pending replies are written (TLS transports ignore this).
         return self.tls_info is None
@@ -172,25 +216,48 @@ class SmtpSession(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         # A client that pipelines without reading our replies must not make us buffer
-        # unboundedly: stop reading until it catches up.
-        if self.transport is not None:
-            self.transport.pause_reading()
+        # unboundedly: stop reading (and answering) until it catches up.
+        self._write_paused = True
+        self._update_reading()
 
     def resume_writing(self) -> None:
-        if self.transport is not None and not self._busy:
-            self.transport.resume_reading()
+        self._write_paused = False
+        if self._ready():
+            self._process()
 
     # -- event loop ---------------------------------------------------------------------
 
+    def _ready(self) -> bool:
+        """May a turn run now? Not while work or a turn is pending, or replies pile up."""
+        return not (self._busy or self._write_paused or self._backlog is not None)
+
+    def _update_reading(self) -> None:
+        """Read only when everything received so far is answered and replies drain."""
+        transport = self.transport
+        if transport is None or self._early is not None or self._closing:
+            return
+        if self._busy or self._write_paused or self._backlog is not None:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
+
+    def _next_turn(self) -> None:
+        self._backlog = None
+        if self._ready():
+            self._process()
+
     def _process(self) -> None:
+        """One turn: at most EVENTS_PER_TURN events, their replies in one write."""
         conn = self.conn
         if conn is None:
             return
+        handled = 0
         try:
-            while not self._busy:
+            while handled < EVENTS_PER_TURN and not self._busy:
                 event = conn.next_event()
                 if event is smtp.NEED_DATA or event is smtp.PAUSED:
                     break
+                handled += 1
                 handler = _HANDLERS[type(event)]
                 result = handler(self, event)
                 if result is not None:
@@ -198,15 +265,39 @@ class SmtpSession(asyncio.Protocol):
                 if conn.state is smtp.State.CLOSED:
                     self._closing = True
                     break
+            else:
+                if not self._busy:  # the turn is used up: other sessions run first
+                    self._backlog = self.server.loop.call_soon(self._next_turn)
         except Exception:
             log.exception("session %s: internal error", self.id)
             self._abort_message()
             self._out.append(conn.send(_INTERNAL_ERROR))
             self._closing = True
+        self._track_deadlines(conn, progressed=handled > 0)
         self._flush()
+        self._update_reading()
         if self._start_tls and not self._closing:
             self._start_tls = False
             self._begin_tls()
+
+    def _track_deadlines(self, conn: smtp.ServerConnection, progressed: bool) -> None:
+        """Start or stop the clocks of ``timed_out`` as the state changes.
+
+        After a turn that consumed input, what is left is a new line (or lines still to
+        be handled): its clock starts now. A turn that consumed nothing keeps the clock
+        of the partial line, however many octets were added to it.
+        """
+        if self.in_message:
+            self._line_started = None
+            if self._text_started is None:
+                self._text_started = self.server.loop.time()
+                self._text_bytes = 0
+            return
+        self._text_started = None
+        if not conn.buffered:
+            self._line_started = None
+        elif progressed or self._line_started is None:
+            self._line_started = self.server.loop.time()
 
     def _flush(self) -> None:
         transport = self.transport
@@ -216,7 +307,13 @@ class SmtpSession(asyncio.Protocol):
             transport.write(b"".join(self._out))
             self._out.clear()
         if self._closing:
-            transport.close()
+            if self._backlog is not None:
+                self._backlog.cancel()
+                self._backlog = None
+            if self._write_paused:
+                transport.abort()  # it reads nothing: a close would wait for it forever
+            else:
+                transport.close()
 
     def _wait(self, work: Awaitable[smtp.Reply], after: Callable[[], None] | None = None) -> None:
         """Pause the session until ``work`` yields the reply to the pending event."""
@@ -240,9 +337,11 @@ class SmtpSession(asyncio.Protocol):
             after()
         if conn.state is smtp.State.CLOSED:
             self._closing = True
-        elif self.transport is not None:
-            self.transport.resume_reading()
-        self._process()
+        if self._write_paused:
+            self._flush()  # the rest waits for resume_writing
+            self._update_reading()
+        else:
+            self._process()
 
     # -- handlers: each returns the reply, or None when there is none (yet) -------------
 
@@ -506,7 +605,7 @@ class SmtpSession(asyncio.Protocol):
                 self,
                 self.server.tls.context,
                 server_side=True,
-                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
+                ssl_handshake_timeout=self.server.config.limits.tls_handshake_timeout,
             )
         except Exception as exc:  # any handshake failure ends the session the same way
             self._early = None
@@ -527,6 +626,7 @@ class SmtpSession(asyncio.Protocol):
         if conn is None or transport is None:
             return
         self._tls_up(transport)
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         conn.tls_established()  # discards anything sent before the handshake
         self.auth_user = None  # RFC 3207 §4.2: nothing from before TLS is trusted
         conn.extensions = self.server.extensions_for(self.listener.mode, tls=True)
@@ -657,10 +757,33 @@ class SmtpSession(asyncio.Protocol):
             smtp.State.CHUNKING,
         )
 
-    @property
-    def idle_limit(self) -> float:
+    def timed_out(self, now: float) -> str | None:
+        """Which deadline has passed (for the sweeper's 421 4.4.2), or None.
+
+        ``idle``: nothing received for command_timeout (data_timeout in message text);
+        ``command``: a command line not complete command_timeout after its first octet;
+        ``data-rate``: message text slower than min_data_rate on average, after a grace.
+        Trickling octets therefore holds a session no longer than the timeouts say.
+        """
+        if self._busy:
+            return None
         limits = self.server.config.limits
-        return limits.data_timeout if self.in_message else limits.command_timeout
+        if self.in_message:
+            if now - self.last_active > limits.data_timeout:
+                return "idle"
+            started = self._text_started
+            grace = min(DATA_RATE_GRACE, limits.data_timeout)
+            if started is not None and now > (
+                started + grace + self._text_bytes / limits.min_data_rate
+            ):
+                return "data-rate"
+            return None
+        if now - self.last_active > limits.command_timeout:
+            return "idle"
+        started = self._line_started
+        if started is not None and now - started > limits.command_timeout:
+            return "command"
+        return None
 
     @property
     def busy(self) -> bool:

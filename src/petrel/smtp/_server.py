@@ -93,6 +93,12 @@ _KEYS: dict[type[Event], str] = {
     StartTls: "STARTTLS",
 }
 
+# Commands that move no mail (Postfix's smtpd_junk_command_limit: NOOP, VRFY, ETRN,
+# RSET; here also EXPN, HELP and VERB). Past ``max_junk`` of them since the last
+# accepted message each one counts as an error, so a client that floods them is closed
+# by the error limit however cheap each one is.
+_JUNK = (Noop, Rset, Vrfy, Expn, Help, Verb, Etrn)
+
 
 class ServerConnection:
     """One SMTP session, server side."""
@@ -106,6 +112,7 @@ class ServerConnection:
         "_data",
         "_discarding",
         "_eof",
+        "_junk",
         "_message_size",
         "_pending",
         "_pending_key",
@@ -119,6 +126,7 @@ class ServerConnection:
         "hostname",
         "lmtp",
         "max_errors",
+        "max_junk",
         "max_recipients",
         "rcpt_attempted",
         "recipients",
@@ -135,6 +143,7 @@ class ServerConnection:
         extensions: Extensions | None = None,
         max_recipients: int = 100,
         max_errors: int = 10,
+        max_junk: int = 100,
         strict_paths: bool = False,
         lmtp: bool = False,
     ) -> None:
@@ -145,6 +154,7 @@ class ServerConnection:
         self.extensions = extensions if extensions is not None else Extensions()
         self.max_recipients = max_recipients
         self.max_errors = max_errors
+        self.max_junk = max_junk
         self.strict_paths = strict_paths
         self.state = State.GREETING
         self.helo: str | None = None
@@ -152,6 +162,7 @@ class ServerConnection:
         self.tls = False
         self.authenticated = False
         self.errors = 0
+        self._junk = 0  # junk commands since the last accepted message
         self._buf = bytearray()
         self._eof = False
         self._discarding = False
@@ -192,6 +203,11 @@ class ServerConnection:
             return  # nothing more will be read: don't let a peer grow the buffer
         else:
             self._buf += data
+
+    @property
+    def buffered(self) -> int:
+        """Octets received but not yet consumed: a partial line, or input not yet read."""
+        return len(self._buf)
 
     def ehlo_reply(self, first_line: str) -> r.Reply:
         """The multi-line EHLO reply: ``first_line`` then the advertised keywords."""
@@ -589,7 +605,11 @@ class ServerConnection:
             target = State.READY  # a malformed line ends the SASL exchange (RFC 4954 §4)
         if target is not None:
             self._on_transition(event, target, reply.code)
-        if reply.code >= 500:
+        error = reply.code >= 500
+        if isinstance(event, _JUNK):
+            self._junk += 1
+            error = error or self._junk > self.max_junk
+        if error:
             self.errors += 1
             if self.errors >= self.max_errors and self.state is not State.CLOSED:
                 self._enter(State.CLOSED)
@@ -607,6 +627,8 @@ class ServerConnection:
             self.recipients += 1
         elif isinstance(event, Data):
             self._data = DataReader(self._limit())
+        elif isinstance(event, EndOfData) and code // 100 == 2:
+            self._junk = 0  # a client that delivers mail may RSET/NOOP between messages
         elif isinstance(event, AuthCredentials | AuthOutcome) and code == 235:
             self.authenticated = True
         elif isinstance(event, StartTls):
