@@ -22,7 +22,7 @@ from petrel.delivery.manager import QueueManager
 from petrel.delivery.pickup import PickupWatcher
 from petrel.fsutil import ensure_dir, sync_rounds
 from petrel.log import log_event
-from petrel.pidfile import remove_pid_file, write_pid_file
+from petrel.pidfile import PID_FILE, remove_pid_file, write_pid_file
 from petrel.policy import Policy
 from petrel.policy.aliases import Aliases
 from petrel.queue.spool import Spool
@@ -106,7 +106,18 @@ async def serve(config: Config, log_args: list[str] | None = None) -> int:
     else:
         server = Server(config, spool, manager, policy, loop)
         await server.start()
-    pid_file = write_pid_file(data_dir)  # for `petrel reload`
+    try:
+        pid_file = str(write_pid_file(data_dir))  # for `petrel reload`
+    except OSError as exc:  # a full disk must not keep mail out: run without it
+        pid_file = "none"
+        log_event(
+            log,
+            "pid-file-unwritable",
+            level=logging.WARNING,
+            path=str(data_dir / PID_FILE),
+            error=str(exc),
+            effect=f"petrel reload cannot find this server: send SIGHUP to {os.getpid()}",
+        )
     log_event(
         log,
         "ready",
@@ -114,7 +125,7 @@ async def serve(config: Config, log_args: list[str] | None = None) -> int:
         data_dir=str(data_dir),
         recovered=len(recovered),
         fd_limit=fd_limit,
-        pid_file=str(pid_file),
+        pid_file=pid_file,
         workers=workers,
     )
     stop = asyncio.Event()

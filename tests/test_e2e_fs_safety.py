@@ -1,0 +1,147 @@
+"""Issue 14 (7, 8, 11): a full disk, a hostile data_dir owner, and Maildir tmp/ debris.
+
+Each test runs the real ``petrel serve``. Full disks are small tmpfs mounts and other
+users are throwaway uids, so these need root (as CI has); without it they skip.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import signal
+import smtplib
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import HOSTNAME, PetrelServer, wait_until
+
+NOBODY = 65534
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (tmpfs, chown)")
+
+
+def _send(server: PetrelServer, rcpt: str, subject: str) -> str:
+    """Send one message; returns the queue id from the 250 reply."""
+    with smtplib.SMTP(server.host, server.port) as client:
+        client.ehlo("fs-safety.test")
+        client.mail("sender@fs-safety.test")
+        client.rcpt(f"{rcpt}@{HOSTNAME}")
+        code, text = client.data(f"Subject: {subject}\r\n\r\nkeep me\r\n".encode())
+        assert code == 250, text
+        return text.decode().split()[1]
+
+
+def _new_log(server: PetrelServer, offset: int) -> str:
+    return server.log_text()[offset:]
+
+
+# -- 7: a full disk ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs, unmounted at the end."""
+    mount_point = tmp_path / "tiny-disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mount_point)],
+        capture_output=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def _fill(disk: Path, name: str = "filler") -> Path:
+    """Write a file until the disk says ENOSPC; returns it (unlink it to free the space)."""
+    filler = disk / name
+    with filler.open("wb", buffering=0) as out:
+        try:
+            while True:
+                out.write(b"\0" * 4096)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+    assert os.statvfs(disk).f_bavail == 0
+    return filler
+
+
+def _mail_from(server: PetrelServer) -> tuple[int, bytes]:
+    with smtplib.SMTP(server.host, server.port) as client:
+        client.ehlo("fs-safety.test")
+        return client.mail("sender@fs-safety.test")
+
+
+@needs_root
+def test_restart_after_kill_9_on_a_full_disk_serves_and_answers_452(
+    tiny_disk: Path, petrel_factory: Callable[..., PetrelServer]
+) -> None:
+    server = petrel_factory(
+        '[queue]\nmin_backoff = "1s"\nmax_backoff = "2s"\n', data_dir=tiny_disk / "data"
+    )
+    _send(server, "early", "before the disk filled")
+    server.wait_for_messages("early")
+    blocker = server.mailbox("stuck")
+    blocker.write_text("not a maildir")  # its delivery fails: the message stays queued
+    queued = _send(server, "stuck", "queued across the crash")
+    wait_until(lambda: "event=deferred" in server.log_text(), what="the deferral")
+    server.kill()
+    filler = _fill(tiny_disk)
+
+    offset = len(server.log_text())
+    server.start()  # waits for the listener and the ready line
+    log = _new_log(server, offset)
+    assert len(re.findall(r"event=pid-file-unwritable .*No space left on device", log)) == 1
+    assert "pid_file=none" in log and "recovered=1" in log
+    assert not (server.data_dir / "petrel.pid").exists()  # the stale one is gone too
+    refill = _fill(tiny_disk, "refill")  # what removing the stale pid file freed
+    code, text = _mail_from(server)
+    assert (code, text[:5]) == (452, b"4.3.1")
+    wait_until(
+        lambda: "event=queue-file-error" in _new_log(server, offset),
+        what="the retried delivery to fail to save its state",
+    )
+
+    filler.unlink()
+    refill.unlink()
+    blocker.unlink()
+    wait_until(lambda: _mail_from(server)[0] == 250, what="MAIL to be accepted again")
+    _send(server, "late", "after space came back")
+    assert server.wait_for_messages("late")
+    [stuck] = server.wait_for_messages("stuck")
+    assert f"id {queued}".encode() in stuck
+    server.wait_queue_empty()
+    assert server.stop() == 0
+    assert "Traceback" not in _new_log(server, offset)
+
+
+@needs_root
+def test_first_start_on_a_full_disk_runs_without_tls_until_sighup(
+    tiny_disk: Path, petrel_factory: Callable[..., PetrelServer]
+) -> None:
+    filler = _fill(tiny_disk)
+    server = petrel_factory(data_dir=tiny_disk / "data")
+    log = server.log_text()
+    assert len(re.findall(r"error petrel\.tls event=tls-unavailable .*No space left", log)) == 1
+    assert list((server.data_dir / "tls").iterdir()) == []  # no half-written key
+    with smtplib.SMTP(server.host, server.port) as client:
+        client.ehlo("fs-safety.test")
+        assert not client.has_extn("starttls")
+        assert client.docmd("STARTTLS")[0] == 502
+
+    filler.unlink()
+    assert server.process is not None
+    server.process.send_signal(signal.SIGHUP)
+    wait_until(lambda: "event=tls-reloaded" in server.log_text(), what="the reload")
+    with smtplib.SMTP(server.host, server.port) as client:
+        client.ehlo("fs-safety.test")
+        assert client.has_extn("starttls")
+        client.starttls(context=server.client_tls())
+        client.ehlo("fs-safety.test")
+    assert server.stop() == 0
+    assert "Traceback" not in server.log_text()
