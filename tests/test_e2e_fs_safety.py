@@ -12,6 +12,7 @@ import re
 import signal
 import smtplib
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -145,3 +146,87 @@ def test_first_start_on_a_full_disk_runs_without_tls_until_sighup(
         client.ehlo("fs-safety.test")
     assert server.stop() == 0
     assert "Traceback" not in server.log_text()
+
+
+# -- 8: files someone else could change -----------------------------------------------------
+
+
+def _serve_once(server: PetrelServer) -> subprocess.CompletedProcess[str]:
+    """Run ``petrel serve`` expecting it to refuse to start."""
+    server.write_config()
+    return subprocess.run(
+        [sys.executable, "-m", "petrel", "serve", "--config", str(server.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=20,  # a refusal takes a second; a server that runs is the failure
+        cwd=server.root,
+    )
+
+
+def _give_away(path: Path) -> None:
+    os.chown(path, NOBODY, NOBODY)
+
+
+def _group_writable(path: Path) -> None:
+    path.chmod(0o770)
+
+
+def _world_writable(path: Path) -> None:
+    path.chmod(0o666)
+
+
+@needs_root
+@pytest.mark.parametrize(
+    ("target", "change", "complaint"),
+    [
+        ("data", _give_away, f"belongs to uid {NOBODY}"),
+        ("data", _group_writable, "writable by group or others (mode 0770)"),
+        ("data/users", _world_writable, "writable by group or others (mode 0666)"),
+        ("data/aliases", _give_away, f"belongs to uid {NOBODY}"),
+        (".", _give_away, f"belongs to uid {NOBODY}"),  # the directory above data_dir
+    ],
+)
+def test_a_data_dir_others_can_change_is_refused_in_one_line(
+    tmp_path: Path, target: str, change: Callable[[Path], None], complaint: str
+) -> None:
+    root = tmp_path / "petrel"
+    (root / "data").mkdir(parents=True, mode=0o700)
+    (root / "data" / "users").write_text("")
+    (root / "data" / "aliases").write_text("postmaster: root\n")
+    change(root / target)
+    server = PetrelServer(root)
+    result = _serve_once(server)
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert "error petrel event=untrusted-path" in line
+    assert complaint in line and str((root / target).resolve()) in line
+    assert "Traceback" not in result.stderr
+    assert not (root / "data" / "queue").exists()  # refused before touching anything
+
+
+def test_a_mailboxes_symlink_defers_and_nothing_is_written_through_it(
+    tmp_path: Path, petrel_factory: Callable[..., PetrelServer]
+) -> None:
+    server = petrel_factory('[queue]\nmin_backoff = "1s"\nmax_backoff = "2s"\n')
+    _send(server, "bob", "before")
+    server.wait_for_messages("bob")
+    mailboxes = server.data_dir / "mailboxes"
+    root_only = tmp_path / "root-only"
+    root_only.mkdir(mode=0o700)
+    os.rename(mailboxes, server.data_dir / "mailboxes.real")
+    mailboxes.symlink_to(root_only)  # what the hostile owner did
+
+    queue_id = _send(server, "carol", "during")
+    pattern = re.compile(rf"event=deferred queue_id={queue_id} .*{re.escape(str(mailboxes))}")
+    line = wait_until(lambda: pattern.search(server.log_text()), what="the deferral")
+    assert isinstance(line, re.Match) and "is a symbolic link" in server.log_text()[line.start() :]
+    assert list(root_only.rglob("*")) == []
+    assert server.queue_files() == [queue_id]
+
+    mailboxes.unlink()
+    os.rename(server.data_dir / "mailboxes.real", mailboxes)
+    [carol] = server.wait_for_messages("carol")
+    assert b"Subject: during" in carol
+    server.wait_queue_empty()
+    assert list(root_only.rglob("*")) == []
+    assert server.stop() == 0

@@ -20,7 +20,7 @@ from typing import Any
 from petrel.config import Config
 from petrel.delivery.manager import QueueManager
 from petrel.delivery.pickup import PickupWatcher
-from petrel.fsutil import ensure_dir, sync_rounds
+from petrel.fsutil import UnsafePathError, check_trusted_path, ensure_dir, sync_rounds
 from petrel.log import log_event
 from petrel.pidfile import PID_FILE, remove_pid_file, write_pid_file
 from petrel.policy import Policy
@@ -63,6 +63,19 @@ def _lock_data_dir(data_dir: Path) -> int | None:
     return fd  # kept open on purpose: closing it would release the lock
 
 
+def _check_data_dir(config: Config) -> None:
+    """Make ``data_dir`` (0700) and refuse files that someone but us or root could change.
+
+    Petrel often runs as root: whoever can write into ``data_dir`` (or the users or
+    aliases file) could swap in a symlink and have mail written, or users added, anywhere.
+    """
+    data_dir = config.server.data_dir
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    ensure_dir(data_dir)
+    for path in (data_dir, data_dir / "users", config.aliases.file):
+        check_trusted_path(path)
+
+
 async def serve(config: Config, log_args: list[str] | None = None) -> int:
     """Run until SIGTERM/SIGINT (SIGHUP reloads TLS); returns the process exit status.
 
@@ -72,8 +85,18 @@ async def serve(config: Config, log_args: list[str] | None = None) -> int:
     fd_limit = _raise_fd_limit()
     loop = asyncio.get_running_loop()
     data_dir = config.server.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
-    ensure_dir(data_dir)
+    try:
+        _check_data_dir(config)
+    except UnsafePathError as exc:
+        log_event(
+            log, "untrusted-path", level=logging.ERROR, data_dir=str(data_dir), error=str(exc)
+        )
+        return 1
+    except OSError as exc:
+        log_event(
+            log, "data-dir-unusable", level=logging.ERROR, data_dir=str(data_dir), error=str(exc)
+        )
+        return 1
     lock = _lock_data_dir(data_dir)
     if lock is None:
         log_event(
