@@ -13,6 +13,7 @@ import signal
 import smtplib
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -229,4 +230,44 @@ def test_a_mailboxes_symlink_defers_and_nothing_is_written_through_it(
     assert b"Subject: during" in carol
     server.wait_queue_empty()
     assert list(root_only.rglob("*")) == []
+    assert server.stop() == 0
+
+
+# -- 11: Maildir tmp/ debris ---------------------------------------------------------------
+
+
+def _aged(path: Path, hours: float) -> Path:
+    path.write_bytes(b"left by a writer killed mid-delivery")
+    then = time.time() - hours * 3600
+    os.utime(path, (then, then))
+    return path
+
+
+def test_maildir_tmp_files_older_than_36_hours_are_removed_at_start(
+    tmp_path: Path, petrel_factory: Callable[..., PetrelServer]
+) -> None:
+    data_dir = tmp_path / "data"
+    bob = data_dir / "mailboxes" / HOSTNAME / "bob"
+    for sub in ("tmp", "new", "cur", ".Sent/tmp", ".Sent/new", ".Sent/cur"):
+        (bob / sub).mkdir(parents=True)
+    old = [_aged(bob / "tmp" / f"1700000000.M00000{i}P1.host", 40) for i in range(3)]
+    old.append(_aged(bob / ".Sent" / "tmp" / "1700000000.M000009P1.host", 72))
+    recent = _aged(bob / "tmp" / "1700000000.M000010P1.host", 30)
+    delivered = _aged(bob / "new" / "1600000000.M000000P1.host,S=10", 1000)
+    fresh = bob / "tmp" / "being-written"
+    fresh.write_bytes(b"")
+
+    server = petrel_factory(data_dir=data_dir)
+    match = wait_until(
+        lambda: re.search(
+            r"event=maildir-tmp-cleaned removed=(\d+) skipped=(\d+)", server.log_text()
+        ),
+        what="the tmp/ clean-up",
+    )
+    assert isinstance(match, re.Match) and match.groups() == ("4", "0")
+    assert not any(p.exists() for p in old)
+    assert recent.exists() and fresh.exists() and delivered.exists()
+    # Delivery still works in the cleaned Maildir.
+    _send(server, "bob", "after the clean-up")
+    assert len(server.wait_for_messages("bob", count=2)) == 2
     assert server.stop() == 0

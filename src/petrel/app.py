@@ -7,17 +7,21 @@ accepting anything), signal handling and the orderly shutdown of DESIGN.md.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
+import functools
 import logging
 import os
 import resource
 import signal
 import socket
+import threading
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 from petrel.config import Config
+from petrel.delivery.maildir import clean_tmp
 from petrel.delivery.manager import QueueManager
 from petrel.delivery.pickup import PickupWatcher
 from petrel.fsutil import UnsafePathError, check_trusted_path, ensure_dir, sync_rounds
@@ -33,6 +37,8 @@ from petrel.server.tls import TlsManager
 from petrel.server.workers import WORKER_FDS_ENV, WorkerPool, WorkerQueue, decode_fds
 
 log = logging.getLogger("petrel")
+
+TMP_CLEAN_INTERVAL = 24 * 3600.0  # Maildir tmp/ debris is looked for at start, then daily
 
 
 def _raise_fd_limit() -> int:
@@ -74,6 +80,24 @@ def _check_data_dir(config: Config) -> None:
     ensure_dir(data_dir)
     for path in (data_dir, data_dir / "users", config.aliases.file):
         check_trusted_path(path)
+
+
+async def _clean_maildir_tmp(mailboxes: Path, stop: threading.Event) -> None:
+    """Remove what killed writers left in Maildir tmp/ dirs: at start, then once a day.
+
+    The walk runs in a thread: a big tree would block the event loop.
+    """
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            removed, skipped = await loop.run_in_executor(
+                None, functools.partial(clean_tmp, mailboxes, stop=stop)
+            )
+        except OSError as exc:
+            log_event(log, "maildir-tmp-clean-failed", level=logging.WARNING, error=str(exc))
+        else:
+            log_event(log, "maildir-tmp-cleaned", removed=removed, skipped=skipped)
+        await asyncio.sleep(TMP_CLEAN_INTERVAL)
 
 
 async def serve(config: Config, log_args: list[str] | None = None) -> int:
@@ -129,6 +153,8 @@ async def serve(config: Config, log_args: list[str] | None = None) -> int:
     else:
         server = Server(config, spool, manager, policy, loop)
         await server.start()
+    stop_cleaning = threading.Event()
+    cleaner = loop.create_task(_clean_maildir_tmp(manager.mailbox_root, stop_cleaning))
     try:
         pid_file = str(write_pid_file(data_dir))  # for `petrel reload`
     except OSError as exc:  # a full disk must not keep mail out: run without it
@@ -157,6 +183,10 @@ async def serve(config: Config, log_args: list[str] | None = None) -> int:
     loop.add_signal_handler(signal.SIGHUP, (pool or server).reload_tls)  # type: ignore[union-attr]
     await stop.wait()
     log_event(log, "stopping")
+    stop_cleaning.set()
+    cleaner.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await cleaner
     await control.close()
     if pool is not None:
         await pool.stop()
