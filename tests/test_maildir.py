@@ -315,3 +315,130 @@ def test_a_recovered_backlog_lists_each_mailbox_once(
         assert deliver_batch(tmp_path, repeat[start : start + 8], delivered) == [None] * 8
     assert len(listings) == 2  # new/ and cur/ of the one mailbox, once
     assert len(new_files(tmp_path / "example.test" / "ann")) == 40  # 30 kept, 10 written
+
+
+# -- paths are not followed where a hostile owner could plant a link (issue 14, 8) ----------
+
+
+def _item(user: str = "bob", domain: str = "example.test") -> DeliveryItem:
+    return DeliveryItem(domain, user, PREFIX, b"x\r\n")
+
+
+def test_a_symlinked_mailboxes_dir_is_refused_and_nothing_goes_through_it(
+    tmp_path: Path,
+) -> None:
+    elsewhere = tmp_path / "root-only"
+    elsewhere.mkdir(mode=0o700)
+    root = tmp_path / "mailboxes"
+    root.symlink_to(elsewhere)
+    results = deliver_batch(root, [_item("bob"), _item("carol")])
+    assert all(isinstance(r, fsutil.UnsafePathError) for r in results)
+    assert "symbolic link" in str(results[0]) and str(root) in str(results[0])
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_symlinked_domain_dir_is_refused(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "root-only"
+    elsewhere.mkdir(mode=0o700)
+    root = tmp_path / "mailboxes"
+    root.mkdir()
+    (root / "example.test").symlink_to(elsewhere)
+    bad, good = deliver_batch(root, [_item("bob"), _item("carol", "other.test")])
+    assert isinstance(bad, fsutil.UnsafePathError) and good is None
+    assert list(elsewhere.iterdir()) == []
+    assert only_message(root / "other.test" / "carol") == PREFIX + b"x\n"
+
+
+def test_a_symlinked_tmp_inside_a_maildir_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "mailboxes"
+    assert deliver_batch(root, [_item()]) == [None]
+    elsewhere = tmp_path / "root-only"
+    elsewhere.mkdir(mode=0o700)
+    tmp = root / "example.test" / "bob" / "tmp"
+    tmp.rmdir()
+    tmp.symlink_to(elsewhere)
+    [result] = deliver_batch(root, [_item()])
+    assert isinstance(result, fsutil.UnsafePathError)
+    assert list(elsewhere.iterdir()) == []
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o770, 0o1777])
+def test_mailboxes_writable_by_others_is_refused(tmp_path: Path, mode: int) -> None:
+    root = tmp_path / "mailboxes"
+    root.mkdir()
+    root.chmod(mode)
+    [result] = deliver_batch(root, [_item()])
+    assert isinstance(result, fsutil.UnsafePathError) and "writable" in str(result)
+    assert list(root.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a directory away")
+def test_a_domain_dir_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "mailboxes"
+    (root / "example.test").mkdir(parents=True)
+    os.chown(root / "example.test", 65534, 65534)
+    [result] = deliver_batch(root, [_item()])
+    assert isinstance(result, fsutil.UnsafePathError) and "uid 65534" in str(result)
+    assert list((root / "example.test").iterdir()) == []
+
+
+# -- tmp/ clean-up (issue 14, 11) ------------------------------------------------------------
+
+
+def _aged(path: Path, hours: float, data: bytes = b"partial") -> Path:
+    path.write_bytes(data)
+    then = time.time() - hours * 3600
+    os.utime(path, (then, then))
+    return path
+
+
+def test_clean_tmp_removes_only_files_older_than_36_hours(tmp_path: Path) -> None:
+    root = tmp_path / "mailboxes"
+    assert deliver_batch(root, [_item("bob"), _item("carol", "other.test")]) == [None, None]
+    bob = root / "example.test" / "bob"
+    old = [_aged(bob / "tmp" / f"old{i}", 40) for i in range(3)]
+    young = _aged(bob / "tmp" / "young", 35)
+    fresh = bob / "tmp" / "fresh"
+    fresh.write_bytes(b"being written")
+    (bob / ".Sent" / "tmp").mkdir(parents=True)  # a Maildir++ folder
+    folder_old = _aged(bob / ".Sent" / "tmp" / "old", 48)
+    carol_old = _aged(root / "other.test" / "carol" / "tmp" / "old", 100)
+    old_new = _aged(bob / "new" / "delivered-long-ago", 1000)  # never touched: not in tmp/
+    assert maildir.clean_tmp(root) == (5, 0)
+    assert not any(p.exists() for p in [*old, folder_old, carol_old])
+    assert young.exists() and fresh.exists() and old_new.exists()
+    assert maildir.clean_tmp(root) == (0, 0)
+
+
+def test_clean_tmp_follows_no_planted_link(tmp_path: Path) -> None:
+    """Links in tmp/, a symlinked tmp/ and a symlinked domain are left alone; their targets too."""
+    root = tmp_path / "mailboxes"
+    assert deliver_batch(root, [_item("bob")]) == [None]
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    target = _aged(precious / "file", 100)
+    bob = root / "example.test" / "bob"
+    (bob / "tmp" / "link").symlink_to(target)
+    os.utime(bob / "tmp" / "link", (0, 0), follow_symlinks=False)
+    (root / "evil.test").symlink_to(precious)
+    (bob / ".Folder").mkdir()
+    (bob / ".Folder" / "tmp").symlink_to(precious)
+    removed, skipped = maildir.clean_tmp(root)
+    assert removed == 0 and skipped >= 1
+    assert target.exists() and (bob / "tmp" / "link").is_symlink()
+
+
+def test_clean_tmp_cleans_an_operator_symlinked_maildir(tmp_path: Path) -> None:
+    root = tmp_path / "mailboxes"
+    assert deliver_batch(root, [_item("bob")]) == [None]
+    moved = tmp_path / "bigdisk" / "bob"
+    moved.parent.mkdir()
+    os.rename(root / "example.test" / "bob", moved)
+    (root / "example.test" / "bob").symlink_to(moved)
+    old = _aged(moved / "tmp" / "old", 40)
+    assert maildir.clean_tmp(root) == (1, 0)
+    assert not old.exists()
+
+
+def test_clean_tmp_without_mailboxes_is_a_no_op(tmp_path: Path) -> None:
+    assert maildir.clean_tmp(tmp_path / "mailboxes") == (0, 0)

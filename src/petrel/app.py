@@ -7,23 +7,27 @@ accepting anything), signal handling and the orderly shutdown of DESIGN.md.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
+import functools
 import logging
 import os
 import resource
 import signal
 import socket
+import threading
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 from petrel.config import FD_RESERVE, Config
+from petrel.delivery.maildir import clean_tmp
 from petrel.delivery.manager import QueueManager
-from petrel.fsutil import ensure_dir, sync_rounds
+from petrel.fsutil import UnsafePathError, check_trusted_path, ensure_dir, sync_rounds
 from petrel.intake import Intake
 from petrel.intake.pickup import PickupPoke, PickupWatcher
 from petrel.log import log_event
-from petrel.pidfile import remove_pid_file, write_pid_file
+from petrel.pidfile import PID_FILE, remove_pid_file, write_pid_file
 from petrel.policy import Policy
 from petrel.policy.aliases import Aliases
 from petrel.queue.spool import Spool
@@ -34,6 +38,8 @@ from petrel.server.tls import TlsManager
 from petrel.server.workers import WORKER_FDS_ENV, WorkerPool, decode_fds
 
 log = logging.getLogger("petrel")
+
+TMP_CLEAN_INTERVAL = 24 * 3600.0  # Maildir tmp/ debris is looked for at start, then daily
 
 
 def _raise_fd_limit() -> int:
@@ -77,6 +83,37 @@ def _lock_data_dir(data_dir: Path) -> int | None:
     return fd  # kept open on purpose: closing it would release the lock
 
 
+def _check_data_dir(config: Config) -> None:
+    """Make ``data_dir`` (0700) and refuse files that someone but us or root could change.
+
+    Petrel often runs as root: whoever can write into ``data_dir`` (or the users or
+    aliases file) could swap in a symlink and have mail written, or users added, anywhere.
+    """
+    data_dir = config.server.data_dir
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    ensure_dir(data_dir)
+    for path in (data_dir, data_dir / "users", config.aliases.file):
+        check_trusted_path(path)
+
+
+async def _clean_maildir_tmp(mailboxes: Path, stop: threading.Event) -> None:
+    """Remove what killed writers left in Maildir tmp/ dirs: at start, then once a day.
+
+    The walk runs in a thread: a big tree would block the event loop.
+    """
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            removed, skipped = await loop.run_in_executor(
+                None, functools.partial(clean_tmp, mailboxes, stop=stop)
+            )
+        except OSError as exc:
+            log_event(log, "maildir-tmp-clean-failed", level=logging.WARNING, error=str(exc))
+        else:
+            log_event(log, "maildir-tmp-cleaned", removed=removed, skipped=skipped)
+        await asyncio.sleep(TMP_CLEAN_INTERVAL)
+
+
 async def serve(config: Config, log_args: list[str] | None = None) -> int:
     """Run until SIGTERM/SIGINT (SIGHUP reloads TLS); returns the process exit status.
 
@@ -86,8 +123,18 @@ async def serve(config: Config, log_args: list[str] | None = None) -> int:
     fd_limit = _raise_fd_limit()
     loop = asyncio.get_running_loop()
     data_dir = config.server.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
-    ensure_dir(data_dir)
+    try:
+        _check_data_dir(config)
+    except UnsafePathError as exc:
+        log_event(
+            log, "untrusted-path", level=logging.ERROR, data_dir=str(data_dir), error=str(exc)
+        )
+        return 1
+    except OSError as exc:
+        log_event(
+            log, "data-dir-unusable", level=logging.ERROR, data_dir=str(data_dir), error=str(exc)
+        )
+        return 1
     lock = _lock_data_dir(data_dir)
     if lock is None:
         log_event(
@@ -120,7 +167,20 @@ async def serve(config: Config, log_args: list[str] | None = None) -> int:
     else:
         server = Server(config, manager.intake, policy, loop)
         await server.start()
-    pid_file = write_pid_file(data_dir)  # for `petrel reload`
+    stop_cleaning = threading.Event()
+    cleaner = loop.create_task(_clean_maildir_tmp(manager.mailboxes, stop_cleaning))
+    try:
+        pid_file = str(write_pid_file(data_dir))  # for `petrel reload`
+    except OSError as exc:  # a full disk must not keep mail out: run without it
+        pid_file = "none"
+        log_event(
+            log,
+            "pid-file-unwritable",
+            level=logging.WARNING,
+            path=str(data_dir / PID_FILE),
+            error=str(exc),
+            effect=f"petrel reload cannot find this server: send SIGHUP to {os.getpid()}",
+        )
     log_event(
         log,
         "ready",
@@ -129,7 +189,7 @@ async def serve(config: Config, log_args: list[str] | None = None) -> int:
         recovered=len(recovered),
         fd_limit=fd_limit,
         connections=config.limits.connections,
-        pid_file=str(pid_file),
+        pid_file=pid_file,
         workers=workers,
     )
     _warn_fd_shortage(config, fd_limit)
@@ -139,6 +199,10 @@ async def serve(config: Config, log_args: list[str] | None = None) -> int:
     loop.add_signal_handler(signal.SIGHUP, (pool or server).reload_tls)  # type: ignore[union-attr]
     await stop.wait()
     log_event(log, "stopping")
+    stop_cleaning.set()
+    cleaner.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await cleaner
     await control.close()
     if pool is not None:
         await pool.stop()

@@ -18,9 +18,14 @@ from pathlib import Path
 __all__ = [
     "HAVE_SYNCFS",
     "PER_FILE_SYNC_MAX",
+    "UnsafePathError",
+    "check_trusted",
+    "check_trusted_path",
     "ensure_dir",
     "fsync_dir",
     "open_dir",
+    "open_dir_at",
+    "service_uid",
     "syncfs",
     "unlink_quietly",
     "write_all",
@@ -174,12 +179,71 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class UnsafePathError(OSError):
+    """A path Petrel must trust is a symlink, not a directory, or writable by someone else.
+
+    An OSError, so a delivery that meets one is deferred (the operator can fix the
+    directory) rather than failed.
+    """
+
+
+def service_uid() -> int:
+    """The uid Petrel runs as: what owns its files, besides root.
+
+    The effective uid for now; a configured ``[server] user`` will take its place.
+    """
+    return os.geteuid()
+
+
+def check_trusted(st: os.stat_result, path: str | Path, *, sticky_ok: bool = False) -> None:
+    """Raise UnsafePathError unless only Petrel's user (or root) can change what `st` is.
+
+    Group or world write permission counts as someone else's, except on a sticky
+    directory above ours when `sticky_ok` (/tmp): nobody can rename our entry there.
+    """
+    uid = service_uid()
+    if st.st_uid not in (uid, 0):
+        raise UnsafePathError(
+            errno.EPERM, f"{path} belongs to uid {st.st_uid}, not to Petrel's uid {uid} or root"
+        )
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o022 and not (sticky_ok and stat.S_ISDIR(st.st_mode) and mode & stat.S_ISVTX):
+        raise UnsafePathError(
+            errno.EPERM, f"{path} is writable by group or others (mode {mode:04o})"
+        )
+
+
+def check_trusted_path(path: Path) -> None:
+    """Refuse `path` unless it and every directory above it can be changed only by us or root.
+
+    Directories are checked as reached through each symlink on the way too, so a link
+    kept in someone else's directory cannot redirect `path` later. A missing `path` is
+    judged by its directory (only who may write there can create it).
+    """
+    absolute = Path(os.path.abspath(path))
+    if not absolute.exists():
+        if os.path.lexists(absolute):
+            raise UnsafePathError(errno.ENOENT, f"{absolute} is a dangling symbolic link")
+        check_trusted_path(absolute.parent)
+        return
+    real = Path(os.path.realpath(absolute))
+    check_trusted(os.stat(real), real)
+    seen = {real}
+    for prefix in (absolute, *absolute.parents):
+        resolved = Path(os.path.realpath(prefix))
+        for directory in (resolved, *resolved.parents):
+            if directory not in seen:
+                seen.add(directory)
+                check_trusted(os.stat(directory), directory, sticky_ok=True)
+
+
 def ensure_dir(path: Path, mode: int = 0o700) -> bool:
-    """Create directory `path` (parent must exist); refuse anything that is not a real directory.
+    """Create directory `path` (parent must exist); refuse anything that is not our own directory.
 
     A symlink planted where a private directory belongs could redirect mail
-    elsewhere, so an existing entry must be a directory itself. Returns True when
-    the directory was created by this call (the caller may want to fsync the parent).
+    elsewhere, so an existing entry must be a directory itself, and one that only
+    Petrel's user or root can write into. Returns True when the directory was created
+    by this call (the caller may want to fsync the parent).
     """
     try:
         os.mkdir(path, mode)
@@ -187,8 +251,40 @@ def ensure_dir(path: Path, mode: int = 0o700) -> bool:
         st = os.lstat(path)
         if not stat.S_ISDIR(st.st_mode):
             raise NotADirectoryError(f"{path} exists and is not a directory") from None
+        check_trusted(st, path)
         return False
     return True
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def open_dir_at(
+    parent_fd: int, name: str, path: Path, *, create: bool = True, follow: bool = False
+) -> tuple[int, bool]:
+    """Open directory `name` under the open directory `parent_fd`; returns (fd, created).
+
+    Without `follow`, a symlink is refused (UnsafePathError) instead of followed, so a
+    swapped-in link cannot send the caller's writes elsewhere. A missing directory is
+    made (0700) when `create`. `path` only names it in errors.
+    """
+    flags = _DIR_FLAGS if follow else _DIR_FLAGS | os.O_NOFOLLOW
+    created = False
+    try:
+        try:
+            return os.open(name, flags, dir_fd=parent_fd), created
+        except FileNotFoundError:
+            if not create:
+                raise
+        with contextlib.suppress(FileExistsError):  # made meanwhile by another writer
+            os.mkdir(name, 0o700, dir_fd=parent_fd)
+            created = True
+        return os.open(name, flags, dir_fd=parent_fd), created
+    except NotADirectoryError:
+        st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+        link = not follow and stat.S_ISLNK(st.st_mode)
+        what = "a symbolic link" if link else "not a directory"
+        raise UnsafePathError(errno.ENOTDIR, f"{path} is {what}; refusing to use it") from None
 
 
 def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
@@ -199,7 +295,10 @@ def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
         view = view[written:]
 
 
-def unlink_quietly(path: str | Path) -> None:
-    """Remove `path` if it is there: clean-up paths must not fail on what is already gone."""
+def unlink_quietly(path: str | Path, dir_fd: int | None = None) -> None:
+    """Remove `path` (relative to `dir_fd` if given) if it is there.
+
+    Clean-up paths must not fail on what is already gone.
+    """
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+        os.unlink(path, dir_fd=dir_fd)

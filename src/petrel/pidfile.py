@@ -12,6 +12,8 @@ import os
 import subprocess
 from pathlib import Path
 
+from petrel.fsutil import unlink_quietly
+
 __all__ = ["PID_FILE", "PidFileError", "remove_pid_file", "running_pid", "write_pid_file"]
 
 PID_FILE = "petrel.pid"
@@ -22,11 +24,20 @@ class PidFileError(Exception):
 
 
 def write_pid_file(data_dir: Path) -> Path:
-    """Write our pid atomically (a reader never sees a half-written number)."""
+    """Write our pid atomically (a reader never sees a half-written number).
+
+    On failure (a full disk) the file of an earlier server goes too, then the error is
+    raised: a stale pid, perhaps reused by another process, is worse than none.
+    """
     path = data_dir / PID_FILE
     tmp = path.with_name(PID_FILE + ".tmp")
-    tmp.write_text(f"{os.getpid()}\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(f"{os.getpid()}\n")
+        os.replace(tmp, path)
+    except OSError:
+        unlink_quietly(tmp)
+        unlink_quietly(path)
+        raise
     return path
 
 

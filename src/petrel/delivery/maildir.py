@@ -7,8 +7,13 @@ stable storage, and ``new/`` never holds a partial file. A batch of one or two
 fsyncs each file and its ``new/`` instead of the whole file system. Stored messages use LF
 line ends, as Postfix local(8) writes them and Dovecot expects.
 
-An existing Maildir is used as found (an operator may have symlinked it to
-another disk); directories Petrel creates must turn out to be real directories.
+Paths are never trusted twice: a batch opens ``mailboxes/`` and each domain directory
+without following symlinks, and only if they belong to Petrel's user (or root) and
+nobody else may write into them; every later create, rename and unlink goes through
+those descriptors. A user's Maildir may itself be a symlink (an operator moving it to
+another disk: only a trusted owner can have put the link there); its ``tmp/``,
+``new/`` and ``cur/`` are again not followed. `clean_tmp` removes what a crash left in
+``tmp/``, by the same rule.
 
 Blocking: call it from a worker thread.
 """
@@ -19,6 +24,8 @@ import itertools
 import os
 import re
 import socket
+import stat
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -27,19 +34,21 @@ from pathlib import Path
 from petrel.fsutil import (
     HAVE_SYNCFS,
     PER_FILE_SYNC_MAX,
-    ensure_dir,
-    fsync_dir,
+    check_trusted,
     open_dir,
+    open_dir_at,
     syncfs,
     unlink_quietly,
     write_all,
 )
 
 __all__ = [
+    "TMP_MAX_AGE",
     "BodySource",
     "DeliveredKeys",
     "DeliveryItem",
     "LineEndConverter",
+    "clean_tmp",
     "deliver_batch",
     "mailbox_path",
 ]
@@ -54,6 +63,8 @@ _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOE
 # The Maildir spec escapes these two in the host part of a file name.
 _HOSTNAME = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
 _counter = itertools.count()
+# The Maildir spec: a file in tmp/ untouched for 36 hours is a crashed writer's debris.
+TMP_MAX_AGE = 36 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -104,27 +115,99 @@ def mailbox_path(root: Path, domain: str, user: str) -> Path:
     return root / _safe_name(domain, "domain") / _safe_name(user, "user name")
 
 
+def _open_trusted(parent_fd: int, name: str, path: Path, *, create: bool) -> tuple[int, bool]:
+    """A directory under `parent_fd`, not a symlink, that only we or root may change.
+
+    Returns (fd, created), as `open_dir_at`.
+    """
+    fd, created = open_dir_at(parent_fd, name, path, create=create)
+    try:
+        check_trusted(os.fstat(fd), path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, created
+
+
+def _open_root(root: Path, *, create: bool) -> int:
+    """``mailboxes/`` itself: a real directory of ours, never where a symlink points.
+
+    Its parent, the data directory, is opened as configured: it was checked at start-up.
+    """
+    if create:
+        os.makedirs(root.parent, mode=0o700, exist_ok=True)
+    parent = open_dir(root.parent)
+    try:
+        return _open_trusted(parent, root.name, root, create=create)[0]
+    finally:
+        os.close(parent)
+
+
+@dataclass(frozen=True)
+class _Mailbox:
+    """Open descriptors of one Maildir's directories (owned and closed by its `_Tree`)."""
+
+    domain_fd: int
+    maildir_fd: int
+    tmp_fd: int
+    new_fd: int
+
+
+class _Tree:
+    """The directories one batch writes into, each opened once from ``mailboxes/`` down."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.root_fd = _open_root(root, create=True)
+        self.made_domain = False  # a domain directory was created: fsync mailboxes/ too
+        self._domains: dict[str, int] = {}
+        self._mailboxes: dict[tuple[str, str], _Mailbox] = {}
+        self._fds: list[int] = []
+
+    def mailbox(self, domain: str, user: str) -> _Mailbox:
+        """The Maildir of user@domain, made on first use; ValueError for unsafe names."""
+        key = (_safe_name(domain, "domain"), _safe_name(user, "user name"))
+        box = self._mailboxes.get(key)
+        if box is None:
+            box = self._mailboxes[key] = self._open(*key)
+        return box
+
+    def _open(self, domain: str, user: str) -> _Mailbox:
+        path = self.root / domain
+        domain_fd = self._domains.get(domain)
+        if domain_fd is None:
+            domain_fd, made = _open_trusted(self.root_fd, domain, path, create=True)
+            self._domains[domain] = domain_fd
+            self._fds.append(domain_fd)
+            self.made_domain |= made
+        path /= user
+        maildir_fd, _ = open_dir_at(domain_fd, user, path, follow=True)  # may be a symlink
+        self._fds.append(maildir_fd)
+        tmp_fd, made_tmp = open_dir_at(maildir_fd, "tmp", path / "tmp")
+        self._fds.append(tmp_fd)
+        new_fd, made_new = open_dir_at(maildir_fd, "new", path / "new")
+        self._fds.append(new_fd)
+        if made_tmp or made_new:
+            cur_fd, _ = open_dir_at(maildir_fd, "cur", path / "cur")
+            os.close(cur_fd)
+        return _Mailbox(domain_fd, maildir_fd, tmp_fd, new_fd)
+
+    def close(self) -> None:
+        for fd in self._fds:
+            os.close(fd)
+        self._fds.clear()
+        os.close(self.root_fd)
+
+
 @dataclass
 class _Written:
     """A message complete in ``tmp/``, waiting for its rename."""
 
     index: int
-    tmp: Path
-    new: Path
+    box: _Mailbox
+    name: str  # in tmp/
+    new_name: str  # in new/
     fsynced: bool  # synced on its own: small batch, no syncfs, or not root's file system
-
-
-def _create_tmp(maildir: Path, name: str) -> tuple[int, Path]:
-    """Create ``tmp/<name>`` exclusively, making the Maildir on first use."""
-    tmp = maildir / "tmp" / name
-    try:
-        return os.open(tmp, _CREATE_FLAGS, 0o600), tmp
-    except FileNotFoundError:
-        ensure_dir(maildir.parent)
-        ensure_dir(maildir)
-        for sub in ("tmp", "new", "cur"):
-            ensure_dir(maildir / sub)
-        return os.open(tmp, _CREATE_FLAGS, 0o600), tmp
 
 
 _KEY_IN_NAME = re.compile(r"P[0-9]+K([0-9A-Z]{14}R[0-9]+)\.")
@@ -164,14 +247,14 @@ class DeliveredKeys:
 
 
 def _write_tmp(
-    root: Path, root_dev: int, index: int, item: DeliveryItem, per_file: bool
+    tree: _Tree, root_dev: int, index: int, item: DeliveryItem, per_file: bool
 ) -> _Written:
-    maildir = mailbox_path(root, item.domain, item.user)
+    box = tree.mailbox(item.domain, item.user)
     now = time.time_ns() // 1000
     unique = f"K{item.key}" if item.key else f"Q{next(_counter)}"
     # Zero-padded microseconds: a plain `ls` (and sorted()) lists mail in arrival order.
     name = f"{now // 1_000_000}.M{now % 1_000_000:06d}P{os.getpid()}{unique}.{_HOSTNAME}"
-    fd, tmp = _create_tmp(maildir, name)
+    fd = os.open(name, _CREATE_FLAGS, 0o600, dir_fd=box.tmp_fd)
     try:
         source = item.body_source
         chunks = (source,) if isinstance(source, bytes) else source()
@@ -192,21 +275,28 @@ def _write_tmp(
             os.fsync(fd)
     except BaseException:
         os.close(fd)
-        unlink_quietly(tmp)
+        unlink_quietly(name, dir_fd=box.tmp_fd)
         raise
     os.close(fd)
-    return _Written(index, tmp, maildir / "new" / f"{name},S={size}", fsynced)
+    return _Written(index, box, name, f"{name},S={size}", fsynced)
 
 
-def _sync(root_fd: int, written: list[_Written], dirs: bool) -> None:
+def _sync(tree: _Tree, written: list[_Written], dirs: bool) -> None:
     """One syncfs for the items on root's file system; directory fsyncs for the others."""
     if any(not w.fsynced for w in written):
-        syncfs(root_fd)
+        syncfs(tree.root_fd)
     if dirs:
         # new/ for the rename; the Maildir and domain too, in case this batch made them.
-        entries = {d for w in written if w.fsynced for d in w.new.parents[:3]}
-        for directory in entries:
-            fsync_dir(directory)
+        entries = {
+            fd
+            for w in written
+            if w.fsynced
+            for fd in (w.box.new_fd, w.box.maildir_fd, w.box.domain_fd)
+        }
+        if entries and tree.made_domain:
+            entries.add(tree.root_fd)
+        for fd in entries:
+            os.fsync(fd)
 
 
 def deliver_batch(
@@ -216,45 +306,132 @@ def deliver_batch(
 
     One item's failure (unsafe name, full disk, unreadable body) leaves the others alone.
     An item marked ``maybe_done`` whose key is in ``delivered`` is not written again.
+    An unusable ``mailboxes/`` (a symlink, someone else's) is every item's error.
     """
     results: list[Exception | None] = [None] * len(items)
-    os.makedirs(root, mode=0o700, exist_ok=True)
-    # Opened before any write, so syncfs reports every write-back error of this batch.
-    root_fd = open_dir(root)
     try:
-        root_dev = os.fstat(root_fd).st_dev
+        # Opened before any write, so syncfs reports every write-back error of this batch.
+        tree = _Tree(root)
+    except OSError as exc:
+        return [exc] * len(items)
+    try:
+        root_dev = os.fstat(tree.root_fd).st_dev
         written: list[_Written] = []
         per_file = len(items) <= PER_FILE_SYNC_MAX  # cheaper than syncfs for so few
         for index, item in enumerate(items):
             try:
                 if item.maybe_done and item in (delivered or DeliveredKeys(root)):
                     continue  # results[index] stays None: delivered, by the run before the crash
-                written.append(_write_tmp(root, root_dev, index, item, per_file))
+                written.append(_write_tmp(tree, root_dev, index, item, per_file))
             except Exception as exc:
                 results[index] = exc
         try:
-            _sync(root_fd, written, dirs=False)
+            _sync(tree, written, dirs=False)
         except OSError as exc:
             for w in written:
                 results[w.index] = exc
-                unlink_quietly(w.tmp)
+                unlink_quietly(w.name, dir_fd=w.box.tmp_fd)
             return results
         renamed: list[_Written] = []
         for w in written:
             try:
-                os.rename(w.tmp, w.new)
+                os.rename(w.name, w.new_name, src_dir_fd=w.box.tmp_fd, dst_dir_fd=w.box.new_fd)
             except OSError as exc:
                 results[w.index] = exc
-                unlink_quietly(w.tmp)
+                unlink_quietly(w.name, dir_fd=w.box.tmp_fd)
             else:
                 renamed.append(w)
         try:
-            _sync(root_fd, renamed, dirs=True)
+            _sync(tree, renamed, dirs=True)
         except OSError as exc:
             # Not durable, so reported as failed: take it back, or the retry would duplicate it.
             for w in renamed:
                 results[w.index] = exc
-                unlink_quietly(w.new)
+                unlink_quietly(w.new_name, dir_fd=w.box.new_fd)
+    finally:
+        tree.close()
+    return results
+
+
+def clean_tmp(
+    root: Path, *, now: float | None = None, stop: threading.Event | None = None
+) -> tuple[int, int]:
+    """Remove files left in Maildirs' ``tmp/`` (and Maildir++ ``.folder/tmp/``) for 36 hours.
+
+    A writer killed between its create and its rename leaves the file there for good.
+    Only regular files whose access and modification times are both older than
+    `TMP_MAX_AGE` go, unlinked through ``tmp/`` opened without following a link, under
+    the directories `deliver_batch` trusts. Returns (files removed, directories skipped
+    as unusable). Blocking: run it in a thread; `stop` ends the walk early (shutdown).
+    """
+    cutoff = (time.time() if now is None else now) - TMP_MAX_AGE
+    removed = skipped = 0
+    try:
+        root_fd = _open_root(root, create=False)
+    except FileNotFoundError:
+        return removed, skipped
+    try:
+        for domain in _subdirs(root_fd):
+            try:
+                domain_fd, _ = _open_trusted(root_fd, domain, root / domain, create=False)
+            except OSError:
+                skipped += 1
+                continue
+            try:
+                for user in _subdirs(domain_fd):
+                    if stop is not None and stop.is_set():
+                        return removed, skipped
+                    try:
+                        removed += _clean_maildir(domain_fd, user, root / domain / user, cutoff)
+                    except OSError:
+                        skipped += 1
+            finally:
+                os.close(domain_fd)
     finally:
         os.close(root_fd)
-    return results
+    return removed, skipped
+
+
+def _subdirs(dir_fd: int) -> list[str]:
+    """Names of the directories (or links to them) in `dir_fd` that do not start with a dot."""
+    with os.scandir(dir_fd) as entries:
+        return [e.name for e in entries if not e.name.startswith(".") and e.is_dir()]
+
+
+def _clean_maildir(domain_fd: int, user: str, path: Path, cutoff: float) -> int:
+    maildir_fd, _ = open_dir_at(domain_fd, user, path, create=False, follow=True)
+    try:
+        removed = _clean_tmp_dir(maildir_fd, path, cutoff)
+        with os.scandir(maildir_fd) as entries:
+            folders = [
+                e.name
+                for e in entries
+                if e.name.startswith(".") and e.is_dir(follow_symlinks=False)
+            ]
+        for folder in folders:  # Maildir++: .Sent, .Lists.petrel, ...
+            folder_fd, _ = open_dir_at(maildir_fd, folder, path / folder, create=False)
+            try:
+                removed += _clean_tmp_dir(folder_fd, path / folder, cutoff)
+            finally:
+                os.close(folder_fd)
+    finally:
+        os.close(maildir_fd)
+    return removed
+
+
+def _clean_tmp_dir(maildir_fd: int, path: Path, cutoff: float) -> int:
+    try:
+        tmp_fd, _ = open_dir_at(maildir_fd, "tmp", path / "tmp", create=False)
+    except FileNotFoundError:
+        return 0
+    removed = 0
+    try:
+        with os.scandir(tmp_fd) as entries:
+            for entry in entries:
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISREG(st.st_mode) and max(st.st_atime, st.st_mtime) < cutoff:
+                    unlink_quietly(entry.name, dir_fd=tmp_fd)
+                    removed += 1
+    finally:
+        os.close(tmp_fd)
+    return removed

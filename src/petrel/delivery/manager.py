@@ -642,8 +642,8 @@ def _run_each(steps: list[Callable[[], None]]) -> None:
     for step in steps:
         try:
             step()
-        except OSError:
-            log.exception("queue file update failed")
+        except OSError as exc:  # a full disk: the older state stays, at worst a repeat
+            log_event(log, "queue-file-error", level=logging.ERROR, error=str(exc))
 
 
 def _local_ok() -> Result:

@@ -147,6 +147,10 @@ class Intake:
         self.spool = spool
         self.submitter = submitter
 
+    def has_room(self, size: int) -> bool:
+        """Can the spool take a message of ``size`` octets now (a free-space floor)?"""
+        return self.spool.has_room(size)
+
     def begin(
         self,
         envelope: Envelope,

@@ -36,6 +36,7 @@ import logging
 import os
 import re
 import stat
+import time
 import zlib
 from collections.abc import Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -74,6 +75,11 @@ _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOE
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 _tmp_counter = itertools.count()
+
+# Below this much free space the spool takes no new mail (Postfix's queue_minfree): a
+# client hears 452 4.3.1 at MAIL instead of after sending a message that cannot fit.
+MIN_FREE = 256 * 1024
+_FREE_SPACE_TTL = 1.0  # seconds a free-space reading is reused: MAIL is a hot path
 
 
 class CorruptMessageError(ValueError):
@@ -272,6 +278,8 @@ class Spool:
         self._executor: ThreadPoolExecutor | None = None
         self._pending: list[tuple[MessageWriter, asyncio.Future[None]]] = []
         self._committer: asyncio.Task[None] | None = None
+        self._free = 0
+        self._free_checked = float("-inf")
 
     # -- life cycle ---------------------------------------------------------
 
@@ -324,6 +332,21 @@ class Spool:
         return envelopes
 
     # -- writing ------------------------------------------------------------
+
+    def has_room(self, size: int = 0) -> bool:
+        """Is there room for a message of `size` octets (SIZE=) and `MIN_FREE` besides?
+
+        fstatvfs on the open ``active/`` descriptor does no disk I/O; the reading is
+        reused for a second. Space for unprivileged users counts, not root's reserve.
+        """
+        if self._sync_fd is None:
+            raise RuntimeError("Spool.open() was not called")
+        now = time.monotonic()
+        if now - self._free_checked >= _FREE_SPACE_TTL:
+            st = os.fstatvfs(self._sync_fd)
+            self._free = st.f_bavail * st.f_frsize
+            self._free_checked = now
+        return self._free >= size + MIN_FREE
 
     def begin(self, envelope: Envelope) -> MessageWriter:
         """A writer for ``incoming/<id>``; no system call until the file is needed.

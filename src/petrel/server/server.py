@@ -112,6 +112,9 @@ class ImplicitTlsListener:
         ip = ip[7:] if ip.startswith("::ffff:") else ip
         client = f"{ip}:{peer[1]}"
         refusal = self.server.admit_handshake(ip)
+        context = self.server.tls.context
+        if context is None:
+            refusal = "no TLS certificate (tls-unavailable)"
         if refusal is not None:
             # No SMTP reply is possible before TLS is up: the client expects a handshake.
             log_event(log, "reject", client=client, mode=self.listener.mode, reason=refusal)
@@ -122,7 +125,7 @@ class ImplicitTlsListener:
             await self.server.loop.connect_accepted_socket(
                 lambda: SmtpSession(self.server, self.listener),
                 sock,
-                ssl=self.server.tls.context,
+                ssl=context,
                 ssl_handshake_timeout=self.server.config.limits.tls_handshake_timeout,
             )
         except asyncio.CancelledError:  # shutdown while the handshake ran
@@ -198,7 +201,7 @@ class Server:
             auth = self.config.auth
             offer_auth = tls or auth.allow_plaintext_auth
             extensions = self._extensions_for[mode, tls] = self.extensions.with_changes(
-                starttls=mode in STARTTLS_MODES and not tls,
+                starttls=mode in STARTTLS_MODES and not tls and self.tls.context is not None,
                 auth=auth.mechanisms if offer_auth else (),
                 auth_needs_tls=not offer_auth,
             )
@@ -206,7 +209,8 @@ class Server:
 
     def reload_tls(self) -> None:
         """SIGHUP: new sessions get the reloaded certificate, running ones keep theirs."""
-        self.tls.reload()
+        if self.tls.reload():
+            self._extensions_for.clear()  # STARTTLS may be offered now (tls-unavailable before)
 
     def new_session_id(self) -> str:
         return f"{self._id_prefix}.{next(self._ids):x}"

@@ -29,6 +29,7 @@ from petrel.log import log_event
 from petrel.policy import Client
 from petrel.policy.users import User, hash_password, verify_password
 from petrel.queue import Envelope, new_queue_id
+from petrel.queue.spool import MIN_FREE
 from petrel.smtp import replies as texts
 
 from .modes import IMPLICIT_TLS_MODES, SUBMISSION_MODES
@@ -395,6 +396,17 @@ class SmtpSession(asyncio.Protocol):
             return smtp.reply(
                 553, "5.7.1", f"<{sender}>: Sender address not owned by user {self.auth_user}"
             )
+        declared = event.params.size or 0  # RFC 1870 §6.1: 452 when SIZE= will not fit now
+        if not self.server.intake.has_room(declared):
+            log_event(
+                log,
+                "sender-reject",
+                session=self.id,
+                sender=sender,
+                reply=str(_NO_STORAGE),
+                reason=f"under {declared + MIN_FREE} octets free for the spool",
+            )
+            return _NO_STORAGE
         self.txn = Transaction(sender, event.params)
         return texts.sender_ok(sender)
 
@@ -599,11 +611,13 @@ class SmtpSession(asyncio.Protocol):
         if raw is None or self.conn is None:
             return
         self._early = []
+        context = self.server.tls.context
+        assert context is not None  # STARTTLS is offered only with a certificate
         try:
             transport = await self.server.loop.start_tls(
                 raw,
                 self,
-                self.server.tls.context,
+                context,
                 server_side=True,
                 ssl_handshake_timeout=self.server.config.limits.tls_handshake_timeout,
             )

@@ -3,10 +3,12 @@
 A fresh install must be able to offer STARTTLS at once (RFC 3207, RFC 8314 §3.3 want
 encryption on every submission path), so when ``[tls]`` names no certificate a
 self-signed one is generated once under ``<data_dir>/tls/`` and its SHA-256 fingerprint
-logged for clients to pin. ``reload`` builds a new context for sessions that start
-afterwards (every session, STARTTLS or implicit TLS, runs its own handshake with the
-context current at that moment); sessions already running keep the one they shook
-hands with.
+logged for clients to pin. If that pair cannot be written (a full disk on the first
+start), the server runs without TLS and says so (``tls-unavailable``): STARTTLS is not
+offered and implicit-TLS connections are closed until a reload succeeds. ``reload``
+builds a new context for sessions that start afterwards (every session, STARTTLS or
+implicit TLS, runs its own handshake with the context current at that moment); sessions
+already running keep the one they shook hands with.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import ssl
 from pathlib import Path
 
 from petrel.config import Config
-from petrel.fsutil import ensure_dir, fsync_dir, write_all
+from petrel.fsutil import ensure_dir, fsync_dir, unlink_quietly, write_all
 from petrel.log import log_event
 
 __all__ = ["TlsError", "TlsManager", "generate_self_signed", "make_context"]
@@ -91,10 +93,13 @@ def generate_self_signed(directory: Path, hostname: str) -> tuple[Path, Path]:
 
 def _write_atomically(path: Path, data: bytes, mode: int) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
     try:
         write_all(fd, data)
         os.fsync(fd)
+    except BaseException:
+        unlink_quietly(tmp)  # no half-written key left behind (a full disk)
+        raise
     finally:
         os.close(fd)
     os.chmod(tmp, mode)
@@ -110,15 +115,32 @@ def fingerprint(cert_path: Path) -> str:
     return cert.fingerprint(hashes.SHA256()).hex(":").upper()
 
 
+class _PairUnwritable(Exception):
+    """The self-signed pair could not be written (full disk, read-only or untrusted tls/)."""
+
+
 class TlsManager:
-    """Holds the context new sessions use; SIGHUP swaps it for a freshly loaded one."""
+    """Holds the context new sessions use; SIGHUP swaps it for a freshly loaded one.
+
+    `context` is None while there is no certificate at all (see the module docstring).
+    """
 
     def __init__(self, config: Config) -> None:
         self.hostname = config.server.hostname
         self.cert = config.tls.cert
         self.key = config.tls.key
         self.directory = config.server.data_dir / "tls"
-        self.context = self._load()
+        self.context: ssl.SSLContext | None = None
+        try:
+            self.context = self._load()
+        except _PairUnwritable as exc:
+            log_event(
+                log,
+                "tls-unavailable",
+                level=logging.ERROR,
+                error=str(exc),
+                effect="no STARTTLS, implicit TLS closed, until a reload (SIGHUP) succeeds",
+            )
 
     def _paths(self) -> tuple[Path, Path, bool]:
         if self.cert is not None and self.key is not None:
@@ -127,7 +149,11 @@ class TlsManager:
         key = self.directory / SELF_SIGNED_KEY
         if cert.is_file() and key.is_file():
             return cert, key, True
-        cert, key = generate_self_signed(self.directory, self.hostname)
+        try:
+            cert, key = generate_self_signed(self.directory, self.hostname)
+        except OSError as exc:
+            message = f"cannot write a self-signed pair in {self.directory}: {exc}"
+            raise _PairUnwritable(message) from None
         log_event(log, "tls-generated", cert=str(cert), key=str(key))
         return cert, key, True
 
@@ -151,7 +177,7 @@ class TlsManager:
         """Load the certificate again; on failure keep the old context and log why."""
         try:
             self.context = self._load()
-        except (TlsError, OSError, ValueError) as exc:
+        except (TlsError, _PairUnwritable, OSError, ValueError) as exc:
             log_event(log, "tls-reload-failed", level=logging.ERROR, error=str(exc))
             return False
         log_event(log, "tls-reloaded")
