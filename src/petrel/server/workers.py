@@ -15,8 +15,8 @@ becomes a parent and N workers:
   parent's ``PickupWatcher`` submits it to the queue manager. ETRN is forwarded the
   same way.
 
-Connection limits (``limits.connections``, ``connections_per_ip``) and the AUTH
-failure throttle are counted per worker. SIGHUP is forwarded to the workers (TLS
+Connection limits (``limits.connections``, ``connections_per_ip``) are counted per
+worker; the AUTH failure throttle is shared through its table in data_dir. SIGHUP is forwarded to the workers (TLS
 reload); SIGTERM stops them (SIGTERM, then SIGKILL after a grace period); a worker
 that dies is logged and started again.
 """
