@@ -44,9 +44,10 @@ _MAGIC = b"PTRLTHR1"
 _HEADER = struct.Struct("<8sI16s")  # magic, slot count, the key of the IP hash
 _HEADER_SIZE = 64
 # An IP's slot: its hash, locked until (wall clock), the newest bucket's number, counts.
-_SLOT = struct.Struct(f"<16sdq{BUCKETS}I")
+_SLOT = struct.Struct(f"<16sdq{BUCKETS}H")
+_MAX_COUNT = 0xFFFF
 _WAYS = 8  # slots an IP may occupy (one group): the least useful is reused when full
-_SLOTS = 32768  # 3 MiB: the IPs tracked at once
+_SLOTS = 8192  # 512 KiB: the IPs tracked at once
 
 
 @dataclass(slots=True)
@@ -108,7 +109,10 @@ class ThrottleTable:
                 header = os.pread(fd, _HEADER.size, 0).ljust(_HEADER.size, b"\0")
                 magic, count, key = _HEADER.unpack(header)
                 if magic != _MAGIC or count != slots or os.fstat(fd).st_size < size:
-                    os.posix_fallocate(fd, 0, size)
+                    try:
+                        os.posix_fallocate(fd, 0, size)
+                    except OSError as exc:  # ENOSPC names no file
+                        raise OSError(exc.errno, exc.strerror, str(path)) from None
                     os.pwrite(fd, bytes(size - _HEADER_SIZE), _HEADER_SIZE)
                     key = secrets.token_bytes(16)
                     os.pwrite(fd, _HEADER.pack(_MAGIC, slots, key), 0)
@@ -159,6 +163,12 @@ class ThrottleTable:
         return victim[2], False, Slot(0.0, 0, [0] * BUCKETS)
 
 
+def _count(slot: Slot) -> None:
+    """One more failure in the newest bucket."""
+    index = slot.base % BUCKETS
+    slot.counts[index] = min(slot.counts[index] + 1, _MAX_COUNT)
+
+
 class AuthThrottle:
     """The rules over a ``ThrottleTable``: budget, delay, lock-out."""
 
@@ -193,7 +203,7 @@ class AuthThrottle:
         with self._slot(key, now) as slot:
             if slot.locked_until > now or sum(slot.counts) >= self.max_failures:
                 return None
-            slot.counts[slot.base % BUCKETS] += 1
+            _count(slot)
             return Attempt(key, slot.base)
 
     def failure(self, attempt: Attempt) -> float | None:
@@ -222,7 +232,7 @@ class AuthThrottle:
             if slot.locked_until > now:
                 return None
             if not counted:
-                slot.counts[slot.base % BUCKETS] += 1
+                _count(slot)
             failures = sum(slot.counts)
             if failures >= self.max_failures:
                 slot.locked_until = now + self.lockout
