@@ -79,3 +79,15 @@ def test_login_answers_username_then_password() -> None:
 )
 def test_choose_mechanism(wanted: str, offered: list[str], expected: str | None) -> None:
     assert choose_mechanism(wanted, offered) == expected
+
+
+@pytest.mark.parametrize("iterations", ["100001", "4095", "1"])  # 2e9 (hangs old code): test_send
+def test_scram_refuses_an_iteration_count_out_of_bounds(iterations: str) -> None:
+    mech = ScramSha256("user", "pencil", nonce="abc")
+    with pytest.raises(AuthError, match=f"asks for {iterations} iterations"):
+        mech.respond(f"r=abcdef,s=QQ==,i={iterations}".encode())
+
+
+def test_scram_accepts_the_bounds() -> None:
+    for iterations in (4096, 100_000):
+        ScramSha256("user", "pencil", nonce="abc").respond(f"r=abcd,s=QQ==,i={iterations}".encode())

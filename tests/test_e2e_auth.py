@@ -10,6 +10,8 @@ import smtplib
 import socket
 import ssl
 import subprocess
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -319,3 +321,93 @@ def test_mx_listener_adds_no_header_fields(server: PetrelServer) -> None:
         client.sendmail("s@client.test", [f"{USER}"], b"Subject: as sent\r\n\r\nbody\r\n")
     [message] = server.wait_for_messages("willie")
     assert b"\nDate:" not in message and b"Message-ID:" not in message
+
+
+# -- issue 14: the lock-out cannot be bypassed, SCRAM does not tell who exists -------------
+
+LOCKED = "421 4.7.0 mx.petrel.test Too many failed authentications, try again later"
+
+
+def test_lockout_applies_to_connections_opened_before_it(server: PetrelServer) -> None:
+    early = tls_client(server)
+    early.command("EHLO c.test")
+    guesser = tls_client(server)
+    guesser.command("EHLO c.test")
+    bad = b64(f"\0{USER}\0nope")
+    for _ in range(3):
+        assert guesser.command(f"AUTH PLAIN {bad}")[0].startswith("535 5.7.8")
+    assert guesser.command(f"AUTH PLAIN {bad}") == [LOCKED]
+    # The connection from before the lock-out does not get to try the right password.
+    assert early.command(f"AUTH PLAIN {b64(chr(0) + USER + chr(0) + PASSWORD)}") == [LOCKED]
+    assert early.at_eof()
+
+
+def test_simultaneous_guesses_are_verified_at_most_max_failures_times(
+    server: PetrelServer,
+) -> None:
+    clients = []
+    for _ in range(20):
+        client = tls_client(server)
+        client.command("EHLO c.test")
+        clients.append(client)
+    right = 13
+    lines = [
+        f"AUTH PLAIN {b64(chr(0) + USER + chr(0) + (PASSWORD if n == right else f'guess{n}'))}"
+        for n in range(20)
+    ]
+    start = threading.Barrier(len(clients))
+
+    def guess(n: int) -> str:
+        start.wait(timeout=30)
+        return clients[n].command(lines[n])[0]
+
+    with ThreadPoolExecutor(len(clients)) as pool:
+        replies = list(pool.map(guess, range(len(clients))))
+    wrong = [reply for n, reply in enumerate(replies) if n != right]
+    assert all(reply.startswith("535 5.7.8") or reply == LOCKED for reply in wrong), replies
+    assert replies[right] in ("235 2.0.0 OK Authenticated", LOCKED)
+    # max_failures = 4: at most four wrong guesses were checked, whatever the interleaving.
+    assert sum(reply.startswith("535") for reply in replies) <= 4
+    assert server.log_text().count("outcome=failure") <= 4
+
+
+def _server_first(client: RawClient, name: str) -> dict[str, str]:
+    [challenge] = client.command(f"AUTH SCRAM-SHA-256 {b64(f'n,,n={name},r=clientnonce1234')}")
+    assert challenge.startswith("334 "), challenge
+    message = base64.b64decode(challenge[4:]).decode()
+    return dict(field.split("=", 1) for field in message.split(","))
+
+
+def test_scram_decoy_salt_for_an_unknown_user_survives_a_restart(server: PetrelServer) -> None:
+    client = tls_client(server)
+    client.command("EHLO c.test")
+    real = _server_first(client, USER)
+    assert client.command("*")[0].startswith("501 5.5.2")
+    before = _server_first(client, "nobody")
+    client.close()
+    server.stop()
+    server.start()
+    again = tls_client(server)
+    again.command("EHLO c.test")
+    after = _server_first(again, "nobody")
+    assert after["s"] == before["s"]
+    assert after["i"] == before["i"] == real["i"]
+    assert len(base64.b64decode(after["s"])) == len(base64.b64decode(real["s"]))
+    # A bare name and the full address are one user, real or not.
+    assert again.command("*")[0].startswith("501 5.5.2")
+    assert _server_first(again, f"nobody@{HOSTNAME}")["s"] == after["s"]
+    mode = (server.data_dir / "scram-decoy.key").stat().st_mode
+    assert mode & 0o777 == 0o600
+
+
+def test_cancelled_exchanges_lead_to_the_lockout(server: PetrelServer) -> None:
+    """Collecting salts (SCRAM, then ``*``) and cancelling LOGIN count as failures."""
+    client = tls_client(server)
+    client.command("EHLO c.test")
+    for name in ("nobody", "somebody", USER):
+        _server_first(client, name)
+        assert client.command("*") == ["501 5.5.2 Authentication cancelled"]
+    assert client.command("AUTH LOGIN") == ["334 VXNlcm5hbWU6"]
+    assert client.command("*") == [LOCKED]
+    assert client.at_eof()
+    assert RawClient(server.connect()).reply()[0].startswith("421 4.7.0")

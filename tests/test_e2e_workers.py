@@ -7,6 +7,7 @@ bounded poll for an observable result.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import signal
@@ -16,7 +17,7 @@ import threading
 from collections.abc import Callable
 from email.parser import BytesParser
 
-from conftest import HOSTNAME, PetrelServer, wait_until
+from conftest import HOSTNAME, PetrelServer, RawClient, wait_until
 
 _STARTED = re.compile(r"event=worker-started worker=(\d+) pid=(\d+)")
 _CONNECT_BY = re.compile(r"event=connect .* worker=(\d+)")
@@ -202,3 +203,60 @@ def test_mail_delivered_under_load_with_workers_is_never_requeued_nor_bounced(
     assert "event=notice " not in log
     assert len(server.messages("bob")) == total + 1
     assert not os.listdir(server.data_dir / "queue" / "state")  # no orphan state files
+
+
+# -- the AUTH throttle and the SCRAM decoys are one for all workers (issue 14) -------------
+
+_CONNECT_FROM = re.compile(r"event=connect \S+ client=127\.0\.0\.1:(\d+) .*worker=(\d+)")
+_AUTH = """
+[auth]
+allow_plaintext_auth = true
+max_failures = 4
+"""
+
+
+def _connections_in_both_workers(server: PetrelServer, each: int) -> dict[str, list[RawClient]]:
+    """Held-open connections, greeted, until each worker serves ``each`` of them."""
+    by_worker: dict[str, list[RawClient]] = {"1": [], "2": []}
+    pending: dict[int, RawClient] = {}
+    for _ in range(200):
+        if min(len(clients) for clients in by_worker.values()) >= each:
+            break
+        client = RawClient(server.connect())
+        assert client.reply()[0].startswith("220")
+        pending[client.sock.getsockname()[1]] = client
+        for port, worker in _CONNECT_FROM.findall(server.log_text()):
+            if int(port) in pending:
+                by_worker[worker].append(pending.pop(int(port)))
+    assert min(len(clients) for clients in by_worker.values()) >= each, "a worker got none"
+    return by_worker
+
+
+def test_workers_share_one_auth_failure_budget(
+    petrel_factory: Callable[..., PetrelServer],
+) -> None:
+    server = _workers(petrel_factory, extra_config=_AUTH)
+    server.add_user(f"willie@{HOSTNAME}", "funsmtp")
+    by_worker = _connections_in_both_workers(server, 4)
+    wrong = base64.b64encode(f"\0willie@{HOSTNAME}\0nope".encode()).decode()
+    replies = []
+    for n in range(8):  # one guess per connection, the workers taking turns
+        client = by_worker[str(n % 2 + 1)][n // 2]
+        client.command("EHLO c.test")
+        replies.append(client.command(f"AUTH PLAIN {wrong}")[0])
+    assert [reply[:9] for reply in replies] == ["535 5.7.8"] * 3 + ["421 4.7.0"] * 5, replies
+
+
+def test_workers_give_an_unknown_user_the_same_scram_salt(
+    petrel_factory: Callable[..., PetrelServer],
+) -> None:
+    server = _workers(petrel_factory, extra_config=_AUTH)
+    by_worker = _connections_in_both_workers(server, 1)
+    first = base64.b64encode(b"n,,n=nobody,r=clientnonce1234").decode()
+    salts = set()
+    for clients in by_worker.values():
+        clients[0].command("EHLO c.test")
+        [challenge] = clients[0].command(f"AUTH SCRAM-SHA-256 {first}")
+        assert challenge.startswith("334 ")
+        salts.add(base64.b64decode(challenge[4:]).decode().split(",")[1])
+    assert len(salts) == 1, salts

@@ -11,6 +11,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -345,3 +346,63 @@ def test_help_documents_the_exit_statuses() -> None:
         [sys.executable, "-m", "petrel", "send", "--help"], capture_output=True, text=True
     )
     assert "exit status:" in result.stdout and "9   all RCPT TO refused" in result.stdout
+
+
+# -- a hostile server (issue 14, item 10) ----------------------------------------------------
+
+
+def test_scram_with_a_hostile_iteration_count_exits_7_promptly() -> None:
+    """A fake server asks for 2 000 000 000 PBKDF2 rounds: refused, not computed for hours."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(30)
+    seen: list[bytes] = []
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn, conn.makefile("rwb") as f:
+            conn.settimeout(30)
+
+            def say(line: str) -> None:
+                f.write(line.encode() + b"\r\n")
+                f.flush()
+
+            say("220 hostile.test ESMTP")
+            for line in iter(f.readline, b""):
+                seen.append(line)
+                command = line.decode().strip()
+                if command.startswith("EHLO"):
+                    say("250-hostile.test\r\n250 AUTH SCRAM-SHA-256")
+                elif command.startswith("AUTH SCRAM-SHA-256 "):
+                    first = base64.b64decode(command.split()[2]).decode()
+                    nonce = first.split("r=", 1)[1]
+                    server_first = f"r={nonce}srv,s=c2FsdHNhbHQ=,i=2000000000"
+                    say("334 " + base64.b64encode(server_first.encode()).decode())
+                elif command == "*":
+                    say("501 5.5.2 Authentication cancelled")
+                elif command == "QUIT":
+                    say("221 2.0.0 bye")
+                    return
+                else:
+                    say("502 5.5.2 unexpected")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        result = subprocess.run(
+            [
+                sys.executable, "-m", "petrel", "send", "--timeout", "10",
+                "--server", f"127.0.0.1:{listener.getsockname()[1]}",
+                "--auth", "SCRAM-SHA-256", "--user", "willie", "--password-stdin",
+                "--to", "a@hostile.test", "--quiet",
+            ],
+            input=PASSWORD + "\n", capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+    finally:
+        thread.join(timeout=30)
+        listener.close()
+    assert result.returncode == 7, result.stdout + result.stderr
+    assert result.stderr == (
+        "petrel send: failed at auth: SCRAM: the server asks for 2000000000 iterations;"
+        " refusing counts outside 4096-100000\n"
+    )
+    assert b"*\r\n" in seen and seen[-1] == b"QUIT\r\n"  # the exchange was left properly

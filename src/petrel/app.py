@@ -33,7 +33,7 @@ from petrel.policy.aliases import Aliases
 from petrel.queue.spool import Spool
 from petrel.server import Server
 from petrel.server.control import ControlServer, control_path
-from petrel.server.server import bind_sockets, join_address
+from petrel.server.server import bind_sockets, join_address, open_auth_state
 from petrel.server.tls import TlsManager
 from petrel.server.workers import WORKER_FDS_ENV, WorkerPool, decode_fds
 
@@ -162,6 +162,7 @@ async def serve(config: Config, log_args: list[str] | None = None) -> int:
     pool: WorkerPool | None = None
     if workers > 1:
         TlsManager(config)  # generate a self-signed pair once, before the workers race to
+        open_auth_state(config)[0].table.close()  # the same for the AUTH files
         pool = WorkerPool(config, workers, _bind_listeners(config), log_args or [])
         pool.start()
     else:

@@ -148,9 +148,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     setup_logging(args.log_format, args.log_level)
     from petrel.app import run, serve, serve_worker
+    from petrel.server.decoy import DecoyError
 
-    if args.worker is not None:
-        set_process_field("worker", args.worker)
-        return run(serve_worker(config, args.worker))
-    log_args = ["--log-format", args.log_format, "--log-level", args.log_level]
-    return run(serve(config, log_args))
+    try:
+        if args.worker is not None:
+            set_process_field("worker", args.worker)
+            return run(serve_worker(config, args.worker))
+        log_args = ["--log-format", args.log_format, "--log-level", args.log_level]
+        return run(serve(config, log_args))
+    except (OSError, DecoyError) as exc:  # at start-up: a listener, a file in data_dir
+        print(f"petrel: {exc}", file=sys.stderr)
+        return 1

@@ -25,6 +25,10 @@ __all__ = [
 ]
 
 MASK = "********"
+# A server picks the PBKDF2 iteration count: a hostile one could keep us computing for
+# hours (i=2000000000). RFC 7677 §4 asks for at least 4096; real servers use 4096-15000.
+SCRAM_MIN_ITERATIONS = 4096
+SCRAM_MAX_ITERATIONS = 100_000
 PREFERENCE = ("SCRAM-SHA-256", "PLAIN", "LOGIN")  # best first, for --auth auto
 
 
@@ -132,8 +136,13 @@ class ScramSha256(Mechanism):
         nonce, salt, iterations = fields.get("r", ""), fields.get("s"), fields.get("i", "")
         if not nonce.startswith(self.nonce) or len(nonce) == len(self.nonce):
             raise AuthError("SCRAM: the server nonce does not extend ours")
-        if salt is None or not iterations.isdigit() or int(iterations) < 1:
+        if salt is None or not iterations.isdigit():
             raise AuthError("SCRAM: malformed server-first message")
+        if not SCRAM_MIN_ITERATIONS <= int(iterations) <= SCRAM_MAX_ITERATIONS:
+            raise AuthError(
+                f"SCRAM: the server asks for {int(iterations)} iterations; refusing counts"
+                f" outside {SCRAM_MIN_ITERATIONS}-{SCRAM_MAX_ITERATIONS}"
+            )
         salted = hashlib.pbkdf2_hmac(
             "sha256", _saslprep(self.password).encode(), base64.b64decode(salt), int(iterations)
         )

@@ -377,7 +377,14 @@ class _Session:
                 self.out.client("*", "cancelled: the challenge is not base64")
                 self._read()
                 raise self._fail(Exit.AUTH, "malformed 334 challenge", reply) from None
-            response = mech.respond(challenge)
+            try:
+                response = mech.respond(challenge)
+            except AuthError:
+                # Leave the exchange properly before giving up (RFC 4954 §4).
+                self._send(self.conn.send_auth_response("*"))
+                self.out.client("*", "cancelled")
+                self._read()
+                raise
             shown, decoded = mech.describe(response)
             self.out.client(shown, decoded)
             self._send(self.conn.send_auth_response(base64.b64encode(response).decode()))

@@ -138,11 +138,12 @@ class Policy:
 
     # -- users -----------------------------------------------------------------------
 
+    def login_address(self, name: str) -> str:
+        """The address a SASL authentication identity names; a bare name means @hostname."""
+        return name if "@" in name else f"{name}@{self.hostname}"
+
     def login_user(self, name: str) -> User | None:
-        """The user a SASL authentication identity names; a bare name means @hostname."""
-        if "@" not in name:
-            name = f"{name}@{self.hostname}"
-        return self.users.get(name)
+        return self.users.get(self.login_address(name))
 
     def may_send_as(self, user: str, sender: str) -> bool:
         """RFC 6409 §6.1: a user may use their own address and the aliases that reach it."""

@@ -15,18 +15,20 @@ from petrel.config import Config, Listener
 from petrel.intake import Intake
 from petrel.log import log_event
 from petrel.policy import Policy
-from petrel.policy.throttle import AuthThrottle
+from petrel.policy.throttle import AuthThrottle, ThrottleTable
 
+from .decoy import SECRET_FILE, ScramDecoys, load_secret
 from .modes import IMPLICIT_TLS_MODES, STARTTLS_MODES
 from .rdns import ReverseDns
 from .session import SmtpSession
 from .tls import TlsManager
 
-__all__ = ["Listener", "Server", "bind_sockets", "join_address"]
+__all__ = ["Listener", "Server", "bind_sockets", "join_address", "open_auth_state"]
 
 log = logging.getLogger("petrel.server")
 
 _SWEEP_SECONDS = 1.0
+THROTTLE_FILE = "auth-throttle"
 _BACKLOG = 4096
 
 
@@ -160,6 +162,23 @@ class ImplicitTlsListener:
             await asyncio.wait(pending)
 
 
+def open_auth_state(config: Config) -> tuple[AuthThrottle, ScramDecoys]:
+    """The AUTH throttle and the SCRAM decoys, both from files in data_dir.
+
+    Shared by every worker and kept over restarts; made on first use (a parent with
+    workers opens them first, so that a problem stops it at start-up).
+    """
+    auth, data_dir = config.auth, config.server.data_dir
+    table = ThrottleTable.open(data_dir / THROTTLE_FILE)
+    try:
+        decoys = ScramDecoys(load_secret(data_dir / SECRET_FILE))
+    except BaseException:
+        table.close()
+        raise
+    throttle = AuthThrottle(table, auth.max_failures, auth.failure_window, auth.lockout)
+    return throttle, decoys
+
+
 class Server:
     """Owns the listening sockets and the set of live sessions."""
 
@@ -179,8 +198,7 @@ class Server:
         self.extensions = smtp.Extensions(size=config.limits.message_size)
         self._extensions_for: dict[tuple[str, bool], smtp.Extensions] = {}
         self.tls = TlsManager(config)
-        auth = config.auth
-        self.auth_throttle = AuthThrottle(auth.max_failures, auth.failure_window, auth.lockout)
+        self.auth_throttle, self.scram_decoys = open_auth_state(config)
         self.rdns = ReverseDns(loop, enabled=config.server.reverse_dns)
         self.sessions: set[SmtpSession] = set()
         self._per_ip: Counter[str] = Counter()

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
-import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -27,11 +25,13 @@ from petrel import smtp
 from petrel.intake import Accepted, Draft, Origin, TooManyHops, expand_recipients, rfc5322_date
 from petrel.log import log_event
 from petrel.policy import Client
-from petrel.policy.users import User, hash_password, verify_password
+from petrel.policy.throttle import Attempt
+from petrel.policy.users import User, verify_password
 from petrel.queue import Envelope, new_queue_id
 from petrel.queue.spool import MIN_FREE
 from petrel.smtp import replies as texts
 
+from .decoy import decoy_password_hash
 from .modes import IMPLICIT_TLS_MODES, SUBMISSION_MODES
 
 if TYPE_CHECKING:
@@ -57,18 +57,6 @@ _NO_STORAGE = smtp.reply(452, "4.3.1", "Insufficient system storage, try again l
 _TOO_MANY_HOPS = smtp.reply(554, "5.4.6", "Too many hops (Received header fields); mail loop?")
 
 
-_DECOY_KEY = secrets.token_bytes(32)
-_decoy_hash: str | None = None
-
-
-def _decoy_password_hash() -> str:
-    """An argon2 hash to verify against for unknown users: same cost, same timing."""
-    global _decoy_hash
-    if _decoy_hash is None:
-        _decoy_hash = hash_password(secrets.token_urlsafe(16))
-    return _decoy_hash
-
-
 class Transaction:
     """The envelope being built between MAIL and the end of the message."""
 
@@ -84,6 +72,7 @@ class Transaction:
 
 class SmtpSession(asyncio.Protocol):
     __slots__ = (
+        "_attempt",
         "_backlog",
         "_busy",
         "_closing",
@@ -127,6 +116,7 @@ class SmtpSession(asyncio.Protocol):
         self._early: list[bytes] | None = None  # set while a STARTTLS handshake runs
         self.tls_info: str | None = None  # "TLSv1.3 with cipher …" once TLS is up
         self.auth_user: str | None = None  # the user address once AUTH succeeded
+        self._attempt: Attempt | None = None  # a SCRAM exchange past the salt, not yet done
         self.last_active = 0.0
         # When the current command line's first octet came (None: no partial line).
         self._line_started: float | None = None
@@ -210,6 +200,9 @@ class SmtpSession(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         # Also called by a failed TLS handshake, where asyncio would not: idempotent.
         self._abort_message()
+        if self._attempt is not None:  # a SCRAM exchange walked away from: it failed
+            self.server.auth_throttle.failure(self._attempt)
+            self._attempt = None
         if self.conn is not None:
             self.server.release(self)
             log_event(log, "disconnect", session=self.id, client=self.peer_ip)
@@ -502,38 +495,71 @@ class SmtpSession(asyncio.Protocol):
         return self.server.manager.etrn(event.node)
 
     # -- AUTH (RFC 4954): the core runs the SASL exchange, we check the secrets --------
+    #
+    # The throttle is asked before every verification (``begin``), and a locked-out IP
+    # gets the lock-out reply in place of any answer that would tell a right password
+    # from a wrong one: 235, or SCRAM's server signature.
 
     def _on_auth_challenge(self, event: smtp.AuthChallenge) -> smtp.Reply:
+        if self._attempt is not None and self.server.auth_throttle.locked(self.peer_ip):
+            # SCRAM's proof checked out, but the server signature would say so.
+            self.server.auth_throttle.failure(self._attempt)
+            self._attempt = None
+            return self._locked_out()
         return event.reply
 
-    def _on_auth_credentials(self, event: smtp.AuthCredentials) -> None:
-        self._wait(self._check_password(event))
+    def _on_auth_credentials(self, event: smtp.AuthCredentials) -> smtp.Reply | None:
+        attempt = self.server.auth_throttle.begin(self.peer_ip)
+        if attempt is None:
+            return self._locked_out()
+        self._wait(self._check_password(event, attempt))
+        return None
 
-    async def _check_password(self, event: smtp.AuthCredentials) -> smtp.Reply:
+    async def _check_password(self, event: smtp.AuthCredentials, attempt: Attempt) -> smtp.Reply:
         user = self.server.policy.login_user(event.authcid)
-        stored = user.password_hash if user is not None else _decoy_password_hash()
+        stored = user.password_hash if user is not None else decoy_password_hash()
         # argon2 is slow on purpose: off the event loop, and as slow for unknown users.
+        # Should this raise, the attempt stays counted as a failure: nothing to undo.
         ok = await asyncio.to_thread(verify_password, stored, event.password)
-        return await self._auth_result(event.mechanism, event.authcid, event.authzid, user, ok)
+        return await self._auth_result(
+            event.mechanism, event.authcid, event.authzid, user, ok, attempt
+        )
 
     def _on_auth_lookup(self, event: smtp.AuthLookup) -> smtp.Reply:
         assert self.conn is not None
-        user = self.server.policy.login_user(event.authcid)
-        if user is not None and user.scram is not None:
-            k = user.scram
-            return self.conn.scram_challenge(k.salt, k.iterations, k.stored_key, k.server_key)
-        # Decoys that look the same for every try at one name, so nobody learns who exists.
-        decoy = hmac.digest(_DECOY_KEY, event.authcid.lower().encode(), "sha256")
-        return self.conn.scram_challenge(decoy[:16], 4096, secrets.token_bytes(32), decoy)
+        # The salt is the first thing a guesser (or a prober of names) gets: budget it.
+        attempt = self.server.auth_throttle.begin(self.peer_ip)
+        if attempt is None:
+            return self._locked_out()
+        self._attempt = attempt
+        policy = self.server.policy
+        user = policy.login_user(event.authcid)
+        keys = user.scram if user is not None else None
+        if keys is None:
+            # Decoys as stable as real keys, so nobody learns who exists.
+            keys = self.server.scram_decoys.keys(policy.login_address(event.authcid))
+        return self.conn.scram_challenge(
+            keys.salt, keys.iterations, keys.stored_key, keys.server_key
+        )
 
     def _on_auth_outcome(self, event: smtp.AuthOutcome) -> None:
+        attempt, self._attempt = self._attempt, None
+        assert attempt is not None  # every SCRAM outcome follows its lookup
         user = self.server.policy.login_user(event.authcid)
         self._wait(
-            self._auth_result(event.mechanism, event.authcid, event.authzid, user, event.success)
+            self._auth_result(
+                event.mechanism, event.authcid, event.authzid, user, event.success, attempt
+            )
         )
 
     async def _auth_result(
-        self, mechanism: str, authcid: str, authzid: str, user: User | None, ok: bool
+        self,
+        mechanism: str,
+        authcid: str,
+        authzid: str,
+        user: User | None,
+        ok: bool,
+        attempt: Attempt,
     ) -> smtp.Reply:
         """Log (never the secret), count failures, answer 235, 535 or the lock-out 421."""
         if (
@@ -549,7 +575,8 @@ class SmtpSession(asyncio.Protocol):
             ok = False  # acting for someone else (RFC 4616 authzid) is not allowed
         throttle = self.server.auth_throttle
         if ok and user is not None:
-            throttle.success(self.peer_ip)
+            if not throttle.success(attempt):  # locked out while we verified
+                return self._locked_out()
             self.auth_user = user.address
             log_event(
                 log,
@@ -560,26 +587,39 @@ class SmtpSession(asyncio.Protocol):
                 outcome="success",
             )
             return texts.AUTH_OK
-        delay = throttle.failure(self.peer_ip)
+        delay = throttle.failure(attempt)
+        self._log_failure("failure", mechanism=mechanism, user=authcid)
+        if delay is None:
+            return self._locked_out()
+        await asyncio.sleep(delay)
+        return texts.AUTH_FAILED
+
+    async def _auth_given_up(self, event: smtp.BadCommand, attempt: Attempt | None) -> smtp.Reply:
+        """A SASL exchange cancelled, or broken off past the salt: a failure, with its delay."""
+        throttle = self.server.auth_throttle
+        delay = throttle.failure(attempt) if attempt else throttle.cancelled(self.peer_ip)
+        self._log_failure("cancelled")
+        if delay is None:
+            return self._locked_out()
+        await asyncio.sleep(delay)
+        return event.reply
+
+    def _log_failure(self, outcome: str, **fields: str) -> None:
         log_event(
             log,
             "auth",
             level=logging.WARNING,
             session=self.id,
             client=self.peer_ip,
-            mechanism=mechanism,
-            user=authcid,
-            outcome="failure",
+            **fields,
+            outcome=outcome,
         )
-        if throttle.locked(self.peer_ip):
-            log_event(log, "auth-lockout", level=logging.WARNING, client=self.peer_ip)
-            return smtp.reply(
-                421,
-                "4.7.0",
-                f"{self.server.hostname} Too many failed authentications, try again later",
-            )
-        await asyncio.sleep(delay)
-        return texts.AUTH_FAILED
+
+    def _locked_out(self) -> smtp.Reply:
+        log_event(log, "auth-lockout", level=logging.WARNING, session=self.id, client=self.peer_ip)
+        return smtp.reply(
+            421, "4.7.0", f"{self.server.hostname} Too many failed authentications, try again later"
+        )
 
     def _on_starttls(self, event: smtp.StartTls) -> smtp.Reply:
         # The 220 goes out first; _process starts the handshake once it is written.
@@ -588,8 +628,13 @@ class SmtpSession(asyncio.Protocol):
         self._start_tls = True
         return texts.READY_FOR_TLS
 
-    def _on_bad(self, event: smtp.BadCommand) -> smtp.Reply:
-        return event.reply
+    def _on_bad(self, event: smtp.BadCommand) -> smtp.Reply | None:
+        # Any bad line inside a SASL exchange ends it (RFC 4954 §4).
+        attempt, self._attempt = self._attempt, None
+        if attempt is None and not isinstance(event, smtp.AuthCancelled):
+            return event.reply
+        self._wait(self._auth_given_up(event, attempt))
+        return None
 
     def _on_closed(self, event: smtp.ConnectionClosed) -> None:
         self._abort_message()
@@ -828,5 +873,6 @@ _HANDLERS: dict[type[smtp.Event], Callable[[SmtpSession, smtp.Event], smtp.Reply
     smtp.AuthOutcome: SmtpSession._on_auth_outcome,
     smtp.StartTls: SmtpSession._on_starttls,
     smtp.BadCommand: SmtpSession._on_bad,
+    smtp.AuthCancelled: SmtpSession._on_bad,
     smtp.ConnectionClosed: SmtpSession._on_closed,
 }  # type: ignore[dict-item]

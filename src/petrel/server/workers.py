@@ -15,10 +15,10 @@ becomes a parent and N workers:
   parent's ``PickupWatcher`` submits it to the queue manager. ETRN is forwarded the
   same way.
 
-Connection limits (``limits.connections``, ``connections_per_ip``) and the AUTH
-failure throttle are counted per worker. SIGHUP is forwarded to the workers (TLS
-reload); SIGTERM stops them (SIGTERM, then SIGKILL after a grace period); a worker
-that dies is logged and started again.
+Connection limits (``limits.connections``, ``connections_per_ip``) are counted per
+worker; the AUTH failure throttle is shared through its table in data_dir. SIGHUP is
+forwarded to the workers (TLS reload); SIGTERM stops them (SIGTERM, then SIGKILL after
+a grace period); a worker that dies is logged and started again.
 """
 
 from __future__ import annotations

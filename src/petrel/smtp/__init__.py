@@ -10,6 +10,7 @@ from ._address import Address, AddressError, parse_path
 from ._client import ClientConnection, ServerReply, dot_stuff
 from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from ._events import (
+    AuthCancelled,
     AuthChallenge,
     AuthCredentials,
     AuthLookup,
@@ -48,6 +49,7 @@ __all__ = [
     "PAUSED",
     "Address",
     "AddressError",
+    "AuthCancelled",
     "AuthChallenge",
     "AuthCredentials",
     "AuthLookup",

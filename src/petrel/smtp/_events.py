@@ -168,6 +168,15 @@ class BadCommand(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class AuthCancelled(BadCommand):
+    """The client cancelled a SASL exchange with ``*`` (RFC 4954 §4): send ``reply`` (501).
+
+    A ``BadCommand`` of its own so that the application can count it as a failed AUTH:
+    a cancelled SCRAM exchange has already been given the salt.
+    """
+
+
+@dataclass(frozen=True, slots=True)
 class ConnectionClosed(Event):
     """The client closed its side."""
 

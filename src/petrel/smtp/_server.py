@@ -15,6 +15,7 @@ from ._address import AddressError, parse_path, split_path
 from ._data import ChunkReader, DataReader
 from ._errors import LocalProtocolError
 from ._events import (
+    AuthCancelled,
     AuthChallenge,
     AuthCredentials,
     AuthLookup,
@@ -516,7 +517,7 @@ class ServerConnection:
     def _sasl_response(self, line: str) -> Event:
         """One client line of the exchange (or the initial response): decode, step."""
         if line == "*":
-            return BadCommand(_sasl.CANCELLED)
+            return AuthCancelled(_sasl.CANCELLED)
         data = _sasl.decode_response(line)
         if data is None or self._sasl is None:
             return BadCommand(_sasl.BAD_BASE64)
