@@ -292,8 +292,9 @@ class _Session:
             coro = asyncio.open_unix_connection(self.hop.path)
         else:
             coro = asyncio.open_connection(self.hop.host, self.hop.port)
-        self.reader, self.writer = await asyncio.wait_for(coro, timeout)
-        sockname = self.writer.get_extra_info("peername")
+        self.reader, writer = await asyncio.wait_for(coro, timeout)
+        self.writer = writer
+        sockname = writer.get_extra_info("peername")
         if isinstance(sockname, tuple):
             self.peer = f"{self.hop.host}[{sockname[0]}]:{sockname[1]}"
 

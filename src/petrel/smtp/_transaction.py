@@ -233,6 +233,11 @@ class ClientTransaction:
     # -- replies --------------------------------------------------------------------------
 
     @property
+    def replies_due(self) -> int:
+        """How many replies to what was sent are still outstanding."""
+        return len(self._expected)
+
+    @property
     def expected_stage(self) -> str | None:
         """The stage of the next reply awaited (MAIL_STAGE, RCPT_STAGE, …), if any."""
         return self._expected[0][0] if self._expected else None
