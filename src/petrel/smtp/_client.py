@@ -121,8 +121,6 @@ class ClientConnection:
         if key not in row:
             why = "it needs a 354 reply to DATA" if key == "TEXT" else OUT_OF_ORDER[self.state]
             raise LocalProtocolError(f"{what} out of order: {why}")
-        if key in ("RCPT", "DATA", "BDAT", "BDAT LAST") and self._mail_refused:
-            raise LocalProtocolError(f"{what} out of order: MAIL was refused")
         if (
             key in ("DATA", "BDAT", "BDAT LAST")
             and self._rcpt_replies == self._rcpts_sent

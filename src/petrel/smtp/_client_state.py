@@ -14,9 +14,10 @@ when a command is **sent**, and a few replies move it again afterwards:
   HELO/EHLO/LHLO, STARTTLS, AUTH, DATA) arrives. Such a command's error reply
   returns to the state it was sent in (``PRIOR``), as an error never moves the server.
 
-What the rows cannot say is checked beside them, from the replies already in: RCPT,
-DATA and BDAT are refused once MAIL is known to be refused, and DATA/BDAT once every
-RCPT is known to be refused (the server would answer 503/554).
+What the rows cannot say is handled beside them, from the replies already in: a
+refused MAIL returns to READY (the server has no transaction, so RCPT and DATA are out
+of order again), and DATA/BDAT are refused once every RCPT is known to be refused
+(the server would answer 503/554).
 """
 
 from __future__ import annotations
