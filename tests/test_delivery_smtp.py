@@ -255,6 +255,29 @@ def test_several_messages_share_one_connection(tmp_path, peer_factory) -> None:
     assert peer.connections == 1 and len(peer.messages) == 5
 
 
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_refused_data_is_reset_before_the_next_message(
+    tmp_path, peer_factory, pipelining: bool
+) -> None:
+    """A refused DATA leaves the transaction open at the peer: RSET, then the next MAIL."""
+    from petrel.smtp import Data
+
+    refusals = iter([reply(451, "4.3.0", "not now")])
+    peer = peer_factory(
+        extensions=Extensions(pipelining=pipelining),
+        policy={Data: lambda e: next(refusals, reply(354, None, "go ahead"))},
+    )
+    config = _config(
+        tmp_path, f'"remote.test" = ["127.0.0.1:{peer.port}"]', "destination_concurrency = 1"
+    )
+    first, second = _job("a@remote.test"), _job("b@remote.test")
+    _deliver(config, [first, second])
+    assert (first.results[0].outcome, first.results[0].status) == (DEFERRED, "4.3.0")
+    assert "in reply to DATA command" in first.results[0].text
+    assert second.results[0].outcome == DELIVERED
+    assert peer.connections == 1 and len(peer.messages) == 1
+
+
 def test_greeting_554_goes_to_next_host_then_defers(tmp_path, peer_factory) -> None:
     peer = peer_factory(greeting=reply(554, None, "go away"))
     config = _config(tmp_path, f'"remote.test" = ["127.0.0.1:{peer.port}"]')
@@ -373,6 +396,63 @@ def test_smarthost_authenticates(tmp_path, peer_factory, mechanism: str) -> None
     asyncio.run(transport.deliver(route, [job]))
     assert job.results[0].outcome == DELIVERED
     assert seen == [("", "petrel", "s3cret")]  # the SASL exchange ran in the peer's core
+
+
+def _scram_smarthost_config(tmp_path: Path, port: int) -> object:
+    secret = tmp_path / "secret"
+    secret.write_text(PEER_PASSWORD + "\n")
+    return _config(
+        tmp_path,
+        "",
+        f'[relay]\nsmarthost = "127.0.0.1:{port}"\nusername = "willie"\n'
+        f'password_file = "{secret}"\ntls = "opportunistic"\n',
+    )
+
+
+PEER_PASSWORD = "funsmtp"  # the password smtp_driver's fixed SCRAM keys were made from
+
+
+@pytest.mark.parametrize("offered", [("SCRAM-SHA-256",), ("LOGIN", "PLAIN", "SCRAM-SHA-256")])
+def test_smarthost_offering_scram_gets_the_mail_with_scram(
+    tmp_path, peer_factory, offered: tuple[str, ...]
+) -> None:
+    """The peer's core checks the SCRAM proof; PLAIN/LOGIN would reach AuthCredentials."""
+    from petrel.smtp import AuthCredentials, AuthOutcome
+
+    seen: list[object] = []
+
+    def refuse_plain(event: AuthCredentials) -> object:
+        seen.append(event)
+        return reply(535, "5.7.8", "not this way")
+
+    def outcome(event: AuthOutcome) -> object:
+        seen.append(event)
+        return reply(235, "2.0.0", "OK") if event.success else reply(535, "5.7.8", "bad")
+
+    peer = peer_factory(
+        extensions=Extensions(auth=offered),
+        policy={AuthCredentials: refuse_plain, AuthOutcome: outcome},
+    )
+    config = _scram_smarthost_config(tmp_path, peer.port)
+    job = _job("a@anywhere.test")
+    transport = SmtpTransport(config)  # type: ignore[arg-type]
+    asyncio.run(transport.deliver(transport.route_for("a@anywhere.test"), [job]))
+    assert job.results[0].outcome == DELIVERED, job.results[0].text
+    [auth] = seen
+    assert isinstance(auth, AuthOutcome) and auth.mechanism == "SCRAM-SHA-256" and auth.success
+    assert auth.authcid == "willie"
+    assert len(peer.messages) == 1
+
+
+def test_smarthost_scram_with_a_wrong_password_defers(tmp_path, peer_factory) -> None:
+    peer = peer_factory(extensions=Extensions(auth=("SCRAM-SHA-256",)))
+    config = _scram_smarthost_config(tmp_path, peer.port)
+    (tmp_path / "secret").write_text("not-the-password\n")
+    job = _job("a@anywhere.test")
+    transport = SmtpTransport(config)  # type: ignore[arg-type]
+    asyncio.run(transport.deliver(transport.route_for("a@anywhere.test"), [job]))
+    assert job.results[0].outcome == DEFERRED and "SASL" in job.results[0].text
+    assert peer.messages == []
 
 
 def test_smarthost_auth_failure_defers(tmp_path, peer_factory) -> None:

@@ -298,3 +298,30 @@ def test_too_many_received_fields_refused_at_end_of_data(petrel_factory) -> None
         assert code == 250
     [message] = server.wait_for_messages("b")
     assert b"Subject: ok" in message
+
+
+def test_smarthost_offering_only_scram_sha_256_gets_the_mail(petrel_factory) -> None:
+    """A second Petrel as the smarthost, offering AUTH SCRAM-SHA-256 and nothing else
+    (after STARTTLS): the sending Petrel authenticates with SCRAM and relays."""
+    smarthost = petrel_factory(
+        '[domains]\nlocal = ["remote.test", "mx.petrel.test"]\n\n'
+        '[auth]\nmechanisms = ["SCRAM-SHA-256"]\n',
+        name="smarthost",
+    )
+    smarthost.add_user("alice@mx.petrel.test", "s3cret-relay")  # the sender owns it
+    secret = smarthost.root.parent / "relay-password"
+    secret.write_text("s3cret-relay\n")
+    sender = petrel_factory(
+        _relay_config(1) + f'\n[relay]\nsmarthost = "127.0.0.1:{smarthost.port}"\n'
+        f'username = "alice@mx.petrel.test"\npassword_file = "{secret}"\n'
+        'tls = "opportunistic"\n',
+        name="sender",
+    )
+    _send(sender, "bob@remote.test")
+    [message] = smarthost.wait_for_messages("bob", domain="remote.test")
+    assert b"Subject: relay me" in message
+    assert b"with ESMTPSA" in message  # over TLS, authenticated
+    sender.wait_queue_empty()
+    log = smarthost.log_text()
+    assert "event=auth" in log and "mechanism=SCRAM-SHA-256" in log
+    assert "outcome=success" in log and "outcome=failure" not in log

@@ -62,6 +62,8 @@ def test_lmtp_expects_one_reply_per_accepted_recipient() -> None:
         client.send_command("RCPT", f"TO:<{rcpt}@x>")
     replies = _replies(client, b"250 ok\r\n250 ok\r\n550 no\r\n250 ok\r\n")
     assert [r.reply.code for r in replies] == [250, 250, 550, 250]
+    client.send_command("DATA")
+    _replies(client, b"354 go ahead\r\n")
     client.send_data(b"x")
     assert client.waiting_for == ("END", "END")
     ends = _replies(client, b"250 2.0.0 a ok\r\n452 4.2.2 b full\r\n")

@@ -391,77 +391,71 @@ class _Session:
 
     # -- the mail transaction ------------------------------------------------------------
 
-    def _mail_params(self) -> str:
-        opts, conn = self.opts, self.conn
-        params: list[str] = []
-
-        def offered(keyword: str, what: str) -> bool:
-            if conn.supports(keyword):
-                return True
-            self.out.note(f"the server does not offer {keyword}; {what} not sent")
-            return False
-
-        if opts.size and offered("SIZE", "SIZE="):
-            params.append(f"SIZE={len(opts.message)}")
-        if opts.eightbitmime and offered("8BITMIME", "BODY=8BITMIME"):
-            params.append("BODY=8BITMIME")
-        if opts.smtputf8 and offered("SMTPUTF8", "SMTPUTF8"):
-            params.append("SMTPUTF8")
-        if (opts.ret or opts.envid) and offered("DSN", "RET/ENVID"):
-            if opts.ret:
-                params.append(f"RET={opts.ret.upper()}")
-            if opts.envid:
-                params.append(f"ENVID={smtp.encode_xtext(opts.envid)}")
-        return "".join(" " + p for p in params)
-
-    def _rcpt_params(self) -> str:
-        if self.opts.notify and self.conn.supports("DSN"):
-            return f" NOTIFY={self.opts.notify.upper()}"
-        return ""
-
     def _transaction(self) -> None:
+        """MAIL, RCPT… and DATA through the core's ``ClientTransaction``, stage by stage."""
         opts = self.opts
-        mail_arg = f"FROM:<{opts.sender}>{self._mail_params()}"
-        if opts.notify and not self.conn.supports("DSN"):
-            self.out.note("the server does not offer DSN; NOTIFY not sent")
-        rcpt_args = [f"TO:<{r}>{self._rcpt_params()}" for r in opts.recipients]
-        pipelining = opts.pipeline and self.conn.supports("PIPELINING")
-        if opts.pipeline and not pipelining:
+        notify = tuple(opts.notify.upper().split(",")) if opts.notify else ()
+        mail = smtp.MailFrom(
+            opts.sender,
+            size=len(opts.message) if opts.size else None,
+            body="8BITMIME" if opts.eightbitmime else None,
+            smtputf8=opts.smtputf8,
+            ret=opts.ret.upper() if opts.ret else None,
+            envid=opts.envid,
+        )
+        stop = {"mail": "MAIL", "rcpt": "RCPT"}.get(opts.quit_after or "")
+        txn = smtp.ClientTransaction(
+            self.conn,
+            mail,
+            [smtp.RcptTo(r, notify) for r in opts.recipients],
+            opts.message,
+            pipelining=opts.pipeline,
+            stop_after=stop,
+        )
+        for keyword, what in txn.dropped:
+            self.out.note(f"the server does not offer {keyword}; {what} not sent")
+        if opts.pipeline and not txn.pipelining:
             self.out.note("the server does not offer PIPELINING; one command at a time")
         self.stage = Exit.MAIL
-        if pipelining:
-            self._pipelined(mail_arg, rcpt_args)
-        else:
-            mail = self._one("MAIL", mail_arg)
-            self._after_mail(mail)
-            self.stage = Exit.RCPT
-            for recipient, arg in zip(opts.recipients, rcpt_args, strict=True):
-                self._after_rcpt(recipient, self._one("RCPT", arg))
-            self._after_rcpts()
-            self.stage = Exit.DATA
-            self._after_data(self._one("DATA"))
-        self._message()
-
-    def _pipelined(self, mail_arg: str, rcpt_args: list[str]) -> None:
-        """RFC 2920: MAIL, every RCPT and DATA in one write; replies matched by the core."""
-        quit_after = self.opts.quit_after
-        wire = self._command("MAIL", mail_arg)
-        if quit_after != "mail":
-            for arg in rcpt_args:
-                wire += self._command("RCPT", arg)
-            if quit_after != "rcpt":
-                wire += self._command("DATA")
-        self._send(wire)
-        self._after_mail(self._read()[0].reply)
+        self._send_commands(txn)  # MAIL, and with pipelining every RCPT and DATA (RFC 2920)
+        self._after_mail(self._next_reply(txn))
         self.stage = Exit.RCPT
-        for recipient, event in zip(self.opts.recipients, self._read(len(rcpt_args)), strict=True):
-            self._after_rcpt(recipient, event.reply)
-        if quit_after == "rcpt":
+        for recipient in opts.recipients:
+            self._send_commands(txn)
+            self._after_rcpt(recipient, self._next_reply(txn))
+        if not txn.pipelining or opts.quit_after == "rcpt":
             self._after_rcpts()
         self.stage = Exit.DATA
-        data = self._read()[0].reply
-        self._after_rcpts()
+        self._send_commands(txn)
+        data = self._next_reply(txn)
+        if txn.pipelining:
+            if txn.text_due and not txn.accepted:
+                self._text(txn)  # 354 though every RCPT was refused: end it, deliver nothing
+            self._after_rcpts()
         self._after_data(data)
+        self._message(txn)
+
+    def _send_commands(self, txn: smtp.ClientTransaction) -> None:
+        lines = txn.commands()
+        for wire in lines:
+            self.out.client(wire.decode("utf-8").rstrip("\r\n"))
+        if lines:
+            self._send(b"".join(lines))
+
+    def _next_reply(self, txn: smtp.ClientTransaction) -> smtp.Reply:
+        event = self._read()[0]
+        txn.receive(event)
+        return event.reply
+
+    def _text(self, txn: smtp.ClientTransaction) -> list[smtp.ServerReply]:
+        """Send the text, show it, and read its replies (LMTP: one per recipient)."""
+        wire = txn.send_text()
+        self._show_text(wire)
+        self._send(wire)
+        replies = self._read(txn.replies_due)
+        for event in replies:
+            txn.receive(event)
+        return replies
 
     def _after_mail(self, reply: smtp.Reply) -> None:
         self.result.timings["mail"] = self._elapsed()
@@ -490,13 +484,9 @@ class _Session:
         if reply.code != 354:
             raise self._fail(Exit.DATA, "DATA refused", reply)
 
-    def _message(self) -> None:
+    def _message(self, txn: smtp.ClientTransaction) -> None:
         self.stage = Exit.DATA
-        wire = self.conn.send_data(self.opts.message)
-        self._show_text(wire)
-        self._send(wire)
-        expected = max(len(self.result.accepted), 1) if self.opts.lmtp else 1
-        replies = self._read(expected)
+        replies = self._text(txn)
         self.result.timings["data"] = self._elapsed()
         good = [r.reply for r in replies if r.reply.code // 100 == 2]
         for event in good:

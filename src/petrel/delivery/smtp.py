@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import contextlib
 import ipaddress
 import logging
@@ -26,11 +27,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from petrel import smtp
+from petrel.client.sasl import AuthError, choose_mechanism, make_mechanism
 from petrel.config import Config, DeliverySection
 from petrel.delivery.mime7bit import ConversionError, to_7bit
 from petrel.log import log_event
 from petrel.queue.envelope import Envelope, Recipient
-from petrel.smtp import NEED_DATA, ClientConnection, RemoteProtocolError, encode_xtext
+from petrel.smtp import NEED_DATA, ClientConnection, RemoteProtocolError
 
 __all__ = [
     "DEFERRED",
@@ -290,8 +292,9 @@ class _Session:
             coro = asyncio.open_unix_connection(self.hop.path)
         else:
             coro = asyncio.open_connection(self.hop.host, self.hop.port)
-        self.reader, self.writer = await asyncio.wait_for(coro, timeout)
-        sockname = self.writer.get_extra_info("peername")
+        self.reader, writer = await asyncio.wait_for(coro, timeout)
+        self.writer = writer
+        sockname = writer.get_extra_info("peername")
         if isinstance(sockname, tuple):
             self.peer = f"{self.hop.host}[{sockname[0]}]:{sockname[1]}"
 
@@ -426,32 +429,46 @@ class _Session:
         await self._hello()
 
     async def _auth(self) -> None:
+        """AUTH for the smarthost with the strongest mechanism it offers, as Postfix and
+        Cyrus do: SCRAM-SHA-256, then PLAIN, then LOGIN (``client/sasl.py``). A server
+        that lists no AUTH at all is tried with PLAIN."""
         relay = self.t.config.relay
         if self.route.kind != "smarthost" or relay is None or relay.username is None:
             return
         assert relay.password_file is not None
         password = relay.password_file.read_text(encoding="utf-8").rstrip("\r\n")
-        mechanisms = self.conn.auth_mechanisms
-        if "PLAIN" in mechanisms or not mechanisms:
-            token = base64.b64encode(f"\0{relay.username}\0{password}".encode()).decode()
-            reply = await self._command("AUTH", f"PLAIN {token}")
-        elif "LOGIN" in mechanisms:
-            reply = await self._command("AUTH", "LOGIN")
-            for secret in (relay.username, password):
-                if reply.code != 334:
-                    break
-                await self._write(
-                    self.conn.send_auth_response(base64.b64encode(secret.encode()).decode())
-                )
-                reply = (await self._reply()).reply
-        else:
+        offered = self.conn.auth_mechanisms
+        name = choose_mechanism("auto", offered) if offered else "PLAIN"
+        if name is None:
             raise _SessionError(
                 deferred(
                     "4.7.0",
-                    f"{self.peer} offers no SASL mechanism we know: {mechanisms}",
+                    f"{self.peer} offers no SASL mechanism we know: {offered}",
                     self.remote_mta,
                 )
             )
+        mech = make_mechanism(name, relay.username, password)
+        initial = mech.initial_response()
+        if initial is None:
+            reply = await self._command("AUTH", name)
+        else:
+            encoded = base64.b64encode(initial).decode("ascii") or "="
+            reply = await self._command("AUTH", f"{name} {encoded}")
+        try:
+            while reply.code == 334:
+                try:
+                    challenge = base64.b64decode(reply.lines[0].strip(), validate=True)
+                except (binascii.Error, ValueError):
+                    raise AuthError(f"{name}: the 334 challenge is not base64") from None
+                response = base64.b64encode(mech.respond(challenge)).decode("ascii")
+                await self._write(self.conn.send_auth_response(response))
+                reply = (await self._reply()).reply
+            if reply.code == 235:
+                mech.success(None)
+        except AuthError as exc:
+            raise _SessionError(
+                deferred("4.7.0", f"SASL authentication failed; {exc}", self.remote_mta)
+            ) from None
         if reply.code != 235:
             raise _SessionError(
                 deferred(
@@ -513,40 +530,33 @@ class _Session:
             )
         return None
 
-    def _mail_argument(self, job: Job, text: bytes) -> str:
+    def _envelope(self, job: Job, text: bytes) -> tuple[smtp.MailFrom, list[smtp.RcptTo]]:
+        """The job's envelope as the core's transaction takes it; the core adds what
+        the peer offers (SIZE, BODY, DSN, DELIVERBY) and leaves out the rest."""
         env = job.envelope
-        parts = [f"FROM:<{env.sender}>"]
-        if self.conn.supports("SIZE"):
-            parts.append(f"SIZE={len(text)}")
-        if self.conn.supports("8BITMIME"):
-            # Like Postfix's cleanup, the content decides: a client that said nothing
-            # (or 7BIT) but sent 8-bit bytes is passed on as 8BITMIME, not as a lie.
-            body = "8BITMIME" if env.body == "7BIT" and not text.isascii() else env.body
-            if body != "7BIT":
-                parts.append(f"BODY={body}")
-        if env.smtputf8:
-            parts.append("SMTPUTF8")
-        if self.conn.supports("DSN"):
-            if env.ret:
-                parts.append(f"RET={env.ret}")
-            if env.envid:
-                parts.append(f"ENVID={encode_xtext(env.envid)}")
-        if env.by is not None and self.conn.supports("DELIVERBY"):
+        # Like Postfix's cleanup, the content decides: a client that said nothing
+        # (or 7BIT) but sent 8-bit bytes is passed on as 8BITMIME, not as a lie.
+        body = "8BITMIME" if env.body == "7BIT" and not text.isascii() else env.body
+        by = None
+        if env.by is not None:
             # RFC 2852 §4.2: pass on what is left of the time, not the original by-time.
             seconds, mode = env.by
             left = int(seconds - (time.time() - env.received_at))
-            parts.append(f"BY={max(left, 1) if mode.startswith('R') else left};{mode}")
-        return " ".join(parts)
-
-    def _rcpt_argument(self, recipient: Recipient) -> str:
-        parts = [f"TO:<{recipient.address}>"]
-        if self.conn.supports("DSN"):
-            if recipient.notify:
-                parts.append("NOTIFY=" + ",".join(recipient.notify))
-            if recipient.orcpt:
-                kind, _, addr = recipient.orcpt.partition(";")
-                parts.append(f"ORCPT={kind};{encode_xtext(addr)}")
-        return " ".join(parts)
+            by = (max(left, 1) if mode.startswith("R") else left, mode)
+        mail = smtp.MailFrom(
+            env.sender,
+            size=len(text),
+            body=None if body == "7BIT" else body,
+            smtputf8=env.smtputf8,
+            ret=env.ret,
+            envid=env.envid,
+            by=by,
+        )
+        rcpts = [
+            smtp.RcptTo(r.address, tuple(r.notify or ()), r.orcpt)
+            for r in (job.recipients[i] for i in job.open_indexes())
+        ]
+        return mail, rcpts
 
     async def transaction(self, job: Job) -> None:
         """MAIL, RCPT…, DATA (pipelined when offered) and the text; fills ``job.results``."""
@@ -569,74 +579,24 @@ class _Session:
         if refusal is not None:
             job.settle_open(refusal)
             return
-        conn = self.conn
-        use_bdat = job.envelope.body == "BINARYMIME"
-        mail = conn.send_command("MAIL", self._mail_argument(job, text))
-        accepted: list[int] = []
-        if conn.supports("PIPELINING"):
-            rcpts = [
-                conn.send_command("RCPT", self._rcpt_argument(job.recipients[i])) for i in indexes
-            ]
-            tail = b"" if use_bdat else conn.send_command("DATA")
-            self.stage = "MAIL FROM"
-            await self._write(mail + b"".join(rcpts) + tail)
-            mail_reply = (await self._reply()).reply
-            for i in indexes:
-                self.stage = "RCPT TO"
-                reply = (await self._reply()).reply
-                self._rcpt_result(job, i, mail_reply, reply, accepted)
-            data_reply = None if use_bdat else (await self._reply()).reply
-        else:
-            self.stage = "MAIL FROM"
-            await self._write(mail)
-            mail_reply = (await self._reply()).reply
-            if mail_reply.code // 100 != 2:
-                job.settle_open(self.result(mail_reply, "MAIL FROM"))
-                await self._command("RSET")
-                return
-            for i in indexes:
-                reply = await self._command("RCPT", self._rcpt_argument(job.recipients[i]))
-                self._rcpt_result(job, i, mail_reply, reply, accepted)
-            if not accepted:
-                await self._command("RSET")
-                return
-            data_reply = None if use_bdat else await self._command("DATA")
-        if mail_reply.code // 100 != 2 and not accepted:
-            if data_reply is not None and data_reply.code == 354:
-                await self._end_text(b"", 1)  # a broken peer said 354 anyway: send nothing
+        mail, rcpts = self._envelope(job, text)
+        txn = smtp.ClientTransaction(
+            self.conn, mail, rcpts, text, bdat=job.envelope.body == "BINARYMIME"
+        )
+        while not txn.done:  # mox's DeliverMultiple: this loop owns the transaction
+            wire = b"".join(txn.commands())
+            if txn.text_due:
+                wire += txn.send_text()
+            self.stage = txn.expected_stage or self.stage
+            if wire:
+                await self._write(wire)
+            if not txn.done:
+                txn.receive(await self._reply())
+        for i, outcome in zip(indexes, txn.outcomes, strict=True):
+            if outcome is not None:
+                job.results[i] = self.result(outcome.reply, outcome.stage)
+        if txn.needs_reset:
             await self._command("RSET")
-            return
-        if data_reply is not None and data_reply.code != 354:
-            for i in accepted:
-                job.results[i] = self.result(data_reply, "DATA")
-            return
-        if not accepted:  # pipelined DATA got 354 though every RCPT was refused
-            await self._end_text(b"", 1)
-            return
-        self.stage = "end of DATA"
-        if use_bdat:
-            await self._write(conn.send_bdat(text, last=True))
-            replies = [
-                (await self._reply()).reply for _ in range(len(accepted) if self.lmtp else 1)
-            ]
-        else:
-            replies = await self._end_text(text, len(accepted) if self.lmtp else 1)
-        for n, i in enumerate(accepted):
-            job.results[i] = self.result(replies[min(n, len(replies) - 1)], "end of DATA")
-
-    def _rcpt_result(
-        self, job: Job, i: int, mail_reply: smtp.Reply, reply: smtp.Reply, accepted: list[int]
-    ) -> None:
-        if mail_reply.code // 100 != 2:
-            job.results[i] = self.result(mail_reply, "MAIL FROM")
-        elif reply.code // 100 == 2:
-            accepted.append(i)
-        else:
-            job.results[i] = self.result(reply, "RCPT TO")
-
-    async def _end_text(self, body: bytes, replies: int) -> list[smtp.Reply]:
-        await self._write(self.conn.send_data(body))
-        return [(await self._reply()).reply for _ in range(replies)]
 
     async def quit(self) -> None:
         # Everything was delivered already; a sloppy goodbye changes nothing.

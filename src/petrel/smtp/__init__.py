@@ -1,13 +1,15 @@
 """Petrel's SMTP protocol core: sans-IO, in the style of h11.
 
 Nothing here touches sockets, files, clocks or asyncio. ``ServerConnection`` turns
-bytes into typed events and replies into bytes; the grammar, the ESMTP parameters and
-the state tables it uses live in the private modules beside it.
+bytes into typed events and replies into bytes; ``ClientConnection`` is the client
+side, and ``ClientTransaction`` runs one mail transaction over it. The grammar, the
+ESMTP parameters and the state tables they use live in the private modules beside them.
 """
 
 from . import _replies as replies
 from ._address import Address, AddressError, parse_path
 from ._client import ClientConnection, ServerReply, dot_stuff
+from ._client_state import ClientState
 from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from ._events import (
     AuthCancelled,
@@ -43,6 +45,7 @@ from ._params import MailParams, RcptParams, decode_xtext, encode_xtext
 from ._replies import Reply, reply
 from ._server import NEED_DATA, PAUSED, ServerConnection
 from ._state import State
+from ._transaction import ClientTransaction, MailFrom, RcptOutcome, RcptTo
 
 __all__ = [
     "NEED_DATA",
@@ -57,6 +60,8 @@ __all__ = [
     "BadCommand",
     "ChunkReceived",
     "ClientConnection",
+    "ClientState",
+    "ClientTransaction",
     "ConnectionClosed",
     "Data",
     "DataChunk",
@@ -70,13 +75,16 @@ __all__ = [
     "Help",
     "LocalProtocolError",
     "Mail",
+    "MailFrom",
     "MailParams",
     "MessageRejected",
     "Noop",
     "ProtocolError",
     "Quit",
     "Rcpt",
+    "RcptOutcome",
     "RcptParams",
+    "RcptTo",
     "RemoteProtocolError",
     "Reply",
     "Rset",

@@ -5,6 +5,12 @@ writes them, feeds what the server says into ``receive_data`` and pulls ``next_e
 for each ``ServerReply`` — matched, in order, to the command it answers, so pipelined
 commands (RFC 2920) need no bookkeeping by the caller. LMTP (RFC 2033) is the same
 with one reply per accepted recipient after the message text.
+
+Like the server side it keeps sequence rules in tables (``_client_state.py``): a
+command sent out of order (DATA before MAIL, MAIL inside a transaction, anything but
+the text after a 354) raises ``LocalProtocolError`` before a byte is produced. With
+pipelining the rules apply to what was *sent*; replies that are already in refine them.
+``ClientTransaction`` (``_transaction.py``) drives one mail transaction over it.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import re
 from collections import deque
 from dataclasses import dataclass
 
+from ._client_state import OUT_OF_ORDER, REPLY_MOVES, SEND, WAITS, ClientState
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._replies import Reply
 from ._server import NEED_DATA, _Sentinel
@@ -49,18 +56,40 @@ def dot_stuff(data: bytes) -> bytes:
     return data.replace(b"\r\n.", b"\r\n..") + b".\r\n"
 
 
+# Every verb some row of SEND knows; other (extension) verbs are allowed where NOOP is.
+_KNOWN = frozenset(verb for row in SEND.values() for verb in row)
+
+
+@dataclass(slots=True)
+class _Sent:
+    """A command whose reply is outstanding, with what its reply needs to know."""
+
+    verb: str
+    state: ClientState  # the state sending it produced
+    prior: ClientState  # the state it was sent in
+    transaction: int  # which mail transaction it belongs to
+
+
 class ClientConnection:
     """One SMTP (or LMTP) session, client side."""
 
     def __init__(self, *, lmtp: bool = False) -> None:
         self.lmtp = lmtp
         self.extensions: dict[str, str] = {}  # EHLO/LHLO keywords (upper-case) → parameters
+        self.state = ClientState.CONNECTED
         self._buf = bytearray()
         self._lines: list[tuple[int, str]] = []
         self._raw: list[str] = []
-        self._expect: deque[str] = deque(["CONNECT"])
+        self._expect: deque[_Sent] = deque(
+            [_Sent("CONNECT", ClientState.CONNECTED, ClientState.CONNECTED, 0)]
+        )
+        self._auth_prior = ClientState.GREETED  # where AUTH's final reply returns to
+        # The current mail transaction, as far as its replies are in.
+        self._transaction = 0  # counts MAIL commands sent
+        self._mail_refused = False
+        self._rcpts_sent = 0
+        self._rcpt_replies = 0
         self._accepted_rcpts = 0  # LMTP: replies owed after the message text
-        self._tls_pending = False
 
     # -- what the server offers ------------------------------------------------------------
 
@@ -80,19 +109,58 @@ class ClientConnection:
     @property
     def waiting_for(self) -> tuple[str, ...]:
         """Commands sent whose replies have not arrived yet, oldest first."""
-        return tuple(self._expect)
+        return tuple(sent.verb for sent in self._expect)
+
+    # -- sequence rules ----------------------------------------------------------------------
+
+    def _move(self, key: str, what: str) -> tuple[ClientState, ClientState]:
+        """Check that ``key`` may be sent now; move the state. Returns (before, after)."""
+        row = SEND[self.state]
+        if key not in row and key.partition(" ")[0] not in _KNOWN and "NOOP" in row:
+            key = "NOOP"  # an extension command: allowed where NOOP is, state unchanged
+        if key not in row:
+            why = "it needs a 354 reply to DATA" if key == "TEXT" else OUT_OF_ORDER[self.state]
+            raise LocalProtocolError(f"{what} out of order: {why}")
+        if (
+            key in ("DATA", "BDAT", "BDAT LAST")
+            and self._rcpt_replies == self._rcpts_sent
+            and self._accepted_rcpts == 0
+        ):
+            raise LocalProtocolError(f"{what} out of order: every RCPT was refused")
+        if key == "BDAT LAST" and self.lmtp and self._rcpt_replies < self._rcpts_sent:
+            # RFC 2033: one reply per accepted recipient, so their number must be known.
+            raise LocalProtocolError("LMTP: BDAT LAST before every RCPT reply is in")
+        before = self.state
+        after = row[key]
+        if after is not None:
+            self.state = after
+        if key == "MAIL":
+            self._transaction += 1
+            self._mail_refused = False
+            self._rcpts_sent = self._rcpt_replies = self._accepted_rcpts = 0
+        elif key == "RCPT":
+            self._rcpts_sent += 1
+        elif key == "AUTH":
+            self._auth_prior = before
+        return before, self.state
+
+    def _expect_reply(self, verb: str, before: ClientState) -> None:
+        prior = self._auth_prior if verb == "AUTH" else before
+        self._expect.append(_Sent(verb, self.state, prior, self._transaction))
 
     # -- output ------------------------------------------------------------------------------
 
     def send_command(self, verb: str, argument: str = "") -> bytes:
-        """The bytes of one command line; its reply will come as a ``ServerReply``."""
+        """The bytes of one command line; its reply will come as a ``ServerReply``.
+
+        Raises ``LocalProtocolError`` for a command out of order (see ``_client_state``).
+        """
         verb = verb.upper()
         line = f"{verb} {argument}" if argument else verb
         if "\r" in line or "\n" in line:
             raise LocalProtocolError(f"line break inside a command: {line!r}")
-        if self._tls_pending:
-            raise LocalProtocolError("STARTTLS accepted: finish the handshake first")
-        self._expect.append(verb)
+        before, _ = self._move(verb, verb)
+        self._expect_reply(verb, before)
         return line.encode("utf-8") + b"\r\n"
 
     def send_auth_response(self, line: str) -> bytes:
@@ -103,19 +171,22 @@ class ClientConnection:
         """
         if "\r" in line or "\n" in line:
             raise LocalProtocolError("line break inside a SASL response")
-        if self._tls_pending:
-            raise LocalProtocolError("STARTTLS accepted: finish the handshake first")
-        self._expect.append("AUTH")
+        before, _ = self._move("SASL", "a SASL response")
+        self._expect_reply("AUTH", before)
         return line.encode("ascii") + b"\r\n"
 
     def send_data(self, message: bytes) -> bytes:
         """The message text after a 354: dot-stuffed and terminated."""
-        self._expect.extend(["END"] * self._replies_for_end())
+        before, _ = self._move("TEXT", "the message text")
+        for _ in range(self._replies_for_end()):
+            self._expect_reply("END", before)
         return dot_stuff(message)
 
     def send_bdat(self, chunk: bytes, *, last: bool) -> bytes:
         """One CHUNKING command with its octets (RFC 3030)."""
-        self._expect.extend(["BDAT"] * (self._replies_for_end() if last else 1))
+        before, _ = self._move("BDAT LAST" if last else "BDAT", "BDAT")
+        for _ in range(self._replies_for_end() if last else 1):
+            self._expect_reply("BDAT", before)
         return f"BDAT {len(chunk)}{' LAST' if last else ''}\r\n".encode() + chunk
 
     def _replies_for_end(self) -> int:
@@ -126,13 +197,15 @@ class ClientConnection:
 
     def tls_established(self) -> None:
         """The handshake after ``220`` to STARTTLS is done: EHLO again (RFC 3207 §4.2)."""
-        self._tls_pending = False
+        if self.state is not ClientState.TLS:
+            raise LocalProtocolError("tls_established() without a 220 to STARTTLS")
+        self.state = ClientState.GREETED
         self.extensions = {}
 
     # -- input -------------------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:
-        if self._tls_pending:
+        if self.state is ClientState.TLS:
             return  # bytes before the handshake are a response-injection attempt; drop them
         self._buf += data
 
@@ -175,20 +248,30 @@ class ClientConnection:
         reply = Reply(code, tuple(texts), status)
         if not self._expect:
             raise RemoteProtocolError(f"unsolicited reply: {reply}")
-        command = self._expect.popleft()
-        self._on_reply(command, reply)
-        return ServerReply(command, reply, raw)
+        sent = self._expect.popleft()
+        self._on_reply(sent, reply)
+        return ServerReply(sent.verb, reply, raw)
 
-    def _on_reply(self, command: str, reply: Reply) -> None:
+    def _on_reply(self, sent: _Sent, reply: Reply) -> None:
+        command, success = sent.verb, reply.code // 100 == 2
         if command in ("EHLO", "LHLO") and reply.code == 250:
             self.extensions = {}
             for line in reply.lines[1:]:
                 keyword, _, params = line.strip().partition(" ")
                 self.extensions[keyword.upper()] = params.strip()
-        elif command == "RCPT" and reply.code // 100 == 2:
-            self._accepted_rcpts += 1
-        elif command == "MAIL" or (command == "RSET" and reply.code == 250):
-            self._accepted_rcpts = 0
-        elif command == "STARTTLS" and reply.code == 220:
-            self._tls_pending = True
+        current = sent.transaction == self._transaction
+        if command == "RCPT" and current:
+            self._rcpt_replies += 1
+            self._accepted_rcpts += success
+        elif command == "MAIL" and current and not success:
+            self._mail_refused = True
+            if self.state in (ClientState.MAIL, ClientState.RCPT):
+                self.state = ClientState.READY  # the server has no transaction to end
+        if command in WAITS and self.state is sent.state:  # nothing was sent after it
+            if (command, reply.code // 100) in REPLY_MOVES:
+                moved = REPLY_MOVES[(command, reply.code // 100)]
+                self.state = sent.prior if moved is None else moved
+            if self.state is ClientState.RCPT and self._mail_refused:
+                self.state = ClientState.READY  # DATA refused after a refused MAIL
+        if command == "STARTTLS" and reply.code == 220 and self.state is ClientState.TLS:
             self._buf.clear()
