@@ -91,11 +91,17 @@ class ThrottleTable:
     aim at another IP's group.
     """
 
-    def __init__(self, fd: int, slots: int, key: bytes) -> None:
-        self._fd = fd
+    def __init__(self, fd: int | None, slots: int, key: bytes) -> None:
+        self._fd = fd  # None: this process's own table in memory (no file could be made)
         self._slots = slots
         self._key = key
-        self._map = mmap.mmap(fd, _HEADER_SIZE + slots * _SLOT.size)
+        self._map = mmap.mmap(-1 if fd is None else fd, _HEADER_SIZE + slots * _SLOT.size)
+
+    @classmethod
+    def in_memory(cls, slots: int = _SLOTS) -> ThrottleTable:
+        """A table for this process alone: the fallback when the file cannot be made
+        (a full disk must not keep the server from starting)."""
+        return cls(None, slots, secrets.token_bytes(16))
 
     @classmethod
     def open(cls, path: Path, slots: int = _SLOTS) -> ThrottleTable:
@@ -125,7 +131,8 @@ class ThrottleTable:
 
     def close(self) -> None:
         self._map.close()
-        os.close(self._fd)
+        if self._fd is not None:
+            os.close(self._fd)
 
     def hash(self, client: str) -> bytes:
         return hashlib.blake2b(client.encode(), key=self._key, digest_size=16).digest()
@@ -138,14 +145,16 @@ class ThrottleTable:
         if something was recorded in it: asking about a stranger writes nothing.
         """
         group = int.from_bytes(key[:8], "little") % (self._slots // _WAYS) * _WAYS
-        fcntl.lockf(self._fd, fcntl.LOCK_EX)
+        if self._fd is not None:
+            fcntl.lockf(self._fd, fcntl.LOCK_EX)
         try:
             offset, found, slot = self._find(key, group, now)
             yield slot
             if found or slot.locked_until > 0 or any(slot.counts):
                 _SLOT.pack_into(self._map, offset, key, slot.locked_until, slot.base, *slot.counts)
         finally:
-            fcntl.lockf(self._fd, fcntl.LOCK_UN)
+            if self._fd is not None:
+                fcntl.lockf(self._fd, fcntl.LOCK_UN)
 
     def _find(self, key: bytes, group: int, now: float) -> tuple[int, bool, Slot]:
         """(offset, found, slot): the key's own slot, or the one to reuse for it."""

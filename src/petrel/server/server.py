@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import logging
 import os
+import secrets
 import socket
 from collections import Counter
 from typing import Protocol
@@ -169,12 +170,32 @@ def open_auth_state(config: Config) -> tuple[AuthThrottle, ScramDecoys]:
     workers opens them first, so that a problem stops it at start-up).
     """
     auth, data_dir = config.auth, config.server.data_dir
-    table = ThrottleTable.open(data_dir / THROTTLE_FILE)
     try:
-        decoys = ScramDecoys(load_secret(data_dir / SECRET_FILE))
+        table = ThrottleTable.open(data_dir / THROTTLE_FILE)
+    except OSError as exc:  # a full disk: serve anyway, with what this process can keep
+        log_event(
+            log,
+            "auth-state-unwritable",
+            level=logging.WARNING,
+            error=str(exc),
+            effect="AUTH failures are counted per process until a restart",
+        )
+        table = ThrottleTable.in_memory()
+    try:
+        secret = load_secret(data_dir / SECRET_FILE)
+    except OSError as exc:
+        log_event(
+            log,
+            "auth-state-unwritable",
+            level=logging.WARNING,
+            error=str(exc),
+            effect="unknown users' SCRAM salts change at the next restart",
+        )
+        secret = secrets.token_bytes(32)
     except BaseException:
         table.close()
         raise
+    decoys = ScramDecoys(secret)
     throttle = AuthThrottle(table, auth.max_failures, auth.failure_window, auth.lockout)
     return throttle, decoys
 
