@@ -14,6 +14,11 @@ against the messages the clients saw ``250`` for:
 recovered delivery makes must not grow with it. Talks to 127.0.0.1 only; every loop is
 bounded in count and time. Environment: KILLS (default 8), SENDERS (8), WORKERS (2),
 LOAD_SECONDS (random 1–3 s of load before each kill), MAILBOX_FILES (20000), SEED.
+
+``python bench/crash.py recovery`` measures recovery alone: BACKLOG (default 20000)
+committed messages left in the spool, as after a crash, for a mailbox of MAILBOX_FILES
+(default 46730, the issue's figure); the server starts, every message is recovered and
+checked against the mailbox before delivery, and the drain rate is printed.
 """
 
 from __future__ import annotations
@@ -128,6 +133,57 @@ def _prefill(maildir: Path, count: int) -> None:
         (maildir / "cur" / f"1700000000.M{i:06d}P1Q{i}.old:2,S").write_bytes(b"Subject: old\n\n")
 
 
+def _backlog(data_dir: Path, count: int) -> None:
+    """``count`` committed messages for the victim, written as the server would."""
+    import asyncio
+
+    from petrel.queue import Envelope, Recipient, Spool, new_queue_id
+
+    async def fill() -> None:
+        spool = Spool(data_dir / "queue")
+        spool.open()
+        try:
+            for start in range(0, count, 1000):  # group commits of 1000
+
+                async def one(i: int) -> None:
+                    envelope = Envelope(
+                        new_queue_id(), "load@client.test", [Recipient(f"victim@{HOSTNAME}")],
+                        time.time(),
+                    )  # fmt: skip
+                    writer = spool.begin(envelope)
+                    writer.write(f"Subject: c0-0-{i}\r\n\r\nrecover me\r\n".encode())
+                    await spool.commit(writer)
+
+                await asyncio.gather(*(one(i) for i in range(start, min(start + 1000, count))))
+        finally:
+            spool.close()
+
+    asyncio.run(fill())
+
+
+def recovery() -> int:
+    raise_nofile()
+    backlog = int(os.environ.get("BACKLOG", "20000"))
+    prefill = int(os.environ.get("MAILBOX_FILES", "46730"))
+    with tempfile.TemporaryDirectory(prefix="petrel-recovery-") as tmp:
+        server = Server(Path(tmp), int(os.environ.get("WORKERS", "1")))
+        maildir = server.data_dir / "mailboxes" / HOSTNAME / "victim"
+        server.data_dir.mkdir(mode=0o700)
+        _prefill(maildir, prefill)
+        _backlog(server.data_dir, backlog)
+        started = time.monotonic()
+        server.start()
+        ready = time.monotonic()
+        wait_until(lambda: server.queued() == 0, 1800, "the backlog to drain", step=0.1)
+        drained = time.monotonic()
+        server.stop()
+        delivered = len(os.listdir(maildir / "new"))
+    print(f"mailbox pre-filled with {prefill} messages; backlog {backlog}, delivered {delivered}")
+    print(f"start-up (recovery scan) {ready - started:.1f} s; drain {drained - ready:.1f} s")
+    print(f"recovery rate: {backlog / (drained - started):.0f} msg/s overall")
+    return 0 if delivered == backlog else 1
+
+
 def main() -> int:
     raise_nofile()
     kills = int(os.environ.get("KILLS", "8"))
@@ -184,7 +240,7 @@ def main() -> int:
 
 if __name__ == "__main__":
     try:
-        sys.exit(main())
+        sys.exit(recovery() if sys.argv[1:] == ["recovery"] else main())
     except BenchError as exc:
         print(f"crash: {exc}", file=sys.stderr)
         sys.exit(2)
