@@ -7,6 +7,7 @@ bounded poll for an observable result, never a sleep that hopes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -34,6 +35,25 @@ def wait_until(predicate: Callable[[], object], timeout: float = 15.0, what: str
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what or predicate}")
         time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(mount_point: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` at ``mount_point`` (made here), unmounted at the end.
+
+    Needs root, as `make test` has in CI; the test is skipped where mount is refused.
+    """
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(mount_point)],
+        capture_output=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 class PetrelServer:

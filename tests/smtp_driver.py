@@ -20,6 +20,7 @@ from petrel.smtp import (
     AuthOutcome,
     BadCommand,
     ChunkReceived,
+    ClientConnection,
     Data,
     DataChunk,
     Ehlo,
@@ -33,6 +34,7 @@ from petrel.smtp import (
     Rcpt,
     Reply,
     ServerConnection,
+    ServerReply,
     StartTls,
     State,
     help_reply,
@@ -219,3 +221,13 @@ def in_rcpt(**kwargs: object) -> Client:
     client.lines("MAIL FROM:<a@example.org>", "RCPT TO:<b@example.net>")
     assert client.conn.state is State.RCPT
     return client
+
+
+def client_replies(conn: ClientConnection, data: bytes) -> list[ServerReply]:
+    """Feed ``data`` to a client connection and take every reply it completes."""
+    conn.receive_data(data)
+    out = []
+    while (event := conn.next_event()) is not NEED_DATA:
+        assert isinstance(event, ServerReply)
+        out.append(event)
+    return out

@@ -19,15 +19,7 @@ from petrel.smtp import (
     reply,
 )
 from smtp_driver import Client as ServerDriver
-
-
-def _replies(conn: ClientConnection, data: bytes) -> list[ServerReply]:
-    conn.receive_data(data)
-    out = []
-    while (event := conn.next_event()) is not NEED_DATA:
-        assert isinstance(event, ServerReply)
-        out.append(event)
-    return out
+from smtp_driver import client_replies as _replies
 
 
 def _ready(extensions: str = "PIPELINING", *, lmtp: bool = False) -> ClientConnection:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HOSTNAME, PetrelServer, wait_until
+from conftest import HOSTNAME, PetrelServer, mounted_tmpfs, wait_until
 
 
 def _send(server: PetrelServer, rcpt: str, subject: str) -> str:
@@ -149,19 +149,9 @@ def test_petrel_command_is_installed() -> None:
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MiB tmpfs to fill up (needs root, as `make test` has in CI)."""
-    mount_point = tmp_path / "small-disk"
-    mount_point.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(mount_point)],
-        capture_output=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    """A 2 MiB tmpfs to fill up."""
+    with mounted_tmpfs(tmp_path / "small-disk", "2m") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def test_full_spool_disk_answers_452_and_keeps_what_was_accepted(

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HOSTNAME, PetrelServer, wait_until
+from conftest import HOSTNAME, PetrelServer, mounted_tmpfs, wait_until
 
 NOBODY = 65534
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (tmpfs, chown)")
@@ -46,18 +46,8 @@ def _new_log(server: PetrelServer, offset: int) -> str:
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB tmpfs, unmounted at the end."""
-    mount_point = tmp_path / "tiny-disk"
-    mount_point.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mount_point)],
-        capture_output=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "tiny-disk", "1m") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def _fill(disk: Path, name: str = "filler") -> Path:

@@ -9,19 +9,10 @@ from petrel.smtp import (
     ClientConnection,
     LocalProtocolError,
     RemoteProtocolError,
-    ServerReply,
     dot_stuff,
 )
 from smtp_driver import Client as ServerDriver
-
-
-def _replies(conn: ClientConnection, data: bytes) -> list[ServerReply]:
-    conn.receive_data(data)
-    out = []
-    while (event := conn.next_event()) is not NEED_DATA:
-        assert isinstance(event, ServerReply)
-        out.append(event)
-    return out
+from smtp_driver import client_replies as _replies
 
 
 def test_pipelined_replies_match_their_commands_against_the_real_server() -> None:
