@@ -199,3 +199,35 @@ def test_job_results_align_with_recipients() -> None:
     job.results[1] = failed("5.0.0", "no")
     job.settle_open(deferred("4.0.0", "later"))
     assert [r.status for r in job.results if r] == ["4.0.0", "5.0.0"]
+
+
+def test_local_and_remote_recipients_go_to_their_transports(tmp_path) -> None:
+    async def main() -> Envelope:
+        _, spool, manager, clock, transport = _setup(tmp_path, failed("5.1.1", "gone"))
+        manager.start([])
+        envelope = Envelope(
+            new_queue_id(),
+            "alice@mx.test",
+            [Recipient("bob@far.test"), Recipient("carol@mx.test")],
+            clock.now,
+        )
+        writer = spool.begin(envelope)
+        writer.write(b"Subject: both\r\n\r\nhi\r\n")
+        await spool.commit(writer)
+        manager.submit(envelope)
+        await _settle(manager)
+        assert transport.routes == [Route("mx", "far.test")]  # the local one never went there
+        await manager.stop()
+        assert spool.list_ids() == []  # both final: the message is gone
+        spool.close()
+        return envelope
+
+    envelope = asyncio.run(main())
+    assert [(r.state, r.status) for r in envelope.recipients] == [
+        ("failed", "5.1.1"),
+        ("delivered", "2.0.0"),
+    ]
+    [carol] = _mailbox(tmp_path, "carol")
+    assert b"Subject: both" in carol
+    [bounce] = _mailbox(tmp_path, "alice")
+    assert b"bob@far.test" in bounce
