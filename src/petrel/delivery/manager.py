@@ -142,7 +142,11 @@ class QueueManager:
 
     def submit(self, envelope: Envelope) -> None:
         """A message was just committed: try it now."""
-        self._messages[envelope.queue_id] = Tracked(envelope)
+        found = self._messages.get(envelope.queue_id)
+        if found is None:
+            self._messages[envelope.queue_id] = Tracked(envelope)
+        else:  # known already: its marks (an attempt running, a delete) stay
+            found.envelope = envelope
         self._ready.append(envelope.queue_id)
         self._wake.set()
 
