@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import email
+from collections.abc import Sequence
 from pathlib import Path
 
 from petrel.config import load_config
 from petrel.delivery.manager import QueueManager
-from petrel.delivery.smtp import Job, Route, SmtpTransport, deferred, failed
+from petrel.delivery.outcome import Job as BaseJob
+from petrel.delivery.outcome import Result
+from petrel.delivery.smtp import Job, Route, deferred, failed
 from petrel.policy import Policy
 from petrel.policy.aliases import Aliases
 from petrel.queue.envelope import Envelope, Recipient
@@ -25,18 +28,19 @@ class Clock:
         return self.now
 
 
-class FakeTransport(SmtpTransport):
-    """Answers every remote recipient with ``self.result`` and counts attempts."""
+class FakeTransport:
+    """A `Transport` that answers every remote recipient with ``self.result`` and
+    counts attempts."""
 
-    def __init__(self, config, result) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(config)
+    def __init__(self, result: Result) -> None:
         self.result = result
         self.calls = 0
+        self.routes: list[Route] = []
 
-    async def deliver(self, route: Route, jobs) -> None:  # type: ignore[no-untyped-def]
+    async def deliver(self, route: Route, jobs: Sequence[BaseJob]) -> list[list[Result]]:
         self.calls += 1
-        for job in jobs:
-            job.settle_open(self.result)
+        self.routes.append(route)
+        return [[self.result] * len(job.recipients) for job in jobs]
 
 
 def _setup(tmp_path: Path, result, extra: str = ""):  # type: ignore[no-untyped-def]
@@ -60,7 +64,7 @@ delay_warning = "2h"
     spool.open()
     policy = Policy(config, Aliases.load(config.aliases.file))
     clock = Clock()
-    transport = FakeTransport(config, result)
+    transport = FakeTransport(result)
     manager = QueueManager(config, spool, policy, clock=clock, transport=transport)
     return config, spool, manager, clock, transport
 
@@ -79,7 +83,7 @@ async def _queue(spool: Spool, manager: QueueManager, clock: Clock, **env) -> En
 async def _settle(manager: QueueManager) -> None:
     for _ in range(200):
         await asyncio.sleep(0.01)
-        if not manager._inflight and not manager._ready:
+        if manager.idle():
             return
 
 
@@ -195,3 +199,35 @@ def test_job_results_align_with_recipients() -> None:
     job.results[1] = failed("5.0.0", "no")
     job.settle_open(deferred("4.0.0", "later"))
     assert [r.status for r in job.results if r] == ["4.0.0", "5.0.0"]
+
+
+def test_local_and_remote_recipients_go_to_their_transports(tmp_path) -> None:
+    async def main() -> Envelope:
+        _, spool, manager, clock, transport = _setup(tmp_path, failed("5.1.1", "gone"))
+        manager.start([])
+        envelope = Envelope(
+            new_queue_id(),
+            "alice@mx.test",
+            [Recipient("bob@far.test"), Recipient("carol@mx.test")],
+            clock.now,
+        )
+        writer = spool.begin(envelope)
+        writer.write(b"Subject: both\r\n\r\nhi\r\n")
+        await spool.commit(writer)
+        manager.submit(envelope)
+        await _settle(manager)
+        assert transport.routes == [Route("mx", "far.test")]  # the local one never went there
+        await manager.stop()
+        assert spool.list_ids() == []  # both final: the message is gone
+        spool.close()
+        return envelope
+
+    envelope = asyncio.run(main())
+    assert [(r.state, r.status) for r in envelope.recipients] == [
+        ("failed", "5.1.1"),
+        ("delivered", "2.0.0"),
+    ]
+    [carol] = _mailbox(tmp_path, "carol")
+    assert b"Subject: both" in carol
+    [bounce] = _mailbox(tmp_path, "alice")
+    assert b"bob@far.test" in bounce

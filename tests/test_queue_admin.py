@@ -323,19 +323,20 @@ def test_delete_during_a_delivery_batch_waits_for_it(tmp_path: Path) -> None:
         writer.write(b"Subject: s\r\n\r\nbody\r\n")
         await spool.commit(writer)
         manager = QueueManager(config, spool, Policy(config, Aliases.load(config.aliases.file)))
-        manager._envelopes[envelope.queue_id] = envelope  # tracked, but no loop running
-        manager._ready.append(envelope.queue_id)
+        admin = manager.admin
+        manager.submit(envelope)  # tracked and ready, but no loop running
         batch = manager._take_batch()
-        assert batch == [envelope] and manager.snapshot()[0]["active"] is True
+        assert [t.envelope for t in batch] == [envelope] and admin.snapshot()[0]["active"] is True
 
-        assert manager.delete(envelope.queue_id) is False  # in flight: only marked
-        assert manager.hold(envelope.queue_id) is True
+        assert admin.delete(envelope.queue_id) is False  # in flight: only marked
+        assert admin.hold(envelope.queue_id) is True
         assert spool.list_ids() == [envelope.queue_id]
-        assert manager._settle(envelope) is None  # the batch ends; the delete acts now
-        assert spool.list_ids() == [] and manager.snapshot() == []
+        assert manager._settle(batch[0]) is None  # the batch ends; the delete acts now
+        assert spool.list_ids() == [] and admin.snapshot() == []
         with pytest.raises(LookupError):
-            manager.describe(envelope.queue_id)
-        manager._executor.shutdown()
+            admin.describe(envelope.queue_id)
+        manager.local.close()
+        manager._files.shutdown()
         spool.close()
 
     asyncio.run(scenario())

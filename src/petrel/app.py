@@ -153,7 +153,7 @@ async def serve(config: Config, log_args: list[str] | None = None) -> int:
     policy = Policy(config, Aliases.load(config.aliases.file))
     manager = QueueManager(config, spool, policy)
     manager.start(recovered)
-    await control.start(manager)  # before the listeners: "listening" means it answers
+    await control.start(manager.admin)  # before the listeners: "listening" means it answers
     workers = config.server.workers
     # mail from `petrel sendmail`, and from the workers' sessions when there are workers
     pickup = PickupWatcher(spool, manager, accept_any=workers > 1)

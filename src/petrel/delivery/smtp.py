@@ -30,8 +30,10 @@ from petrel import smtp
 from petrel.client.sasl import AuthError, choose_mechanism, make_mechanism
 from petrel.config import Config, DeliverySection
 from petrel.delivery.mime7bit import ConversionError, to_7bit
+from petrel.delivery.outcome import Job as BaseJob
+from petrel.delivery.outcome import Outcome, Result, Route, deferred, failed, local_error
 from petrel.log import log_event
-from petrel.queue.envelope import Envelope, Recipient
+from petrel.queue.store import QueueStore
 from petrel.smtp import NEED_DATA, ClientConnection, RemoteProtocolError
 
 __all__ = [
@@ -45,45 +47,15 @@ __all__ = [
     "Route",
     "RouteError",
     "SmtpTransport",
+    "remote_route",
 ]
 
 log = logging.getLogger("petrel.smtp")
 
-DELIVERED = "delivered"
-DEFERRED = "deferred"
-FAILED = "failed"
-
-
-@dataclass(frozen=True, slots=True)
-class Result:
-    """What happened to one recipient in one attempt (enough to write its DSN fields)."""
-
-    outcome: str  # DELIVERED | DEFERRED | FAILED
-    status: str  # RFC 3463, e.g. "5.1.1"
-    text: str  # one line for logs and last_error
-    diagnostic: str | None = None  # "smtp; 550 5.1.1 ..." (RFC 3464 Diagnostic-Code)
-    remote_mta: str | None = None  # "dns; mx.example.org"
-    relayed: bool = False  # handed to a peer that did not offer DSN (RFC 3461 §6.2.2)
-
-
-def deferred(status: str, text: str, remote_mta: str | None = None) -> Result:
-    return Result(DEFERRED, status, text, None, remote_mta)
-
-
-def failed(status: str, text: str, remote_mta: str | None = None) -> Result:
-    return Result(FAILED, status, text, None, remote_mta)
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """Where a recipient's mail goes; ``key`` groups recipients into sessions."""
-
-    kind: str  # "mx" | "smarthost" | "lmtp"
-    target: str  # the domain (mx), "host:port" (smarthost) or the LMTP target string
-
-    @property
-    def key(self) -> str:
-        return f"{self.kind}:{self.target}"
+# The outcome words, spelled once in outcome.py; the names stay importable from here.
+DELIVERED = Outcome.DELIVERED
+DEFERRED = Outcome.DEFERRED
+FAILED = Outcome.FAILED
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,12 +71,10 @@ class Hop:
 
 
 @dataclass(slots=True)
-class Job:
-    """One message for one route; ``results`` is filled in, aligned with ``recipients``."""
+class Job(BaseJob):
+    """The transport's working copy of a job: ``results`` is filled in, aligned with
+    ``recipients``."""
 
-    envelope: Envelope
-    recipients: list[Recipient]
-    body: bytes
     results: list[Result | None] = field(default_factory=list)
     # ``body`` as 7-bit MIME, made for the first peer without 8BITMIME and kept for the rest
     seven_bit: bytes | None = field(default=None, repr=False)
@@ -193,11 +163,29 @@ def _null_mx(domain: str) -> Result:
     return failed("5.1.10", f"Domain {domain} does not accept mail (null MX, RFC 7505)")
 
 
+def remote_route(config: Config, address: str) -> Route:
+    """A remote recipient's route: its ``domains.lmtp`` target, else the smarthost, else MX."""
+    domain = address.rpartition("@")[2].lower()
+    if domain in config.domains.lmtp:
+        return Route("lmtp", config.domains.lmtp[domain])
+    relay = config.relay
+    if relay is not None:
+        return Route("smarthost", f"{relay.smarthost_host}:{relay.smarthost_port}")
+    return Route("mx", domain)
+
+
 class SmtpTransport:
     """Delivers jobs route by route; a route's sessions share a concurrency limit."""
 
-    def __init__(self, config: Config, resolver: Resolver | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        resolver: Resolver | None = None,
+        *,
+        store: QueueStore | None = None,
+    ) -> None:
         self.config = config
+        self.store = store  # where a job without its body reads it
         self.delivery = config.delivery
         self.hostname = config.server.hostname
         self.resolver = resolver or Resolver(config.delivery)
@@ -206,13 +194,7 @@ class SmtpTransport:
     # -- routes ----------------------------------------------------------------------
 
     def route_for(self, address: str) -> Route:
-        domain = address.rpartition("@")[2].lower()
-        if domain in self.config.domains.lmtp:
-            return Route("lmtp", self.config.domains.lmtp[domain])
-        relay = self.config.relay
-        if relay is not None:
-            return Route("smarthost", f"{relay.smarthost_host}:{relay.smarthost_port}")
-        return Route("mx", domain)
+        return remote_route(self.config, address)
 
     async def _hops(self, route: Route) -> list[Hop]:
         if route.kind == "mx":
@@ -226,8 +208,47 @@ class SmtpTransport:
 
     # -- delivery ------------------------------------------------------------------------
 
-    async def deliver(self, route: Route, jobs: Sequence[Job]) -> None:
-        """Fill in every job's results; never raises for anything the peer does."""
+    async def deliver(self, route: Route, jobs: Sequence[BaseJob]) -> list[list[Result]]:
+        """Per job, one result per recipient; never raises for anything the peer does.
+
+        A job that is already a `Job` of this module has its ``results`` filled in too.
+        """
+        work = [
+            job if isinstance(job, Job) else Job(job.envelope, job.recipients, job.body)
+            for job in jobs
+        ]
+        await self._deliver(route, await self._with_bodies(work))
+        return [
+            [
+                r if r is not None else deferred("4.3.0", "no result from the transport")
+                for r in job.results
+            ]
+            for job in work
+        ]
+
+    async def _with_bodies(self, jobs: list[Job]) -> list[Job]:
+        """The jobs whose text could be had: read from the store when not given (in a
+        thread); an unreadable or corrupt spool file is each recipient's result."""
+        loop = asyncio.get_running_loop()
+        ready: list[Job] = []
+        for job in jobs:
+            if job.body is None:
+                if self.store is None:
+                    job.settle_open(deferred("4.3.0", "no message text for the transport"))
+                    continue
+                try:
+                    job.body = await loop.run_in_executor(
+                        None, self.store.read_body, job.envelope.queue_id
+                    )
+                except (OSError, ValueError) as exc:
+                    job.settle_open(local_error(exc))
+                    continue
+            ready.append(job)
+        return ready
+
+    async def _deliver(self, route: Route, jobs: Sequence[Job]) -> None:
+        if not jobs:
+            return
         try:
             hops = await self._hops(route)
         except RouteError as exc:
@@ -487,19 +508,21 @@ class _Session:
         (clients declare 7BIT and send 8-bit); BINARYMIME cannot be converted and is
         refused in `_refusal` instead.
         """
+        body = job.body
+        assert body is not None  # read by SmtpTransport._with_bodies
         if self.conn.supports("8BITMIME") or job.envelope.body == "BINARYMIME":
-            return job.body
+            return body
         if job.seven_bit is None:
             queue_id = job.envelope.queue_id
             # A thread, so a big message does not stall every other session of the loop.
-            job.seven_bit = await asyncio.to_thread(to_7bit, job.body, self.t.hostname, queue_id)
-            if job.seven_bit is not job.body:
+            job.seven_bit = await asyncio.to_thread(to_7bit, body, self.t.hostname, queue_id)
+            if job.seven_bit is not body:
                 log_event(
                     log,
                     "converted-7bit",
                     queue_id=queue_id,
                     relay=self.peer,
-                    size=len(job.body),
+                    size=len(body),
                     converted_size=len(job.seven_bit),
                 )
         return job.seven_bit

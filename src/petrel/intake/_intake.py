@@ -18,7 +18,7 @@ from typing import NamedTuple, Protocol
 from petrel import smtp
 from petrel.config import Config
 from petrel.log import log_event
-from petrel.queue import Envelope, MessageWriter, Recipient, Spool
+from petrel.queue import Envelope, QueueStore, QueueWriter, Recipient
 
 from .headers import HeaderSection
 from .trace import Origin, received_field, rfc5322_date
@@ -85,7 +85,7 @@ class Draft:
     __slots__ = ("_default_from", "_header", "_held", "_hostname", "_writer")
 
     def __init__(
-        self, writer: MessageWriter, hostname: str, fix_header: bool, default_from: str | None
+        self, writer: QueueWriter, hostname: str, fix_header: bool, default_from: str | None
     ) -> None:
         self._writer = writer
         self._hostname = hostname
@@ -141,7 +141,7 @@ class Draft:
 class Intake:
     """Begin, stream, commit: the same path into the queue for every kind of producer."""
 
-    def __init__(self, config: Config, spool: Spool, submitter: Submitter) -> None:
+    def __init__(self, config: Config, spool: QueueStore, submitter: Submitter) -> None:
         self.hostname = config.server.hostname
         self.max_received = config.delivery.max_received
         self.spool = spool

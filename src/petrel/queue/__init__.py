@@ -10,6 +10,7 @@ from petrel.queue.envelope import (
 )
 from petrel.queue.ids import is_valid_queue_id, new_queue_id
 from petrel.queue.spool import HEADER_SCAN, CorruptMessageError, MessageWriter, Spool
+from petrel.queue.store import QueueStore, QueueWriter
 
 __all__ = [
     "DEFERRED",
@@ -20,6 +21,8 @@ __all__ = [
     "CorruptMessageError",
     "Envelope",
     "MessageWriter",
+    "QueueStore",
+    "QueueWriter",
     "Recipient",
     "Spool",
     "is_valid_queue_id",

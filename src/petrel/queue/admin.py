@@ -19,6 +19,7 @@ from petrel.log import log_event
 from petrel.queue.envelope import Envelope
 from petrel.queue.ids import is_valid_queue_id
 from petrel.queue.spool import CorruptMessageError, Spool
+from petrel.queue.store import QueueStore
 
 __all__ = [
     "LIST_HEADER",
@@ -46,7 +47,8 @@ class UnknownMessageError(LookupError):
 
 
 class QueueControl(Protocol):
-    """What `execute` needs: the QueueManager when the server runs, `SpoolAdmin` when not."""
+    """What `execute` needs: the queue manager's `delivery.admin.LiveAdmin` when the
+    server runs, `SpoolAdmin` when not."""
 
     def queue_ids(self) -> list[str]: ...
     def snapshot(self) -> list[dict[str, Any]]: ...
@@ -82,7 +84,7 @@ def describe_envelope(
     return info
 
 
-def read_headers(spool: Spool, queue_id: str) -> str:
+def read_headers(spool: QueueStore, queue_id: str) -> str:
     """The header section of a queued message (up to the blank line), LF line ends."""
     head = spool.read_header(queue_id)
     if head.endswith(b"\r\n\r\n"):
@@ -159,7 +161,7 @@ class SpoolAdmin:
     exactly what the operator left.
     """
 
-    def __init__(self, spool: Spool) -> None:
+    def __init__(self, spool: QueueStore) -> None:
         self.spool = spool
 
     def queue_ids(self) -> list[str]:

@@ -42,6 +42,7 @@ from collections.abc import Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from petrel.fsutil import (
     HAVE_SYNCFS,
@@ -56,6 +57,7 @@ from petrel.fsutil import (
 from petrel.log import log_event
 from petrel.queue.envelope import Envelope, Recipient
 from petrel.queue.ids import is_valid_queue_id
+from petrel.queue.store import QueueStore, QueueWriter
 
 __all__ = ["HEADER_SCAN", "CorruptMessageError", "MessageWriter", "Spool"]
 
@@ -252,6 +254,8 @@ class MessageWriter:
 class Spool:
     """The queue directory: group-committed writes, recovery, reads and delivery state.
 
+    The file backend of `petrel.queue.store.QueueStore`.
+
     `use_syncfs` None picks syncfs(2) when the system has it, for batches larger than
     `PER_FILE_SYNC_MAX`; False means one fsync per file plus one of ``active/`` for
     every batch (slower for big batches, but it touches only the spool's own files,
@@ -360,12 +364,14 @@ class Spool:
             envelope, self._incoming_prefix + queue_id, self._active_prefix + queue_id
         )
 
-    async def commit(self, writer: MessageWriter) -> None:
+    async def commit(self, writer: QueueWriter) -> None:
         """Return once the message is on stable storage (raise if it could not be put there).
 
         If the caller is cancelled meanwhile, the commit still completes and the
         message will be delivered: a duplicate is better than a loss.
         """
+        if not isinstance(writer, MessageWriter):
+            raise TypeError(f"not a writer of this spool: {writer!r}")
         if self._executor is None:
             raise RuntimeError("Spool.open() was not called")
         if writer._handed_over:
@@ -620,3 +626,7 @@ class Spool:
             n += 1
             candidate = self._corrupt / f"{name}.{n}"
         return candidate
+
+
+if TYPE_CHECKING:  # Spool is a QueueStore; mypy checks it here
+    _store: QueueStore = Spool(Path())

@@ -1,0 +1,88 @@
+"""`QueueStore`: what intake, delivery and queue administration need from the queue.
+
+`Spool` (files under ``<data_dir>/queue``) is the one implementation today; a second
+backend (PostgreSQL, a later issue) implements the same protocol and nothing above it
+changes. The contract every backend keeps:
+
+- `begin` hands out a `QueueWriter`; `commit` returns only once the message is on
+  stable storage (the 250 waits for it) and raises ``OSError`` if it could not be put
+  there. A committed message is recovered after any crash.
+- Reads raise ``OSError`` for a message that cannot be read (``FileNotFoundError`` for
+  one that is gone) and ``ValueError`` (`CorruptMessageError`) for a damaged one.
+- `save_state` records the recipients' delivery state and ``hold`` atomically but need
+  not be durable: after a crash an older state may come back (an attempt is repeated,
+  none is lost). `finish` removes a message for good.
+- Methods other than `commit` may block: delivery calls them from worker threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol
+
+from petrel.queue.envelope import Envelope
+
+__all__ = ["QueueStore", "QueueWriter"]
+
+
+class QueueWriter(Protocol):
+    """One message being written; the store it came from commits it."""
+
+    @property
+    def queue_id(self) -> str: ...
+
+    @property
+    def envelope(self) -> Envelope:
+        """As given to `QueueStore.begin` (later changes to it are not stored)."""
+        ...
+
+    @property
+    def size(self) -> int:
+        """Message octets written so far."""
+        ...
+
+    def write(self, data: bytes) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class QueueStore(Protocol):
+    """The durable queue, as intake, the queue manager and `petrel queue` use it."""
+
+    # -- intake --------------------------------------------------------------------
+    def has_room(self, size: int = 0) -> bool:
+        """Room for a message of ``size`` octets now (the free-space floor)?"""
+        ...
+
+    def begin(self, envelope: Envelope) -> QueueWriter: ...
+
+    async def commit(self, writer: QueueWriter) -> None:
+        """Return once ``writer``'s message is durable; OSError if it could not be."""
+        ...
+
+    # -- start-up ------------------------------------------------------------------
+    def recover(self) -> list[Envelope]:
+        """Every committed message with its state, oldest first (damaged ones set aside)."""
+        ...
+
+    # -- reading -------------------------------------------------------------------
+    def list_ids(self) -> list[str]: ...
+
+    def load(self, queue_id: str) -> Envelope: ...
+
+    def read_body(self, queue_id: str) -> bytes: ...
+
+    def iter_body(self, queue_id: str) -> Iterator[bytes]:
+        """The message bytes in chunks; ValueError at the end if they are damaged."""
+        ...
+
+    def read_header(self, queue_id: str) -> bytes:
+        """The header section with its blank line (not checked for damage)."""
+        ...
+
+    def body_size(self, queue_id: str) -> int: ...
+
+    # -- delivery state ------------------------------------------------------------
+    def save_state(self, envelope: Envelope) -> None: ...
+
+    def finish(self, queue_id: str) -> None: ...
