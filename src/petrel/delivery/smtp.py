@@ -630,16 +630,3 @@ class _Session:
 def _reply_text(reply: smtp.Reply) -> str:
     status = f" {reply.status}" if reply.status else ""
     return f"{reply.code}{status} {' '.join(reply.lines)}"
-
-
-def log_result(queue_id: str, address: str, result: Result) -> None:
-    level = logging.INFO if result.outcome == DELIVERED else logging.WARNING
-    log_event(
-        log,
-        result.outcome,
-        level=level,
-        queue_id=queue_id,
-        to=address,
-        status=result.status,
-        detail=result.text,
-    )
