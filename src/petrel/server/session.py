@@ -157,7 +157,7 @@ class SmtpSession(asyncio.Protocol):
             # RFC 8314: the listener did the handshake before connection_made.
             self._tls_up(transport)
             self.conn.implicit_tls()
-            self.conn.extensions = server.extensions_for(self.listener.mode, tls=True)
+            self.conn.offer(server.extensions_for(self.listener.mode, tls=True))
         transport.write(self.conn.send(self._greeting()))
 
     @staticmethod
@@ -688,7 +688,7 @@ class SmtpSession(asyncio.Protocol):
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         conn.tls_established()  # discards anything sent before the handshake
         self.auth_user = None  # RFC 3207 §4.2: nothing from before TLS is trusted
-        conn.extensions = self.server.extensions_for(self.listener.mode, tls=True)
+        conn.offer(self.server.extensions_for(self.listener.mode, tls=True))
         for data in early:
             conn.receive_data(data)
         self._process()
