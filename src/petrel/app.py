@@ -153,7 +153,8 @@ async def serve(config: Config, log_args: list[str] | None = None) -> int:
     policy = Policy(config, Aliases.load(config.aliases.file))
     manager = QueueManager(config, spool, policy)
     manager.start(recovered)
-    await control.start(manager)  # before the listeners: "listening" means it answers
+    # Before the listeners: "listening" means it answers. ETRN: for the workers' clients.
+    await control.start(manager, etrn=manager.etrn)
     workers = config.server.workers
     # mail from `petrel sendmail`, and from the workers' sessions when there are workers
     pickup = PickupWatcher(spool, manager, accept_any=workers > 1)

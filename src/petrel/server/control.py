@@ -25,9 +25,9 @@ import os
 import socket
 import stat
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from petrel import smtp
 from petrel.fsutil import ensure_dir, open_dir, unlink_quietly
@@ -39,7 +39,6 @@ __all__ = [
     "ControlClient",
     "ControlError",
     "ControlServer",
-    "ServedQueue",
     "ask_etrn",
     "control_path",
 ]
@@ -50,12 +49,6 @@ SOCKET_NAME = "petrel.sock"
 _LINE_LIMIT = 64 * 1024  # a request is a short JSON object; anything longer is refused
 _SUN_PATH_MAX = 107  # bytes, leaving room for the terminating NUL
 ETRN_TIMEOUT = 2.0  # a worker's ETRN waits this long for the parent's answer
-
-
-class ServedQueue(QueueControl, Protocol):
-    """What the running server's control socket serves: `execute`'s operations and ETRN."""
-
-    def etrn(self, node: str) -> smtp.Reply: ...
 
 
 def control_path(data_dir: Path) -> Path:
@@ -99,7 +92,8 @@ class ControlServer:
         self._sock: socket.socket | None = None
         self._server: asyncio.AbstractServer | None = None
         self._writers: set[asyncio.StreamWriter] = set()
-        self._control: ServedQueue | None = None
+        self._control: QueueControl | None = None
+        self._etrn: Callable[[str], smtp.Reply] | None = None
 
     def bind(self) -> bool:
         """Claim the socket before spool recovery; False if another live server owns it.
@@ -133,11 +127,17 @@ class ControlServer:
         self._sock = sock
         return True
 
-    async def start(self, control: ServedQueue) -> None:
-        """Answer requests (queued since `bind`) with `control`, the running queue manager."""
+    async def start(
+        self, control: QueueControl, etrn: Callable[[str], smtp.Reply] | None = None
+    ) -> None:
+        """Answer requests (queued since `bind`) with `control`, the running queue manager.
+
+        ``etrn`` (the manager's) answers workers' ETRN requests; without it they are refused.
+        """
         if self._sock is None:
             return
         self._control = control
+        self._etrn = etrn
         self._sock.setblocking(False)
         self._server = await asyncio.start_unix_server(
             self._serve_client, sock=self._sock, limit=_LINE_LIMIT
@@ -187,7 +187,7 @@ class ControlServer:
         try:
             assert self._control is not None
             if request.get("op") == "etrn":
-                return self._etrn(self._control, request.get("node"))
+                return self._answer_etrn(request.get("node"))
             response = execute(self._control, request)
         except Exception as exc:  # a bug must not take the server down with it
             log.exception("control request failed")
@@ -197,12 +197,13 @@ class ControlServer:
         return response
 
 
-    @staticmethod
-    def _etrn(control: ServedQueue, node: Any) -> dict[str, Any]:
+    def _answer_etrn(self, node: Any) -> dict[str, Any]:
         """A worker's client said ETRN: the queue manager's answer, as the reply's parts."""
+        if self._etrn is None:
+            return {"ok": False, "error": "bad-request", "message": "etrn is not served here"}
         if not isinstance(node, str) or not node:
             return {"ok": False, "error": "bad-request", "message": "etrn: a node is required"}
-        reply = control.etrn(node)
+        reply = self._etrn(node)
         log_event(log, "etrn", node=node, reply=reply.code)
         return {"ok": True, "code": reply.code, "status": reply.status, "lines": list(reply.lines)}
 
