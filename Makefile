@@ -33,10 +33,12 @@ system-deps:
 
 test: venv system-deps
 	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy --strict src
 	$(VENV)/bin/pytest -q
 
 lint: venv
 	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy --strict src
 
 # Postfix gives the bench smtp-source and the side-by-side peer. The preseed keeps the
 # package from configuring or starting a system instance; the bench runs its own.

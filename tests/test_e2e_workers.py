@@ -145,18 +145,33 @@ def test_a_killed_worker_is_restarted_and_service_continues(
     assert not [pid for pid in pids if _alive(pid)]
 
 
-def test_etrn_in_a_worker_reaches_the_queue_manager(
+def test_etrn_in_a_worker_answers_as_one_process_does(
     petrel_factory: Callable[..., PetrelServer],
 ) -> None:
+    """The worker asks the parent's queue manager: 251 when nothing waits, 250 when it does
+    (the same answers as test_e2e_sessions.test_etrn_from_relay_network)."""
     server = _workers(petrel_factory, extra_config='[domains]\nrelay_networks = ["127.0.0.1/32"]\n')
-    with smtplib.SMTP(server.host, server.port, timeout=10) as client:
-        client.ehlo("client.test")
-        code, _ = client.docmd("ETRN", "far.test")
-        assert code == 250
-    wait_until(
-        lambda: re.search(r"event=etrn node=far.test reply=251(?! worker)", server.log_text()),
-        what="the parent to run ETRN",
-    )
+    client = RawClient(server.connect())
+    client.reply()
+    client.command("EHLO relay.test")
+    assert client.command("ETRN elsewhere.test") == [
+        "251 2.0.0 No messages waiting for node elsewhere.test"
+    ]
+    client.command("MAIL FROM:<app@relay.test>")
+    client.command("RCPT TO:<someone@elsewhere.test>")
+    client.command("DATA")
+    client.send(b"Subject: waits\r\n\r\nfor the relay\r\n.\r\n")
+    assert client.reply()[0].endswith("Message accepted for delivery")
+    # The worker names the message to the parent through the pickup pipe: once the
+    # manager has tried it, it waits there.
+    wait_until(lambda: "event=deferred" in server.log_text(), what="the first attempt")
+    assert client.command("ETRN elsewhere.test") == [
+        "250 2.0.0 Queuing for node elsewhere.test started"
+    ]
+    assert client.command("ETRN @test")[0].startswith("250 2.0.0")
+    assert client.command("ETRN #queue")[0].startswith("458 4.0.0")
+    client.close()
+    assert re.search(r"event=etrn node=elsewhere.test reply=250(?! worker)", server.log_text())
 
 
 def test_mail_delivered_under_load_with_workers_is_never_requeued_nor_bounced(

@@ -32,7 +32,7 @@ from petrel.policy import Policy
 from petrel.policy.aliases import Aliases
 from petrel.queue.spool import Spool
 from petrel.server import Server
-from petrel.server.control import ControlServer, control_path
+from petrel.server.control import ControlServer, ask_etrn, control_path
 from petrel.server.server import bind_sockets, join_address, open_auth_state
 from petrel.server.tls import TlsManager
 from petrel.server.workers import WORKER_FDS_ENV, WorkerPool, decode_fds
@@ -153,7 +153,8 @@ async def serve(config: Config, log_args: list[str] | None = None) -> int:
     policy = Policy(config, Aliases.load(config.aliases.file))
     manager = QueueManager(config, spool, policy)
     manager.start(recovered)
-    await control.start(manager.admin)  # before the listeners: "listening" means it answers
+    # Before the listeners: "listening" means it answers. ETRN: for the workers' clients.
+    await control.start(manager.admin, etrn=manager.etrn)
     workers = config.server.workers
     # mail from `petrel sendmail`, and from the workers' sessions when there are workers
     pickup = PickupWatcher(spool, manager, accept_any=workers > 1)
@@ -197,7 +198,10 @@ async def serve(config: Config, log_args: list[str] | None = None) -> int:
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, (pool or server).reload_tls)  # type: ignore[union-attr]
+    if pool is not None:
+        loop.add_signal_handler(signal.SIGHUP, pool.reload_tls)
+    elif server is not None:
+        loop.add_signal_handler(signal.SIGHUP, server.reload_tls)
     await stop.wait()
     log_event(log, "stopping")
     stop_cleaning.set()
@@ -244,7 +248,11 @@ async def serve_worker(config: Config, number: int) -> int:
     spool = Spool(config.server.data_dir / "queue")
     spool.open()  # no recovery: the parent did that before any worker started
     policy = Policy(config, Aliases.load(config.aliases.file))
-    server = Server(config, Intake(config, spool, PickupPoke(spool.root)), policy, loop)
+    # Committed mail is named to the parent through the pickup pipe; ETRN is asked of
+    # its queue manager over the control socket, so it answers as a single process does.
+    etrn = functools.partial(ask_etrn, control_path(config.server.data_dir))
+    submitter = PickupPoke(spool.root, etrn=etrn)
+    server = Server(config, Intake(config, spool, submitter), policy, loop)
     await server.start(inherited)
     log_event(log, "worker-ready", pid=os.getpid())
     stop = asyncio.Event()

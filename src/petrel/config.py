@@ -544,7 +544,7 @@ def _bool(value: Any, key: str) -> bool:
 def _positive_int(value: Any, key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigError(f"{key}: must be a positive integer, got {_show(value)}")
-    return value
+    return int(value)
 
 
 def _list(value: Any, key: str) -> list[Any]:

@@ -148,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     setup_logging(args.log_format, args.log_level)
     from petrel.app import run, serve, serve_worker
-    from petrel.server.decoy import DecoyError
+    from petrel.policy.decoy import DecoyError
 
     try:
         if args.worker is not None:

@@ -143,7 +143,7 @@ def prepare(
     for original in given:
         address = smtp.parse_path(f"<{original}>")
         assert address is not None
-        finals = policy.resolve_recipient(address, _LOCAL)
+        finals = policy.check_rcpt(address, _LOCAL)
         if isinstance(finals, smtp.Reply):
             raise SendmailError(EX_NOUSER, f"{original}: {' '.join(finals.lines)}")
         accepted.append(Accepted(original, finals))

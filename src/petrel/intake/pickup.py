@@ -10,7 +10,8 @@ never picked up by that scan in a single-process server: their session submits t
 
 With ``server.workers`` > 1 the SMTP sessions run in worker processes (see
 ``petrel.server.workers``): a worker commits a message to the spool and then writes
-its queue id to the same pipe, and may write ``ETRN <node>`` for a client's ETRN. The
+its queue id to the same pipe (a client's ETRN is asked of the parent's queue manager
+over the control socket instead, so it gets the manager's own 250 or 251). The
 parent runs no sessions then, so its scan takes any committed message it does not
 know (``accept_any``): a poke lost to a full pipe costs a delay, never the message.
 """
@@ -24,6 +25,7 @@ import logging
 import os
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,10 +49,16 @@ SETTLE_SECONDS = 1.0  # a worker's message found by the scan alone must be this 
 
 class PickupPoke:
     """The `Submitter` of a process without the queue manager (a worker, ``petrel
-    sendmail``): it names committed mail to the server through the pickup pipe."""
+    sendmail``): it names committed mail to the server through the pickup pipe.
 
-    def __init__(self, queue_root: Path) -> None:
+    ``etrn`` asks the queue manager for a client's ETRN (a worker's is
+    ``server.control.ask_etrn``, a request over the control socket); without it, ETRN
+    is refused with 458 rather than answered with a guess.
+    """
+
+    def __init__(self, queue_root: Path, etrn: Callable[[str], smtp.Reply] | None = None) -> None:
         self.root = queue_root
+        self._etrn = etrn
 
     def submit(self, envelope: Envelope) -> None:
         # No reader (server down) or a full pipe: the server's scan or its next start
@@ -63,16 +71,14 @@ class PickupPoke:
             log_event(log, "pickup-poke-lost", level=logging.DEBUG, queue_id=envelope.queue_id)
 
     def etrn(self, node: str) -> smtp.Reply:
-        """Forward ETRN (RFC 1985) to the parent's queue manager."""
-        if node.startswith("#") or not node.isascii() or any(c.isspace() for c in node):
+        """ETRN (RFC 1985), answered by the queue manager: 250 started, or 251 none waiting."""
+        if self._etrn is None or node.startswith("#"):
             return smtp.reply(458, "4.0.0", f"Unable to queue messages for node {node}")
-        if not write_pickup(self.root, f"ETRN {node}"):
-            return smtp.reply(458, "4.0.0", f"Unable to queue messages for node {node}")
-        return smtp.reply(250, "2.0.0", f"Queuing for node {node} started")
+        return self._etrn(node)
 
 
 def write_pickup(queue_root: Path, line: str) -> bool:
-    """Write one line (a queue id, or ``ETRN <node>``) to the pickup pipe, if anyone reads it.
+    """Write one line (a queue id) to the pickup pipe, if anyone reads it.
 
     A line is far shorter than PIPE_BUF, so concurrent writers never interleave.
     """
@@ -172,13 +178,9 @@ class PickupWatcher:
                 log_event(log, "pickup-scan-failed", level=logging.WARNING, error=str(exc))
 
     def _take(self, lines: list[bytes]) -> None:
-        """Submit the messages named in the pipe; forward ETRN requests from workers."""
+        """Submit the messages named in the pipe."""
         for raw in dict.fromkeys(lines):
             line = raw.decode("ascii", "replace").strip()
-            if line.startswith("ETRN "):
-                reply = self.manager.etrn(line[5:])
-                log_event(log, "etrn", node=line[5:], reply=reply.code)
-                continue
             if not is_valid_queue_id(line) or self.manager.knows(line):
                 continue
             self._submit(line)

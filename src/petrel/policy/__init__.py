@@ -1,7 +1,11 @@
 """Who may do what: local domains, recipients, relaying, VRFY/EXPN exposure.
 
-The policy answers with SMTP replies (it is the server's judge), but it reads only its
-own stores — the aliases file today, the user store once it exists — and never writes.
+The policy answers every "may this client do this" question of a session through typed
+calls — `Policy.check_mail`, `Policy.check_rcpt`, `Policy.check_etrn`, `Policy.vrfy`,
+`Policy.expn`, `mail_auth` — each returning the refusal as an SMTP reply (it is the
+server's judge) or what was allowed. AUTH credentials are checked by `auth.Authenticator`.
+It reads only its own stores (the aliases and users files) and never writes, except the
+AUTH throttle's counts.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from dataclasses import dataclass
 
 from petrel.config import Config
 from petrel.smtp import Address, Reply, reply
+from petrel.smtp import replies as texts
 
 from .aliases import AliasError, Aliases
 from .users import User, Users
@@ -40,6 +45,7 @@ class Policy:
         self.relay_networks = config.domains.relay_networks
         self.vrfy_exposure = config.policy.vrfy
         self.expn_exposure = config.policy.expn
+        self.sender_login_match = config.auth.sender_login_match
         self.aliases = aliases
 
     # -- addresses --------------------------------------------------------------------
@@ -66,9 +72,38 @@ class Policy:
             return False
         return any(ip in net for net in self.relay_networks)
 
+    # -- MAIL, ETRN -------------------------------------------------------------------
+
+    def check_mail(
+        self, client: Client, sender: str, auth_user: str | None, submission: bool
+    ) -> Reply | None:
+        """May this client start a transaction from ``sender`` (``""`` for ``<>``)?
+
+        On ``submission``/``submissions`` listeners AUTH comes first (RFC 6409 §4.3); an
+        authenticated user's sender must be their own address or a local alias that
+        reaches them (RFC 6409 §6.1), unless ``auth.sender_login_match = false``. ``<>``
+        is always allowed. None: allowed.
+        """
+        if submission and auth_user is None:
+            return texts.AUTH_REQUIRED
+        if (
+            auth_user is not None
+            and sender
+            and self.sender_login_match
+            and not self.may_send_as(auth_user, sender)
+        ):
+            return reply(553, "5.7.1", f"<{sender}>: Sender address not owned by user {auth_user}")
+        return None
+
+    def check_etrn(self, client: Client, node: str) -> Reply | None:
+        """ETRN (RFC 1985) starts deliveries: only for clients that may relay."""
+        if not self.may_relay(client):
+            return reply(459, "4.7.1", f"<{node}>: ETRN not allowed from this client")
+        return None
+
     # -- RCPT ------------------------------------------------------------------------
 
-    def resolve_recipient(self, address: Address, client: Client) -> list[str] | Reply:
+    def check_rcpt(self, address: Address, client: Client) -> list[str] | Reply:
         """The final delivery addresses of an RCPT (aliases expanded), or the refusal."""
         if address.is_bare_postmaster:
             return self._expand(self.canonical(address))
@@ -197,3 +232,14 @@ class Policy:
         if not local or not self.is_local_domain(domain):
             return None
         return local.lower(), domain.lower()
+
+
+def mail_auth(given: str | None, auth_user: str | None) -> str | None:
+    """RFC 4954 §5: the ``MAIL AUTH=`` to record, trusted only from an authenticated client.
+
+    An unauthenticated client's AUTH= becomes ``<>``; an authenticated one without
+    AUTH= is taken to submit as itself.
+    """
+    if auth_user is None:
+        return None if given is None else "<>"
+    return given if given is not None else auth_user

@@ -20,8 +20,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from petrel.fsutil import FileSignature, file_signature, fsync_dir, unlink_quietly, write_all
+
+if TYPE_CHECKING:
+    from argon2 import PasswordHasher
 
 __all__ = ["ScramSecret", "User", "UserError", "Users", "hash_password", "scram_secret"]
 
@@ -75,7 +79,7 @@ def scram_secret(
     return ScramSecret(salt, iterations, hashlib.sha256(client_key).digest(), server_key)
 
 
-def _hasher():  # type: ignore[no-untyped-def]
+def _hasher() -> PasswordHasher:
     from argon2 import PasswordHasher
 
     return PasswordHasher()  # argon2id with the library's (RFC 9106 low-memory) defaults

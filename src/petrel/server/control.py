@@ -4,8 +4,11 @@ A unix socket at ``<data_dir>/control/petrel.sock`` (directory 0700, socket
 0600, and the peer's uid is checked too): only the owner of the spool may
 change it. The protocol is one JSON object per line each way, e.g.
 ``{"op": "hold", "id": "1K0V8G4A2SAQFN"}`` → ``{"ok": true, "changed": true}``;
-operations are those of `petrel.queue.admin.execute`. Requests run on the event
-loop, in the queue manager, so its memory and the spool stay consistent.
+operations are those of `petrel.queue.admin.execute`, plus ``etrn`` for worker
+processes (``{"op": "etrn", "node": "example.org"}`` → ``{"ok": true, "code": 251,
+"status": "2.0.0", "lines": [...]}``, the queue manager's own reply: `ask_etrn`).
+Requests run on the event loop, in the queue manager, so its memory and the spool stay
+consistent.
 
 A socket path longer than ``sun_path`` allows (108 bytes) is reached through
 ``/proc/self/fd/<dir fd>/``, so a deep data_dir still works on Linux.
@@ -22,21 +25,30 @@ import os
 import socket
 import stat
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from petrel import smtp
 from petrel.fsutil import ensure_dir, open_dir, unlink_quietly
 from petrel.log import log_event
 from petrel.queue.admin import QueueControl, execute
 
-__all__ = ["ControlClient", "ControlError", "ControlServer", "control_path"]
+__all__ = [
+    "ETRN_TIMEOUT",
+    "ControlClient",
+    "ControlError",
+    "ControlServer",
+    "ask_etrn",
+    "control_path",
+]
 
 log = logging.getLogger("petrel.control")
 
 SOCKET_NAME = "petrel.sock"
 _LINE_LIMIT = 64 * 1024  # a request is a short JSON object; anything longer is refused
 _SUN_PATH_MAX = 107  # bytes, leaving room for the terminating NUL
+ETRN_TIMEOUT = 2.0  # a worker's ETRN waits this long for the parent's answer
 
 
 def control_path(data_dir: Path) -> Path:
@@ -81,6 +93,7 @@ class ControlServer:
         self._server: asyncio.AbstractServer | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._control: QueueControl | None = None
+        self._etrn: Callable[[str], smtp.Reply] | None = None
 
     def bind(self) -> bool:
         """Claim the socket before spool recovery; False if another live server owns it.
@@ -114,11 +127,17 @@ class ControlServer:
         self._sock = sock
         return True
 
-    async def start(self, control: QueueControl) -> None:
-        """Answer requests (queued since `bind`) with `control`, the running queue manager."""
+    async def start(
+        self, control: QueueControl, etrn: Callable[[str], smtp.Reply] | None = None
+    ) -> None:
+        """Answer requests (queued since `bind`) with `control`, the running queue manager.
+
+        ``etrn`` (the manager's) answers workers' ETRN requests; without it they are refused.
+        """
         if self._sock is None:
             return
         self._control = control
+        self._etrn = etrn
         self._sock.setblocking(False)
         self._server = await asyncio.start_unix_server(
             self._serve_client, sock=self._sock, limit=_LINE_LIMIT
@@ -167,6 +186,8 @@ class ControlServer:
             return {"ok": False, "error": "bad-request", "message": "not a JSON object"}
         try:
             assert self._control is not None
+            if request.get("op") == "etrn":
+                return self._answer_etrn(request.get("node"))
             response = execute(self._control, request)
         except Exception as exc:  # a bug must not take the server down with it
             log.exception("control request failed")
@@ -174,6 +195,49 @@ class ControlServer:
         if request.get("op") not in ("list", "show"):
             log_event(log, "control", op=request.get("op"), id=request.get("id"), ok=response["ok"])
         return response
+
+
+    def _answer_etrn(self, node: Any) -> dict[str, Any]:
+        """A worker's client said ETRN: the queue manager's answer, as the reply's parts."""
+        if self._etrn is None:
+            return {"ok": False, "error": "bad-request", "message": "etrn is not served here"}
+        if not isinstance(node, str) or not node:
+            return {"ok": False, "error": "bad-request", "message": "etrn: a node is required"}
+        reply = self._etrn(node)
+        log_event(log, "etrn", node=node, reply=reply.code)
+        return {"ok": True, "code": reply.code, "status": reply.status, "lines": list(reply.lines)}
+
+
+def ask_etrn(path: Path, node: str, timeout: float = ETRN_TIMEOUT) -> smtp.Reply:
+    """ETRN in a worker process: the parent's queue manager answers over the control socket.
+
+    So a client gets the same 250 or 251 as from a single process. Blocking, but one
+    local round trip to a server that answers from memory; no answer within ``timeout``
+    (or none at all) is ``458 4.0.0``, RFC 1985's "unable to queue".
+    """
+    unable = smtp.reply(458, "4.0.0", f"Unable to queue messages for node {node}")
+    client = ControlClient(path, timeout=timeout)
+    try:
+        if not client.connect():
+            return unable
+        response = client.request("etrn", node=node)
+    except ControlError:
+        return unable
+    finally:
+        client.close()
+    code, status, lines = response.get("code"), response.get("status"), response.get("lines")
+    if (
+        response.get("ok") is not True
+        or not isinstance(code, int)
+        or not (status is None or isinstance(status, str))
+        or not isinstance(lines, list)
+        or not all(isinstance(line, str) for line in lines)
+    ):
+        return unable
+    try:
+        return smtp.Reply(code, tuple(lines), status)
+    except smtp.LocalProtocolError:  # not a reply we could send
+        return unable
 
 
 class ControlClient:

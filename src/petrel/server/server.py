@@ -1,14 +1,20 @@
-"""Listeners, connection limits, idle timeouts and graceful shutdown."""
+"""Listeners, connection limits, idle timeouts and graceful shutdown.
+
+`Server` accepts connections and accounts for them; what its sessions use (policy,
+intake, the AUTH checks, TLS, rDNS) it hands them in one `SessionContext`.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import os
 import secrets
 import socket
 from collections import Counter
+from collections.abc import Sequence
 from typing import Protocol
 
 from petrel import smtp
@@ -16,12 +22,13 @@ from petrel.config import Config, Listener
 from petrel.intake import Intake
 from petrel.log import log_event
 from petrel.policy import Policy
+from petrel.policy.auth import Authenticator
+from petrel.policy.decoy import SECRET_FILE, ScramDecoys, load_secret
 from petrel.policy.throttle import AuthThrottle, ThrottleTable
 
-from .decoy import SECRET_FILE, ScramDecoys, load_secret
 from .modes import IMPLICIT_TLS_MODES, STARTTLS_MODES
 from .rdns import ReverseDns
-from .session import SmtpSession
+from .session import SessionContext, SmtpSession
 from .tls import TlsManager
 
 __all__ = ["Listener", "Server", "bind_sockets", "join_address", "open_auth_state"]
@@ -126,7 +133,7 @@ class ImplicitTlsListener:
         self.server.handshakes[ip] += 1
         try:
             await self.server.loop.connect_accepted_socket(
-                lambda: SmtpSession(self.server, self.listener),
+                functools.partial(SmtpSession, self.server.context, self.listener),
                 sock,
                 ssl=context,
                 ssl_handshake_timeout=self.server.config.limits.tls_handshake_timeout,
@@ -201,7 +208,7 @@ def open_auth_state(config: Config) -> tuple[AuthThrottle, ScramDecoys]:
 
 
 class Server:
-    """Owns the listening sockets and the set of live sessions."""
+    """Owns the listening sockets and the set of live sessions (the `SessionHost`)."""
 
     def __init__(
         self,
@@ -211,16 +218,26 @@ class Server:
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         self.config = config
-        self.intake = intake  # where every accepted message goes
-        self.manager = intake.submitter  # ETRN
-        self.policy = policy
         self.loop = loop
         self.hostname = config.server.hostname
         self.extensions = smtp.Extensions(size=config.limits.message_size)
         self._extensions_for: dict[tuple[str, bool], smtp.Extensions] = {}
         self.tls = TlsManager(config)
-        self.auth_throttle, self.scram_decoys = open_auth_state(config)
-        self.rdns = ReverseDns(loop, enabled=config.server.reverse_dns)
+        throttle, decoys = open_auth_state(config)
+        self.auth = Authenticator(policy, throttle, decoys)
+        self.context = SessionContext(
+            loop=loop,
+            hostname=self.hostname,
+            limits=config.limits,
+            strict_paths=config.policy.strict_paths,
+            policy=policy,
+            auth=self.auth,
+            intake=intake,
+            submitter=intake.submitter,
+            tls=self.tls,
+            rdns=ReverseDns(loop, enabled=config.server.reverse_dns),
+            host=self,
+        )
         self.sessions: set[SmtpSession] = set()
         self._per_ip: Counter[str] = Counter()
         # Implicit-TLS handshakes in progress: they hold sockets before any session exists.
@@ -267,7 +284,7 @@ class Server:
         for index, listener in enumerate(self.config.listeners):
             if inherited is not None and index not in inherited:
                 continue
-            sockets: list[socket.socket] | tuple[object, ...]
+            sockets: Sequence[socket.socket]
             if listener.mode in IMPLICIT_TLS_MODES:
                 if inherited is None:
                     tls_listener = ImplicitTlsListener.bind(self, listener)
@@ -278,7 +295,7 @@ class Server:
                 sockets = tls_listener.sockets
             elif inherited is None:
                 server = await self.loop.create_server(
-                    lambda listener=listener: SmtpSession(self, listener),
+                    functools.partial(SmtpSession, self.context, listener),
                     listener.host,
                     listener.port,
                     reuse_address=True,
@@ -290,13 +307,13 @@ class Server:
                 sockets = inherited[index]
                 for sock in inherited[index]:
                     server = await self.loop.create_server(
-                        lambda listener=listener: SmtpSession(self, listener),
+                        functools.partial(SmtpSession, self.context, listener),
                         sock=sock,
                         backlog=_BACKLOG,
                     )
                     self._servers.append(server)
             for sock in sockets:
-                host, port = sock.getsockname()[:2]  # type: ignore[attr-defined]
+                host, port = sock.getsockname()[:2]
                 bound.append((host, port, listener.mode))
                 if inherited is None:
                     log_event(
@@ -329,7 +346,7 @@ class Server:
             return "Too many connections, try again later"
         if self._per_ip[ip] >= limits.connections_per_ip:
             return "Too many connections from your address, try again later"
-        if self.auth_throttle.locked(ip):
+        if self.auth.locked(ip):
             return "Too many failed authentications, try again later"
         self.sessions.add(session)
         self._per_ip[ip] += 1
@@ -353,7 +370,7 @@ class Server:
             return "Too many TLS handshakes in progress"
         if self._per_ip[ip] + pending >= limits.connections_per_ip:
             return "Too many connections from this address"
-        if self.auth_throttle.locked(ip):
+        if self.auth.locked(ip):
             return "Too many failed authentications"
         return None
 

@@ -1,9 +1,12 @@
 """One SMTP session: an ``asyncio.Protocol`` driving ``smtp.ServerConnection``.
 
-The session owns no protocol logic: it turns events into replies by asking the policy
-and the spool, and it writes all replies produced by one read in one ``write`` (RFC 2920
-pipelining). Work that must wait — the group-committed fsync behind a 250, the reverse
-DNS behind an EHLO reply — pauses event processing (and reading) until it is done.
+The session is the protocol pump plus TLS. It owns no protocol logic and decides no
+policy: it turns events into replies by asking the policy (``Policy.check_mail``,
+``check_rcpt``, ``check_etrn``, VRFY/EXPN; ``Authenticator`` for AUTH) and intake, and
+it writes all replies produced by one read in one ``write`` (RFC 2920 pipelining).
+Everything it uses comes in one `SessionContext`. Work that must wait — the
+group-committed fsync behind a 250, the reverse DNS behind an EHLO reply, a password
+check — pauses event processing (and reading) until it is done.
 
 One client must not hold the event loop or our memory: a turn handles at most
 ``EVENTS_PER_TURN`` events and leaves the rest for a later loop iteration, and the
@@ -19,23 +22,32 @@ import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import Protocol, cast
 
 from petrel import smtp
-from petrel.intake import Accepted, Draft, Origin, TooManyHops, expand_recipients, rfc5322_date
+from petrel.config import LimitsSection, Listener
+from petrel.intake import (
+    Accepted,
+    Draft,
+    Intake,
+    Origin,
+    Submitter,
+    TooManyHops,
+    expand_recipients,
+    rfc5322_date,
+)
 from petrel.log import log_event
-from petrel.policy import Client
+from petrel.policy import Client, Policy, mail_auth
+from petrel.policy.auth import Authenticator, Granted, LockedOut, Refused, Verdict
 from petrel.policy.throttle import Attempt
-from petrel.policy.users import User, verify_password
 from petrel.queue import Envelope, new_queue_id
 from petrel.queue.spool import MIN_FREE
 from petrel.smtp import replies as texts
 
-from .decoy import decoy_password_hash
 from .modes import IMPLICIT_TLS_MODES, SUBMISSION_MODES
-
-if TYPE_CHECKING:
-    from .server import Listener, Server
+from .rdns import ReverseDns
+from .tls import TlsManager
 
 log = logging.getLogger("petrel.smtpd")
 
@@ -55,6 +67,35 @@ DATA_RATE_GRACE = 10.0
 _INTERNAL_ERROR = smtp.reply(421, "4.3.0", "Internal error, closing connection")
 _NO_STORAGE = smtp.reply(452, "4.3.1", "Insufficient system storage, try again later")
 _TOO_MANY_HOPS = smtp.reply(554, "5.4.6", "Too many hops (Received header fields); mail loop?")
+
+
+class SessionHost(Protocol):
+    """What a session asks of the server that accepted it: a slot, an id, the offer."""
+
+    def admit(self, session: SmtpSession) -> str | None: ...
+
+    def release(self, session: SmtpSession) -> None: ...
+
+    def new_session_id(self) -> str: ...
+
+    def extensions_for(self, mode: str, tls: bool) -> smtp.Extensions: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SessionContext:
+    """Everything a session uses, made once per server and shared by its sessions."""
+
+    loop: asyncio.AbstractEventLoop
+    hostname: str
+    limits: LimitsSection
+    strict_paths: bool
+    policy: Policy
+    auth: Authenticator
+    intake: Intake  # where every accepted message goes
+    submitter: Submitter  # ETRN: the queue manager, or a worker's proxy of it
+    tls: TlsManager
+    rdns: ReverseDns
+    host: SessionHost
 
 
 class Transaction:
@@ -86,19 +127,19 @@ class SmtpSession(asyncio.Protocol):
         "_write_paused",
         "auth_user",
         "conn",
+        "ctx",
         "id",
         "last_active",
         "listener",
         "peer_ip",
         "peer_port",
-        "server",
         "tls_info",
         "transport",
         "txn",
     )
 
-    def __init__(self, server: Server, listener: Listener) -> None:
-        self.server = server
+    def __init__(self, ctx: SessionContext, listener: Listener) -> None:
+        self.ctx = ctx
         self.listener = listener
         self.transport: asyncio.Transport | None = None
         self.conn: smtp.ServerConnection | None = None
@@ -126,51 +167,53 @@ class SmtpSession(asyncio.Protocol):
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, base)  # uvloop's is no subclass
+        self.transport = transport
         peer = transport.get_extra_info("peername") or ("unknown", 0)
         ip = peer[0]
         self.peer_ip = ip[7:] if ip.startswith("::ffff:") else ip
         self.peer_port = peer[1]
-        server = self.server
-        self.id = server.new_session_id()
-        self.last_active = server.loop.time()
-        refusal = server.admit(self)
+        ctx = self.ctx
+        self.id = ctx.host.new_session_id()
+        self.last_active = ctx.loop.time()
+        refusal = ctx.host.admit(self)
         if refusal is not None:
             log_event(log, "reject", session=self.id, client=self.peer_ip, reason=refusal)
-            transport.write(smtp.reply(421, "4.7.0", f"{server.hostname} {refusal}").to_bytes())
+            transport.write(smtp.reply(421, "4.7.0", f"{ctx.hostname} {refusal}").to_bytes())
             transport.close()
             return
+        limits = ctx.limits
         self.conn = smtp.ServerConnection(
-            server.hostname,
-            extensions=server.extensions_for(self.listener.mode, tls=False),
-            max_recipients=server.config.limits.recipients,
-            max_errors=server.config.limits.errors,
-            max_junk=server.config.limits.junk_commands,
-            strict_paths=server.config.policy.strict_paths,
+            ctx.hostname,
+            extensions=ctx.host.extensions_for(self.listener.mode, tls=False),
+            max_recipients=limits.recipients,
+            max_errors=limits.errors,
+            max_junk=limits.junk_commands,
+            strict_paths=ctx.strict_paths,
             lmtp=self.listener.mode == "lmtp",
         )
-        self._rdns = server.rdns.lookup(self.peer_ip)
+        self._rdns = ctx.rdns.lookup(self.peer_ip)
         self._limit_buffers(transport)
         log_event(log, "connect", session=self.id, client=f"{self.peer_ip}:{self.peer_port}")
         if self.listener.mode in IMPLICIT_TLS_MODES:
             # RFC 8314: the listener did the handshake before connection_made.
             self._tls_up(transport)
             self.conn.implicit_tls()
-            self.conn.extensions = server.extensions_for(self.listener.mode, tls=True)
+            self.conn.offer(ctx.host.extensions_for(self.listener.mode, tls=True))
         transport.write(self.conn.send(self._greeting()))
 
     @staticmethod
-    def _limit_buffers(transport: asyncio.BaseTransport) -> None:
+    def _limit_buffers(transport: asyncio.Transport) -> None:
         """Make a client that does not read its replies visible early (pause_writing)."""
-        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)  # type: ignore[attr-defined]
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):  # a socket we may not tune: autotuning stays
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
 
     def _greeting(self) -> smtp.Reply:
-        return texts.greeting(self.server.hostname, rfc5322_date())
+        return texts.greeting(self.ctx.hostname, rfc5322_date())
 
     def data_received(self, data: bytes) -> None:
         if self.conn is None:
@@ -180,7 +223,7 @@ class SmtpSession(asyncio.Protocol):
             self._early.append(data)
             return
         conn = self.conn
-        now = self.last_active = self.server.loop.time()
+        now = self.last_active = self.ctx.loop.time()
         if self._text_started is not None:
             self._text_bytes += len(data)
         elif not conn.buffered:
@@ -201,10 +244,10 @@ class SmtpSession(asyncio.Protocol):
         # Also called by a failed TLS handshake, where asyncio would not: idempotent.
         self._abort_message()
         if self._attempt is not None:  # a SCRAM exchange walked away from: it failed
-            self.server.auth_throttle.failure(self._attempt)
+            self.ctx.auth.abandoned(self._attempt)
             self._attempt = None
         if self.conn is not None:
-            self.server.release(self)
+            self.ctx.host.release(self)
             log_event(log, "disconnect", session=self.id, client=self.peer_ip)
         self.conn = None
 
@@ -252,8 +295,7 @@ class SmtpSession(asyncio.Protocol):
                 if event is smtp.NEED_DATA or event is smtp.PAUSED:
                     break
                 handled += 1
-                handler = _HANDLERS[type(event)]
-                result = handler(self, event)
+                result = self._handle(event)
                 if result is not None:
                     self._out.append(conn.send(result))
                 if conn.state is smtp.State.CLOSED:
@@ -261,7 +303,7 @@ class SmtpSession(asyncio.Protocol):
                     break
             else:
                 if not self._busy:  # the turn is used up: other sessions run first
-                    self._backlog = self.server.loop.call_soon(self._next_turn)
+                    self._backlog = self.ctx.loop.call_soon(self._next_turn)
         except Exception:
             log.exception("session %s: internal error", self.id)
             self._abort_message()
@@ -284,14 +326,14 @@ class SmtpSession(asyncio.Protocol):
         if self.in_message:
             self._line_started = None
             if self._text_started is None:
-                self._text_started = self.server.loop.time()
+                self._text_started = self.ctx.loop.time()
                 self._text_bytes = 0
             return
         self._text_started = None
         if not conn.buffered:
             self._line_started = None
         elif progressed or self._line_started is None:
-            self._line_started = self.server.loop.time()
+            self._line_started = self.ctx.loop.time()
 
     def _flush(self) -> None:
         transport = self.transport
@@ -314,7 +356,7 @@ class SmtpSession(asyncio.Protocol):
         self._busy = True
         if self.transport is not None:
             self.transport.pause_reading()
-        self.server.loop.create_task(self._finish(work, after))
+        self.ctx.loop.create_task(self._finish(work, after))
 
     async def _finish(self, work: Awaitable[smtp.Reply], after: Callable[[], None] | None) -> None:
         try:
@@ -338,6 +380,61 @@ class SmtpSession(asyncio.Protocol):
             self._process()
 
     # -- handlers: each returns the reply, or None when there is none (yet) -------------
+
+    def _handle(self, event: smtp.Event) -> smtp.Reply | None:
+        """The handler table: one case per event type, the most frequent first."""
+        match event:
+            case smtp.DataChunk():
+                self._on_chunk(event)  # no reply (yet)
+                return None
+            case smtp.Rcpt():
+                return self._on_rcpt(event)
+            case smtp.Mail():
+                return self._on_mail(event)
+            case smtp.Data():
+                return self._on_data(event)
+            case smtp.EndOfData():
+                return self._on_end(event)
+            case smtp.Helo() | smtp.Ehlo():
+                return self._on_helo(event)
+            case smtp.Rset():
+                return self._on_rset(event)
+            case smtp.Noop():
+                return texts.OK
+            case smtp.Quit():
+                return self._on_quit(event)
+            case smtp.ChunkReceived():
+                return self._on_chunk_received(event)
+            case smtp.MessageRejected():
+                return self._on_rejected(event)
+            case smtp.BadCommand():  # AuthCancelled too
+                return self._on_bad(event)
+            case smtp.AuthChallenge():
+                return self._on_auth_challenge(event)
+            case smtp.AuthCredentials():
+                self._on_auth_credentials(event)  # no reply (yet)
+                return None
+            case smtp.AuthLookup():
+                return self._on_auth_lookup(event)
+            case smtp.AuthOutcome():
+                self._on_auth_outcome(event)  # no reply (yet)
+                return None
+            case smtp.StartTls():
+                return self._on_starttls(event)
+            case smtp.Vrfy():
+                return self.ctx.policy.vrfy(event.argument, self._client())
+            case smtp.Expn():
+                return self.ctx.policy.expn(event.argument, self._client())
+            case smtp.Help():
+                return smtp.help_reply(event.topic)
+            case smtp.Verb():
+                return texts.VERBOSE
+            case smtp.Etrn():
+                return self._on_etrn(event)
+            case smtp.ConnectionClosed():
+                self._on_closed(event)  # no reply (yet)
+                return None
+        raise smtp.LocalProtocolError(f"no handler for {event!r}")
 
     def _client(self) -> Client:
         assert self.conn is not None
@@ -364,7 +461,7 @@ class SmtpSession(asyncio.Protocol):
         name, confirmed = self._rdns.result()
         forged = " (may be forged)" if name and not confirmed else ""
         first = (
-            f"{self.server.hostname} Hello {event.domain} [{self.peer_ip}]{forged},"
+            f"{self.ctx.hostname} Hello {event.domain} [{self.peer_ip}]{forged},"
             " pleased to meet you"
         )
         if isinstance(event, smtp.Ehlo):
@@ -377,20 +474,17 @@ class SmtpSession(asyncio.Protocol):
 
     def _on_mail(self, event: smtp.Mail) -> smtp.Reply:
         sender = "" if event.sender is None else str(event.sender)
-        if self.submission and self.auth_user is None:
-            return texts.AUTH_REQUIRED  # RFC 6409 §4.3 (530 5.7.0)
-        if (
-            self.auth_user is not None
-            and sender
-            and self.server.config.auth.sender_login_match
-            and not self.server.policy.may_send_as(self.auth_user, sender)
-        ):
-            log_event(log, "sender-reject", session=self.id, user=self.auth_user, sender=sender)
-            return smtp.reply(
-                553, "5.7.1", f"<{sender}>: Sender address not owned by user {self.auth_user}"
-            )
+        refusal = self.ctx.policy.check_mail(
+            self._client(), sender, self.auth_user, self.submission
+        )
+        if refusal is not None:
+            if self.auth_user is not None:  # not the 530: a sender the user does not own
+                log_event(
+                    log, "sender-reject", session=self.id, user=self.auth_user, sender=sender
+                )
+            return refusal
         declared = event.params.size or 0  # RFC 1870 §6.1: 452 when SIZE= will not fit now
-        if not self.server.intake.has_room(declared):
+        if not self.ctx.intake.has_room(declared):
             log_event(
                 log,
                 "sender-reject",
@@ -405,8 +499,8 @@ class SmtpSession(asyncio.Protocol):
 
     def _on_rcpt(self, event: smtp.Rcpt) -> smtp.Reply:
         assert self.txn is not None
-        policy = self.server.policy
-        resolved = policy.resolve_recipient(event.recipient, self._client())
+        policy = self.ctx.policy
+        resolved = policy.check_rcpt(event.recipient, self._client())
         if isinstance(resolved, smtp.Reply):
             log_event(
                 log, "rcpt-reject", session=self.id, rcpt=str(event.recipient), reply=str(resolved)
@@ -445,7 +539,7 @@ class SmtpSession(asyncio.Protocol):
 
     async def _commit(self, draft: Draft) -> smtp.Reply:
         try:
-            await self.server.intake.commit(draft, session=self.id)
+            await self.ctx.intake.commit(draft, session=self.id)
         except TooManyHops as exc:
             log_event(
                 log, "message-reject", session=self.id, reply=str(_TOO_MANY_HOPS), hops=exc.hops
@@ -470,74 +564,41 @@ class SmtpSession(asyncio.Protocol):
         self.txn = None
         return texts.RESET
 
-    def _on_noop(self, event: smtp.Noop) -> smtp.Reply:
-        return texts.OK
-
     def _on_quit(self, event: smtp.Quit) -> smtp.Reply:
         self._abort_message()
-        return texts.closing(self.server.hostname)
-
-    def _on_vrfy(self, event: smtp.Vrfy) -> smtp.Reply:
-        return self.server.policy.vrfy(event.argument, self._client())
-
-    def _on_expn(self, event: smtp.Expn) -> smtp.Reply:
-        return self.server.policy.expn(event.argument, self._client())
-
-    def _on_help(self, event: smtp.Help) -> smtp.Reply:
-        return smtp.help_reply(event.topic)
-
-    def _on_verb(self, event: smtp.Verb) -> smtp.Reply:
-        return texts.VERBOSE
+        return texts.closing(self.ctx.hostname)
 
     def _on_etrn(self, event: smtp.Etrn) -> smtp.Reply:
-        if not self.server.policy.may_relay(self._client()):
-            return smtp.reply(459, "4.7.1", f"<{event.node}>: ETRN not allowed from this client")
-        return self.server.manager.etrn(event.node)
+        refusal = self.ctx.policy.check_etrn(self._client(), event.node)
+        if refusal is not None:
+            return refusal
+        return self.ctx.submitter.etrn(event.node)
 
-    # -- AUTH (RFC 4954): the core runs the SASL exchange, we check the secrets --------
+    # -- AUTH (RFC 4954): the core runs the SASL exchange, policy.auth decides ---------
     #
-    # The throttle is asked before every verification (``begin``), and a locked-out IP
-    # gets the lock-out reply in place of any answer that would tell a right password
-    # from a wrong one: 235, or SCRAM's server signature.
+    # A locked-out IP gets the lock-out reply in place of any answer that would tell a
+    # right password from a wrong one: 235, or SCRAM's server signature.
 
     def _on_auth_challenge(self, event: smtp.AuthChallenge) -> smtp.Reply:
-        if self._attempt is not None and self.server.auth_throttle.locked(self.peer_ip):
+        attempt = self._attempt
+        if attempt is not None and not self.ctx.auth.may_confirm(attempt, self.peer_ip):
             # SCRAM's proof checked out, but the server signature would say so.
-            self.server.auth_throttle.failure(self._attempt)
             self._attempt = None
             return self._locked_out()
         return event.reply
 
-    def _on_auth_credentials(self, event: smtp.AuthCredentials) -> smtp.Reply | None:
-        attempt = self.server.auth_throttle.begin(self.peer_ip)
-        if attempt is None:
-            return self._locked_out()
-        self._wait(self._check_password(event, attempt))
-        return None
-
-    async def _check_password(self, event: smtp.AuthCredentials, attempt: Attempt) -> smtp.Reply:
-        user = self.server.policy.login_user(event.authcid)
-        stored = user.password_hash if user is not None else decoy_password_hash()
-        # argon2 is slow on purpose: off the event loop, and as slow for unknown users.
-        # Should this raise, the attempt stays counted as a failure: nothing to undo.
-        ok = await asyncio.to_thread(verify_password, stored, event.password)
-        return await self._auth_result(
-            event.mechanism, event.authcid, event.authzid, user, ok, attempt
+    def _on_auth_credentials(self, event: smtp.AuthCredentials) -> None:
+        checked = self.ctx.auth.check_password(
+            self.peer_ip, event.authcid, event.authzid, event.password
         )
+        self._wait(self._answer_auth(event.mechanism, event.authcid, checked))
 
     def _on_auth_lookup(self, event: smtp.AuthLookup) -> smtp.Reply:
         assert self.conn is not None
-        # The salt is the first thing a guesser (or a prober of names) gets: budget it.
-        attempt = self.server.auth_throttle.begin(self.peer_ip)
-        if attempt is None:
+        started = self.ctx.auth.scram_start(self.peer_ip, event.authcid)
+        if started is None:
             return self._locked_out()
-        self._attempt = attempt
-        policy = self.server.policy
-        user = policy.login_user(event.authcid)
-        keys = user.scram if user is not None else None
-        if keys is None:
-            # Decoys as stable as real keys, so nobody learns who exists.
-            keys = self.server.scram_decoys.keys(policy.login_address(event.authcid))
+        self._attempt, keys = started
         return self.conn.scram_challenge(
             keys.salt, keys.iterations, keys.stored_key, keys.server_key
         )
@@ -545,59 +606,35 @@ class SmtpSession(asyncio.Protocol):
     def _on_auth_outcome(self, event: smtp.AuthOutcome) -> None:
         attempt, self._attempt = self._attempt, None
         assert attempt is not None  # every SCRAM outcome follows its lookup
-        user = self.server.policy.login_user(event.authcid)
-        self._wait(
-            self._auth_result(
-                event.mechanism, event.authcid, event.authzid, user, event.success, attempt
-            )
+        verdict = self.ctx.auth.scram_outcome(
+            attempt, event.authcid, event.authzid, event.success
         )
+        self._wait(self._answer_auth(event.mechanism, event.authcid, _done(verdict)))
 
-    async def _auth_result(
-        self,
-        mechanism: str,
-        authcid: str,
-        authzid: str,
-        user: User | None,
-        ok: bool,
-        attempt: Attempt,
+    async def _answer_auth(
+        self, mechanism: str, authcid: str, checking: Awaitable[Verdict]
     ) -> smtp.Reply:
-        """Log (never the secret), count failures, answer 235, 535 or the lock-out 421."""
-        if (
-            ok
-            and user is not None
-            and authzid
-            and authzid.lower()
-            not in (
-                authcid.lower(),
-                user.address,
-            )
-        ):
-            ok = False  # acting for someone else (RFC 4616 authzid) is not allowed
-        throttle = self.server.auth_throttle
-        if ok and user is not None:
-            if not throttle.success(attempt):  # locked out while we verified
+        """Log the verdict (never the secret); answer 235, 535 after its delay, or 421."""
+        verdict = await checking
+        match verdict:
+            case Granted(user):
+                self.auth_user = user
+                log_event(
+                    log, "auth", session=self.id, mechanism=mechanism, user=user, outcome="success"
+                )
+                return texts.AUTH_OK
+            case Refused(delay):
+                self._log_failure("failure", mechanism=mechanism, user=authcid)
+                if delay is None:
+                    return self._locked_out()
+                await asyncio.sleep(delay)
+                return texts.AUTH_FAILED
+            case LockedOut():
                 return self._locked_out()
-            self.auth_user = user.address
-            log_event(
-                log,
-                "auth",
-                session=self.id,
-                mechanism=mechanism,
-                user=user.address,
-                outcome="success",
-            )
-            return texts.AUTH_OK
-        delay = throttle.failure(attempt)
-        self._log_failure("failure", mechanism=mechanism, user=authcid)
-        if delay is None:
-            return self._locked_out()
-        await asyncio.sleep(delay)
-        return texts.AUTH_FAILED
 
     async def _auth_given_up(self, event: smtp.BadCommand, attempt: Attempt | None) -> smtp.Reply:
         """A SASL exchange cancelled, or broken off past the salt: a failure, with its delay."""
-        throttle = self.server.auth_throttle
-        delay = throttle.failure(attempt) if attempt else throttle.cancelled(self.peer_ip)
+        delay = self.ctx.auth.given_up(self.peer_ip, attempt).delay
         self._log_failure("cancelled")
         if delay is None:
             return self._locked_out()
@@ -618,7 +655,7 @@ class SmtpSession(asyncio.Protocol):
     def _locked_out(self) -> smtp.Reply:
         log_event(log, "auth-lockout", level=logging.WARNING, session=self.id, client=self.peer_ip)
         return smtp.reply(
-            421, "4.7.0", f"{self.server.hostname} Too many failed authentications, try again later"
+            421, "4.7.0", f"{self.ctx.hostname} Too many failed authentications, try again later"
         )
 
     def _on_starttls(self, event: smtp.StartTls) -> smtp.Reply:
@@ -649,22 +686,22 @@ class SmtpSession(asyncio.Protocol):
             # Pause now: start_tls runs in a task, and the ClientHello must reach it rather
             # than our data_received (start_tls resumes reading itself).
             self.transport.pause_reading()
-        self.server.loop.create_task(self._handshake())
+        self.ctx.loop.create_task(self._handshake())
 
     async def _handshake(self) -> None:
         raw = self.transport
         if raw is None or self.conn is None:
             return
         self._early = []
-        context = self.server.tls.context
+        context = self.ctx.tls.context
         assert context is not None  # STARTTLS is offered only with a certificate
         try:
-            transport = await self.server.loop.start_tls(
+            transport = await self.ctx.loop.start_tls(
                 raw,
                 self,
                 context,
                 server_side=True,
-                ssl_handshake_timeout=self.server.config.limits.tls_handshake_timeout,
+                ssl_handshake_timeout=self.ctx.limits.tls_handshake_timeout,
             )
         except Exception as exc:  # any handshake failure ends the session the same way
             self._early = None
@@ -688,14 +725,14 @@ class SmtpSession(asyncio.Protocol):
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         conn.tls_established()  # discards anything sent before the handshake
         self.auth_user = None  # RFC 3207 §4.2: nothing from before TLS is trusted
-        conn.extensions = self.server.extensions_for(self.listener.mode, tls=True)
+        conn.offer(self.ctx.host.extensions_for(self.listener.mode, tls=True))
         for data in early:
             conn.receive_data(data)
         self._process()
 
-    def _tls_up(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.last_active = self.server.loop.time()
+    def _tls_up(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.last_active = self.ctx.loop.time()
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None:
             name, _, bits = ssl_object.cipher()
@@ -716,7 +753,7 @@ class SmtpSession(asyncio.Protocol):
             return None
         if txn.draft is None:
             try:
-                txn.draft = self.server.intake.begin(
+                txn.draft = self.ctx.intake.begin(
                     self._envelope(txn),
                     self._origin(),
                     given=[r.given for r in txn.recipients],
@@ -765,19 +802,9 @@ class SmtpSession(asyncio.Protocol):
             client_helo=conn.helo or "",
             client_rdns=self._rdns_name(),
             protocol=self._protocol(),
-            auth=self._mail_auth(p.auth),
+            auth=mail_auth(p.auth, self.auth_user),
             auth_user=self.auth_user,
         )
-
-    def _mail_auth(self, given: str | None) -> str | None:
-        """RFC 4954 §5: trust ``MAIL AUTH=`` only from an authenticated client.
-
-        An unauthenticated client's AUTH= becomes ``<>``; an authenticated one without
-        AUTH= is taken to submit as itself.
-        """
-        if self.auth_user is None:
-            return None if given is None else "<>"
-        return given if given is not None else self.auth_user
 
     def _protocol(self) -> str:
         """The with-protocol of RFC 3848 (and RFC 6531 §4.3 for SMTPUTF8)."""
@@ -826,7 +853,7 @@ class SmtpSession(asyncio.Protocol):
         """
         if self._busy:
             return None
-        limits = self.server.config.limits
+        limits = self.ctx.limits
         if self.in_message:
             if now - self.last_active > limits.data_timeout:
                 return "idle"
@@ -849,30 +876,6 @@ class SmtpSession(asyncio.Protocol):
         return self._busy
 
 
-_HANDLERS: dict[type[smtp.Event], Callable[[SmtpSession, smtp.Event], smtp.Reply | None]] = {
-    smtp.Helo: SmtpSession._on_helo,
-    smtp.Ehlo: SmtpSession._on_helo,
-    smtp.Mail: SmtpSession._on_mail,
-    smtp.Rcpt: SmtpSession._on_rcpt,
-    smtp.Data: SmtpSession._on_data,
-    smtp.DataChunk: SmtpSession._on_chunk,
-    smtp.ChunkReceived: SmtpSession._on_chunk_received,
-    smtp.EndOfData: SmtpSession._on_end,
-    smtp.MessageRejected: SmtpSession._on_rejected,
-    smtp.Rset: SmtpSession._on_rset,
-    smtp.Noop: SmtpSession._on_noop,
-    smtp.Quit: SmtpSession._on_quit,
-    smtp.Vrfy: SmtpSession._on_vrfy,
-    smtp.Expn: SmtpSession._on_expn,
-    smtp.Help: SmtpSession._on_help,
-    smtp.Verb: SmtpSession._on_verb,
-    smtp.Etrn: SmtpSession._on_etrn,
-    smtp.AuthChallenge: SmtpSession._on_auth_challenge,
-    smtp.AuthCredentials: SmtpSession._on_auth_credentials,
-    smtp.AuthLookup: SmtpSession._on_auth_lookup,
-    smtp.AuthOutcome: SmtpSession._on_auth_outcome,
-    smtp.StartTls: SmtpSession._on_starttls,
-    smtp.BadCommand: SmtpSession._on_bad,
-    smtp.AuthCancelled: SmtpSession._on_bad,
-    smtp.ConnectionClosed: SmtpSession._on_closed,
-}  # type: ignore[dict-item]
+async def _done(verdict: Verdict) -> Verdict:
+    """A verdict reached without waiting, as an awaitable (for ``_answer_auth``)."""
+    return verdict

@@ -12,8 +12,8 @@ becomes a parent and N workers:
   hands each new connection to one of the workers blocked in accept. A worker runs
   sessions only: it commits to the shared spool (group commit and syncfs coalescing
   are per process) and then writes the queue id to the pickup pipe, where the
-  parent's ``PickupWatcher`` submits it to the queue manager. ETRN is forwarded the
-  same way.
+  parent's ``PickupWatcher`` submits it to the queue manager. A client's ETRN is
+  asked of that manager over the control socket (``control.ask_etrn``).
 
 Connection limits (``limits.connections``, ``connections_per_ip``) are counted per
 worker; the AUTH failure throttle is shared through its table in data_dir. SIGHUP is

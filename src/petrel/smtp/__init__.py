@@ -43,9 +43,10 @@ from ._extensions import Extensions
 from ._help import help_reply
 from ._params import MailParams, RcptParams, decode_xtext, encode_xtext
 from ._replies import Reply, reply
-from ._server import NEED_DATA, PAUSED, ServerConnection
+from ._server import NextEvent, ServerConnection
 from ._state import State
 from ._transaction import ClientTransaction, MailFrom, RcptOutcome, RcptTo
+from ._util import NEED_DATA, PAUSED, Sentinel
 
 __all__ = [
     "NEED_DATA",
@@ -78,6 +79,7 @@ __all__ = [
     "MailFrom",
     "MailParams",
     "MessageRejected",
+    "NextEvent",
     "Noop",
     "ProtocolError",
     "Quit",
@@ -88,6 +90,7 @@ __all__ = [
     "RemoteProtocolError",
     "Reply",
     "Rset",
+    "Sentinel",
     "ServerConnection",
     "ServerReply",
     "StartTls",

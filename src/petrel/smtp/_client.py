@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from ._client_state import OUT_OF_ORDER, REPLY_MOVES, SEND, WAITS, ClientState
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._replies import Reply
-from ._server import NEED_DATA, _Sentinel
+from ._util import NEED_DATA
 
 # A reply line: three digits, "-" (more follow) or " " / end (last line), text.
 _REPLY_LINE_RE = re.compile(rb"([2-5][0-9][0-9])([ -]|$)(.*)")
@@ -209,7 +209,7 @@ class ClientConnection:
             return  # bytes before the handshake are a response-injection attempt; drop them
         self._buf += data
 
-    def next_event(self) -> ServerReply | _Sentinel:
+    def next_event(self) -> ServerReply | type[NEED_DATA]:
         """The next complete reply, or ``NEED_DATA``; raises RemoteProtocolError."""
         while True:
             end = self._buf.find(b"\n")

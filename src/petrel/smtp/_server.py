@@ -8,6 +8,8 @@ the returned bytes. No sockets, clocks or files: everything observable is in the
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import TypeAlias
 
 from . import _abnf, _sasl
 from . import _replies as r
@@ -45,22 +47,10 @@ from ._events import (
 from ._extensions import Extensions
 from ._params import ParameterError, parse_mail_params, parse_rcpt_params
 from ._state import ALLOWED, OUT_OF_ORDER, TRANSACTION_ENDS, TRANSITIONS, State
+from ._util import NEED_DATA, PAUSED
 
-
-class _Sentinel:
-    __slots__ = ("_name",)
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-
-    def __repr__(self) -> str:
-        return self._name
-
-
-NEED_DATA = _Sentinel("NEED_DATA")
-"""No complete command in the buffer: call ``receive_data`` first."""
-PAUSED = _Sentinel("PAUSED")
-"""The last event still waits for its reply (or TLS for its handshake)."""
+# What ``next_event`` hands out: an event, or one of the two sentinels.
+NextEvent: TypeAlias = Event | type[NEED_DATA] | type[PAUSED]
 
 # RFC 5321 §4.5.3.1.4: 512 octets per command line including CRLF. MAIL and RCPT get
 # room for their extension parameters (RFC 5321 §4.1.2, RFC 3461 ORCPT up to 500 chars);
@@ -105,6 +95,7 @@ class ServerConnection:
     """One SMTP session, server side."""
 
     __slots__ = (
+        "_authenticated",
         "_buf",
         "_chunk",
         "_chunk_error",
@@ -113,16 +104,16 @@ class ServerConnection:
         "_data",
         "_discarding",
         "_eof",
+        "_errors",
+        "_extensions",
         "_junk",
         "_message_size",
         "_pending",
         "_pending_key",
         "_sasl",
-        "authenticated",
+        "_state",
         "body",
-        "errors",
         "esmtp",
-        "extensions",
         "helo",
         "hostname",
         "lmtp",
@@ -132,7 +123,6 @@ class ServerConnection:
         "rcpt_attempted",
         "recipients",
         "smtputf8",
-        "state",
         "strict_paths",
         "tls",
     )
@@ -152,17 +142,17 @@ class ServerConnection:
         # RFC 2033: LHLO instead of HELO/EHLO, and after the message text one reply per
         # accepted recipient (``send`` repeats one verdict; ``send_per_recipient``).
         self.lmtp = lmtp
-        self.extensions = extensions if extensions is not None else Extensions()
+        self._extensions = extensions if extensions is not None else Extensions()
         self.max_recipients = max_recipients
         self.max_errors = max_errors
         self.max_junk = max_junk
         self.strict_paths = strict_paths
-        self.state = State.GREETING
+        self._state = State.GREETING
         self.helo: str | None = None
         self.esmtp = False
         self.tls = False
-        self.authenticated = False
-        self.errors = 0
+        self._authenticated = False
+        self._errors = 0
         self._junk = 0  # junk commands since the last accepted message
         self._buf = bytearray()
         self._eof = False
@@ -177,6 +167,34 @@ class ServerConnection:
         self._sasl: _sasl.Mechanism | None = None
         self._reset_transaction()
 
+    # -- read-only state: the core changes it, the application reads it ----------------
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def errors(self) -> int:
+        """Replies of code >= 500 so far (and junk commands past ``max_junk``)."""
+        return self._errors
+
+    @property
+    def authenticated(self) -> bool:
+        """True once an AUTH exchange was answered 235 (until TLS starts over)."""
+        return self._authenticated
+
+    @property
+    def extensions(self) -> Extensions:
+        """What EHLO offers and the parameters accepted; changed only by ``offer``."""
+        return self._extensions
+
+    def offer(self, extensions: Extensions) -> None:
+        """Offer ``extensions`` from now on: after TLS, AUTH and no STARTTLS (RFC 3207 §4.2).
+
+        Takes effect with the next command: the EHLO reply and parameter checks use it.
+        """
+        self._extensions = extensions
+
     # -- transaction bookkeeping ---------------------------------------------------------
 
     def _reset_transaction(self) -> None:
@@ -188,7 +206,7 @@ class ServerConnection:
 
     @property
     def in_transaction(self) -> bool:
-        return self.state in (State.MAIL, State.RCPT, State.DATA, State.BDAT, State.CHUNKING)
+        return self._state in (State.MAIL, State.RCPT, State.DATA, State.BDAT, State.CHUNKING)
 
     # -- input ---------------------------------------------------------------------------
 
@@ -196,11 +214,11 @@ class ServerConnection:
         """Add bytes from the peer; ``b""`` means the peer closed its side."""
         if not data:
             self._eof = True
-        elif self.state is State.TLS:
+        elif self._state is State.TLS:
             # STARTTLS injection defence (CVE-2011-0411): nothing sent before the
             # handshake completes may be read as a command afterwards.
             return
-        elif self.state is State.CLOSED:
+        elif self._state is State.CLOSED:
             return  # nothing more will be read: don't let a peer grow the buffer
         else:
             self._buf += data
@@ -212,19 +230,19 @@ class ServerConnection:
 
     def ehlo_reply(self, first_line: str) -> r.Reply:
         """The multi-line EHLO reply: ``first_line`` then the advertised keywords."""
-        return r.Reply(250, (first_line, *self.extensions.keywords()))
+        return r.Reply(250, (first_line, *self._extensions.keywords()))
 
     def tls_established(self) -> None:
         """The TLS handshake after STARTTLS finished: back to the start (RFC 3207 §4.2)."""
-        if self.state is not State.TLS:
+        if self._state is not State.TLS:
             raise LocalProtocolError("tls_established() outside a STARTTLS handshake")
         self._buf.clear()
         self.tls = True
         self.helo = None
         self.esmtp = False
         # RFC 3207 §4.2: forget everything the client said before TLS, AUTH included.
-        self.authenticated = False
-        self.state = State.INIT
+        self._authenticated = False
+        self._state = State.INIT
 
     def implicit_tls(self) -> None:
         """The session runs inside TLS from its first byte (RFC 8314 submissions)."""
@@ -232,27 +250,27 @@ class ServerConnection:
 
     # -- events --------------------------------------------------------------------------
 
-    def next_event(self) -> Event | _Sentinel:
+    def next_event(self) -> NextEvent:
         """The next thing the client said, ``NEED_DATA``, or ``PAUSED`` (reply first)."""
-        if self._pending is not None or self.state in (State.GREETING, State.TLS, State.CLOSED):
+        if self._pending is not None or self._state in (State.GREETING, State.TLS, State.CLOSED):
             return PAUSED
-        if self.state is State.DATA:
+        if self._state is State.DATA:
             return self._deliver(self._next_data_event())
-        if self.state is State.BDAT:
+        if self._state is State.BDAT:
             return self._deliver(self._next_chunk_event())
         line = self._next_line()
         if line is None:
             if self._eof:
-                self.state = State.CLOSED
+                self._state = State.CLOSED
                 return ConnectionClosed()
             return NEED_DATA
         if isinstance(line, r.Reply):
             return self._deliver(BadCommand(line))
-        if self.state is State.AUTH:
+        if self._state is State.AUTH:
             return self._deliver(self._sasl_response(line))
         return self._deliver(self._parse_command(line))
 
-    def _deliver(self, event: Event | _Sentinel) -> Event | _Sentinel:
+    def _deliver(self, event: Event | type[NEED_DATA]) -> Event | type[NEED_DATA]:
         """Hand out an event; one that needs a reply blocks the next until it has one."""
         if isinstance(event, Event) and event.needs_reply:
             self._pending = event
@@ -283,7 +301,7 @@ class ServerConnection:
         if len(raw) > MAX_COMMAND_LINE:
             limit = (
                 MAX_AUTH_LINE
-                if self.state is State.AUTH
+                if self._state is State.AUTH
                 else _LINE_LIMITS.get(raw[:4].upper().decode("ascii", "replace"), 0)
             )
             if len(raw) > max(limit, MAX_COMMAND_LINE):
@@ -293,7 +311,7 @@ class ServerConnection:
         except UnicodeDecodeError:
             return r.BAD_UTF8
 
-    def _next_data_event(self) -> Event | _Sentinel:
+    def _next_data_event(self) -> Event | type[NEED_DATA]:
         assert self._data is not None
         reader = self._data
         while True:
@@ -309,11 +327,11 @@ class ServerConnection:
             if len(self._buf) < before:
                 continue  # spoiled text was consumed; the terminator may be next
             if self._eof:
-                self.state = State.CLOSED
+                self._state = State.CLOSED
                 return ConnectionClosed()
             return NEED_DATA
 
-    def _next_chunk_event(self) -> Event | _Sentinel:
+    def _next_chunk_event(self) -> Event | type[NEED_DATA]:
         assert self._chunk is not None
         reader = self._chunk
         if reader.remaining and self._buf:
@@ -326,29 +344,29 @@ class ServerConnection:
                     return DataChunk(chunk)
         if reader.remaining:
             if self._eof:
-                self.state = State.CLOSED
+                self._state = State.CLOSED
                 return ConnectionClosed()
             return NEED_DATA
         self._chunk = None
         error, self._chunk_error = self._chunk_error, None
         if error is r.MESSAGE_TOO_BIG:
-            self.state = State.CHUNKING
+            self._state = State.CHUNKING
             return MessageRejected(error)
         if error is not None:
-            self.state = self._chunk_return
+            self._state = self._chunk_return
             return BadCommand(error)
-        self.state = State.CHUNKING
+        self._state = State.CHUNKING
         if self._chunk_last:
             return EndOfData(self._message_size)
         return ChunkReceived(self._message_size)
 
     def _limit(self) -> int:
-        size = self.extensions.size
+        size = self._extensions.size
         return size if size else 1 << 62
 
     # -- command parsing -------------------------------------------------------------------
 
-    def _parse_command(self, line: str) -> Event:
+    def _parse_command(self, line: str) -> Event | type[NEED_DATA]:
         verb, _, arg = line.partition(" ")
         # Verbs are ASCII: "maıl".upper() == "MAIL" must not make a command.
         verb = verb.upper() if verb.isascii() else ""
@@ -360,7 +378,7 @@ class ServerConnection:
         handler = _HANDLERS.get(verb)
         if handler is None:
             return BadCommand(r.UNRECOGNIZED)
-        if verb not in ALLOWED[self.state]:
+        if verb not in ALLOWED[self._state]:
             error = self._sequence_error(verb)
             if verb == "BDAT":
                 return self._discard_chunk(arg, error)
@@ -371,9 +389,10 @@ class ServerConnection:
             return BadCommand(exc.reply)
 
     def _sequence_error(self, verb: str) -> r.Reply:
-        if self.state is State.MAIL and verb in ("DATA", "BDAT"):
+        if self._state is State.MAIL and verb in ("DATA", "BDAT"):
             return r.NO_VALID_RECIPIENTS if self.rcpt_attempted else r.NEED_RCPT
-        return OUT_OF_ORDER[self.state].get(verb, r.reply(503, "5.5.1", "Bad sequence of commands"))
+        default = r.reply(503, "5.5.1", "Bad sequence of commands")
+        return OUT_OF_ORDER[self._state].get(verb, default)
 
     def _cmd_helo(self, arg: str) -> Event:
         domain = arg.strip()
@@ -395,7 +414,7 @@ class ServerConnection:
         if sender is not None and sender.is_bare_postmaster:
             # <Postmaster> without a domain is a forward-path only (RFC 5321 §4.1.1.3).
             return BadCommand(r.syntax("5.1.7", "Bad sender address syntax: no domain"))
-        mail_params = parse_mail_params(params, self.extensions, esmtp=self.esmtp)
+        mail_params = parse_mail_params(params, self._extensions, esmtp=self.esmtp)
         if sender is not None and not sender.is_ascii and not mail_params.smtputf8:
             return BadCommand(r.NON_ASCII_NEEDS_SMTPUTF8)
         return Mail(sender, mail_params)
@@ -413,7 +432,7 @@ class ServerConnection:
             return BadCommand(r.syntax("5.1.3", f"Bad recipient address syntax: {error}"))
         if recipient is None:
             return BadCommand(r.syntax("5.1.3", "The null path is not a recipient"))
-        rcpt_params = parse_rcpt_params(params, self.extensions, esmtp=self.esmtp)
+        rcpt_params = parse_rcpt_params(params, self._extensions, esmtp=self.esmtp)
         if not recipient.is_ascii and not self.smtputf8:
             return BadCommand(r.NON_ASCII_NEEDS_SMTPUTF8)
         if self.recipients >= self.max_recipients:
@@ -433,8 +452,8 @@ class ServerConnection:
             return None
         return int(match["size"]), match["last"] is not None
 
-    def _cmd_bdat(self, arg: str) -> Event | _Sentinel:
-        if not self.extensions.chunking:
+    def _cmd_bdat(self, arg: str) -> Event | type[NEED_DATA]:
+        if not self._extensions.chunking:
             return self._discard_chunk(arg, r.NOT_IMPLEMENTED)
         parsed = self._parse_bdat(arg)
         if parsed is None:
@@ -443,10 +462,10 @@ class ServerConnection:
         self._chunk = ChunkReader(size)
         self._chunk_last = last
         self._chunk_error = None
-        self.state = State.BDAT
+        self._state = State.BDAT
         return self._next_chunk_event()
 
-    def _discard_chunk(self, arg: str, error: r.Reply) -> Event | _Sentinel:
+    def _discard_chunk(self, arg: str, error: r.Reply) -> Event | type[NEED_DATA]:
         """A refused BDAT still owns its octets (RFC 3030 §2): read them, then refuse."""
         parsed = self._parse_bdat(arg)
         if parsed is None:
@@ -454,8 +473,8 @@ class ServerConnection:
         self._chunk = ChunkReader(parsed[0])
         self._chunk_last = parsed[1]
         self._chunk_error = error
-        self._chunk_return = self.state
-        self.state = State.BDAT
+        self._chunk_return = self._state
+        self._state = State.BDAT
         return self._next_chunk_event()
 
     def _cmd_rset(self, arg: str) -> Event:
@@ -472,23 +491,23 @@ class ServerConnection:
         return Vrfy(arg) if arg else BadCommand(r.syntax("5.5.4", "Syntax: VRFY address"))
 
     def _cmd_expn(self, arg: str) -> Event:
-        if not self.extensions.expn:
+        if not self._extensions.expn:
             return BadCommand(r.NOT_IMPLEMENTED)
         arg = arg.strip()
         return Expn(arg) if arg else BadCommand(r.syntax("5.5.4", "Syntax: EXPN list"))
 
     def _cmd_help(self, arg: str) -> Event:
-        if not self.extensions.help:
+        if not self._extensions.help:
             return BadCommand(r.NOT_IMPLEMENTED)
         return Help(arg.strip() or None)
 
     def _cmd_verb(self, arg: str) -> Event:
-        if not self.extensions.verb:
+        if not self._extensions.verb:
             return BadCommand(r.NOT_IMPLEMENTED)
         return Verb(arg.strip() or None)
 
     def _cmd_etrn(self, arg: str) -> Event:
-        if not self.extensions.etrn:
+        if not self._extensions.etrn:
             return BadCommand(r.NOT_IMPLEMENTED)
         node = arg.strip()
         if _abnf.ETRN_RE.fullmatch(node) is None:
@@ -496,17 +515,17 @@ class ServerConnection:
         return Etrn(node)
 
     def _cmd_auth(self, arg: str) -> Event:
-        if not self.extensions.auth:
-            if self.extensions.auth_needs_tls and not self.tls:
+        if not self._extensions.auth:
+            if self._extensions.auth_needs_tls and not self.tls:
                 return BadCommand(r.AUTH_NEEDS_TLS)
             return BadCommand(r.AUTH_NOT_ENABLED)
-        if self.authenticated:
+        if self._authenticated:
             return BadCommand(r.ALREADY_AUTHENTICATED)
         match = _abnf.AUTH_RE.fullmatch(arg.strip())
         if match is None:
             return BadCommand(r.syntax("5.5.4", "Syntax: AUTH mechanism [initial-response]"))
         mechanism = match["mech"].upper()
-        if mechanism not in self.extensions.auth or mechanism not in _sasl.MECHANISMS:
+        if mechanism not in self._extensions.auth or mechanism not in _sasl.MECHANISMS:
             return BadCommand(r.UNKNOWN_MECHANISM)
         self._sasl = _sasl.start(mechanism)
         initial = match["initial"]
@@ -552,7 +571,7 @@ class ServerConnection:
             return BadCommand(r.TLS_ACTIVE)
         if arg.strip():
             return BadCommand(r.syntax("5.5.4", "Syntax: STARTTLS"))
-        if not self.extensions.starttls:
+        if not self._extensions.starttls:
             return BadCommand(r.TLS_NOT_AVAILABLE)
         return StartTls()
 
@@ -567,7 +586,7 @@ class ServerConnection:
                 f"{len(replies)} replies for {self.recipients} accepted recipients"
             )
         head = b"".join(reply.to_bytes() for reply in replies[:-1])
-        self.errors += sum(reply.code >= 500 for reply in replies[:-1])
+        self._errors += sum(reply.code >= 500 for reply in replies[:-1])
         return head + self._send(replies[-1])
 
     def send(self, reply: r.Reply) -> bytes:
@@ -586,8 +605,8 @@ class ServerConnection:
 
     def _send(self, reply: r.Reply) -> bytes:
         out = reply.to_bytes()
-        if self.state is State.GREETING:
-            self.state = State.INIT if reply.code == 220 else State.CLOSED
+        if self._state is State.GREETING:
+            self._state = State.INIT if reply.code == 220 else State.CLOSED
             return out
         if reply.code == 421:
             self._enter(State.CLOSED)
@@ -597,12 +616,12 @@ class ServerConnection:
         if event is None:
             raise LocalProtocolError(f"no command is waiting for a reply: {reply}")
         target = TRANSITIONS.get((self._pending_key, reply.code // 100))
-        if target is None and self.state is State.DATA:
+        if target is None and self._state is State.DATA:
             # Only a 2xx/4xx/5xx verdict can end DATA; anything else would leave the
             # connection reading a message that is already over.
             raise LocalProtocolError(f"the end of a message needs a final reply, not {reply}")
         self._pending = None
-        if target is None and self.state is State.AUTH:
+        if target is None and self._state is State.AUTH:
             target = State.READY  # a malformed line ends the SASL exchange (RFC 4954 §4)
         if target is not None:
             self._on_transition(event, target, reply.code)
@@ -611,8 +630,8 @@ class ServerConnection:
             self._junk += 1
             error = error or self._junk > self.max_junk
         if error:
-            self.errors += 1
-            if self.errors >= self.max_errors and self.state is not State.CLOSED:
+            self._errors += 1
+            if self._errors >= self.max_errors and self._state is not State.CLOSED:
                 self._enter(State.CLOSED)
                 out += r.too_many_errors(self.hostname).to_bytes()
         return out
@@ -631,10 +650,10 @@ class ServerConnection:
         elif isinstance(event, EndOfData) and code // 100 == 2:
             self._junk = 0  # a client that delivers mail may RSET/NOOP between messages
         elif isinstance(event, AuthCredentials | AuthOutcome) and code == 235:
-            self.authenticated = True
+            self._authenticated = True
         elif isinstance(event, StartTls):
             self._buf.clear()
-        elif isinstance(event, Rset) and self.state is State.INIT:
+        elif isinstance(event, Rset) and self._state is State.INIT:
             target = State.INIT  # RSET does not stand in for HELO/EHLO (RFC 5321 §4.1.4)
         self._enter(target)
 
@@ -644,11 +663,26 @@ class ServerConnection:
         if target in TRANSACTION_ENDS:
             self._reset_transaction()
             self._data = None
-        self.state = target
+        self._state = target
 
 
-_HANDLERS = {
-    name[5:].upper(): getattr(ServerConnection, name)
-    for name in dir(ServerConnection)
-    if name.startswith("_cmd_")
+# The command table: verb → parser. ``_parse_command`` checks the verb is allowed first.
+_CommandParser = Callable[[ServerConnection, str], Event | type[NEED_DATA]]
+_HANDLERS: dict[str, _CommandParser] = {
+    "HELO": ServerConnection._cmd_helo,
+    "EHLO": ServerConnection._cmd_ehlo,
+    "MAIL": ServerConnection._cmd_mail,
+    "RCPT": ServerConnection._cmd_rcpt,
+    "DATA": ServerConnection._cmd_data,
+    "BDAT": ServerConnection._cmd_bdat,
+    "RSET": ServerConnection._cmd_rset,
+    "NOOP": ServerConnection._cmd_noop,
+    "QUIT": ServerConnection._cmd_quit,
+    "VRFY": ServerConnection._cmd_vrfy,
+    "EXPN": ServerConnection._cmd_expn,
+    "HELP": ServerConnection._cmd_help,
+    "VERB": ServerConnection._cmd_verb,
+    "ETRN": ServerConnection._cmd_etrn,
+    "AUTH": ServerConnection._cmd_auth,
+    "STARTTLS": ServerConnection._cmd_starttls,
 }

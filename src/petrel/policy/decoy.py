@@ -17,7 +17,8 @@ import secrets
 from pathlib import Path
 
 from petrel.fsutil import fsync_dir, unlink_quietly, write_all
-from petrel.policy.users import SCRAM_ITERATIONS, ScramSecret, hash_password
+
+from .users import SCRAM_ITERATIONS, ScramSecret, hash_password
 
 __all__ = ["SECRET_FILE", "DecoyError", "ScramDecoys", "decoy_password_hash", "load_secret"]
 
