@@ -336,7 +336,6 @@ def test_delete_during_a_delivery_batch_waits_for_it(tmp_path: Path) -> None:
         with pytest.raises(LookupError):
             admin.describe(envelope.queue_id)
         manager.local.close()
-        manager._files.shutdown()
         spool.close()
 
     asyncio.run(scenario())

@@ -24,7 +24,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from petrel import dsn, smtp
@@ -96,17 +95,15 @@ class QueueManager:
         self._ready: deque[str] = deque()
         self._timers: list[tuple[float, str]] = []  # heap of (next attempt, queue id)
         self._wake = asyncio.Event()
-        # Spool file updates (unlinks, state files) get their own thread: behind the
-        # delivery batches they waited for the whole backlog, and the files of delivered
-        # mail outlived the manager's memory of it (issue 14).
-        self._files = ThreadPoolExecutor(max_workers=1, thread_name_prefix="petrel-files")
         # Finished messages whose spool files are being removed: still "known", so the
         # pickup scan never takes a lingering file for new mail.
         self._finishing: set[str] = set()
-        # One Maildir batch at a time, each concluded before the next starts: with all of
-        # them queued at once, the file thread's unlinks waited on the GIL behind the
-        # delivering thread (a few ms per syscall), and a backlog's files stayed to the end.
-        self._local_turn = asyncio.Lock()
+        # Maildir batches queued on the delivery thread at once: two, so the thread never
+        # waits for the event loop, and no more, so a batch's spool file updates (queued on
+        # the same thread when it is concluded) run before the batch after next. With
+        # every batch queued at once, delivered mail kept its spool files to the end of a
+        # backlog, and kill -9 restarted it whole (issue 14).
+        self._local_turns = asyncio.Semaphore(2)
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._attempts: set[asyncio.Task[None]] = set()
@@ -138,7 +135,6 @@ class QueueManager:
                 task.cancel()
             await asyncio.gather(*stuck, return_exceptions=True)
         self.local.close()
-        self._files.shutdown(wait=True)
 
     def submit(self, envelope: Envelope) -> None:
         """A message was just committed: try it now."""
@@ -313,14 +309,19 @@ class QueueManager:
             }
 
             async def local_part() -> None:
-                async with self._local_turn:
+                turn = _Turn(self._local_turns)
+                await turn.take()
+                try:
+                    await self._deliver(self.local, LOCAL, local)
+                finally:
                     try:
-                        await self._deliver(self.local, LOCAL, local)
-                    finally:
                         await self._conclude(
                             [p for p in parts if p.tracked.envelope.queue_id not in remote_ids],
                             now,
+                            queued=turn.give_back,
                         )
+                    finally:
+                        turn.give_back()
 
             work = [local_part()]
             work.extend(self._deliver(self.remote, route, jobs) for route, jobs in remote.items())
@@ -355,8 +356,13 @@ class QueueManager:
             for i, index in enumerate(indexes):
                 part.results[index] = row[i] if i < len(row) else _NO_RESULT
 
-    async def _conclude(self, parts: list[_Attempt], now: float) -> None:
-        """After an attempt: settle each message, queue its DSNs, then update the files."""
+    async def _conclude(
+        self, parts: list[_Attempt], now: float, queued: Callable[[], None] | None = None
+    ) -> None:
+        """After an attempt: settle each message, queue its DSNs, then update the files.
+
+        ``queued`` is called once the file updates are queued on the delivery thread.
+        """
         file_work: list[Callable[[], None]] = []
         for part in parts:
             envelope = part.tracked.envelope
@@ -372,9 +378,13 @@ class QueueManager:
                 file_work.append(step)
         if not file_work:
             return
-        loop = asyncio.get_running_loop()
-        try:  # unlinks and state files: off the event loop, one hop for all
-            await loop.run_in_executor(self._files, _run_each, file_work)
+        # Unlinks and state files: off the event loop, one hop for all, on the delivery
+        # thread (behind at most the batch already queued there).
+        done = self.local.in_thread(functools.partial(_run_each, file_work))
+        if queued is not None:
+            queued()
+        try:
+            await done
         finally:
             self._finishing.difference_update(p.tracked.envelope.queue_id for p in parts)
 
@@ -448,3 +458,22 @@ def _run_each(steps: list[Callable[[], None]]) -> None:
             step()
         except OSError as exc:  # a full disk: the older state stays, at worst a repeat
             log_event(log, "queue-file-error", level=logging.ERROR, error=str(exc))
+
+
+class _Turn:
+    """A place among the Maildir batches queued at once, given back exactly once."""
+
+    __slots__ = ("_given_back", "_semaphore")
+
+    def __init__(self, semaphore: asyncio.Semaphore) -> None:
+        self._semaphore = semaphore
+        self._given_back = True
+
+    async def take(self) -> None:
+        await self._semaphore.acquire()
+        self._given_back = False
+
+    def give_back(self) -> None:
+        if not self._given_back:
+            self._given_back = True
+            self._semaphore.release()

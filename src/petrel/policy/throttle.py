@@ -69,6 +69,8 @@ class Attempt:
 
 def client_key(ip: str) -> str:
     """What the throttle counts by: the IPv4 address, or the IPv6 /64 (one customer's)."""
+    if ":" not in ip:  # IPv4, asked at every connection: no parsing
+        return ip
     try:
         address = ipaddress.ip_address(ip)
     except ValueError:
@@ -156,6 +158,20 @@ class ThrottleTable:
             if self._fd is not None:
                 fcntl.lockf(self._fd, fcntl.LOCK_UN)
 
+    def locked_until(self, key: bytes) -> float:
+        """The key's lock-out end (0.0: none), read without taking the file lock.
+
+        For the check at every connection, which must stay cheap: a read racing a write
+        may see the old value, which the checks before each verification then correct.
+        """
+        group = int.from_bytes(key[:8], "little") % (self._slots // _WAYS) * _WAYS
+        for index in range(group, group + _WAYS):
+            offset = _HEADER_SIZE + index * _SLOT.size
+            stored, locked_until, *_ = _SLOT.unpack_from(self._map, offset)
+            if stored == key:
+                return float(locked_until)
+        return 0.0
+
     def _find(self, key: bytes, group: int, now: float) -> tuple[int, bool, Slot]:
         """(offset, found, slot): the key's own slot, or the one to reuse for it."""
         victim: tuple[bool, int, int] | None = None  # (locked, recency, offset): lowest goes
@@ -197,9 +213,14 @@ class AuthThrottle:
         self._width = window / BUCKETS
 
     def locked(self, ip: str) -> bool:
+        """Is the IP locked out? (Asked at connect: no file lock, see `locked_until`.)"""
         now = self.clock()
-        with self._slot(self.table.hash(client_key(ip)), now) as slot:
-            return slot.locked_until > now
+        key = self.table.hash(client_key(ip))
+        until = self.table.locked_until(key)
+        if until > now + self.lockout:  # the clock went back: store the bounded end
+            with self._slot(key, now) as slot:
+                until = slot.locked_until
+        return until > now
 
     def begin(self, ip: str) -> Attempt | None:
         """Start an attempt, counted as a failure until it succeeds.
