@@ -17,24 +17,37 @@ import signal
 import socket
 import threading
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from petrel.config import FD_RESERVE, Config
 from petrel.delivery.maildir import clean_tmp
 from petrel.delivery.manager import QueueManager
-from petrel.fsutil import UnsafePathError, check_trusted_path, ensure_dir, sync_rounds
+from petrel.fsutil import (
+    UnsafePathError,
+    check_trusted_path,
+    ensure_dir,
+    set_service_uid,
+    sync_rounds,
+)
 from petrel.intake import Intake
 from petrel.intake.pickup import PickupPoke, PickupWatcher
 from petrel.log import log_event
 from petrel.pidfile import PID_FILE, remove_pid_file, write_pid_file
 from petrel.policy import Policy
 from petrel.policy.aliases import Aliases
+from petrel.privileges import (
+    drop_privileges,
+    give_data_dir,
+    service_account,
+    warn_root_without_user,
+)
 from petrel.queue.spool import Spool
 from petrel.server import Server
 from petrel.server.control import ControlServer, ask_etrn, control_path
 from petrel.server.server import bind_sockets, join_address, open_auth_state
-from petrel.server.tls import TlsManager
+from petrel.server.tls import TlsManager, copy_material
 from petrel.server.workers import WORKER_FDS_ENV, WorkerPool, decode_fds
 
 log = logging.getLogger("petrel")
@@ -123,6 +136,14 @@ async def serve(config: Config, log_args: list[str] | None = None) -> int:
     fd_limit = _raise_fd_limit()
     loop = asyncio.get_running_loop()
     data_dir = config.server.data_dir
+    warn_root_without_user(config)
+    try:
+        dropped = _become_service_user(config)
+    except OSError as exc:
+        log_event(
+            log, "data-dir-unusable", level=logging.ERROR, data_dir=str(data_dir), error=str(exc)
+        )
+        return 1
     try:
         _check_data_dir(config)
     except UnsafePathError as exc:
@@ -162,13 +183,15 @@ async def serve(config: Config, log_args: list[str] | None = None) -> int:
     server: Server | None = None
     pool: WorkerPool | None = None
     if workers > 1:
-        TlsManager(config)  # generate a self-signed pair once, before the workers race to
+        if dropped.tls_fds is None:
+            TlsManager(config)  # generate a self-signed pair once, before the workers race to
         open_auth_state(config)[0].table.close()  # the same for the AUTH files
-        pool = WorkerPool(config, workers, _bind_listeners(config), log_args or [])
+        bound = dropped.sockets if dropped.sockets is not None else _bind_listeners(config)
+        pool = WorkerPool(config, workers, bound, log_args or [], dropped.tls_fds)
         pool.start()
     else:
-        server = Server(config, manager.intake, policy, loop)
-        await server.start()
+        server = Server(config, manager.intake, policy, loop, dropped.tls)
+        await server.start(dropped.sockets)
     stop_cleaning = threading.Event()
     cleaner = loop.create_task(_clean_maildir_tmp(manager.mailboxes, stop_cleaning))
     try:
@@ -220,6 +243,36 @@ async def serve(config: Config, log_args: list[str] | None = None) -> int:
     remove_pid_file(data_dir)
     log_event(log, "stopped", messages=spool.commit_count, syncs=sync_rounds())
     return 0
+
+
+@dataclass(slots=True)
+class _Dropped:
+    """What was opened as root before becoming ``[server] user`` (all None: no drop)."""
+
+    sockets: dict[int, list[socket.socket]] | None = None
+    tls: TlsManager | None = None  # a single process: the configured pair, loaded as root
+    tls_fds: tuple[int, int] | None = None  # workers: copies of it (tls.copy_material)
+
+
+def _become_service_user(config: Config) -> _Dropped:
+    """Started as root with ``[server] user``: data_dir to the user, listeners and the
+    configured TLS pair opened as root, then root dropped for good (before any session
+    and any worker). Otherwise nothing.
+    """
+    account = service_account(config)
+    if account is None:
+        return _Dropped()
+    set_service_uid(account.uid)  # the trust rule judges by the user from now on
+    give_data_dir(config.server.data_dir, account)
+    dropped = _Dropped(sockets=_bind_listeners(config))
+    if config.tls.cert is not None and config.tls.key is not None:
+        if config.server.workers > 1:
+            dropped.tls_fds = copy_material(config.tls.cert, config.tls.key)
+        else:
+            dropped.tls = TlsManager(config)
+    drop_privileges(account)
+    log_event(log, "privileges-dropped", user=account.name, uid=account.uid, gid=account.gid)
+    return dropped
 
 
 def _bind_listeners(config: Config) -> dict[int, list[socket.socket]]:

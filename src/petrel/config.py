@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import pwd
 import re
 import resource
 import socket
@@ -88,6 +89,7 @@ class ServerSection:
     data_dir: Path
     reverse_dns: bool
     workers: int
+    user: str | None = None  # started as root: run as this user once listeners are bound
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,8 +320,16 @@ def _server(t: _Table, base_dir: Path) -> ServerSection:
         raise ConfigError(
             f'{t.key("workers")}: must be a positive integer or "auto", got {_show(workers)}'
         )
+    user = t.take("user", None)
+    if user is not None:
+        if not isinstance(user, str) or not user:
+            raise ConfigError(f"{t.key('user')}: must be a user name, got {_show(user)}")
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            raise ConfigError(f"{t.key('user')}: no such user {user!r}") from None
     t.finish()
-    return ServerSection(hostname, data_dir, reverse_dns, workers)
+    return ServerSection(hostname, data_dir, reverse_dns, workers, user)
 
 
 def _listeners(value: Any) -> tuple[Listener, ...]:

@@ -26,6 +26,7 @@ __all__ = [
     "open_dir",
     "open_dir_at",
     "service_uid",
+    "set_service_uid",
     "syncfs",
     "unlink_quietly",
     "write_all",
@@ -187,12 +188,22 @@ class UnsafePathError(OSError):
     """
 
 
+_service_uid: int | None = None
+
+
+def set_service_uid(uid: int | None) -> None:
+    """Name the uid Petrel's files belong to (``[server] user``); None: the effective uid."""
+    global _service_uid
+    _service_uid = uid
+
+
 def service_uid() -> int:
     """The uid Petrel runs as: what owns its files, besides root.
 
-    The effective uid for now; a configured ``[server] user`` will take its place.
+    ``[server] user``'s once ``petrel serve`` has named it (``set_service_uid``: before
+    the drop, while still root, and after), else the effective uid.
     """
-    return os.geteuid()
+    return os.geteuid() if _service_uid is None else _service_uid
 
 
 def check_trusted(st: os.stat_result, path: str | Path, *, sticky_ok: bool = False) -> None:

@@ -80,7 +80,9 @@ def _read_password(from_stdin: bool) -> str:
 
 def _user(args: argparse.Namespace, config: Config) -> int:
     from petrel.policy.users import Users
+    from petrel.privileges import act_as_data_dir_owner
 
+    act_as_data_dir_owner(config)  # as root: `users` must stay readable to the server
     users = Users(config.server.data_dir / "users")
     action = args.user_command
     if action == "list":

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from petrel.config import Config
+from petrel.privileges import act_as_data_dir_owner
 from petrel.queue.admin import execute, format_list, format_show, spool_admin
 from petrel.server.control import ControlClient, ControlError, control_path
 
@@ -50,6 +51,7 @@ def add_parser(
 
 
 def run(config: Config, args: argparse.Namespace) -> int:
+    act_as_data_dir_owner(config)  # as root: the stopped spool's files stay the server's
     data_dir = config.server.data_dir
     request: dict[str, Any] = {"op": args.action}
     if getattr(args, "id", None) is not None:

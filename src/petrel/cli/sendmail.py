@@ -7,6 +7,7 @@ for a queue-only submission are accepted and ignored, as Postfix does.
 
 from __future__ import annotations
 
+import getpass
 import os
 import sys
 from collections.abc import Sequence
@@ -21,6 +22,7 @@ from petrel.intake.local import (
     read_message,
     submit,
 )
+from petrel.privileges import act_as_data_dir_owner
 
 __all__ = ["USAGE", "main", "parse_args"]
 
@@ -94,7 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(config_path)
         message = read_message(sys.stdin.buffer, ignore_dots=opts.ignore_dots)
         submission = prepare(message, opts, config)
-        submit(submission, config)
+        user, uid = getpass.getuser(), os.getuid()  # the submitter, before a switch
+        act_as_data_dir_owner(config)  # as root: what the spool gets is the server's
+        submit(submission, config, user=user, uid=uid)
     except SendmailError as exc:
         if exc.status == 0:
             print(exc, end="")  # --help

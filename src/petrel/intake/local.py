@@ -165,8 +165,14 @@ def prepare(
     return Submission(envelope, b"".join(fields) + rest, given, shown)
 
 
-def submit(submission: Submission, config: Config, *, user: str | None = None) -> str:
-    """Commit through intake (durably: returns after the sync) and poke a running server."""
+def submit(
+    submission: Submission, config: Config, *, user: str | None = None, uid: int | None = None
+) -> str:
+    """Commit through intake (durably: returns after the sync) and poke a running server.
+
+    ``user`` and ``uid`` name the submitter in the Received field (default: this
+    process's), for a caller that switched to the owner of data_dir first.
+    """
     data_dir = config.server.data_dir
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -175,7 +181,11 @@ def submit(submission: Submission, config: Config, *, user: str | None = None) -
     except OSError as exc:
         message = f"cannot open the spool under {data_dir}: {exc}"
         raise SendmailError(EX_CANTCREAT, message) from None
-    origin = Origin(LOCAL_PROTOCOL, local_user=user or getpass.getuser(), uid=os.getuid())
+    origin = Origin(
+        LOCAL_PROTOCOL,
+        local_user=user or getpass.getuser(),
+        uid=os.getuid() if uid is None else uid,
+    )
     intake = Intake(config, spool, PickupPoke(spool.root))
     envelope = submission.envelope
     try:

@@ -121,6 +121,7 @@ class PickupWatcher:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._last_mtime = 0
+        self._unreadable: set[str] = set()  # queue ids already logged as unreadable
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -194,6 +195,20 @@ class PickupWatcher:
                 age = time.time() - os.stat(self.spool.root / "active" / queue_id).st_ctime
                 if age < SETTLE_SECONDS:
                     return False
+        except PermissionError as exc:
+            # Not ours to read (a `petrel sendmail` run as root before `[server] user`
+            # was honoured): never delivered until its owner is fixed, so say so, once.
+            if queue_id not in self._unreadable:
+                self._unreadable.add(queue_id)
+                log_event(
+                    log,
+                    "pickup-unreadable",
+                    level=logging.ERROR,
+                    queue_id=queue_id,
+                    error=str(exc),
+                    effect="not delivered until the file belongs to the server's user",
+                )
+            return False
         except (OSError, ValueError):
             return False  # finished meanwhile, or damaged: recovery deals with that at start
         local = envelope.protocol == LOCAL_PROTOCOL

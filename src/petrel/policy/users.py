@@ -147,11 +147,14 @@ class Users:
         signature = file_signature(self.path)
         if signature == self._signature:
             return False
-        self._signature = signature
         try:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
             text = ""
+        # A failed read (a root-owned 0600 file, say) is not remembered: fixing the
+        # file's owner or mode changes no part of its signature, and the next lookup
+        # must read it again rather than trust the empty table.
+        self._signature = signature
         self._users = _parse(text, self.path)
         self._domains = frozenset(a.rpartition("@")[2] for a in self._users)
         return True

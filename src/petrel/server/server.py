@@ -216,13 +216,14 @@ class Server:
         intake: Intake,
         policy: Policy,
         loop: asyncio.AbstractEventLoop,
+        tls: TlsManager | None = None,  # loaded before a drop of root (``[server] user``)
     ) -> None:
         self.config = config
         self.loop = loop
         self.hostname = config.server.hostname
         self.extensions = smtp.Extensions(size=config.limits.message_size)
         self._extensions_for: dict[tuple[str, bool], smtp.Extensions] = {}
-        self.tls = TlsManager(config)
+        self.tls = tls or TlsManager(config)
         throttle, decoys = open_auth_state(config)
         self.auth = Authenticator(policy, throttle, decoys)
         self.context = SessionContext(

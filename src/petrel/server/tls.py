@@ -119,6 +119,32 @@ class _PairUnwritable(Exception):
     """The self-signed pair could not be written (full disk, read-only or untrusted tls/)."""
 
 
+TLS_FDS_ENV = "PETREL_TLS_FDS"  # a worker's copies of a root-only cert and key: "cert,key"
+
+
+def copy_material(cert: Path, key: Path) -> tuple[int, int]:
+    """Memory-file copies of the configured pair, read while still root (``[server] user``).
+
+    A worker inherits them (``TLS_FDS_ENV``) and loads its first context from them; a
+    reload (SIGHUP) reads the files again, as the user.
+    """
+    fds: list[int] = []
+    for path in (cert, key):
+        fd = os.memfd_create(f"petrel-{path.name}", os.MFD_CLOEXEC)
+        with open(path, "rb") as f:
+            os.write(fd, f.read())
+        fds.append(fd)
+    return fds[0], fds[1]
+
+
+def _inherited_material() -> tuple[Path, Path] | None:
+    text = os.environ.pop(TLS_FDS_ENV, "")
+    if not text:
+        return None
+    cert_fd, key_fd = (int(part) for part in text.split(","))
+    return Path(f"/proc/self/fd/{cert_fd}"), Path(f"/proc/self/fd/{key_fd}")
+
+
 class TlsManager:
     """Holds the context new sessions use; SIGHUP swaps it for a freshly loaded one.
 
@@ -131,6 +157,7 @@ class TlsManager:
         self.key = config.tls.key
         self.directory = config.server.data_dir / "tls"
         self.context: ssl.SSLContext | None = None
+        self._inherited = _inherited_material() if self.cert is not None else None
         try:
             self.context = self._load()
         except _PairUnwritable as exc:
@@ -144,6 +171,9 @@ class TlsManager:
 
     def _paths(self) -> tuple[Path, Path, bool]:
         if self.cert is not None and self.key is not None:
+            if self._inherited is not None:  # once: the parent's copies, read as root
+                inherited, self._inherited = self._inherited, None
+                return *inherited, False
             return self.cert, self.key, False
         cert = self.directory / SELF_SIGNED_CERT
         key = self.directory / SELF_SIGNED_KEY
@@ -167,7 +197,7 @@ class TlsManager:
         log_event(
             log,
             "tls-certificate",
-            cert=str(cert),
+            cert=str(self.cert or cert),
             self_signed=str(self_signed).lower(),
             sha256=digest,
         )

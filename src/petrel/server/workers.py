@@ -35,6 +35,8 @@ import time
 from petrel.config import Config
 from petrel.log import log_event
 
+from .tls import TLS_FDS_ENV
+
 __all__ = ["WORKER_FDS_ENV", "WorkerPool", "decode_fds", "encode_fds"]
 
 log = logging.getLogger("petrel.workers")
@@ -79,8 +81,10 @@ class WorkerPool:
         count: int,
         sockets: dict[int, list[socket.socket]],
         log_args: list[str],
+        tls_fds: tuple[int, int] | None = None,
     ) -> None:
         self.config = config
+        self.tls_fds = tls_fds  # tls.copy_material's copies, passed on to every worker
         self.sockets = sockets
         self.log_args = log_args
         self.workers = [_Worker(number) for number in range(1, count + 1)]
@@ -98,6 +102,9 @@ class WorkerPool:
         argv += ["--worker", str(worker.number)]
         fds = [sock.fileno() for socks in self.sockets.values() for sock in socks]
         env = {**os.environ, WORKER_FDS_ENV: encode_fds(self.sockets)}
+        if self.tls_fds is not None:
+            fds += self.tls_fds
+            env[TLS_FDS_ENV] = ",".join(map(str, self.tls_fds))
         worker.process = subprocess.Popen(argv, env=env, pass_fds=fds, stdin=subprocess.DEVNULL)
         worker.started = time.monotonic()
         worker.restart_at = None
