@@ -76,6 +76,8 @@ class PetrelServer:
         self.port = 0
         self.host = "127.0.0.1"
         self.ports: dict[str, int] = {}  # first bound port of each listener mode
+        self.python = sys.executable  # the interpreter (and env) `petrel` runs with
+        self.env: dict[str, str] | None = None
 
     def write_config(self) -> None:
         base = f"""
@@ -100,8 +102,9 @@ mode = "smtp"
         log = self.log_path.open("ab")
         offset = self.log_path.stat().st_size
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "petrel", "serve", "--config", str(self.config_path)],
+            [self.python, "-m", "petrel", "serve", "--config", str(self.config_path)],
             cwd=self.root,
+            env=self.env,
             stdout=log,
             stderr=log,
         )
@@ -181,8 +184,9 @@ mode = "smtp"
     def petrel_cli(self, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
         """Run ``petrel ARGS --config <this server's config>``."""
         return subprocess.run(
-            [sys.executable, "-m", "petrel", *args, "--config", str(self.config_path)],
+            [self.python, "-m", "petrel", *args, "--config", str(self.config_path)],
             input=stdin,
+            env=self.env,
             capture_output=True,
             text=True,
             timeout=60,
