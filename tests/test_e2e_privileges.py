@@ -15,6 +15,7 @@ import pwd
 import re
 import shutil
 import smtplib
+import ssl
 import subprocess
 import sys
 import sysconfig
@@ -29,6 +30,7 @@ from petrel.config import ConfigError, load_config
 from petrel.intake.pickup import PickupWatcher
 from petrel.policy.users import Users, hash_password
 from petrel.privileges import Account, drop_privileges, warn_root_without_user
+from petrel.server.tls import generate_self_signed
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (as `make test` has in CI)")
 
@@ -297,3 +299,25 @@ def test_server_user_must_exist(tmp_path: Path) -> None:
     )
     assert checked.returncode == 2
     assert checked.stderr == "petrel: server.user: no such user 'no-such-petrel-user'\n"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_tls_key_only_root_can_read_is_loaded_before_the_drop(
+    as_user: Callable[..., PetrelServer], account: Account, tmp_path: Path, workers: int
+) -> None:
+    keys = tmp_path / "private"  # root's 0700 directory: the user cannot even enter it
+    keys.mkdir(mode=0o700)
+    cert, key = generate_self_signed(keys, HOSTNAME)
+    server = as_user(
+        f"workers = {workers}", f'[tls]\ncert = "{cert}"\nkey = "{key}"\n', start=False
+    )
+    server.start()
+    if workers > 1:
+        wait_until(lambda: server.log_text().count("event=worker-ready") >= 2, what="workers")
+    assert server.log_text().count(f"event=tls-certificate cert={cert}") == workers
+    assert "tls-unavailable" not in server.log_text()
+    ctx = ssl.create_default_context(cafile=str(cert))
+    for _ in range(4):  # more connections than workers: the kernel picks one each time
+        with smtplib.SMTP(server.host, server.port, timeout=10) as client:
+            client.starttls(context=ctx)
+            assert client.ehlo("client.test")[0] == 250
