@@ -38,6 +38,7 @@ from petrel.pidfile import PID_FILE, remove_pid_file, write_pid_file
 from petrel.policy import Policy
 from petrel.policy.aliases import Aliases
 from petrel.privileges import (
+    PrivilegeError,
     drop_privileges,
     give_data_dir,
     service_account,
@@ -139,10 +140,10 @@ async def serve(config: Config, log_args: list[str] | None = None) -> int:
     warn_root_without_user(config)
     try:
         dropped = _become_service_user(config)
-    except OSError as exc:
-        log_event(
-            log, "data-dir-unusable", level=logging.ERROR, data_dir=str(data_dir), error=str(exc)
-        )
+    except PrivilegeError as exc:
+        log_event(log, "privileges-not-dropped", level=logging.ERROR, error=str(exc))
+        return 1
+    if dropped is None:
         return 1
     try:
         _check_data_dir(config)
@@ -254,16 +255,23 @@ class _Dropped:
     tls_fds: tuple[int, int] | None = None  # workers: copies of it (tls.copy_material)
 
 
-def _become_service_user(config: Config) -> _Dropped:
+def _become_service_user(config: Config) -> _Dropped | None:
     """Started as root with ``[server] user``: data_dir to the user, listeners and the
     configured TLS pair opened as root, then root dropped for good (before any session
-    and any worker). Otherwise nothing.
+    and any worker). Otherwise nothing. None: data_dir unusable (logged).
     """
     account = service_account(config)
     if account is None:
         return _Dropped()
     set_service_uid(account.uid)  # the trust rule judges by the user from now on
-    give_data_dir(config.server.data_dir, account)
+    data_dir = config.server.data_dir
+    try:
+        give_data_dir(data_dir, account)
+    except OSError as exc:
+        log_event(
+            log, "data-dir-unusable", level=logging.ERROR, data_dir=str(data_dir), error=str(exc)
+        )
+        return None
     dropped = _Dropped(sockets=_bind_listeners(config))
     if config.tls.cert is not None and config.tls.key is not None:
         if config.server.workers > 1:
