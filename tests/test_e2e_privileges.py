@@ -52,7 +52,14 @@ def account() -> Iterator[Account]:
     try:
         yield Account(name, entry.pw_uid, entry.pw_gid)
     finally:
-        subprocess.run(["userdel", name], check=False, capture_output=True)
+        # A killed server's workers leave within a second; userdel refuses till then.
+        with contextlib.suppress(AssertionError):
+            wait_until(
+                lambda: subprocess.run(["userdel", name], capture_output=True).returncode == 0,
+                timeout=10,
+                what=f"userdel {name}",
+            )
+        subprocess.run(["userdel", "--force", name], check=False, capture_output=True)
 
 
 def _runs_as(account: Account, python: str, env: dict[str, str] | None) -> bool:
@@ -127,7 +134,7 @@ def as_user(
     yield make
     for server in servers:
         if server.process is not None:
-            server.kill()
+            server.stop()  # the workers too, so that the user can be deleted at once
     for root in roots:
         shutil.rmtree(root, ignore_errors=True)
 
