@@ -158,7 +158,9 @@ def test_too_many_recipients(petrel_factory) -> None:
 
 
 def test_connection_limits(petrel_factory) -> None:
-    server: PetrelServer = petrel_factory("[limits]\nconnections = 10\nconnections_per_ip = 2\n")
+    server: PetrelServer = petrel_factory(
+        "[limits]\nconnections = 10\nconnections_per_ip = 2\nexempt_networks = []\n"
+    )
     first = RawClient(server.connect())
     second = RawClient(server.connect())
     assert first.reply()[0].startswith("220 ")
