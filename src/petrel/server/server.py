@@ -231,6 +231,7 @@ class Server:
             hostname=self.hostname,
             limits=config.limits,
             strict_paths=config.policy.strict_paths,
+            bare_lf=config.policy.bare_lf,
             policy=policy,
             auth=self.auth,
             intake=intake,
