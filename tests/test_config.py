@@ -51,6 +51,7 @@ recipients = 50
 connections = 200
 connections_per_ip = 5
 errors = 3
+exempt_networks = ["192.0.2.7", "::1/128"]
 command_timeout = "30s"
 data_timeout = 120
 
@@ -71,6 +72,7 @@ tls = "opportunistic"
 vrfy = "off"
 expn = "on"
 strict_paths = true
+bare_lf = "reject"
 
 [aliases]
 file = "/etc/petrel/aliases"
@@ -120,6 +122,10 @@ def test_no_config_file_runs_on_documented_defaults(
     assert (limits.command_timeout, limits.data_timeout) == (300.0, 600.0)
     assert (limits.min_data_rate, limits.junk_commands) == (500, 100)
     assert (limits.tls_handshake_timeout, limits.tls_handshakes_per_ip) == (10.0, 10)
+    assert limits.exempt_networks == (
+        ipaddress.ip_network("127.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+    )
     queue = config.queue
     assert queue.run_interval == 30 * 60
     assert (queue.min_backoff, queue.max_backoff) == (5 * 60, 60 * 60)
@@ -128,6 +134,7 @@ def test_no_config_file_runs_on_documented_defaults(
     assert config.relay is None
     assert (config.policy.vrfy, config.policy.expn) == ("authenticated", "authenticated")
     assert config.policy.strict_paths is False
+    assert config.policy.bare_lf == "normalize"
     assert config.aliases.file == tmp_path / "petrel-data" / "aliases"
     assert Config.default() == config
 
@@ -161,6 +168,11 @@ def test_full_example_is_read_as_written(tmp_path: Path) -> None:
         ipaddress.ip_network("10.1.2.3/32"),
     )
     assert config.limits.errors == 3
+    assert config.limits.exempt_networks == (
+        ipaddress.ip_network("192.0.2.7/32"),
+        ipaddress.ip_network("::1/128"),
+    )
+    assert config.policy.bare_lf == "reject"
     assert config.limits.connections == 200  # an explicit figure is kept exactly
     assert (config.limits.command_timeout, config.limits.data_timeout) == (30.0, 120.0)
     assert config.queue.delay_warning == 5400.0
@@ -327,6 +339,13 @@ def test_parse_duration_rejects_with_key(value: object) -> None:
         ("[domains]\nlocal = 'example.test'\n", "domains.local: must be an array"),
         ("[domains]\nlocal = ['ok.test', 'bad domain']\n", "domains.local[1]: not a valid domain"),
         ("[policy]\nstrict_paths = 1\n", "policy.strict_paths: must be true or false, got 1"),
+        (
+            "[policy]\nbare_lf = 'accept'\n",
+            "policy.bare_lf: must be one of normalize, reject, got 'accept'",
+        ),
+        ("[policy]\nbare_lf = true\n", "policy.bare_lf: must be one of normalize, reject"),
+        ("[limits]\nexempt_networks = ['lo']\n", "limits.exempt_networks[0]: not a valid CIDR"),
+        ("[limits]\nexempt_networks = '::1'\n", "limits.exempt_networks: must be an array"),
         ("[aliases]\nfile = 3\n", "aliases.file: must be a non-empty string, got 3"),
         # choices
         (

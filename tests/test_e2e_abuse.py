@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import HOSTNAME, PetrelServer, RawClient, wait_until
+from smtp_peer import ScriptedPeer
 
 SMUGGLING_VARIANTS = {
     "lf-dot-lf": b"\n.\n",
@@ -23,26 +24,87 @@ def _start_transaction(client: RawClient, rcpt: str) -> None:
     assert client.command("DATA")[0].startswith("354")
 
 
+SMUGGLED = (
+    b"MAIL FROM:<ceo@bank.test>\r\nRCPT TO:<smuggled@"
+    + HOSTNAME.encode()
+    + b">\r\nDATA\r\nSubject: smuggled\r\n\r\nsend money\r\n.\r\n"
+)
+REJECT = '[policy]\nbare_lf = "reject"\n'
+
+
+@pytest.mark.parametrize("mode", ["reject", "normalize"])
 @pytest.mark.parametrize("variant", SMUGGLING_VARIANTS.values(), ids=SMUGGLING_VARIANTS.keys())
-def test_smtp_smuggling_never_yields_a_second_message(petrel: PetrelServer, variant: bytes) -> None:
+def test_smtp_smuggling_never_yields_a_second_message(
+    petrel_factory, variant: bytes, mode: str
+) -> None:
+    petrel: PetrelServer = petrel_factory(REJECT if mode == "reject" else "")
     client = RawClient(petrel.connect())
     _start_transaction(client, "victim")
-    client.send(
-        b"Subject: innocent\r\n\r\nhello"
-        + variant
-        + b"MAIL FROM:<ceo@bank.test>\r\nRCPT TO:<smuggled@"
-        + HOSTNAME.encode()
-        + b">\r\nDATA\r\nSubject: smuggled\r\n\r\nsend money\r\n.\r\n"
-    )
+    client.send(b"Subject: innocent\r\n\r\nhello" + variant + SMUGGLED)
     [verdict] = client.reply()
-    assert verdict.startswith("550 5.6.0"), verdict
+    normalized = mode == "normalize" and b"\r" not in variant.replace(b"\r\n", b"")
+    if normalized:
+        # Only CRLF "." CRLF ends the text: everything up to it is one message.
+        assert verdict.endswith("Message accepted for delivery"), verdict
+    else:
+        assert verdict.startswith("550 5.6.0"), verdict
     # The session is still in sync: the next command is read as a command.
     assert client.command("NOOP") == ["250 2.0.0 OK"]
     assert client.command("QUIT")[0].startswith("221")
     client.close()
-    assert petrel.messages("victim") == []
     assert petrel.messages("smuggled") == []
-    assert petrel.queue_files() == []
+    if normalized:
+        [message] = petrel.wait_for_messages("victim")
+        # Maildir stores LF line ends; the "." line is there, as text.
+        assert message.endswith(
+            b"\nhello\n.\nMAIL FROM:<ceo@bank.test>\nRCPT TO:<smuggled@"
+            + HOSTNAME.encode()
+            + b">\nDATA\nSubject: smuggled\n\nsend money\n"
+        )
+    else:
+        assert petrel.messages("victim") == []
+        assert petrel.queue_files() == []
+
+
+@pytest.mark.parametrize(
+    "variant", [b"\n.\n", b"\n.\r\n", b"\r\n.\n"], ids=["lf-dot-lf", "lf-dot-crlf", "crlf-dot-lf"]
+)
+def test_normalized_smuggling_is_dot_stuffed_when_relayed(petrel_factory, variant: bytes) -> None:
+    """The "." line that came next to a bare LF goes out stuffed: the peer sees text."""
+    peer = ScriptedPeer().start()
+    try:
+        petrel: PetrelServer = petrel_factory(
+            f"""
+[domains]
+relay_networks = ["127.0.0.0/8"]
+
+[delivery]
+dns = false
+hosts = {{ "remote.test" = ["127.0.0.1:{peer.port}"] }}
+"""
+        )
+        client = RawClient(petrel.connect())
+        client.reply()
+        client.command("EHLO relay.test")
+        assert client.command("MAIL FROM:<app@relay.test>")[0].startswith("250")
+        assert client.command("RCPT TO:<victim@remote.test>")[0].startswith("250")
+        assert client.command("DATA")[0].startswith("354")
+        client.send(b"Subject: innocent\r\n\r\nhello" + variant + SMUGGLED)
+        assert client.reply()[0].endswith("Message accepted for delivery")
+        client.command("QUIT")
+        client.close()
+        wait_until(lambda: peer.messages, what="the relayed message")
+        petrel.wait_queue_empty()
+        [received] = peer.messages
+        assert received.recipients[0][0] == "victim@remote.test"
+        assert received.data.endswith(
+            b"\r\nhello\r\n.\r\nMAIL FROM:<ceo@bank.test>\r\n"
+            + b"RCPT TO:<smuggled@"
+            + HOSTNAME.encode()
+            + b">\r\nDATA\r\nSubject: smuggled\r\n\r\nsend money\r\n"
+        )
+    finally:
+        peer.stop()
 
 
 @pytest.mark.parametrize(
@@ -98,7 +160,8 @@ def test_lmtp_domains_are_destinations_not_relays(petrel_factory) -> None:
     client.close()
 
 
-def test_bare_lf_and_nul_in_commands(petrel: PetrelServer, raw: RawClient) -> None:
+def test_bare_lf_and_nul_in_commands(petrel_factory) -> None:
+    raw = RawClient(petrel_factory(REJECT).connect())
     raw.reply()
     raw.send(b"EHLO lf.test\n")
     assert raw.reply()[0].startswith("500 5.5.2")
@@ -107,6 +170,16 @@ def test_bare_lf_and_nul_in_commands(petrel: PetrelServer, raw: RawClient) -> No
     raw.send(b"NOOP \x00\r\n")
     assert raw.reply()[0].startswith("500 5.5.2")
     assert raw.command("EHLO fine.test")[0].startswith("250-")
+
+
+def test_bare_cr_and_nul_in_commands_when_normalizing(petrel: PetrelServer, raw: RawClient) -> None:
+    raw.reply()
+    raw.send(b"EHLO a\rb.test\n")
+    assert raw.reply()[0].startswith("500 5.5.2")
+    raw.send(b"NOOP \x00\n")
+    assert raw.reply()[0].startswith("500 5.5.2")
+    raw.send(b"NOOP\n")
+    assert raw.reply() == ["250 2.0.0 OK"]
 
 
 def test_command_line_too_long(petrel: PetrelServer, raw: RawClient) -> None:
@@ -158,7 +231,9 @@ def test_too_many_recipients(petrel_factory) -> None:
 
 
 def test_connection_limits(petrel_factory) -> None:
-    server: PetrelServer = petrel_factory("[limits]\nconnections = 10\nconnections_per_ip = 2\n")
+    server: PetrelServer = petrel_factory(
+        "[limits]\nconnections = 10\nconnections_per_ip = 2\nexempt_networks = []\n"
+    )
     first = RawClient(server.connect())
     second = RawClient(server.connect())
     assert first.reply()[0].startswith("220 ")

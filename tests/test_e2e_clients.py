@@ -13,7 +13,7 @@ from email.message import EmailMessage
 import aiosmtplib
 import pytest
 
-from conftest import HOSTNAME, PetrelServer
+from conftest import HOSTNAME, PetrelServer, RawClient
 
 
 def _message(subject: str, to: str, body: str = "hello\n") -> EmailMessage:
@@ -178,3 +178,87 @@ def test_swaks(petrel: PetrelServer) -> None:
 def test_swaks_pipelining(petrel: PetrelServer) -> None:
     _swaks(petrel, f"pipe@{HOSTNAME}", "--pipeline", "--body", "pipelined by swaks")
     assert petrel.wait_for_messages("pipe")[0].rstrip().endswith(b"pipelined by swaks")
+
+
+# -- LF-only clients: [policy] bare_lf = "normalize" (the default) -----------------------------
+
+LF_RELAY = """
+[domains]
+relay_networks = ["127.0.0.0/8"]
+"""  # remote.test has no [delivery] hosts entry and DNS is off: its mail stays spooled
+
+
+def _spooled(petrel: PetrelServer) -> bytes:
+    """The message bytes of the one file in the spool's active/ (see queue/spool.py)."""
+    [name] = petrel.queue_files()
+    content = (petrel.data_dir / "queue" / "active" / name).read_bytes()
+    head, _, rest = content.partition(b"\n")
+    envelope_length = int(head.split()[1])
+    message = rest[envelope_length + 1 :]
+    return message[: message.rindex(b"\nPETREL-END ")]
+
+
+def _assert_crlf_only(message: bytes) -> None:
+    assert b"\n" not in message.replace(b"\r\n", b""), message
+    assert b"\r" not in message.replace(b"\r\n", b""), message
+
+
+curl = shutil.which("curl")
+
+
+@pytest.mark.skipif(curl is None, reason="curl is not installed")
+def test_curl_without_crlf_delivers_an_lf_only_file(petrel_factory, tmp_path) -> None:
+    petrel: PetrelServer = petrel_factory(LF_RELAY)
+    mail = tmp_path / "mail.txt"
+    # curl sends the file as it is (a "." line after an LF is not doubled), then CRLF.CRLF.
+    mail.write_bytes(b"From: a@client.test\nSubject: from curl\n\nline one\n.\nline two\n")
+    assert curl is not None
+    url = f"smtp://{petrel.host}:{petrel.port}"
+    envelope = ["--mail-from", "a@client.test", "--mail-rcpt", "x@remote.test"]
+    result = subprocess.run(
+        [curl, "-sS", url, *envelope, "--mail-rcpt", f"ann@{HOSTNAME}", "-T", str(mail)],
+        capture_output=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    [local] = petrel.wait_for_messages("ann")
+    assert local.endswith(b"\nSubject: from curl\n\nline one\n.\nline two\n\n")
+    spooled = _spooled(petrel)
+    _assert_crlf_only(spooled)
+    assert spooled.endswith(b"\r\nSubject: from curl\r\n\r\nline one\r\n.\r\nline two\r\n\r\n")
+
+
+def test_smtplib_sendmail_with_lf_only_bytes(petrel_factory) -> None:
+    petrel: PetrelServer = petrel_factory(LF_RELAY)
+    text = b"Subject: lf only\n\nline one\n.\n..two dots\nend\n"
+    with smtplib.SMTP(petrel.host, petrel.port, local_hostname="client.test") as client:
+        # smtplib sends bytes as they are, with a "." doubled after every LF.
+        assert client.sendmail("a@client.test", ["x@remote.test", f"ann@{HOSTNAME}"], text) == {}
+    [local] = petrel.wait_for_messages("ann")
+    assert b"\nSubject: lf only\n\nline one\n.\n..two dots\nend\n" in local
+    spooled = _spooled(petrel)
+    _assert_crlf_only(spooled)
+    assert b"\r\nSubject: lf only\r\n\r\nline one\r\n.\r\n..two dots\r\nend\r\n" in spooled
+
+
+def test_nc_style_lf_only_session(petrel: PetrelServer) -> None:
+    """``nc`` without ``-C``: every command works; only CRLF "." CRLF ends the text."""
+    raw = RawClient(petrel.connect())
+    assert raw.reply()[0].startswith("220 ")
+
+    def say(line: bytes) -> list[str]:
+        raw.send(line + b"\n")
+        return raw.reply()
+
+    assert say(b"EHLO nc.test")[0].startswith("250-")
+    assert say(b"NOOP") == ["250 2.0.0 OK"]
+    assert say(b"MAIL FROM:<a@client.test>")[0].startswith("250 ")
+    assert say(f"RCPT TO:<ann@{HOSTNAME}>".encode())[0].startswith("250 ")
+    assert say(b"DATA")[0].startswith("354 ")
+    raw.send(b"Subject: nc\n\ntyped by hand\n.\nstill text\n")  # ".\n" does not end it
+    raw.send(b"\r\n.\r\n")
+    assert raw.reply()[0].endswith("Message accepted for delivery")
+    assert say(b"QUIT")[0].startswith("221 ")
+    raw.close()
+    [message] = petrel.wait_for_messages("ann")
+    assert message.endswith(b"Subject: nc\n\ntyped by hand\n.\nstill text\n\n")

@@ -15,6 +15,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
+import pytest
+
 from conftest import HOSTNAME, PetrelServer, RawClient, wait_until
 
 SUBMISSIONS = """
@@ -233,7 +235,7 @@ def test_message_text_below_min_data_rate_times_out(petrel_factory) -> None:
 def test_stalled_tls_handshakes_leave_room_for_real_tls_clients(petrel_factory) -> None:
     """Sockets without a ClientHello get their own small budget and a short timeout."""
     petrel: PetrelServer = petrel_factory(
-        SUBMISSIONS + "[limits]\nconnections = 20\nconnections_per_ip = 20\n"
+        SUBMISSIONS + "[limits]\nconnections = 20\nconnections_per_ip = 20\nexempt_networks = []\n"
     )
     port = petrel.ports["submissions"]
     opened = time.monotonic()
@@ -263,7 +265,9 @@ def test_stalled_tls_handshakes_leave_room_for_real_tls_clients(petrel_factory) 
 
 def test_the_last_slots_are_kept_for_new_addresses(petrel_factory) -> None:
     """Past 90 % of limits.connections only an address without a connection gets in."""
-    petrel: PetrelServer = petrel_factory("[limits]\nconnections = 20\nconnections_per_ip = 5\n")
+    petrel: PetrelServer = petrel_factory(
+        "[limits]\nconnections = 20\nconnections_per_ip = 5\nexempt_networks = []\n"
+    )
     held: list[RawClient] = []
 
     def open_from(source: str) -> tuple[RawClient, str]:
@@ -289,4 +293,54 @@ def test_the_last_slots_are_kept_for_new_addresses(petrel_factory) -> None:
     assert greeting.startswith("421 4.7.0")
     full.close()
     for client in held:
+        client.close()
+
+
+# -- exempt networks: loopback and relay_networks skip the per-IP caps ---------------------
+
+
+def test_a_hundred_concurrent_loopback_clients_are_all_served(petrel: PetrelServer) -> None:
+    """Loopback is in limits.exempt_networks by default: no 421 past connections_per_ip."""
+    clients = [RawClient(petrel.connect()) for _ in range(100)]
+    greetings = [client.reply()[0] for client in clients]
+    assert [g for g in greetings if not g.startswith("220 ")] == []
+    for client in clients:
+        assert client.command("EHLO many.test")[0].startswith("250")
+    for client in clients:
+        assert client.command("QUIT")[0].startswith("221")
+        client.close()
+    assert "event=reject" not in petrel.log_text()
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        '[limits]\nexempt_networks = ["127.0.0.7/32"]\n',
+        '[limits]\nexempt_networks = []\n[domains]\nrelay_networks = ["127.0.0.7/32"]\n',
+    ],
+    ids=["exempt_networks", "relay_networks"],
+)
+def test_exempt_clients_skip_the_per_ip_cap_but_count_toward_connections(
+    petrel_factory, config: str
+) -> None:
+    petrel: PetrelServer = petrel_factory(
+        config.replace("[limits]\n", "[limits]\nconnections = 10\nconnections_per_ip = 2\n")
+    )
+
+    def open_from(source: str) -> tuple[RawClient, str]:
+        client = RawClient(_connect_from(petrel, source))
+        return client, client.reply()[0]
+
+    held = [open_from("127.0.0.2") for _ in range(2)]
+    refused, greeting = open_from("127.0.0.2")  # not exempt: the per-IP cap holds
+    assert greeting.startswith("421 4.7.0"), greeting
+    refused.close()
+    # The exempt address goes past its per-IP cap and into the reserve (one slot of 10).
+    held += [open_from("127.0.0.7") for _ in range(8)]
+    assert [g for _, g in held if not g.startswith("220 ")] == []
+    # ... but limits.connections still counts it.
+    full, greeting = open_from("127.0.0.7")
+    assert greeting == f"421 4.7.0 {HOSTNAME} Too many connections, try again later"
+    full.close()
+    for client, _ in held:
         client.close()

@@ -251,7 +251,9 @@ def test_implicit_tls_handshake_failure_is_logged(petrel_factory) -> None:
 
 def test_stalled_implicit_tls_handshakes_count_against_connection_limits(petrel_factory) -> None:
     """Sockets that never send a ClientHello cannot pile up past connections_per_ip."""
-    petrel: PetrelServer = petrel_factory(SUBMISSIONS + "[limits]\nconnections_per_ip = 2\n")
+    petrel: PetrelServer = petrel_factory(
+        SUBMISSIONS + "[limits]\nconnections_per_ip = 2\nexempt_networks = []\n"
+    )
     port = petrel.ports["submissions"]
     stalled = [socket.create_connection((petrel.host, port), timeout=10) for _ in range(2)]
     # The third is closed at once, long before the 30 s handshake timeout.

@@ -1004,6 +1004,40 @@ def test_bare_lf_cannot_smuggle_a_command() -> None:
 
 
 @pytest.mark.parametrize(
+    ("wire", "expected"),
+    [
+        pytest.param(b"NOOP\n", ["250 2.0.0 OK"], id="bare-lf"),
+        pytest.param(b"NOOP\nNOOP\r\nNOOP\n", ["250 2.0.0 OK"] * 3, id="mixed"),
+        pytest.param(b"NO\rOP\n", [BARE], id="bare-cr"),
+        pytest.param(b"NOOP\r\r\n", [BARE], id="cr-cr-lf"),
+        pytest.param(b"NOOP\r", [], id="cr-at-end-waits"),
+        pytest.param(b"NOOP " + b"x" * 505 + b"\n", ["250 2.0.0 OK"], id="512-with-crlf"),
+        pytest.param(b"NOOP " + b"x" * 506 + b"\n", ["500 5.5.2 Line too long"], id="513"),
+    ],
+)
+def test_normalize_reads_lf_only_command_lines(wire: bytes, expected: list[str]) -> None:
+    client = ready(normalize_bare_lf=True)
+    assert reply_lines(client.send(wire)) == expected
+    if not expected:  # the CR was the first half of a CRLF
+        assert reply_lines(client.send(b"\n")) == ["250 2.0.0 OK"]
+    assert client.last("NOOP") == "250 2.0.0 OK"
+
+
+def test_normalize_lf_only_session_delivers() -> None:
+    """``nc`` without ``-C``: LF-only commands; the text still ends with CRLF "." CRLF."""
+    client = Client(normalize_bare_lf=True)
+    out = client.send(b"EHLO nc.test\nMAIL FROM:<a@b>\nRCPT TO:<c@d>\nDATA\nhi\n\r\n.\r\nQUIT\n")
+    lines = reply_lines(out)
+    assert lines[-4:] == [
+        "250 2.1.5 <c@d>... Recipient ok",
+        '354 Enter mail, end with "." on a line by itself',
+        "250 2.0.0 Q Message accepted for delivery",
+        "221 2.0.0 mx.example.test closing connection",
+    ]
+    assert client.data == b"hi\r\n\r\n"
+
+
+@pytest.mark.parametrize(
     ("setup", "command"),
     [
         pytest.param([], "MAIL FROM:" + "a" * 2000, id="bare-address"),

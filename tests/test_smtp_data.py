@@ -98,9 +98,10 @@ def test_whole_message_in_one_read_keeps_the_last_chunk() -> None:
 MESSAGE = b"Subject: t\r\n\r\nline one\r\n..dot\r\n\r\n.\r\nNOOP\r\n"
 
 
+@pytest.mark.parametrize("normalize", [False, True], ids=["reject", "normalize"])
 @pytest.mark.parametrize("cut", range(len(MESSAGE) + 1))
-def test_terminator_split_anywhere(cut: int) -> None:
-    client = in_data()
+def test_terminator_split_anywhere(cut: int, normalize: bool) -> None:
+    client = in_data(normalize_bare_lf=normalize)
     client.send(MESSAGE[:cut])
     client.send(MESSAGE[cut:])
     assert reply_lines(client.out) == [ACCEPTED, "250 2.0.0 OK"]
@@ -126,17 +127,34 @@ text_line = st.one_of(
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(lines=st.lists(text_line, max_size=30), data=st.data())
-def test_round_trip_property(lines: list[bytes], data: st.DataObject) -> None:
+@given(lines=st.lists(text_line, max_size=30), data=st.data(), normalize=st.booleans())
+def test_round_trip_property(lines: list[bytes], data: st.DataObject, normalize: bool) -> None:
     original = b"".join(line + b"\r\n" for line in lines)
     wire = stuff(lines) + b".\r\nNOOP\r\n"
     cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=8)))
-    client = in_data()
+    client = in_data(normalize_bare_lf=normalize)
     for start, end in zip([0, *cuts], [*cuts, len(wire)], strict=True):
         client.send(wire[start:end])
     assert client.data == original
     assert client.ends == [EndOfData(len(original))]
     assert reply_lines(client.out) == [ACCEPTED, "250 2.0.0 OK"]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lines=st.lists(text_line, max_size=30), data=st.data())
+def test_normalize_round_trip_with_mixed_line_ends(lines: list[bytes], data: st.DataObject) -> None:
+    """Stuffed lines ended by LF or CRLF at random come out as the same CRLF lines."""
+    ends = data.draw(st.lists(st.sampled_from([b"\n", b"\r\n"]), min_size=len(lines)))
+    stuffed = [b"." + line if line.startswith(b".") else line for line in lines]
+    wire = b"".join(map(bytes.__add__, stuffed, ends)) + b"\r\n.\r\nNOOP\r\n"
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=8)))
+    client = in_data(normalize_bare_lf=True)
+    for start, end in zip([0, *cuts], [*cuts, len(wire)], strict=True):
+        client.send(wire[start:end])
+    original = b"".join(line + b"\r\n" for line in lines) + b"\r\n"
+    assert reply_lines(client.out) == [ACCEPTED, "250 2.0.0 OK"]
+    assert client.data == original
+    assert client.ends == [EndOfData(len(original))]
 
 
 # -- SMTP smuggling ------------------------------------------------------------------------
@@ -158,18 +176,28 @@ SMUGGLED = b"MAIL FROM:<evil@x>\r\nRCPT TO:<v@y>\r\nDATA\r\nevil body\r\n"
 )
 @pytest.mark.parametrize("prefix", [b"Subject: s\r\n\r\nhello", b""], ids=["body", "at-start"])
 @pytest.mark.parametrize("split", ["whole", "bytes"])
-def test_smuggling_variants(sequence: bytes, prefix: bytes, split: str) -> None:
+@pytest.mark.parametrize("mode", ["reject", "normalize"])
+def test_smuggling_variants(sequence: bytes, prefix: bytes, split: str, mode: str) -> None:
     stream = prefix + sequence + SMUGGLED + b".\r\nQUIT\r\n"
-    client = in_data()
+    client = in_data(normalize_bare_lf=mode == "normalize")
     if split == "whole":
         client.send(stream)
     else:
         for i in range(len(stream)):
             client.send(stream[i : i + 1])
-    assert reply_lines(client.out) == [BARE, "221 2.0.0 mx.example.test closing connection"]
-    assert client.ends == [MessageRejected(r.BARE_NEWLINE_IN_DATA)]
     assert not client.of(Mail) and not client.of(Rcpt) and not client.of(Data)
-    assert b"evil" not in client.data
+    bare_cr = b"\r" in sequence.replace(b"\r\n", b"")
+    if mode == "reject" or bare_cr:
+        assert reply_lines(client.out) == [BARE, "221 2.0.0 mx.example.test closing connection"]
+        assert client.ends == [MessageRejected(r.BARE_NEWLINE_IN_DATA)]
+        assert b"evil" not in client.data
+    else:
+        # Only CRLF "." CRLF ends the text: the "." line and the smuggled commands are
+        # text of this one message, stored with CRLF and with the "." line kept.
+        assert reply_lines(client.out) == [ACCEPTED, "221 2.0.0 mx.example.test closing connection"]
+        expected = prefix + b"\r\n.\r\n" + SMUGGLED
+        assert client.data == expected
+        assert client.ends == [EndOfData(len(expected))]
 
 
 def test_smuggled_terminator_then_real_end_then_next_transaction() -> None:
@@ -186,6 +214,77 @@ def test_smuggled_terminator_then_real_end_then_next_transaction() -> None:
     ]
     assert [str(m.sender) for m in client.of(Mail)] == ["good@x"]  # type: ignore[attr-defined]
     assert client.data.endswith(b"ok\r\n")
+
+
+@pytest.mark.parametrize(
+    "stream",
+    [
+        pytest.param(b"hello\n.\nMAIL FROM:<evil@x>\r\n.\r\n", id="lf-dot-lf"),
+        pytest.param(b"hello\n.\r\nMAIL FROM:<evil@x>\r\n.\r\n", id="lf-dot-crlf"),
+        pytest.param(b"hello\r\n.\nMAIL FROM:<evil@x>\r\n.\r\n", id="crlf-dot-lf"),
+    ],
+)
+def test_normalized_smuggling_stays_text_and_the_session_stays_in_sync(stream: bytes) -> None:
+    client = in_data(normalize_bare_lf=True)
+    assert client.replies(stream) == [ACCEPTED]
+    assert client.data == b"hello\r\n.\r\nMAIL FROM:<evil@x>\r\n"
+    assert client.conn.state is State.READY
+    out = client.replies(b"MAIL FROM:<good@x>\r\nRCPT TO:<v@y>\r\nDATA\r\nok\r\n.\r\n")
+    assert out[-1] == ACCEPTED
+    assert [str(m.sender) for m in client.of(Mail)] == ["good@x"]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("wire", "text"),
+    [
+        pytest.param(b"a\nb\n", b"a\r\nb\r\n", id="lf-only"),
+        pytest.param(b"a\r\nb\nc\r\n", b"a\r\nb\r\nc\r\n", id="mixed"),
+        pytest.param(b"\n\n", b"\r\n\r\n", id="empty-lines"),
+        pytest.param(b"a\n..b\n", b"a\r\n.b\r\n", id="stuffed-after-lf"),
+        pytest.param(b"a\n..\n", b"a\r\n.\r\n", id="stuffed-dot-line-after-lf"),
+        pytest.param(b"a\n.\nb\r\n", b"a\r\n.\r\nb\r\n", id="dot-line-kept"),
+        pytest.param(b"a\n.x\n", b"a\r\nx\r\n", id="leading-dot-after-lf"),
+        pytest.param(b"a\n" + b"b" * 998 + b"\n", b"a\r\n" + b"b" * 998 + b"\r\n", id="998"),
+    ],
+)
+@pytest.mark.parametrize("split", ["whole", "bytes"])
+def test_normalize_stores_lf_lines_as_crlf(wire: bytes, text: bytes, split: str) -> None:
+    client = in_data(normalize_bare_lf=True)
+    stream = wire + b"end\r\n.\r\n"  # ".\n" or "\n.\r\n" would not end it
+    if split == "whole":
+        client.send(stream)
+    else:
+        for i in range(len(stream)):
+            client.send(stream[i : i + 1])
+    assert reply_lines(client.out) == [ACCEPTED]
+    assert client.data == text + b"end\r\n"
+    assert client.ends == [EndOfData(len(text) + 5)]
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        pytest.param(b"a\rb\n", BARE, id="bare-cr"),
+        pytest.param(b"a\r\r\n", BARE, id="cr-crlf"),
+        pytest.param(b"a\n\r\n", None, id="lf-crlf"),
+        pytest.param(b"a\nb\0\n", NUL, id="nul"),
+        pytest.param(b"a\n" + b"b" * 999 + b"\n", LONG, id="999"),
+    ],
+)
+def test_normalize_still_refuses_bare_cr_nul_and_long_lines(
+    body: bytes, expected: str | None
+) -> None:
+    client = in_data(normalize_bare_lf=True)
+    assert client.replies(b"first\r\n" + body + b"more\r\n.\r\n") == [expected or ACCEPTED]
+    assert client.conn.state is State.READY
+
+
+def test_normalize_after_data_lf_a_dot_line_is_text() -> None:
+    client = in_rcpt(normalize_bare_lf=True)
+    assert client.replies(b"DATA\n") == [START]
+    assert client.replies(b".\r\nMAIL FROM:<evil@x>\r\n.\r\n") == [ACCEPTED]
+    assert client.data == b".\r\nMAIL FROM:<evil@x>\r\n"
+    assert not client.of(Mail)[1:]
 
 
 @pytest.mark.parametrize(

@@ -169,6 +169,13 @@ TOKENS = [
     b"VERB\r\n",
     b"\x00",
     b"\xff\xfe",
+    # Bare LFs: line ends in normalize mode, never an end of DATA.
+    b"\n",
+    b"\n.\n",
+    b"\n.\r\n",
+    b"\r\n.\n",
+    b"DATA\n",
+    b"RCPT TO:<c@example.net>\n",
     b"Subject: hello\r\n",
     b"A" * 600,
     b"B" * 1100,
@@ -205,6 +212,8 @@ CONFIGS = [
     {"max_errors": 1000, "strict_paths": True, "max_recipients": 1},
     {"max_errors": 3},
     {"max_errors": 1000, "extensions": Extensions(chunking=False, dsn=False, size=None)},
+    {"max_errors": 1000, "normalize_bare_lf": True},
+    {"max_errors": 1000, "normalize_bare_lf": True, "extensions": Extensions(size=50)},
 ]
 
 _token = st.sampled_from(TOKENS)

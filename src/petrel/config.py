@@ -44,6 +44,9 @@ EXPOSURE_LEVELS = ("off", "authenticated", "on")
 RELAY_TLS_MODES = ("required", "opportunistic")
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+BARE_LF_MODES = ("normalize", "reject")
+_DEFAULT_EXEMPT_TEXT = ("127.0.0.0/8", "::1/128")
+DEFAULT_EXEMPT: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(n) for n in _DEFAULT_EXEMPT_TEXT)
 
 _SECTIONS = frozenset(
     {
@@ -127,6 +130,9 @@ class LimitsSection:
     junk_commands: int = 100  # NOOP, RSET, VRFY, ... before each counts as an error
     tls_handshake_timeout: float = 10.0
     tls_handshakes_per_ip: int = 10  # implicit-TLS handshakes in progress per client
+    # With domains.relay_networks: clients here skip the per-IP caps and the reserve rule
+    # (Postfix exempts mynetworks); they still count toward ``connections``.
+    exempt_networks: tuple[IPNetwork, ...] = field(default_factory=lambda: DEFAULT_EXEMPT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +174,9 @@ class PolicySection:
     vrfy: str
     expn: str
     strict_paths: bool
+    # normalize: an LF-only line is read as a CRLF line, only CRLF.CRLF ends DATA
+    # (Postfix 3.9's smtpd_forbid_bare_newline = normalize); reject: 500 / 550 5.6.0.
+    bare_lf: str = "normalize"
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,10 +384,7 @@ def _domains(t: _Table, hostname: str) -> DomainsSection:
     else:
         items = _list(local_value, t.key("local"))
         local = frozenset(_domain(v, f"{t.key('local')}[{i}]") for i, v in enumerate(items))
-    networks = _list(t.take("relay_networks", []), t.key("relay_networks"))
-    relay_networks = tuple(
-        _network(v, f"{t.key('relay_networks')}[{i}]") for i, v in enumerate(networks)
-    )
+    relay_networks = _networks(t, "relay_networks", [])
     lmtp_table = _Table(t.take("lmtp", {}), t.key("lmtp"))
     lmtp: dict[str, str] = {}
     for name in lmtp_table.names():
@@ -422,6 +428,7 @@ def _limits(t: _Table) -> LimitsSection:
         tls_handshakes_per_ip=_positive_int(
             t.take("tls_handshakes_per_ip", 10), t.key("tls_handshakes_per_ip")
         ),
+        exempt_networks=_networks(t, "exempt_networks", list(_DEFAULT_EXEMPT_TEXT)),
     )
     t.finish()
     return limits
@@ -499,6 +506,7 @@ def _policy(t: _Table) -> PolicySection:
         vrfy=_choice(t.take("vrfy", "authenticated"), t.key("vrfy"), EXPOSURE_LEVELS),
         expn=_choice(t.take("expn", "authenticated"), t.key("expn"), EXPOSURE_LEVELS),
         strict_paths=_bool(t.take("strict_paths", False), t.key("strict_paths")),
+        bare_lf=_choice(t.take("bare_lf", "normalize"), t.key("bare_lf"), BARE_LF_MODES),
     )
     t.finish()
     return policy
@@ -599,6 +607,11 @@ def _network(value: Any, key: str) -> IPNetwork:
         return ipaddress.ip_network(_str(value, key), strict=False)
     except ValueError:
         raise ConfigError(f"{key}: not a valid CIDR network: {value!r}") from None
+
+
+def _networks(t: _Table, name: str, default: list[str]) -> tuple[IPNetwork, ...]:
+    values = _list(t.take(name, default), t.key(name))
+    return tuple(_network(v, f"{t.key(name)}[{i}]") for i, v in enumerate(values))
 
 
 def _host_port(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import itertools
 import logging
 import os
@@ -231,6 +232,7 @@ class Server:
             hostname=self.hostname,
             limits=config.limits,
             strict_paths=config.policy.strict_paths,
+            bare_lf=config.policy.bare_lf,
             policy=policy,
             auth=self.auth,
             intake=intake,
@@ -247,6 +249,7 @@ class Server:
         self._ids = itertools.count(1)
         self._id_prefix = f"{os.getpid():x}"
         self._sweeper: asyncio.Task[None] | None = None
+        self._exempt_networks = (*config.limits.exempt_networks, *config.domains.relay_networks)
 
     def extensions_for(self, mode: str, tls: bool) -> smtp.Extensions:
         """What EHLO offers on a listener of ``mode``, before or after TLS is up.
@@ -339,13 +342,27 @@ class Server:
         connections = self.config.limits.connections
         return in_use >= connections or (held > 0 and in_use >= connections - self.reserve)
 
+    def exempt(self, ip: str) -> bool:
+        """Is ``ip`` in ``limits.exempt_networks`` or ``domains.relay_networks``?
+
+        Such clients (loopback by default: a local submitter or a content filter) skip
+        the per-IP caps and the reserve rule, as Postfix exempts mynetworks; they still
+        count toward ``limits.connections``.
+        """
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(address in network for network in self._exempt_networks)
+
     def admit(self, session: SmtpSession) -> str | None:
         """None to accept the session, else the reason to refuse it with 421."""
         limits = self.config.limits
         ip = session.peer_ip
-        if self._crowded(len(self.sessions), self._per_ip[ip]):
+        exempt = self.exempt(ip)
+        if self._crowded(len(self.sessions), 0 if exempt else self._per_ip[ip]):
             return "Too many connections, try again later"
-        if self._per_ip[ip] >= limits.connections_per_ip:
+        if not exempt and self._per_ip[ip] >= limits.connections_per_ip:
             return "Too many connections from your address, try again later"
         if self.auth.locked(ip):
             return "Too many failed authentications, try again later"
@@ -363,7 +380,12 @@ class Server:
         """
         limits = self.config.limits
         pending = self.handshakes[ip]
-        if self._crowded(len(self.sessions) + self.handshakes.total(), self._per_ip[ip] + pending):
+        in_use = len(self.sessions) + self.handshakes.total()
+        if self.exempt(ip):
+            if in_use >= limits.connections:
+                return "Too many connections"
+            return "Too many failed authentications" if self.auth.locked(ip) else None
+        if self._crowded(in_use, self._per_ip[ip] + pending):
             return "Too many connections"
         if pending >= limits.tls_handshakes_per_ip:
             return "Too many TLS handshakes from this address"

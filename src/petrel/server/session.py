@@ -89,6 +89,7 @@ class SessionContext:
     hostname: str
     limits: LimitsSection
     strict_paths: bool
+    bare_lf: str  # [policy] bare_lf: "normalize" or "reject"
     policy: Policy
     auth: Authenticator
     intake: Intake  # where every accepted message goes
@@ -191,6 +192,7 @@ class SmtpSession(asyncio.Protocol):
             max_errors=limits.errors,
             max_junk=limits.junk_commands,
             strict_paths=ctx.strict_paths,
+            normalize_bare_lf=ctx.bare_lf == "normalize",
             lmtp=self.listener.mode == "lmtp",
         )
         self._rdns = ctx.rdns.lookup(self.peer_ip)

@@ -107,6 +107,7 @@ class ServerConnection:
         "_errors",
         "_extensions",
         "_junk",
+        "_line_crlf",
         "_message_size",
         "_pending",
         "_pending_key",
@@ -120,6 +121,7 @@ class ServerConnection:
         "max_errors",
         "max_junk",
         "max_recipients",
+        "normalize_bare_lf",
         "rcpt_attempted",
         "recipients",
         "smtputf8",
@@ -136,9 +138,14 @@ class ServerConnection:
         max_errors: int = 10,
         max_junk: int = 100,
         strict_paths: bool = False,
+        normalize_bare_lf: bool = False,
         lmtp: bool = False,
     ) -> None:
         self.hostname = hostname
+        # Postfix 3.9's smtpd_forbid_bare_newline = normalize: an LF-only line is read as
+        # a CRLF line, only CRLF.CRLF ends DATA; False refuses bare LFs (500 / 550 5.6.0).
+        self.normalize_bare_lf = normalize_bare_lf
+        self._line_crlf = True  # did the last command line end with CRLF?
         # RFC 2033: LHLO instead of HELO/EHLO, and after the message text one reply per
         # accepted recipient (``send`` repeats one verdict; ``send_per_recipient``).
         self.lmtp = lmtp
@@ -294,8 +301,15 @@ class ServerConnection:
             return None
         raw = bytes(buf[: end + 1])
         del buf[: end + 1]
-        if end == 0 or raw[-2] != 0x0D or b"\r" in raw[:-2]:
+        if end > 0 and raw[-2] == 0x0D:
+            self._line_crlf = True
+        elif self.normalize_bare_lf:
+            self._line_crlf = False
+            raw = raw[:-1] + b"\r\n"  # an LF-only line, read as a CRLF line
+        else:
             return r.BARE_NEWLINE
+        if b"\r" in raw[:-2]:
+            return r.BARE_NEWLINE  # a bare CR is refused in every mode
         if b"\0" in raw:
             return r.NUL_IN_COMMAND
         if len(raw) > MAX_COMMAND_LINE:
@@ -646,7 +660,10 @@ class ServerConnection:
         elif isinstance(event, Rcpt):
             self.recipients += 1
         elif isinstance(event, Data):
-            self._data = DataReader(self._limit())
+            # After "DATA<LF>" a "." line does not end the text: that takes CRLF "." CRLF.
+            self._data = DataReader(
+                self._limit(), normalize=self.normalize_bare_lf, at_crlf=self._line_crlf
+            )
         elif isinstance(event, EndOfData) and code // 100 == 2:
             self._junk = 0  # a client that delivers mail may RSET/NOOP between messages
         elif isinstance(event, AuthCredentials | AuthOutcome) and code == 235:
