@@ -18,17 +18,20 @@ from petrel.policy.users import UserError
 
 from . import queue
 
+CONFIG_HELP = "TOML configuration file (default: $PETREL_CONFIG, else embedded defaults)"
+
 
 def _parser() -> argparse.ArgumentParser:
+    # --config may stand before the command, after it, or after the action: every parser
+    # knows it, and only the top one has a default. SUPPRESS keeps a subparser from
+    # overwriting a value given further left with a default of its own.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--config",
-        type=Path,
-        default=os.environ.get("PETREL_CONFIG") or None,
-        help="TOML configuration file (default: $PETREL_CONFIG, else embedded defaults)",
-    )
+    common.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=CONFIG_HELP)
     parser = argparse.ArgumentParser(prog="petrel", description="Petrel, an ESMTP mail server.")
     parser.add_argument("--version", action="version", version=f"petrel {__version__}")
+    parser.add_argument(
+        "--config", type=Path, default=os.environ.get("PETREL_CONFIG") or None, help=CONFIG_HELP
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = sub.add_parser(
         "serve", parents=[common], help="run the listeners and the queue manager"

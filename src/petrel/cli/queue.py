@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 from petrel.config import Config
@@ -23,10 +22,8 @@ __all__ = ["add_parser", "run"]
 def add_parser(
     sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
 ) -> None:
-    # --config may come before or after the action; SUPPRESS keeps the action's
-    # parser from overwriting a value given before it with its default.
-    late = argparse.ArgumentParser(add_help=False)
-    late.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    # ``common`` gives --config with a SUPPRESS default (petrel.cli._parser): it may
+    # come before or after the action.
     queue = sub.add_parser(
         "queue",
         parents=[common],
@@ -34,18 +31,22 @@ def add_parser(
         description="Show and control the mail queue. `petrel queue list` is mailq.",
     )
     actions = queue.add_subparsers(dest="action", required=True, metavar="ACTION")
-    actions.add_parser("list", parents=[late], help="the queue, mailq style")
-    show = actions.add_parser("show", parents=[late], help="one message: envelope and headers")
+    actions.add_parser("list", parents=[common], help="the queue, mailq style")
+    show = actions.add_parser("show", parents=[common], help="one message: envelope and headers")
     show.add_argument("id", metavar="ID")
     flush = actions.add_parser(
-        "flush", parents=[late], help="try deferred mail now (for DOMAIN only, @DOMAIN: subdomains)"
+        "flush",
+        parents=[common],
+        help="try deferred mail now (for DOMAIN only, @DOMAIN: subdomains)",
     )
     flush.add_argument("domain", nargs="?", metavar="DOMAIN")
-    delete = actions.add_parser("delete", parents=[late], help="remove a message (ALL: every one)")
+    delete = actions.add_parser(
+        "delete", parents=[common], help="remove a message (ALL: every one)"
+    )
     delete.add_argument("id", metavar="ID|ALL")
-    hold = actions.add_parser("hold", parents=[late], help="stop delivering a message")
+    hold = actions.add_parser("hold", parents=[common], help="stop delivering a message")
     hold.add_argument("id", metavar="ID")
-    release = actions.add_parser("release", parents=[late], help="undo hold")
+    release = actions.add_parser("release", parents=[common], help="undo hold")
     release.add_argument("id", metavar="ID")
 
 
