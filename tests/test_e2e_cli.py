@@ -67,3 +67,87 @@ def test_config_is_honoured_wherever_it_stands(tmp_path: Path, args: tuple[str, 
     assert not (work / "petrel-data").exists()
     checked = _petrel("--config", str(config), "check-config", cwd=work)
     assert checked.returncode == 0 and str(config) in checked.stdout
+
+
+def test_user_bare_name_means_at_hostname_and_each_change_says_so(tmp_path: Path) -> None:
+    config = str(_config(tmp_path))
+    added = _petrel(
+        "user", "add", "Willie", "--password-stdin", "--config", config, cwd=tmp_path, stdin="pw\n"
+    )
+    assert added.returncode == 0, added.stderr
+    assert added.stdout == f"petrel: willie@{HOSTNAME}: user added\n"
+    listed = _petrel("user", "list", "--config", config, cwd=tmp_path)
+    assert listed.stdout.split() == [f"willie@{HOSTNAME}"]
+    changed = _petrel(
+        "user",
+        "passwd",
+        "willie",
+        "--password-stdin",
+        "--config",
+        config,
+        cwd=tmp_path,
+        stdin="pw2\n",
+    )
+    assert changed.stdout == f"petrel: willie@{HOSTNAME}: password changed\n"
+    deleted = _petrel("user", "del", "willie", "--config", config, cwd=tmp_path)
+    assert deleted.returncode == 0, deleted.stderr
+    assert deleted.stdout == f"petrel: willie@{HOSTNAME}: user deleted\n"
+
+
+@pytest.mark.parametrize(
+    ("action", "address", "problem"),
+    [
+        ("add", "no body@here", "not a valid user address"),
+        ("add", "ann@", "not a valid user address"),
+        ("add", f"dup@{HOSTNAME}", "user exists"),
+        ("passwd", f"ghost@{HOSTNAME}", "no such user"),
+    ],
+)
+def test_user_refusals_come_before_the_password_prompt(
+    tmp_path: Path, action: str, address: str, problem: str
+) -> None:
+    config = str(_config(tmp_path))
+    _petrel(
+        "user",
+        "add",
+        f"dup@{HOSTNAME}",
+        "--password-stdin",
+        "--config",
+        config,
+        cwd=tmp_path,
+        stdin="pw\n",
+    )
+    # No --password-stdin and no terminal: had it asked, it would fail differently.
+    result = _petrel("user", action, address, "--config", config, cwd=tmp_path)
+    assert result.returncode == 1
+    assert problem in result.stderr and "Password" not in result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+
+
+def test_user_add_for_a_foreign_domain_warns_in_one_line(tmp_path: Path) -> None:
+    config = str(_config(tmp_path))
+    added = _petrel(
+        "user",
+        "add",
+        "app@elsewhere.example",
+        "--password-stdin",
+        "--config",
+        config,
+        cwd=tmp_path,
+        stdin="pw\n",
+    )
+    assert added.returncode == 0
+    assert added.stderr.startswith("petrel: warning: elsewhere.example is not a local")
+    assert len(added.stderr.splitlines()) == 1
+    local = _petrel(
+        "user",
+        "add",
+        "ann@localhost",
+        "--password-stdin",
+        "--config",
+        config,
+        cwd=tmp_path,
+        stdin="pw\n",
+    )
+    assert local.returncode == 0 and local.stderr == ""
+

@@ -81,6 +81,13 @@ def _read_password(from_stdin: bool) -> str:
     return password
 
 
+def _user_address(name: str, config: Config) -> str:
+    """A bare login name means ``name@<hostname>``, as it does for AUTH."""
+    from petrel.policy.users import normalize_address
+
+    return normalize_address(name if "@" in name else f"{name}@{config.server.hostname}")
+
+
 def _user(args: argparse.Namespace, config: Config) -> int:
     from petrel.policy.users import Users
 
@@ -90,12 +97,32 @@ def _user(args: argparse.Namespace, config: Config) -> int:
         for user in users:
             print(user.address)
         return 0
+    # Everything that can be refused is refused before the password is asked for.
+    address = _user_address(args.address, config)
+    known = users.get(address) is not None
+    if action == "add" and known:
+        raise UserError(f"{address}: user exists (use 'petrel user passwd')")
+    if action != "add" and not known:
+        raise UserError(f"{address}: no such user")
     if action == "del":
-        users.delete(args.address)
-    elif action == "add":
-        users.add(args.address, _read_password(args.password_stdin))
+        users.delete(address)
+        print(f"petrel: {address}: user deleted")
+        return 0
+    if action == "add":
+        domain = address.rpartition("@")[2]
+        if domain not in config.domains.local and domain not in config.domains.lmtp:
+            # Postfix-style: a warning, not a refusal. Such a user can still AUTH and
+            # send as the address (a submission-only account); mail to it is relayed.
+            print(
+                f"petrel: warning: {domain} is not a local or LMTP domain: {address} may"
+                " log in and send, but mail to it is not delivered here",
+                file=sys.stderr,
+            )
+        users.add(address, _read_password(args.password_stdin))
+        print(f"petrel: {address}: user added")
     else:
-        users.set_password(args.address, _read_password(args.password_stdin))
+        users.set_password(address, _read_password(args.password_stdin))
+        print(f"petrel: {address}: password changed")
     return 0
 
 
