@@ -151,3 +151,13 @@ def test_user_add_for_a_foreign_domain_warns_in_one_line(tmp_path: Path) -> None
     )
     assert local.returncode == 0 and local.stderr == ""
 
+
+def test_user_add_without_a_terminal_or_password_stdin_is_one_line(tmp_path: Path) -> None:
+    config = str(_config(tmp_path))
+    result = _petrel(
+        "user", "add", f"ann@{HOSTNAME}", "--config", config, cwd=tmp_path, stdin="pw\n"
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("petrel: ") and "--password-stdin" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1
+    assert not (tmp_path / "data" / "users").exists()

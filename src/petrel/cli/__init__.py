@@ -73,12 +73,26 @@ def _read_password(from_stdin: bool) -> str:
     if from_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
-        password = getpass.getpass("Password: ")
-        if getpass.getpass("Again: ") != password:
-            raise UserError("the passwords differ")
+        if not _have_terminal():
+            raise UserError("no terminal to ask for the password: pipe it in with --password-stdin")
+        try:
+            password = getpass.getpass("Password: ")
+            if getpass.getpass("Again: ") != password:
+                raise UserError("the passwords differ")
+        except EOFError:
+            raise UserError("no password given (end of input)") from None
     if not password:
         raise UserError("empty password")
     return password
+
+
+def _have_terminal() -> bool:
+    """Can getpass ask without echo? It uses /dev/tty, else a terminal on stdin."""
+    try:
+        os.close(os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY))
+    except OSError:
+        return sys.stdin.isatty()
+    return True
 
 
 def _user_address(name: str, config: Config) -> str:
