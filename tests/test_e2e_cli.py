@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -161,3 +162,31 @@ def test_user_add_without_a_terminal_or_password_stdin_is_one_line(tmp_path: Pat
     assert result.stderr.startswith("petrel: ") and "--password-stdin" in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1
     assert not (tmp_path / "data" / "users").exists()
+
+
+def _busy_port() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+
+@pytest.mark.parametrize(("mode", "workers"), [("smtp", 1), ("submissions", 1), ("smtp", 2)])
+def test_serve_on_a_busy_port_is_one_line_naming_the_address(
+    tmp_path: Path, mode: str, workers: int
+) -> None:
+    busy = _busy_port()
+    try:
+        port = busy.getsockname()[1]
+        config = _config(
+            tmp_path,
+            f'workers = {workers}\n[[listener]]\naddress = "127.0.0.1:{port}"\nmode = "{mode}"\n'
+            "[delivery]\ndns = false\n",
+        )
+        result = _petrel("serve", "--config", str(config), cwd=tmp_path)
+    finally:
+        busy.close()
+    assert result.returncode == 1
+    last = result.stderr.splitlines()[-1]
+    assert last == f"petrel: cannot listen on 127.0.0.1:{port} ({mode}): address already in use"
+    assert "Traceback" not in result.stderr
