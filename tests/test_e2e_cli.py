@@ -190,3 +190,37 @@ def test_serve_on_a_busy_port_is_one_line_naming_the_address(
     last = result.stderr.splitlines()[-1]
     assert last == f"petrel: cannot listen on 127.0.0.1:{port} ({mode}): address already in use"
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("missing", ["cert", "key"])
+@pytest.mark.parametrize("command", ["check-config", "serve"])
+def test_a_missing_tls_file_is_one_line_naming_its_key(
+    tmp_path: Path, missing: str, command: str
+) -> None:
+    from petrel.server.tls import generate_self_signed
+
+    cert, key = generate_self_signed(tmp_path / "pair", HOSTNAME)
+    paths = {"cert": cert, "key": key}
+    paths[missing] = tmp_path / f"no-such-{missing}.pem"
+    config = _config(
+        tmp_path,
+        f'[tls]\ncert = "{paths["cert"]}"\nkey = "{paths["key"]}"\n'
+        '[[listener]]\naddress = "127.0.0.1:0"\nmode = "smtp"\n',
+    )
+    result = _petrel(command, "--config", str(config), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"petrel: tls.{missing}: cannot read {paths[missing]}: No such file or directory\n"
+    )
+
+
+def test_check_config_loads_the_tls_pair(tmp_path: Path) -> None:
+    from petrel.server.tls import generate_self_signed
+
+    cert, _ = generate_self_signed(tmp_path / "a", HOSTNAME)
+    _, other_key = generate_self_signed(tmp_path / "b", HOSTNAME)
+    config = _config(tmp_path, f'[tls]\ncert = "{cert}"\nkey = "{other_key}"\n')
+    result = _petrel("check-config", "--config", str(config), cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.startswith("petrel: tls.cert, tls.key: ")
+    good = _config(tmp_path, f'[tls]\ncert = "{cert}"\nkey = "{tmp_path / "a" / "key.pem"}"\n')
+    assert _petrel("check-config", "--config", str(good), cwd=tmp_path).returncode == 0

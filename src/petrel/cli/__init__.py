@@ -186,6 +186,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return queue.run(config, args)
     if args.command == "reload":
         return _reload(config)
+    if args.command in ("serve", "check-config") and getattr(args, "worker", None) is None:
+        from petrel.server.tls import TlsError, check_configured_pair
+
+        try:
+            check_configured_pair(config)  # a typo in a path: one line, before any start-up
+        except TlsError as exc:
+            print(f"petrel: {exc}", file=sys.stderr)
+            return 2
     if args.command == "check-config":
         source = config.source or "embedded defaults"
         print(f"petrel: configuration OK ({source})")
@@ -193,6 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_format, args.log_level)
     from petrel.app import run, serve, serve_worker
     from petrel.policy.decoy import DecoyError
+    from petrel.server.tls import TlsError
 
     try:
         if args.worker is not None:
@@ -200,6 +209,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run(serve_worker(config, args.worker))
         log_args = ["--log-format", args.log_format, "--log-level", args.log_level]
         return run(serve(config, log_args))
-    except (OSError, DecoyError) as exc:  # at start-up: a listener, a file in data_dir
+    except (OSError, DecoyError, TlsError) as exc:  # at start-up: a listener, a data_dir file
         print(f"petrel: {exc}", file=sys.stderr)
         return 1
