@@ -102,9 +102,10 @@ def test_auth_refused_in_plaintext(server: PetrelServer) -> None:
     client.reply()
     ehlo = client.command("EHLO c.test")
     assert not any("AUTH" in line for line in ehlo)
-    assert client.command(f"AUTH PLAIN {b64(chr(0) + USER + chr(0) + PASSWORD)}")[0].startswith(
-        "538 5.7.11"
-    )
+    assert client.command(f"AUTH PLAIN {b64(chr(0) + USER + chr(0) + PASSWORD)}") == [
+        "538 5.7.11 Encryption required for requested authentication mechanism;"
+        " use STARTTLS first, or the submissions port (implicit TLS)"
+    ]
 
 
 def test_allow_plaintext_auth_for_test_rigs(petrel_factory) -> None:
