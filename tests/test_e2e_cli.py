@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HOSTNAME
+from conftest import HOSTNAME, PetrelServer
 
 
 def _petrel(
@@ -224,3 +224,24 @@ def test_check_config_loads_the_tls_pair(tmp_path: Path) -> None:
     assert result.returncode == 2 and result.stderr.startswith("petrel: tls.cert, tls.key: ")
     good = _config(tmp_path, f'[tls]\ncert = "{cert}"\nkey = "{tmp_path / "a" / "key.pem"}"\n')
     assert _petrel("check-config", "--config", str(good), cwd=tmp_path).returncode == 0
+
+
+@pytest.mark.parametrize(("hostname", "warned"), [("mailhost", True), (HOSTNAME, False)])
+def test_serve_warns_once_of_a_hostname_that_is_not_qualified(
+    tmp_path: Path, hostname: str, warned: bool
+) -> None:
+    server = PetrelServer(tmp_path)
+    server.config_path.write_text(
+        f'[server]\nhostname = "{hostname}"\ndata_dir = "{server.data_dir}"\n'
+        'reverse_dns = false\n[[listener]]\naddress = "127.0.0.1:0"\nmode = "smtp"\n'
+        "[delivery]\ndns = false\n"
+    )
+    server.start()
+    try:
+        lines = [x for x in server.log_text().splitlines() if "hostname-not-qualified" in x]
+    finally:
+        assert server.stop() == 0
+    if warned:
+        assert len(lines) == 1 and "warning" in lines[0] and "hostname=mailhost" in lines[0]
+    else:
+        assert lines == []
