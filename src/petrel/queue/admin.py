@@ -38,8 +38,11 @@ __all__ = [
 
 log = logging.getLogger("petrel.admin")
 
-LIST_HEADER = "-Queue ID-  --Size-- ----Arrival Time---- -Sender/Recipient-------"
-_INDENT = " " * 41  # recipients sit under the sender column, as in Postfix's mailq
+# Postfix's mailq layout, its id column widened from 11 to 15: a 14-character id and
+# its flag. Recipients are indented one column less than the sender, as in Postfix.
+_ID_WIDTH = 15
+LIST_HEADER = f"{'-Queue ID-':<{_ID_WIDTH}} --Size-- ----Arrival Time---- -Sender/Recipient-------"
+_INDENT = " " * (_ID_WIDTH + 30)  # 45
 
 
 class UnknownMessageError(LookupError):
@@ -263,7 +266,7 @@ def format_list(messages: list[dict[str, Any]]) -> str:
         flag = "!" if m["hold"] else "*" if m["active"] else ""
         sender = m["sender"] or "MAILER-DAEMON"
         arrival = _mailq_time(m["received_at"])
-        lines.append(f"{m['queue_id'] + flag:<11} {size:>8} {arrival:<20} {sender}")
+        lines.append(f"{m['queue_id'] + flag:<{_ID_WIDTH}} {size:>8} {arrival:<20} {sender}")
         last_error: str | None = None
         for r in m["recipients"]:
             if r["state"] in ("delivered", "failed"):
