@@ -245,3 +245,10 @@ def test_serve_warns_once_of_a_hostname_that_is_not_qualified(
         assert len(lines) == 1 and "warning" in lines[0] and "hostname=mailhost" in lines[0]
     else:
         assert lines == []
+
+
+def test_queue_without_an_action_lists(petrel: PetrelServer) -> None:
+    bare = petrel.petrel_cli("queue")
+    assert bare.returncode == 0, bare.stderr
+    assert bare.stdout == petrel.petrel_cli("queue", "list").stdout
+    assert bare.stdout.startswith("Mail queue is empty")

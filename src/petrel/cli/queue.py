@@ -28,9 +28,10 @@ def add_parser(
         "queue",
         parents=[common],
         help="show and control the mail queue (works with or without a running server)",
-        description="Show and control the mail queue. `petrel queue list` is mailq.",
+        description="Show and control the mail queue. `petrel queue [list]` is mailq.",
     )
-    actions = queue.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions = queue.add_subparsers(dest="action", metavar="ACTION")
+    queue.set_defaults(action="list")  # `petrel queue` alone is mailq
     actions.add_parser("list", parents=[common], help="the queue, mailq style")
     show = actions.add_parser("show", parents=[common], help="one message: envelope and headers")
     show.add_argument("id", metavar="ID")
