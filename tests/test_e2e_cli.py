@@ -252,3 +252,19 @@ def test_queue_without_an_action_lists(petrel: PetrelServer) -> None:
     assert bare.returncode == 0, bare.stderr
     assert bare.stdout == petrel.petrel_cli("queue", "list").stdout
     assert bare.stdout.startswith("Mail queue is empty")
+
+
+def test_send_without_server_says_where_make_serve_listens(tmp_path: Path) -> None:
+    helped = _petrel("send", "--help", cwd=tmp_path)
+    assert "127.0.0.1:2525" in " ".join(helped.stdout.split())
+    probe = socket.socket()
+    try:
+        if probe.connect_ex(("127.0.0.1", 25)) == 0:
+            pytest.skip("something listens on port 25 here")
+    finally:
+        probe.close()
+    result = _petrel("send", "--to", "a@b.test", "--quit-after", "connect", cwd=tmp_path)
+    assert result.returncode == 3
+    assert "`make serve` listens on 127.0.0.1:2525" in result.stderr
+    given = _petrel("send", "--server", "127.0.0.1:25", "--to", "a@b.test", cwd=tmp_path)
+    assert given.returncode == 3 and "make serve" not in given.stderr
