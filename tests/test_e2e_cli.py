@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -251,7 +252,14 @@ def test_queue_without_an_action_lists(petrel: PetrelServer) -> None:
     bare = petrel.petrel_cli("queue")
     assert bare.returncode == 0, bare.stderr
     assert bare.stdout == petrel.petrel_cli("queue", "list").stdout
-    assert bare.stdout.startswith("Mail queue is empty")
+    assert bare.stdout == f"Mail queue is empty ({petrel.data_dir})\n"  # which spool
+
+
+def test_empty_queue_on_defaults_names_the_data_dir_it_looked_in(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PETREL_CONFIG"}
+    listed = _petrel("queue", "list", cwd=tmp_path, env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout == f"Mail queue is empty ({tmp_path / 'petrel-data'})\n"
 
 
 def test_send_without_server_says_where_make_serve_listens(tmp_path: Path) -> None:

@@ -136,7 +136,7 @@ def test_list_show_hold_release_flush_delete_on_running_server(petrel_factory) -
     assert (gone.returncode, gone.stderr) == (1, f"petrel: {first}: no such message\n")
     assert queue(server, "delete", "ALL").stdout.endswith("petrel: Deleted: 1 message\n")
     assert server.queue_files() == []
-    assert queue(server, "list").stdout == "Mail queue is empty\n"
+    assert queue(server, "list").stdout == f"Mail queue is empty ({server.data_dir})\n"
     assert queue(server, "flush").stdout.startswith("petrel: 0 messages")
     assert server.stop() == 0
 

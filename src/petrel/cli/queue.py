@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from petrel.config import Config
@@ -71,14 +72,16 @@ def run(config: Config, args: argparse.Namespace) -> int:
     if not response.get("ok"):
         print(f"petrel: {response.get('message', 'request failed')}", file=sys.stderr)
         return 2 if response.get("error") == "bad-request" else 1
-    _print(args.action, request, response, live)
+    _print(args.action, request, response, live, data_dir)
     return 0
 
 
-def _print(action: str, request: dict[str, Any], response: dict[str, Any], live: bool) -> None:
+def _print(
+    action: str, request: dict[str, Any], response: dict[str, Any], live: bool, data_dir: Path
+) -> None:
     queue_id = request.get("id")
     if action == "list":
-        sys.stdout.write(format_list(response["messages"]))
+        sys.stdout.write(format_list(response["messages"], data_dir))
     elif action == "show":
         sys.stdout.write(format_show(response["message"]))
     elif action == "flush":

@@ -254,10 +254,16 @@ def _mailq_time(when: float) -> str:
     return f"{time.strftime('%a %b', t)} {t.tm_mday:2d} {time.strftime('%H:%M:%S', t)}"
 
 
-def format_list(messages: list[dict[str, Any]]) -> str:
-    """The queue in Postfix's mailq layout: ``!`` marks held mail, ``*`` mail being tried."""
+def format_list(messages: list[dict[str, Any]], data_dir: Path | None = None) -> str:
+    """The queue in Postfix's mailq layout: ``!`` marks held mail, ``*`` mail being tried.
+
+    An empty queue names ``data_dir`` when given: an empty answer from the wrong spool
+    (another ``--config``, the working directory) should not pass for a real one.
+    """
     if not messages:
-        return "Mail queue is empty\n"
+        return (
+            "Mail queue is empty\n" if data_dir is None else f"Mail queue is empty ({data_dir})\n"
+        )
     lines = [LIST_HEADER]
     total = 0
     for m in messages:
