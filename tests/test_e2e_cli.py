@@ -276,3 +276,50 @@ def test_send_without_server_says_where_make_serve_listens(tmp_path: Path) -> No
     assert "`make serve` listens on 127.0.0.1:2525" in result.stderr
     given = _petrel("send", "--server", "127.0.0.1:25", "--to", "a@b.test", cwd=tmp_path)
     assert given.returncode == 3 and "make serve" not in given.stderr
+
+
+_WITH_SYSTEM_CONFIG = (
+    "import sys; from pathlib import Path; import petrel.config as c;"
+    " c.SYSTEM_CONFIG = Path(sys.argv[1]); from petrel.cli import main;"
+    " sys.exit(main(sys.argv[2:]))"
+)
+
+
+def test_config_lookup_env_then_etc_petrel_then_embedded(tmp_path: Path) -> None:
+    """--config, else $PETREL_CONFIG, else /etc/petrel/petrel.toml, else the defaults."""
+    system = tmp_path / "etc"
+    system.mkdir()
+    (system / "petrel.toml").write_text(f'[server]\ndata_dir = "{tmp_path / "var"}"\n')
+    other = _config(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "PETREL_CONFIG"}
+    work = tmp_path / "work"
+    work.mkdir()
+
+    def petrel(*args: str, system_file: Path, **extra: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-c", _WITH_SYSTEM_CONFIG, str(system_file), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=work,
+            env={**env, **extra},
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    installed = system / "petrel.toml"
+    assert petrel("check-config", system_file=installed) == (
+        f"petrel: configuration OK ({installed})\n"
+    )
+    assert petrel("queue", system_file=installed) == f"Mail queue is empty ({tmp_path / 'var'})\n"
+    by_env = petrel("check-config", system_file=installed, PETREL_CONFIG=str(other))
+    assert by_env == f"petrel: configuration OK ({other})\n"
+    given = petrel("check-config", "--config", str(other), system_file=installed)
+    assert given == f"petrel: configuration OK ({other})\n"
+    absent = system / "none.toml"
+    assert petrel("check-config", system_file=absent) == (
+        "petrel: configuration OK (embedded defaults)\n"
+    )
+    assert petrel("queue", system_file=absent) == (
+        f"Mail queue is empty ({work / 'petrel-data'})\n"
+    )

@@ -11,14 +11,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from petrel import __version__
-from petrel.config import Config, ConfigError, load_config
+from petrel.config import Config, ConfigError, default_config_path, load_config
 from petrel.log import FORMATS, LEVELS, set_process_field, setup_logging
 from petrel.policy.aliases import AliasError, Aliases
 from petrel.policy.users import UserError
 
 from . import queue
 
-CONFIG_HELP = "TOML configuration file (default: $PETREL_CONFIG, else embedded defaults)"
+CONFIG_HELP = (
+    "TOML configuration file (default: $PETREL_CONFIG, else /etc/petrel/petrel.toml"
+    " if it exists, else embedded defaults)"
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,8 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="petrel", description="Petrel, an ESMTP mail server.")
     parser.add_argument("--version", action="version", version=f"petrel {__version__}")
     parser.add_argument(
-        "--config", type=Path, default=os.environ.get("PETREL_CONFIG") or None, help=CONFIG_HELP
-    )
+        "--config", type=Path, default=None, help=CONFIG_HELP
+    )  # None: default_config_path(), looked up once the command is known
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = sub.add_parser(
         "serve", parents=[common], help="run the listeners and the queue manager"
@@ -172,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return send_cli.run(args)
     try:
-        config = _load(args.config)
+        config = _load(args.config if args.config is not None else default_config_path())
     except (ConfigError, AliasError) as exc:
         print(f"petrel: {exc}", file=sys.stderr)
         return 2
