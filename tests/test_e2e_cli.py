@@ -323,3 +323,10 @@ def test_config_lookup_env_then_etc_petrel_then_embedded(tmp_path: Path) -> None
     assert petrel("queue", system_file=absent) == (
         f"Mail queue is empty ({work / 'petrel-data'})\n"
     )
+
+
+def test_empty_user_list_names_the_store_on_stderr(tmp_path: Path) -> None:
+    config = str(_config(tmp_path))
+    listed = _petrel("user", "list", "--config", config, cwd=tmp_path)
+    assert (listed.returncode, listed.stdout) == (0, "")
+    assert listed.stderr == f"petrel: no users in {tmp_path / 'data' / 'users'}\n"

@@ -111,8 +111,11 @@ def _user(args: argparse.Namespace, config: Config) -> int:
     users = Users(config.server.data_dir / "users")
     action = args.user_command
     if action == "list":
-        for user in users:
+        listed = list(users)
+        for user in listed:
             print(user.address)
+        if not listed:  # which store was empty: stderr, so scripts still read nothing
+            print(f"petrel: no users in {users.path}", file=sys.stderr)
         return 0
     # Everything that can be refused is refused before the password is asked for.
     address = _user_address(args.address, config)
