@@ -102,9 +102,10 @@ def test_auth_refused_in_plaintext(server: PetrelServer) -> None:
     client.reply()
     ehlo = client.command("EHLO c.test")
     assert not any("AUTH" in line for line in ehlo)
-    assert client.command(f"AUTH PLAIN {b64(chr(0) + USER + chr(0) + PASSWORD)}")[0].startswith(
-        "538 5.7.11"
-    )
+    assert client.command(f"AUTH PLAIN {b64(chr(0) + USER + chr(0) + PASSWORD)}") == [
+        "538 5.7.11 Encryption required for requested authentication mechanism;"
+        " use STARTTLS first, or the submissions port (implicit TLS)"
+    ]
 
 
 def test_allow_plaintext_auth_for_test_rigs(petrel_factory) -> None:
@@ -114,6 +115,19 @@ def test_allow_plaintext_auth_for_test_rigs(petrel_factory) -> None:
         client.ehlo()
         assert "LOGIN" in client.esmtp_features["auth"]
         client.login(USER, PASSWORD)
+
+
+def test_auth_initial_response_not_base64_is_501_5_5_2(petrel_factory) -> None:
+    petrel: PetrelServer = petrel_factory("[auth]\nallow_plaintext_auth = true\n")
+    client = RawClient(petrel.connect())
+    client.reply()
+    client.command("EHLO c.test")
+    for bad in ("not*base64!", "dXNlcg"):  # RFC 4954 §4: 501 for what cannot be decoded
+        assert client.command(f"AUTH PLAIN {bad}") == ["501 5.5.2 Invalid base64 data"]
+    assert client.command("AUTH PLAIN a b")[0] == (
+        "501 5.5.4 Syntax: AUTH mechanism [initial-response]"
+    )
+    client.close()
 
 
 def test_relay_denied_before_auth_allowed_after(server: PetrelServer) -> None:

@@ -91,8 +91,14 @@ def test_list_show_hold_release_flush_delete_on_running_server(petrel_factory) -
     assert re.fullmatch(
         rf"{first} +\d+ \w{{3}} \w{{3}} [ \d]\d \d\d:\d\d:\d\d  app@relay\.test", lines[1]
     )
-    error = " " * 41 + "(No route to elsewhere.test: DNS is off (delivery.dns = false))"
-    assert lines[2:4] == [error, " " * 41 + "bob@elsewhere.test"]
+    # Every column under its heading, with 14-character ids and a flag (issue 15)
+    assert lines[1].index(" app@relay.test") + 1 == LIST_HEADER.index("-Sender")
+    assert lines[1][LIST_HEADER.index("--Size--") - 1] == " "
+    assert lines[1][LIST_HEADER.index("----Arrival") :].startswith(
+        ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+    )
+    error = " " * 45 + "(No route to elsewhere.test: DNS is off (delivery.dns = false))"
+    assert lines[2:4] == [error, " " * 45 + "bob@elsewhere.test"]
     assert lines[4] == ""
     assert lines[5].startswith(second) and lines[5].endswith("  MAILER-DAEMON")
     assert lines[-1] == "-- 1 Kbytes in 2 Requests."
@@ -130,7 +136,7 @@ def test_list_show_hold_release_flush_delete_on_running_server(petrel_factory) -
     assert (gone.returncode, gone.stderr) == (1, f"petrel: {first}: no such message\n")
     assert queue(server, "delete", "ALL").stdout.endswith("petrel: Deleted: 1 message\n")
     assert server.queue_files() == []
-    assert queue(server, "list").stdout == "Mail queue is empty\n"
+    assert queue(server, "list").stdout == f"Mail queue is empty ({server.data_dir})\n"
     assert queue(server, "flush").stdout.startswith("petrel: 0 messages")
     assert server.stop() == 0
 
@@ -294,7 +300,8 @@ def test_format_list_groups_errors_and_marks_held_and_active() -> None:
             _info("1K0V8G4A2SAQFP", 1200, active=True, sender=""),
         ]
     )
-    pad = " " * 41
+    pad = " " * 45
+    assert LIST_HEADER == ("-Queue ID-      --Size-- ----Arrival Time---- -Sender/Recipient-------")
     assert text == (
         f"{LIST_HEADER}\n"
         "1K0V8G4A2SAQFN!      900 Sun Nov 22 09:05:07  a@b.test\n"

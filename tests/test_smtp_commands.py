@@ -1340,7 +1340,8 @@ def test_auth_initial_response(command: str, expected: str, events: list[Event])
         ("AUTH SCRAM-SHA-256", "504 5.5.4 Unrecognized authentication type"),  # not offered
         ("AUTH", "501 5.5.4 Syntax: AUTH mechanism [initial-response]"),
         ("AUTH PLAIN a b", "501 5.5.4 Syntax: AUTH mechanism [initial-response]"),
-        ("AUTH PLAIN !!!", "501 5.5.4 Syntax: AUTH mechanism [initial-response]"),
+        ("AUTH PLAIN !!!", "501 5.5.2 Invalid base64 data"),  # RFC 4954 §4
+        ("AUTH LOGIN not-base64", "501 5.5.2 Invalid base64 data"),
         ("AUTH THIS-NAME-IS-TOO-LONG-X", "501 5.5.4 Syntax: AUTH mechanism [initial-response]"),
     ],
 )

@@ -110,6 +110,20 @@ def _check_data_dir(config: Config) -> None:
         check_trusted_path(path)
 
 
+def _warn_unqualified_hostname(config: Config) -> None:
+    """A hostname without a dot goes into the greeting and Received fields: say so once."""
+    hostname = config.server.hostname
+    if "." not in hostname.strip("."):
+        log_event(
+            log,
+            "hostname-not-qualified",
+            level=logging.WARNING,
+            hostname=hostname,
+            reason="used in the greeting, EHLO and Received fields; other servers may"
+            " refuse it: set server.hostname to a fully qualified name",
+        )
+
+
 async def _clean_maildir_tmp(mailboxes: Path, stop: threading.Event) -> None:
     """Remove what killed writers left in Maildir tmp/ dirs: at start, then once a day.
 
@@ -137,6 +151,7 @@ async def serve(config: Config, log_args: list[str] | None = None) -> int:
     fd_limit = _raise_fd_limit()
     loop = asyncio.get_running_loop()
     data_dir = config.server.data_dir
+    _warn_unqualified_hostname(config)  # before "ready": whoever waits for it sees this
     warn_root_without_user(config)
     try:
         dropped = _become_service_user(config)

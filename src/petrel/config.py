@@ -217,6 +217,19 @@ class Config:
         return _build({}, base_dir=Path.cwd(), source=None)
 
 
+SYSTEM_CONFIG = Path("/etc/petrel/petrel.toml")
+
+
+def default_config_path() -> Path | None:
+    """The file used without ``--config``: ``$PETREL_CONFIG``, else ``SYSTEM_CONFIG``
+    when it exists, else None (the embedded defaults: ``make serve`` on a fresh checkout).
+    """
+    env = os.environ.get("PETREL_CONFIG")
+    if env:
+        return Path(env)
+    return SYSTEM_CONFIG if SYSTEM_CONFIG.exists() else None
+
+
 def load_config(path: Path | None) -> Config:
     """Read and validate the TOML file at `path`; None means the embedded defaults."""
     if path is None:

@@ -11,24 +11,30 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from petrel import __version__
-from petrel.config import Config, ConfigError, load_config
+from petrel.config import Config, ConfigError, default_config_path, load_config
 from petrel.log import FORMATS, LEVELS, set_process_field, setup_logging
 from petrel.policy.aliases import AliasError, Aliases
 from petrel.policy.users import UserError
 
 from . import queue
 
+CONFIG_HELP = (
+    "TOML configuration file (default: $PETREL_CONFIG, else /etc/petrel/petrel.toml"
+    " if it exists, else embedded defaults)"
+)
+
 
 def _parser() -> argparse.ArgumentParser:
+    # --config may stand before the command, after it, or after the action: every parser
+    # knows it, and only the top one has a default. SUPPRESS keeps a subparser from
+    # overwriting a value given further left with a default of its own.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--config",
-        type=Path,
-        default=os.environ.get("PETREL_CONFIG") or None,
-        help="TOML configuration file (default: $PETREL_CONFIG, else embedded defaults)",
-    )
+    common.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=CONFIG_HELP)
     parser = argparse.ArgumentParser(prog="petrel", description="Petrel, an ESMTP mail server.")
     parser.add_argument("--version", action="version", version=f"petrel {__version__}")
+    parser.add_argument(
+        "--config", type=Path, default=None, help=CONFIG_HELP
+    )  # None: default_config_path(), looked up once the command is known
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = sub.add_parser(
         "serve", parents=[common], help="run the listeners and the queue manager"
@@ -70,12 +76,33 @@ def _read_password(from_stdin: bool) -> str:
     if from_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
-        password = getpass.getpass("Password: ")
-        if getpass.getpass("Again: ") != password:
-            raise UserError("the passwords differ")
+        if not _have_terminal():
+            raise UserError("no terminal to ask for the password: pipe it in with --password-stdin")
+        try:
+            password = getpass.getpass("Password: ")
+            if getpass.getpass("Again: ") != password:
+                raise UserError("the passwords differ")
+        except EOFError:
+            raise UserError("no password given (end of input)") from None
     if not password:
         raise UserError("empty password")
     return password
+
+
+def _have_terminal() -> bool:
+    """Can getpass ask without echo? It uses /dev/tty, else a terminal on stdin."""
+    try:
+        os.close(os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY))
+    except OSError:
+        return sys.stdin.isatty()
+    return True
+
+
+def _user_address(name: str, config: Config) -> str:
+    """A bare login name means ``name@<hostname>``, as it does for AUTH."""
+    from petrel.policy.users import normalize_address
+
+    return normalize_address(name if "@" in name else f"{name}@{config.server.hostname}")
 
 
 def _user(args: argparse.Namespace, config: Config) -> int:
@@ -86,15 +113,38 @@ def _user(args: argparse.Namespace, config: Config) -> int:
     users = Users(config.server.data_dir / "users")
     action = args.user_command
     if action == "list":
-        for user in users:
+        listed = list(users)
+        for user in listed:
             print(user.address)
+        if not listed:  # which store was empty: stderr, so scripts still read nothing
+            print(f"petrel: no users in {users.path}", file=sys.stderr)
         return 0
+    # Everything that can be refused is refused before the password is asked for.
+    address = _user_address(args.address, config)
+    known = users.get(address) is not None
+    if action == "add" and known:
+        raise UserError(f"{address}: user exists (use 'petrel user passwd')")
+    if action != "add" and not known:
+        raise UserError(f"{address}: no such user")
     if action == "del":
-        users.delete(args.address)
-    elif action == "add":
-        users.add(args.address, _read_password(args.password_stdin))
+        users.delete(address)
+        print(f"petrel: {address}: user deleted")
+        return 0
+    if action == "add":
+        domain = address.rpartition("@")[2]
+        if domain not in config.domains.local and domain not in config.domains.lmtp:
+            # Postfix-style: a warning, not a refusal. Such a user can still AUTH and
+            # send as the address (a submission-only account); mail to it is relayed.
+            print(
+                f"petrel: warning: {domain} is not a local or LMTP domain: {address} may"
+                " log in and send, but mail to it is not delivered here",
+                file=sys.stderr,
+            )
+        users.add(address, _read_password(args.password_stdin))
+        print(f"petrel: {address}: user added")
     else:
-        users.set_password(args.address, _read_password(args.password_stdin))
+        users.set_password(address, _read_password(args.password_stdin))
+        print(f"petrel: {address}: password changed")
     return 0
 
 
@@ -130,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return send_cli.run(args)
     try:
-        config = _load(args.config)
+        config = _load(args.config if args.config is not None else default_config_path())
     except (ConfigError, AliasError) as exc:
         print(f"petrel: {exc}", file=sys.stderr)
         return 2
@@ -144,6 +194,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return queue.run(config, args)
     if args.command == "reload":
         return _reload(config)
+    if args.command in ("serve", "check-config") and getattr(args, "worker", None) is None:
+        from petrel.server.tls import TlsError, check_configured_pair
+
+        try:
+            check_configured_pair(config)  # a typo in a path: one line, before any start-up
+        except TlsError as exc:
+            print(f"petrel: {exc}", file=sys.stderr)
+            return 2
     if args.command == "check-config":
         source = config.source or "embedded defaults"
         print(f"petrel: configuration OK ({source})")
@@ -151,6 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_format, args.log_level)
     from petrel.app import run, serve, serve_worker
     from petrel.policy.decoy import DecoyError
+    from petrel.server.tls import TlsError
 
     try:
         if args.worker is not None:
@@ -158,6 +217,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run(serve_worker(config, args.worker))
         log_args = ["--log-format", args.log_format, "--log-level", args.log_level]
         return run(serve(config, log_args))
-    except (OSError, DecoyError) as exc:  # at start-up: a listener, a file in data_dir
+    except (OSError, DecoyError, TlsError) as exc:  # at start-up: a listener, a data_dir file
         print(f"petrel: {exc}", file=sys.stderr)
         return 1

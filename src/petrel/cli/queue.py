@@ -24,29 +24,32 @@ __all__ = ["add_parser", "run"]
 def add_parser(
     sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
 ) -> None:
-    # --config may come before or after the action; SUPPRESS keeps the action's
-    # parser from overwriting a value given before it with its default.
-    late = argparse.ArgumentParser(add_help=False)
-    late.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    # ``common`` gives --config with a SUPPRESS default (petrel.cli._parser): it may
+    # come before or after the action.
     queue = sub.add_parser(
         "queue",
         parents=[common],
         help="show and control the mail queue (works with or without a running server)",
-        description="Show and control the mail queue. `petrel queue list` is mailq.",
+        description="Show and control the mail queue. `petrel queue [list]` is mailq.",
     )
-    actions = queue.add_subparsers(dest="action", required=True, metavar="ACTION")
-    actions.add_parser("list", parents=[late], help="the queue, mailq style")
-    show = actions.add_parser("show", parents=[late], help="one message: envelope and headers")
+    actions = queue.add_subparsers(dest="action", metavar="ACTION")
+    queue.set_defaults(action="list")  # `petrel queue` alone is mailq
+    actions.add_parser("list", parents=[common], help="the queue, mailq style")
+    show = actions.add_parser("show", parents=[common], help="one message: envelope and headers")
     show.add_argument("id", metavar="ID")
     flush = actions.add_parser(
-        "flush", parents=[late], help="try deferred mail now (for DOMAIN only, @DOMAIN: subdomains)"
+        "flush",
+        parents=[common],
+        help="try deferred mail now (for DOMAIN only, @DOMAIN: subdomains)",
     )
     flush.add_argument("domain", nargs="?", metavar="DOMAIN")
-    delete = actions.add_parser("delete", parents=[late], help="remove a message (ALL: every one)")
+    delete = actions.add_parser(
+        "delete", parents=[common], help="remove a message (ALL: every one)"
+    )
     delete.add_argument("id", metavar="ID|ALL")
-    hold = actions.add_parser("hold", parents=[late], help="stop delivering a message")
+    hold = actions.add_parser("hold", parents=[common], help="stop delivering a message")
     hold.add_argument("id", metavar="ID")
-    release = actions.add_parser("release", parents=[late], help="undo hold")
+    release = actions.add_parser("release", parents=[common], help="undo hold")
     release.add_argument("id", metavar="ID")
 
 
@@ -71,14 +74,16 @@ def run(config: Config, args: argparse.Namespace) -> int:
     if not response.get("ok"):
         print(f"petrel: {response.get('message', 'request failed')}", file=sys.stderr)
         return 2 if response.get("error") == "bad-request" else 1
-    _print(args.action, request, response, live)
+    _print(args.action, request, response, live, data_dir)
     return 0
 
 
-def _print(action: str, request: dict[str, Any], response: dict[str, Any], live: bool) -> None:
+def _print(
+    action: str, request: dict[str, Any], response: dict[str, Any], live: bool, data_dir: Path
+) -> None:
     queue_id = request.get("id")
     if action == "list":
-        sys.stdout.write(format_list(response["messages"]))
+        sys.stdout.write(format_list(response["messages"], data_dir))
     elif action == "show":
         sys.stdout.write(format_show(response["message"]))
     elif action == "flush":

@@ -44,8 +44,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--server",
         metavar="HOST[:PORT]",
-        default="localhost",
-        help="default localhost; port 25, or 465 with --tls, 24 with --lmtp",
+        help="default localhost; port 25, or 465 with --tls, 24 with --lmtp"
+        " (`make serve` listens on 127.0.0.1:2525: --server 127.0.0.1:2525)",
     )
     p.add_argument("--from", dest="sender", metavar="ADDRESS", help="envelope sender")
     p.add_argument(
@@ -123,7 +123,9 @@ def run(args: argparse.Namespace) -> int:
     """Build the options, run the session, report."""
     lmtp, implicit = args.lmtp, args.tls
     try:
-        host, port = split_server(args.server, default_port(lmtp=lmtp, implicit_tls=implicit))
+        host, port = split_server(
+            args.server or "localhost", default_port(lmtp=lmtp, implicit_tls=implicit)
+        )
     except ValueError as exc:
         return _fail(str(exc))
     fqdn = socket.getfqdn().lower() or "localhost"
@@ -198,4 +200,11 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_dict(), indent=2))
     elif result.exit is not Exit.OK and args.quiet:
         print(f"petrel send: failed at {result.stage}: {result.error}", file=sys.stderr)
+    if result.exit is Exit.CONNECT and args.server is None:
+        # The usual first try: `make serve` is running, on its development port.
+        print(
+            f"petrel send: no --server given, so {host}:{port} was tried;"
+            " `make serve` listens on 127.0.0.1:2525 (--server 127.0.0.1:2525)",
+            file=sys.stderr,
+        )
     return int(result.exit)

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from petrel.config import ConfigError, load_config
+from petrel.config import ConfigError, default_config_path, load_config
 from petrel.intake.local import (
     EX_USAGE,
     SendmailError,
@@ -33,7 +33,8 @@ Reads a message from stdin and queues it (the server may be running or stopped).
   -i, -oi     a line with a single "." does not end the message
   -f SENDER   envelope sender (default: you@hostname; -f '<>' for the null sender)
   -F NAME     full name for a From: field that gets added
-  -C, --config FILE   Petrel configuration (default $PETREL_CONFIG)
+  -C, --config FILE   Petrel configuration (default $PETREL_CONFIG, else
+                      /etc/petrel/petrel.toml if it exists)
 exit status (sysexits.h): 0 queued, 64 usage, 65 bad address, 67 recipient refused,
 73 spool not writable, 75 temporary failure (try again)
 """
@@ -85,7 +86,7 @@ def parse_args(argv: Sequence[str]) -> tuple[SendmailOptions, Path | None]:
         else:
             opts.recipients.append(arg)
         i += 1
-    return opts, Path(config) if config else None
+    return opts, Path(config) if config else default_config_path()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

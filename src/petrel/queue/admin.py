@@ -38,8 +38,11 @@ __all__ = [
 
 log = logging.getLogger("petrel.admin")
 
-LIST_HEADER = "-Queue ID-  --Size-- ----Arrival Time---- -Sender/Recipient-------"
-_INDENT = " " * 41  # recipients sit under the sender column, as in Postfix's mailq
+# Postfix's mailq layout, its id column widened from 11 to 15: a 14-character id and
+# its flag. Recipients are indented one column less than the sender, as in Postfix.
+_ID_WIDTH = 15
+LIST_HEADER = f"{'-Queue ID-':<{_ID_WIDTH}} --Size-- ----Arrival Time---- -Sender/Recipient-------"
+_INDENT = " " * (_ID_WIDTH + 30)  # 45
 
 
 class UnknownMessageError(LookupError):
@@ -251,10 +254,16 @@ def _mailq_time(when: float) -> str:
     return f"{time.strftime('%a %b', t)} {t.tm_mday:2d} {time.strftime('%H:%M:%S', t)}"
 
 
-def format_list(messages: list[dict[str, Any]]) -> str:
-    """The queue in Postfix's mailq layout: ``!`` marks held mail, ``*`` mail being tried."""
+def format_list(messages: list[dict[str, Any]], data_dir: Path | None = None) -> str:
+    """The queue in Postfix's mailq layout: ``!`` marks held mail, ``*`` mail being tried.
+
+    An empty queue names ``data_dir`` when given: an empty answer from the wrong spool
+    (another ``--config``, the working directory) should not pass for a real one.
+    """
     if not messages:
-        return "Mail queue is empty\n"
+        return (
+            "Mail queue is empty\n" if data_dir is None else f"Mail queue is empty ({data_dir})\n"
+        )
     lines = [LIST_HEADER]
     total = 0
     for m in messages:
@@ -263,7 +272,7 @@ def format_list(messages: list[dict[str, Any]]) -> str:
         flag = "!" if m["hold"] else "*" if m["active"] else ""
         sender = m["sender"] or "MAILER-DAEMON"
         arrival = _mailq_time(m["received_at"])
-        lines.append(f"{m['queue_id'] + flag:<11} {size:>8} {arrival:<20} {sender}")
+        lines.append(f"{m['queue_id'] + flag:<{_ID_WIDTH}} {size:>8} {arrival:<20} {sender}")
         last_error: str | None = None
         for r in m["recipients"]:
             if r["state"] in ("delivered", "failed"):

@@ -32,7 +32,7 @@ from .rdns import ReverseDns
 from .session import SessionContext, SmtpSession
 from .tls import TlsManager
 
-__all__ = ["Listener", "Server", "bind_sockets", "join_address", "open_auth_state"]
+__all__ = ["ListenError", "Listener", "Server", "bind_sockets", "join_address", "open_auth_state"]
 
 log = logging.getLogger("petrel.server")
 
@@ -49,15 +49,33 @@ class _Listening(Protocol):
     async def wait_closed(self) -> None: ...
 
 
+class ListenError(OSError):
+    """A listener could not be bound; the text names its address and mode."""
+
+    @classmethod
+    def of(cls, listener: Listener, exc: OSError) -> ListenError:
+        address = join_address(listener.host or "*", listener.port)
+        # asyncio's own text repeats the address as a tuple: the errno says it plainly
+        errno = exc.errno or 0
+        problem = os.strerror(errno).lower() if errno > 0 else str(exc)
+        return cls(exc.errno, f"cannot listen on {address} ({listener.mode}): {problem}")
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
 def bind_sockets(listener: Listener) -> list[socket.socket]:
     """Listening, non-blocking sockets on every address ``listener.host`` resolves to."""
     sockets: list[socket.socket] = []
-    infos = socket.getaddrinfo(
-        listener.host or None,
-        listener.port,
-        type=socket.SOCK_STREAM,
-        flags=socket.AI_PASSIVE,
-    )
+    try:
+        infos = socket.getaddrinfo(
+            listener.host or None,
+            listener.port,
+            type=socket.SOCK_STREAM,
+            flags=socket.AI_PASSIVE,
+        )
+    except OSError as exc:
+        raise ListenError.of(listener, exc) from exc
     try:
         for family, kind, proto, _, address in dict.fromkeys(infos):
             sock = socket.socket(family, kind, proto)
@@ -68,10 +86,10 @@ def bind_sockets(listener: Listener) -> list[socket.socket]:
             sock.bind(address)
             sock.listen(_BACKLOG)
             sock.setblocking(False)
-    except OSError:
+    except OSError as exc:
         for sock in sockets:
             sock.close()
-        raise
+        raise ListenError.of(listener, exc) from exc
     return sockets
 
 
@@ -298,13 +316,16 @@ class Server:
                 self._servers.append(tls_listener)
                 sockets = tls_listener.sockets
             elif inherited is None:
-                server = await self.loop.create_server(
-                    functools.partial(SmtpSession, self.context, listener),
-                    listener.host,
-                    listener.port,
-                    reuse_address=True,
-                    backlog=_BACKLOG,
-                )
+                try:
+                    server = await self.loop.create_server(
+                        functools.partial(SmtpSession, self.context, listener),
+                        listener.host,
+                        listener.port,
+                        reuse_address=True,
+                        backlog=_BACKLOG,
+                    )
+                except OSError as exc:
+                    raise ListenError.of(listener, exc) from exc
                 self._servers.append(server)
                 sockets = server.sockets
             else:

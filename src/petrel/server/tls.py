@@ -24,7 +24,13 @@ from petrel.config import Config
 from petrel.fsutil import ensure_dir, fsync_dir, unlink_quietly, write_all
 from petrel.log import log_event
 
-__all__ = ["TlsError", "TlsManager", "generate_self_signed", "make_context"]
+__all__ = [
+    "TlsError",
+    "TlsManager",
+    "check_configured_pair",
+    "generate_self_signed",
+    "make_context",
+]
 
 log = logging.getLogger("petrel.tls")
 
@@ -37,8 +43,18 @@ class TlsError(Exception):
     """The certificate or key cannot be loaded (the message names the file)."""
 
 
-def make_context(cert: Path, key: Path) -> ssl.SSLContext:
-    """A server context: TLS 1.2 or newer, OpenSSL's default (sane) cipher list."""
+def make_context(cert: Path, key: Path, configured: bool = False) -> ssl.SSLContext:
+    """A server context: TLS 1.2 or newer, OpenSSL's default (sane) cipher list.
+
+    ``configured``: the pair is ``tls.cert``/``tls.key``, and errors name those keys.
+    """
+    names = ("tls.cert: ", "tls.key: ") if configured else ("", "")
+    for name, path in zip(names, (cert, key), strict=True):
+        try:
+            with open(path, "rb"):  # which of the two is missing: load_cert_chain won't say
+                pass
+        except OSError as exc:
+            raise TlsError(f"{name}cannot read {path}: {exc.strerror or exc}") from None
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
@@ -46,8 +62,15 @@ def make_context(cert: Path, key: Path) -> ssl.SSLContext:
     try:
         ctx.load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as exc:
-        raise TlsError(f"cannot load certificate {cert} / key {key}: {exc}") from None
+        where = "tls.cert, tls.key: " if configured else ""
+        raise TlsError(f"{where}cannot load certificate {cert} / key {key}: {exc}") from None
     return ctx
+
+
+def check_configured_pair(config: Config) -> None:
+    """Raise TlsError if ``tls.cert``/``tls.key`` are set and do not load (check-config)."""
+    if config.tls.cert is not None and config.tls.key is not None:
+        make_context(config.tls.cert, config.tls.key, configured=True)
 
 
 def generate_self_signed(directory: Path, hostname: str) -> tuple[Path, Path]:
@@ -189,7 +212,7 @@ class TlsManager:
 
     def _load(self) -> ssl.SSLContext:
         cert, key, self_signed = self._paths()
-        ctx = make_context(cert, key)
+        ctx = make_context(cert, key, configured=not self_signed)
         try:
             digest = fingerprint(cert)
         except (OSError, ValueError):

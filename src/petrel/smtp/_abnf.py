@@ -64,4 +64,6 @@ BDAT_RE = re.compile(r"(?P<size>[0-9]{1,20})(?: +(?P<last>LAST))? *", re.IGNOREC
 # RFC 1985 §5 ETRN argument: ["@" / "#"] node name
 ETRN_RE = re.compile(rf"(?:[@#])?{DOMAIN}|#[\x21-\x7e]+")
 # RFC 4954 §4 AUTH mechanism [SP initial-response]; sasl-mech = 1*20(UPPER-ALPHA/DIGIT/"-"/"_")
-AUTH_RE = re.compile(r"(?P<mech>[A-Za-z0-9\-_]{1,20})(?: +(?P<initial>[A-Za-z0-9+/=]+|=))?")
+# The initial response is any one word here: one that is not base64 is the SASL layer's
+# 501 5.5.2 (RFC 4954 §4), not a command syntax error.
+AUTH_RE = re.compile(r"(?P<mech>[A-Za-z0-9\-_]{1,20})(?: +(?P<initial>\S+))?")

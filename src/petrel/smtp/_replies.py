@@ -123,7 +123,12 @@ ALREADY_AUTHENTICATED = reply(503, "5.5.1", "Already authenticated")
 # Sendmail's wording is kept so the classic sessions replay byte for byte).
 AUTH_OK = reply(235, "2.0.0", "OK Authenticated")
 AUTH_FAILED = reply(535, "5.7.8", "Authentication credentials invalid")
-AUTH_NEEDS_TLS = reply(538, "5.7.11", "Encryption required for requested authentication mechanism")
+AUTH_NEEDS_TLS = reply(  # RFC 4954's text, and what to do about it (someone at a telnet)
+    538,
+    "5.7.11",
+    "Encryption required for requested authentication mechanism;"
+    " use STARTTLS first, or the submissions port (implicit TLS)",
+)
 AUTH_REQUIRED = reply(530, "5.7.0", "Authentication required")
 UNKNOWN_MECHANISM = reply(504, "5.5.4", "Unrecognized authentication type")
 TLS_ACTIVE = reply(503, "5.5.1", "TLS already active")
