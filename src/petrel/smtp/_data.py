@@ -106,18 +106,23 @@ class DataReader:
             self.error = BARE_NEWLINE_IN_DATA
         elif b"\0" in chunk:
             self.error = NUL_IN_DATA
-        if self.error is None:
-            if b"\r\n." in chunk or chunk.startswith(b"."):
-                chunk = (b"\r\n" + chunk).replace(b"\r\n.", b"\r\n")[2:]
-            # Measured after unstuffing: the transparency dot does not count
-            # (RFC 5321 §4.5.3.1.6).
-            if len(chunk) > MAX_TEXT_LINE + 2 and _has_long_line(chunk):
-                self.error = TEXT_LINE_TOO_LONG
-                return None
-            self._size += len(chunk)
-            if self._size > self._limit:
-                self.error = MESSAGE_TOO_BIG
-        return None if self.error is not None else chunk
+        if self.error is not None:
+            return None
+        if b"\r\n." in chunk or chunk.startswith(b"."):
+            chunk = (b"\r\n" + chunk).replace(b"\r\n.", b"\r\n")[2:]
+        return self._measured(chunk)
+
+    def _measured(self, chunk: bytes) -> bytes | None:
+        """Line length and message size of unstuffed text (the transparency dot does not
+        count, RFC 5321 §4.5.3.1.6); None once either is over its limit."""
+        if len(chunk) > MAX_TEXT_LINE + 2 and _has_long_line(chunk):
+            self.error = TEXT_LINE_TOO_LONG
+            return None
+        self._size += len(chunk)
+        if self._size > self._limit:
+            self.error = MESSAGE_TOO_BIG
+            return None
+        return chunk
 
     def _normalized(self, chunk: bytes, crlf: int) -> bytes | None:
         """``_check`` for text with a bare LF: CRLF for each, "." lines stay text.
@@ -131,14 +136,7 @@ class DataReader:
             self.error = NUL_IN_DATA
             return None
         chunk = chunk.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-        chunk = _STUFFED.sub(b"", chunk)
-        if len(chunk) > MAX_TEXT_LINE + 2 and _has_long_line(chunk):
-            self.error = TEXT_LINE_TOO_LONG
-            return None
-        self._size += len(chunk)
-        if self._size > self._limit:
-            self.error = MESSAGE_TOO_BIG
-        return None if self.error is not None else chunk
+        return self._measured(_STUFFED.sub(b"", chunk))
 
 
 def _has_long_line(chunk: bytes) -> bool:
