@@ -9,9 +9,15 @@ ARGS ?=
 venv: $(VENV)/.stamp
 
 # Reinstall only when the dependency list changes (pyproject.toml newer than the stamp).
+# `make serve` needs only what serving needs; the test tools come with `make test`.
 $(VENV)/.stamp: pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -e '.[test,fast]'
+	touch $@ $(VENV)/.stamp-serve
+
+$(VENV)/.stamp-serve: pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -e '.[fast]'
 	touch $@
 
 # Test peers, installed only when missing: swaks (Net::SSLeay gives it -tls), Postfix,
@@ -61,7 +67,7 @@ bench: venv bench-deps
 crash: venv
 	$(VENV)/bin/python bench/crash.py
 
-serve: venv
+serve: $(VENV)/.stamp-serve
 	$(VENV)/bin/petrel serve $(ARGS)
 
 # Leaves petrel-data/ alone: it holds mail.
