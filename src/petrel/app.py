@@ -47,7 +47,7 @@ from petrel.privileges import (
 from petrel.queue.spool import Spool
 from petrel.server import Server
 from petrel.server.control import ControlServer, ask_etrn, control_path
-from petrel.server.server import bind_sockets, join_address, open_auth_state
+from petrel.server.server import bind_sockets, join_address, open_auth_state, open_rates
 from petrel.server.tls import TlsManager, copy_material
 from petrel.server.workers import WORKER_FDS_ENV, WorkerPool, decode_fds
 
@@ -202,6 +202,7 @@ async def serve(config: Config, log_args: list[str] | None = None) -> int:
         if dropped.tls_fds is None:
             TlsManager(config)  # generate a self-signed pair once, before the workers race to
         open_auth_state(config)[0].table.close()  # the same for the AUTH files
+        open_rates(config).table.close()  # and the rates
         bound = dropped.sockets if dropped.sockets is not None else _bind_listeners(config)
         pool = WorkerPool(config, workers, bound, log_args or [], dropped.tls_fds)
         pool.start()

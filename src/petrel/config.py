@@ -80,6 +80,8 @@ FD_RESERVE = 256
 # An idle session costs a few KiB (docs/architecture.md §6): even this many is a few
 # hundred MiB, so past it an operator should choose the figure deliberately.
 _MAX_DEFAULT_CONNECTIONS = 50_000
+# A rate's window is sixteen buckets of at most 65535 counts (policy/throttle.py).
+_MAX_RATE = 1_000_000
 
 
 class ConfigError(ValueError):
@@ -133,6 +135,11 @@ class LimitsSection:
     # With domains.relay_networks: clients here skip the per-IP caps and the reserve rule
     # (Postfix exempts mynetworks); they still count toward ``connections``.
     exempt_networks: tuple[IPNetwork, ...] = field(default_factory=lambda: DEFAULT_EXEMPT)
+    # Per client (IPv4 address, IPv6 /64) and minute; 0: unlimited. Exempt clients skip them.
+    connection_rate: int = 60
+    message_rate: int = 120
+    recipient_rate: int = 600
+    user_message_rate: int = 200  # per authenticated user and hour, exempt or not
 
 
 @dataclass(frozen=True, slots=True)
@@ -442,6 +449,10 @@ def _limits(t: _Table) -> LimitsSection:
             t.take("tls_handshakes_per_ip", 10), t.key("tls_handshakes_per_ip")
         ),
         exempt_networks=_networks(t, "exempt_networks", list(_DEFAULT_EXEMPT_TEXT)),
+        connection_rate=_rate(t.take("connection_rate", 60), t.key("connection_rate")),
+        message_rate=_rate(t.take("message_rate", 120), t.key("message_rate")),
+        recipient_rate=_rate(t.take("recipient_rate", 600), t.key("recipient_rate")),
+        user_message_rate=_rate(t.take("user_message_rate", 200), t.key("user_message_rate")),
     )
     t.finish()
     return limits
@@ -575,6 +586,15 @@ def _bool(value: Any, key: str) -> bool:
 def _positive_int(value: Any, key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigError(f"{key}: must be a positive integer, got {_show(value)}")
+    return int(value)
+
+
+def _rate(value: Any, key: str) -> int:
+    """A count per rate window: 0 (unlimited) up to what the rate table can count."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_RATE:
+        raise ConfigError(
+            f"{key}: must be an integer from 0 (unlimited) to {_MAX_RATE}, got {_show(value)}"
+        )
     return int(value)
 
 

@@ -35,7 +35,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Attempt", "AuthThrottle", "ThrottleTable", "client_key"]
+__all__ = [
+    "BUCKETS",
+    "Attempt",
+    "AuthThrottle",
+    "Slot",
+    "ThrottleTable",
+    "advance",
+    "client_key",
+    "count",
+]
 
 _MAX_DELAY = 5.0
 BUCKETS = 16
@@ -97,6 +106,7 @@ class ThrottleTable:
         self._fd = fd  # None: this process's own table in memory (no file could be made)
         self._slots = slots
         self._key = key
+        self._depth = 0  # nested ``locked`` blocks: the file lock is taken by the outermost
         self._map = mmap.mmap(-1 if fd is None else fd, _HEADER_SIZE + slots * _SLOT.size)
 
     @classmethod
@@ -147,15 +157,31 @@ class ThrottleTable:
         if something was recorded in it: asking about a stranger writes nothing.
         """
         group = int.from_bytes(key[:8], "little") % (self._slots // _WAYS) * _WAYS
-        if self._fd is not None:
-            fcntl.lockf(self._fd, fcntl.LOCK_EX)
-        try:
+        with self.locked():
             offset, found, slot = self._find(key, group, now)
             yield slot
             if found or slot.locked_until > 0 or any(slot.counts):
                 _SLOT.pack_into(self._map, offset, key, slot.locked_until, slot.base, *slot.counts)
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the file lock for several ``slot`` blocks: one lockf round trip for all.
+
+        The ``slot`` blocks inside run one after the other, each written back before the
+        next looks (two keys of one group must not both take the same free slot).
+        """
+        self._depth += 1
+        if self._depth == 1 and self._fd is not None:
+            try:
+                fcntl.lockf(self._fd, fcntl.LOCK_EX)
+            except BaseException:
+                self._depth -= 1
+                raise
+        try:
+            yield
         finally:
-            if self._fd is not None:
+            self._depth -= 1
+            if self._depth == 0 and self._fd is not None:
                 fcntl.lockf(self._fd, fcntl.LOCK_UN)
 
     def locked_until(self, key: bytes) -> float:
@@ -188,7 +214,15 @@ class ThrottleTable:
         return victim[2], False, Slot(0.0, 0, [0] * BUCKETS)
 
 
-def _count(slot: Slot) -> None:
+def advance(slot: Slot, bucket: int) -> None:
+    """Bring the slot's buckets up to ``bucket``: those that left the window are emptied."""
+    if bucket > slot.base:
+        for number in range(max(slot.base + 1, bucket - BUCKETS + 1), bucket + 1):
+            slot.counts[number % BUCKETS] = 0
+        slot.base = bucket
+
+
+def count(slot: Slot) -> None:
     """One more failure in the newest bucket."""
     index = slot.base % BUCKETS
     slot.counts[index] = min(slot.counts[index] + 1, _MAX_COUNT)
@@ -233,7 +267,7 @@ class AuthThrottle:
         with self._slot(key, now) as slot:
             if slot.locked_until > now or sum(slot.counts) >= self.max_failures:
                 return None
-            _count(slot)
+            count(slot)
             return Attempt(key, slot.base)
 
     def failure(self, attempt: Attempt) -> float | None:
@@ -262,7 +296,7 @@ class AuthThrottle:
             if slot.locked_until > now:
                 return None
             if not counted:
-                _count(slot)
+                count(slot)
             failures = sum(slot.counts)
             if failures >= self.max_failures:
                 slot.locked_until = now + self.lockout
@@ -275,9 +309,6 @@ class AuthThrottle:
         """The IP's slot brought up to ``now``: old buckets emptied, the lock bounded."""
         bucket = int(now // self._width)
         with self.table.slot(key, now) as slot:
-            if bucket > slot.base:
-                for number in range(max(slot.base + 1, bucket - BUCKETS + 1), bucket + 1):
-                    slot.counts[number % BUCKETS] = 0
-                slot.base = bucket
+            advance(slot, bucket)
             slot.locked_until = min(slot.locked_until, now + self.lockout)
             yield slot

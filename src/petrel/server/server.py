@@ -25,6 +25,7 @@ from petrel.log import log_event
 from petrel.policy import Policy
 from petrel.policy.auth import Authenticator
 from petrel.policy.decoy import SECRET_FILE, ScramDecoys, load_secret
+from petrel.policy.rates import RATES_SLOTS, Rates
 from petrel.policy.throttle import AuthThrottle, ThrottleTable
 
 from .modes import IMPLICIT_TLS_MODES, STARTTLS_MODES
@@ -32,12 +33,21 @@ from .rdns import ReverseDns
 from .session import SessionContext, SmtpSession
 from .tls import TlsManager
 
-__all__ = ["ListenError", "Listener", "Server", "bind_sockets", "join_address", "open_auth_state"]
+__all__ = [
+    "ListenError",
+    "Listener",
+    "Server",
+    "bind_sockets",
+    "join_address",
+    "open_auth_state",
+    "open_rates",
+]
 
 log = logging.getLogger("petrel.server")
 
 _SWEEP_SECONDS = 1.0
 THROTTLE_FILE = "auth-throttle"
+RATES_FILE = "rates"
 _BACKLOG = 4096
 
 
@@ -226,6 +236,26 @@ def open_auth_state(config: Config) -> tuple[AuthThrottle, ScramDecoys]:
     return throttle, decoys
 
 
+def open_rates(config: Config) -> Rates:
+    """The per-client and per-user rates, counted in ``<data_dir>/rates``.
+
+    Shared by every worker (a parent with workers opens it first, as the AUTH files);
+    on a full disk, counted per process instead.
+    """
+    try:
+        table = ThrottleTable.open(config.server.data_dir / RATES_FILE, RATES_SLOTS)
+    except OSError as exc:
+        log_event(
+            log,
+            "rates-unwritable",
+            level=logging.WARNING,
+            error=str(exc),
+            effect="rates are counted per process until a restart",
+        )
+        table = ThrottleTable.in_memory(RATES_SLOTS)
+    return Rates(table, config.limits, config.server.hostname)
+
+
 class Server:
     """Owns the listening sockets and the set of live sessions (the `SessionHost`)."""
 
@@ -245,6 +275,7 @@ class Server:
         self.tls = tls or TlsManager(config)
         throttle, decoys = open_auth_state(config)
         self.auth = Authenticator(policy, throttle, decoys)
+        self.rates = open_rates(config)
         self.context = SessionContext(
             loop=loop,
             hostname=self.hostname,
@@ -258,6 +289,7 @@ class Server:
             tls=self.tls,
             rdns=ReverseDns(loop, enabled=config.server.reverse_dns),
             host=self,
+            rates=self.rates,
         )
         self.sessions: set[SmtpSession] = set()
         self._per_ip: Counter[str] = Counter()
@@ -367,8 +399,9 @@ class Server:
         """Is ``ip`` in ``limits.exempt_networks`` or ``domains.relay_networks``?
 
         Such clients (loopback by default: a local submitter or a content filter) skip
-        the per-IP caps and the reserve rule, as Postfix exempts mynetworks; they still
-        count toward ``limits.connections``.
+        the per-IP caps, the reserve rule and the per-client rates (not the per-user
+        one), as Postfix exempts mynetworks; they still count toward
+        ``limits.connections``.
         """
         try:
             address = ipaddress.ip_address(ip)
@@ -376,17 +409,21 @@ class Server:
             return False
         return any(address in network for network in self._exempt_networks)
 
-    def admit(self, session: SmtpSession) -> str | None:
-        """None to accept the session, else the reason to refuse it with 421."""
+    def admit(self, session: SmtpSession) -> smtp.Reply | str | None:
+        """None to accept the session, else the reply (or the reason for a 421 4.7.0)."""
         limits = self.config.limits
         ip = session.peer_ip
-        exempt = self.exempt(ip)
+        exempt = session.exempt
         if self._crowded(len(self.sessions), 0 if exempt else self._per_ip[ip]):
             return "Too many connections, try again later"
         if not exempt and self._per_ip[ip] >= limits.connections_per_ip:
             return "Too many connections from your address, try again later"
         if self.auth.locked(ip):
             return "Too many failed authentications, try again later"
+        if not exempt:  # counted last: a connection refused above is not counted
+            refusal = self.rates.connection(ip, session.id)
+            if refusal is not None:
+                return refusal
         self.sessions.add(session)
         self._per_ip[ip] += 1
         return None

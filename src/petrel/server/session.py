@@ -40,6 +40,7 @@ from petrel.intake import (
 from petrel.log import log_event
 from petrel.policy import Client, Policy, mail_auth
 from petrel.policy.auth import Authenticator, Granted, LockedOut, Refused, Verdict
+from petrel.policy.rates import Rates
 from petrel.policy.throttle import Attempt
 from petrel.queue import Envelope, new_queue_id
 from petrel.queue.spool import MIN_FREE
@@ -72,7 +73,9 @@ _TOO_MANY_HOPS = smtp.reply(554, "5.4.6", "Too many hops (Received header fields
 class SessionHost(Protocol):
     """What a session asks of the server that accepted it: a slot, an id, the offer."""
 
-    def admit(self, session: SmtpSession) -> str | None: ...
+    def admit(self, session: SmtpSession) -> smtp.Reply | str | None: ...
+
+    def exempt(self, ip: str) -> bool: ...
 
     def release(self, session: SmtpSession) -> None: ...
 
@@ -97,6 +100,7 @@ class SessionContext:
     tls: TlsManager
     rdns: ReverseDns
     host: SessionHost
+    rates: Rates  # per-client (not for exempt ones) and per-user rates
 
 
 class Transaction:
@@ -129,6 +133,7 @@ class SmtpSession(asyncio.Protocol):
         "auth_user",
         "conn",
         "ctx",
+        "exempt",
         "id",
         "last_active",
         "listener",
@@ -147,6 +152,7 @@ class SmtpSession(asyncio.Protocol):
         self.txn: Transaction | None = None
         self.peer_ip = ""
         self.peer_port = 0
+        self.exempt = False  # limits.exempt_networks or relay_networks: no per-client rates
         self.id = ""
         self._out: list[bytes] = []
         self._busy = False
@@ -178,10 +184,15 @@ class SmtpSession(asyncio.Protocol):
         ctx = self.ctx
         self.id = ctx.host.new_session_id()
         self.last_active = ctx.loop.time()
+        self.exempt = ctx.host.exempt(self.peer_ip)
         refusal = ctx.host.admit(self)
         if refusal is not None:
-            log_event(log, "reject", session=self.id, client=self.peer_ip, reason=refusal)
-            transport.write(smtp.reply(421, "4.7.0", f"{ctx.hostname} {refusal}").to_bytes())
+            if isinstance(refusal, str):
+                log_event(log, "reject", session=self.id, client=self.peer_ip, reason=refusal)
+                refusal = smtp.reply(421, "4.7.0", f"{ctx.hostname} {refusal}")
+            else:  # a rate: logged as rate-limit already
+                log_event(log, "reject", session=self.id, client=self.peer_ip, reply=str(refusal))
+            transport.write(refusal.to_bytes())
             transport.close()
             return
         limits = ctx.limits
@@ -481,9 +492,7 @@ class SmtpSession(asyncio.Protocol):
         )
         if refusal is not None:
             if self.auth_user is not None:  # not the 530: a sender the user does not own
-                log_event(
-                    log, "sender-reject", session=self.id, user=self.auth_user, sender=sender
-                )
+                log_event(log, "sender-reject", session=self.id, user=self.auth_user, sender=sender)
             return refusal
         declared = event.params.size or 0  # RFC 1870 §6.1: 452 when SIZE= will not fit now
         if not self.ctx.intake.has_room(declared):
@@ -496,11 +505,21 @@ class SmtpSession(asyncio.Protocol):
                 reason=f"under {declared + MIN_FREE} octets free for the spool",
             )
             return _NO_STORAGE
+        # Counted here, once the sender is accepted: Postfix counts a message at MAIL too.
+        limited = self.ctx.rates.message(
+            None if self.exempt else self.peer_ip, self.auth_user, self.id
+        )
+        if limited is not None:
+            return limited
         self.txn = Transaction(sender, event.params)
         return texts.sender_ok(sender)
 
     def _on_rcpt(self, event: smtp.Rcpt) -> smtp.Reply:
         assert self.txn is not None
+        if not self.exempt:  # before the recipient's checks: unknown ones count too
+            limited = self.ctx.rates.recipient(self.peer_ip, self.id)
+            if limited is not None:
+                return limited
         policy = self.ctx.policy
         resolved = policy.check_rcpt(event.recipient, self._client())
         if isinstance(resolved, smtp.Reply):
@@ -608,9 +627,7 @@ class SmtpSession(asyncio.Protocol):
     def _on_auth_outcome(self, event: smtp.AuthOutcome) -> None:
         attempt, self._attempt = self._attempt, None
         assert attempt is not None  # every SCRAM outcome follows its lookup
-        verdict = self.ctx.auth.scram_outcome(
-            attempt, event.authcid, event.authzid, event.success
-        )
+        verdict = self.ctx.auth.scram_outcome(attempt, event.authcid, event.authzid, event.success)
         self._wait(self._answer_auth(event.mechanism, event.authcid, _done(verdict)))
 
     async def _answer_auth(
