@@ -16,11 +16,13 @@ import resource
 import signal
 import socket
 import threading
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from petrel import __version__
 from petrel.config import FD_RESERVE, Config
 from petrel.delivery.maildir import clean_tmp
 from petrel.delivery.manager import QueueManager
@@ -47,9 +49,11 @@ from petrel.privileges import (
 from petrel.queue.spool import Spool
 from petrel.server import Server
 from petrel.server.control import ControlServer, ask_etrn, control_path
+from petrel.server.notify import monotonic_usec, notify
 from petrel.server.server import bind_sockets, join_address, open_auth_state, open_rates
 from petrel.server.tls import TlsManager, copy_material
 from petrel.server.workers import WORKER_FDS_ENV, WorkerPool, decode_fds
+from petrel.status import ErrorLog, ServerStats
 
 log = logging.getLogger("petrel")
 
@@ -148,6 +152,15 @@ async def serve(config: Config, log_args: list[str] | None = None) -> int:
     With ``server.workers`` > 1 this process binds the listeners but runs no sessions:
     worker processes (``serve_worker``) accept on its sockets (petrel.server.workers).
     """
+    errors = ErrorLog()  # the last errors, for `petrel status`
+    logging.getLogger().addHandler(errors)
+    try:
+        return await _serve(config, log_args, errors)
+    finally:
+        logging.getLogger().removeHandler(errors)
+
+
+async def _serve(config: Config, log_args: list[str] | None, errors: ErrorLog) -> int:
     fd_limit = _raise_fd_limit()
     loop = asyncio.get_running_loop()
     data_dir = config.server.data_dir
@@ -190,14 +203,18 @@ async def serve(config: Config, log_args: list[str] | None = None) -> int:
     policy = Policy(config, Aliases.load(config.aliases.file))
     manager = QueueManager(config, spool, policy)
     manager.start(recovered)
+    listeners: list[dict[str, str]] = []  # filled in once bound
+    pool: WorkerPool | None = None
+    status = functools.partial(
+        _status, config, manager.stats, manager, errors, listeners, lambda: pool
+    )
     # Before the listeners: "listening" means it answers. ETRN: for the workers' clients.
-    await control.start(manager.admin, etrn=manager.etrn)
+    await control.start(manager.admin, etrn=manager.etrn, status=status)
     workers = config.server.workers
     # mail from `petrel sendmail`, and from the workers' sessions when there are workers
     pickup = PickupWatcher(spool, manager, accept_any=workers > 1)
     pickup.start()
     server: Server | None = None
-    pool: WorkerPool | None = None
     if workers > 1:
         if dropped.tls_fds is None:
             TlsManager(config)  # generate a self-signed pair once, before the workers race to
@@ -206,9 +223,15 @@ async def serve(config: Config, log_args: list[str] | None = None) -> int:
         bound = dropped.sockets if dropped.sockets is not None else _bind_listeners(config)
         pool = WorkerPool(config, workers, bound, log_args or [], dropped.tls_fds)
         pool.start()
+        served = [
+            (*sock.getsockname()[:2], config.listeners[index].mode)
+            for index, socks in bound.items()
+            for sock in socks
+        ]
     else:
         server = Server(config, manager.intake, policy, loop, dropped.tls)
-        await server.start(dropped.sockets)
+        served = await server.start(dropped.sockets)
+    listeners.extend({"address": join_address(h, p), "mode": m} for h, p, m in served)
     stop_cleaning = threading.Event()
     cleaner = loop.create_task(_clean_maildir_tmp(manager.mailboxes, stop_cleaning))
     try:
@@ -235,14 +258,15 @@ async def serve(config: Config, log_args: list[str] | None = None) -> int:
         workers=workers,
     )
     _warn_fd_shortage(config, fd_limit)
+    notify("READY=1", f"MAINPID={os.getpid()}", "STATUS=accepting mail")  # Type=notify
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    if pool is not None:
-        loop.add_signal_handler(signal.SIGHUP, pool.reload_tls)
-    elif server is not None:
-        loop.add_signal_handler(signal.SIGHUP, server.reload_tls)
+    reload_tls = pool.reload_tls if pool is not None else server.reload_tls if server else None
+    if reload_tls is not None:
+        loop.add_signal_handler(signal.SIGHUP, functools.partial(_reload, reload_tls))
     await stop.wait()
+    notify("STOPPING=1", "STATUS=stopping")
     log_event(log, "stopping")
     stop_cleaning.set()
     cleaner.cancel()
@@ -260,6 +284,40 @@ async def serve(config: Config, log_args: list[str] | None = None) -> int:
     remove_pid_file(data_dir)
     log_event(log, "stopped", messages=spool.commit_count, syncs=sync_rounds())
     return 0
+
+
+def _reload(reload_tls: Callable[[], None]) -> None:
+    """SIGHUP: reload the TLS pair, told to systemd as RELOADING=1 ... READY=1."""
+    notify("RELOADING=1", monotonic_usec(), "STATUS=reloading")
+    try:
+        reload_tls()
+    finally:
+        notify("READY=1", "STATUS=accepting mail")
+
+
+def _status(
+    config: Config,
+    stats: ServerStats,
+    manager: QueueManager,
+    errors: ErrorLog,
+    listeners: list[dict[str, str]],
+    pool: Callable[[], WorkerPool | None],
+) -> dict[str, Any]:
+    """The answer to the control socket's ``status``: what `petrel status` prints."""
+    workers = pool()
+    return {
+        "pid": os.getpid(),
+        "version": __version__,
+        "started": stats.started,
+        "uptime": max(0.0, time.time() - stats.started),
+        "hostname": config.server.hostname,
+        "data_dir": str(config.server.data_dir),
+        "listeners": list(listeners),
+        "workers": workers.describe() if workers is not None else [],
+        "queue": manager.admin.counts(),
+        "messages": stats.counters(),
+        "errors": list(errors.records),
+    }
 
 
 @dataclass(slots=True)

@@ -48,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
         parents=[common],
         help="make the running server reload its TLS certificate (SIGHUP)",
     )
+    status = sub.add_parser(
+        "status", parents=[common], help="show what the running server is doing"
+    )
+    status.add_argument("--json", action="store_true", help="print the report as JSON")
     user = sub.add_parser("user", parents=[common], help="manage the users who may AUTH")
     user_sub = user.add_subparsers(dest="user_command", required=True, metavar="ACTION")
     for action, text in (("add", "add a user"), ("passwd", "change a user's password")):
@@ -162,6 +166,33 @@ def _reload(config: Config) -> int:
     return 0
 
 
+def _status(config: Config, as_json: bool) -> int:
+    """Ask the running server over its control socket; exit 1 in one line without one."""
+    import json
+
+    from petrel.server.control import ControlClient, ControlError, control_path
+    from petrel.status import format_status
+
+    data_dir = config.server.data_dir
+    client = ControlClient(control_path(data_dir), timeout=10.0)
+    try:
+        if not client.connect():
+            print(f"petrel: no server is running on {data_dir}", file=sys.stderr)
+            return 1
+        response = client.request("status")
+    except ControlError as exc:
+        print(f"petrel: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    info = response.get("status")
+    if response.get("ok") is not True or not isinstance(info, dict):
+        print(f"petrel: status: {response.get('message', 'refused')}", file=sys.stderr)
+        return 1
+    print(json.dumps(info, indent=2) if as_json else format_status(info))
+    return 0
+
+
 def _load(path: Path | None) -> Config:
     config = load_config(path)
     Aliases.load(config.aliases.file)  # a broken aliases file is a configuration error
@@ -194,6 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return queue.run(config, args)
     if args.command == "reload":
         return _reload(config)
+    if args.command == "status":
+        return _status(config, args.json)
     if args.command in ("serve", "check-config") and getattr(args, "worker", None) is None:
         from petrel.server.tls import TlsError, check_configured_pair
 

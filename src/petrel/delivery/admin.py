@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from petrel.log import log_event
 from petrel.queue.admin import describe_envelope, message_info, read_headers
+from petrel.queue.envelope import DEFERRED
 
 if TYPE_CHECKING:
     from .manager import QueueManager
@@ -45,6 +46,25 @@ class LiveAdmin:
             message_info(m.envelope, self._size(m.envelope.queue_id), active=m.active)
             for m in tracked
         ]
+
+    def counts(self) -> dict[str, int]:
+        """Messages by state for `petrel status`: each counted once, the first that fits
+        of held, active (in an attempt now), deferred (an open recipient was tried and
+        deferred) and queued (not tried yet)."""
+        counts = {"total": 0, "queued": 0, "active": 0, "deferred": 0, "hold": 0}
+        for tracked in self.manager.all_tracked():
+            counts["total"] += 1
+            if tracked.envelope.hold:
+                counts["hold"] += 1
+            elif tracked.active:
+                counts["active"] += 1
+            elif any(
+                r.state == DEFERRED for r in tracked.envelope.recipients
+            ):
+                counts["deferred"] += 1
+            else:
+                counts["queued"] += 1
+        return counts
 
     def describe(self, queue_id: str) -> dict[str, Any]:
         """One message for `petrel queue show`: envelope, live state and headers."""

@@ -34,6 +34,7 @@ from petrel.policy import Policy
 from petrel.queue.admin import UnknownMessageError, matches_domain
 from petrel.queue.envelope import Envelope
 from petrel.queue.store import QueueStore
+from petrel.status import ServerStats
 
 from . import schedule
 from .admin import LiveAdmin
@@ -90,6 +91,7 @@ class QueueManager:
         self.remote: Transport = transport or SmtpTransport(config, store=spool)
         self.local = MaildirTransport(self.mailboxes, spool)
         self.admin = LiveAdmin(self)  # what `petrel queue` talks to
+        self.stats = ServerStats()  # what `petrel status` reports: messages in and out
         self._messages: dict[str, Tracked] = {}
         self._recovering = 0  # recovered messages not yet settled
         self._ready: deque[str] = deque()
@@ -141,6 +143,7 @@ class QueueManager:
         found = self._messages.get(envelope.queue_id)
         if found is None:
             self._messages[envelope.queue_id] = Tracked(envelope)
+            self.stats.messages_in += 1
         else:  # known already: its marks (an attempt running, a delete) stay
             found.envelope = envelope
         self._ready.append(envelope.queue_id)
@@ -372,6 +375,7 @@ class QueueManager:
             decision.apply(envelope)
             for line in decision.log:
                 log_event(log, line.event, line.level, queue_id=envelope.queue_id, **line.fields)
+                self.stats.outcome(line.event)
             await self._send_notices(envelope, decision.notices, now)
             step = self._settle(part.tracked)
             if step is not None:

@@ -6,7 +6,10 @@ change it. The protocol is one JSON object per line each way, e.g.
 ``{"op": "hold", "id": "1K0V8G4A2SAQFN"}`` → ``{"ok": true, "changed": true}``;
 operations are those of `petrel.queue.admin.execute`, plus ``etrn`` for worker
 processes (``{"op": "etrn", "node": "example.org"}`` → ``{"ok": true, "code": 251,
-"status": "2.0.0", "lines": [...]}``, the queue manager's own reply: `ask_etrn`).
+"status": "2.0.0", "lines": [...]}``, the queue manager's own reply: `ask_etrn`), and
+``status`` for `petrel status` (``{"op": "status"}`` → ``{"ok": true, "status": {...}}``,
+what `petrel.app` reports: pid, uptime, listeners, workers, queue counts, counters,
+last errors).
 Requests run on the event loop, in the queue manager, so its memory and the spool stay
 consistent.
 
@@ -94,6 +97,7 @@ class ControlServer:
         self._writers: set[asyncio.StreamWriter] = set()
         self._control: QueueControl | None = None
         self._etrn: Callable[[str], smtp.Reply] | None = None
+        self._status: Callable[[], dict[str, Any]] | None = None
 
     def bind(self) -> bool:
         """Claim the socket before spool recovery; False if another live server owns it.
@@ -128,16 +132,21 @@ class ControlServer:
         return True
 
     async def start(
-        self, control: QueueControl, etrn: Callable[[str], smtp.Reply] | None = None
+        self,
+        control: QueueControl,
+        etrn: Callable[[str], smtp.Reply] | None = None,
+        status: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         """Answer requests (queued since `bind`) with `control`, the running queue manager.
 
         ``etrn`` (the manager's) answers workers' ETRN requests; without it they are refused.
+        ``status`` answers ``petrel status``; without it that is refused too.
         """
         if self._sock is None:
             return
         self._control = control
         self._etrn = etrn
+        self._status = status
         self._sock.setblocking(False)
         self._server = await asyncio.start_unix_server(
             self._serve_client, sock=self._sock, limit=_LINE_LIMIT
@@ -188,6 +197,10 @@ class ControlServer:
             assert self._control is not None
             if request.get("op") == "etrn":
                 return self._answer_etrn(request.get("node"))
+            if request.get("op") == "status":
+                if self._status is None:
+                    return {"ok": False, "error": "bad-request", "message": "no status here"}
+                return {"ok": True, "status": self._status()}
             response = execute(self._control, request)
         except Exception as exc:  # a bug must not take the server down with it
             log.exception("control request failed")
@@ -195,7 +208,6 @@ class ControlServer:
         if request.get("op") not in ("list", "show"):
             log_event(log, "control", op=request.get("op"), id=request.get("id"), ok=response["ok"])
         return response
-
 
     def _answer_etrn(self, node: Any) -> dict[str, Any]:
         """A worker's client said ETRN: the queue manager's answer, as the reply's parts."""

@@ -102,6 +102,7 @@ class WorkerPool:
         argv += ["--worker", str(worker.number)]
         fds = [sock.fileno() for socks in self.sockets.values() for sock in socks]
         env = {**os.environ, WORKER_FDS_ENV: encode_fds(self.sockets)}
+        env.pop("NOTIFY_SOCKET", None)  # only the parent talks to systemd (server/notify.py)
         if self.tls_fds is not None:
             fds += self.tls_fds
             env[TLS_FDS_ENV] = ",".join(map(str, self.tls_fds))
@@ -136,6 +137,17 @@ class WorkerPool:
                     except OSError as exc:
                         log_event(log, "worker-spawn-failed", level=logging.ERROR, error=str(exc))
                         worker.restart_at = now + _RESTART_DELAY
+
+    def describe(self) -> list[dict[str, int | None]]:
+        """Each worker's number and pid (None: exited, waiting for its restart)."""
+        return [
+            {
+                "worker": w.number,
+                "pid": w.process.pid if w.process is not None and w.process.poll() is None
+                else None,
+            }
+            for w in self.workers
+        ]
 
     def signal(self, signum: int) -> None:
         for worker in self.workers:
