@@ -10,9 +10,7 @@ import pytest
 from petrel.proxyproto import V2_SIGNATURE, Error, Header, NeedMore, parse
 
 
-def v2(
-    src: str, dst: str, sport: int, dport: int, command: int = 1, tlv: bytes = b""
-) -> bytes:
+def v2(src: str, dst: str, sport: int, dport: int, command: int = 1, tlv: bytes = b"") -> bytes:
     """A v2 PROXY header over TCP, built the way the specification lays it out."""
     s, d = ipaddress.ip_address(src), ipaddress.ip_address(dst)
     family = 0x11 if s.version == 4 else 0x21

@@ -15,9 +15,10 @@ Specification: https://www.haproxy.org/download/2.9/doc/proxy-protocol.txt
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["V1_MAX", "V2_SIGNATURE", "Error", "Header", "NeedMore", "parse"]
+__all__ = ["V1_MAX", "V2_SIGNATURE", "Error", "Header", "NeedMore", "parse", "trusted"]
 
 V1_PREFIX = b"PROXY "
 V1_MAX = 107  # the longest v1 line, CRLF included
@@ -128,3 +129,12 @@ def _parse_v2(buffer: bytes) -> NeedMore | Header | Error:
         )
     # UNSPEC, UNIX sockets, UDP: the specification says to use the real connection.
     return Header(None, None, length, 2)
+
+
+def trusted(ip: str, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    """May the peer at ``ip`` send a PROXY header (is it in one of ``networks``)?"""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return any(address in network for network in networks)
