@@ -256,3 +256,12 @@ def test_behind_a_real_haproxy(proxied: PetrelServer, haproxy: int) -> None:
     )
     assert found, proxied.log_text()
     assert int(found[1]) != source_port
+
+
+def test_workers_serve_proxy_listeners(petrel_factory: Callable[..., PetrelServer]) -> None:
+    server = petrel_factory(PROXY_LISTENERS, server_config="workers = 2")
+    client = RawClient(connect(server))
+    client.send(HEADERS["v2-ipv6"][0])
+    assert client.reply()[0].startswith("220 ")
+    assert client.command("EHLO lb.example")[0].endswith("[2001:db8::7], pleased to meet you")
+    client.close()
