@@ -21,20 +21,25 @@ $(VENV)/.stamp-serve: pyproject.toml
 	touch $@
 
 # Test peers, installed only when missing: swaks (Net::SSLeay gives it -tls), Postfix,
-# preseeded to "No configuration" so no system instance is set up, and Dovecot's LMTP
-# server. The interop tests and the bench run private instances in temp directories, so
-# the install starts no service (tools/apt-install-no-start.sh), and a Dovecot installed
-# here is also kept from starting at boot (a Dovecot that was already there is left alone).
+# preseeded to "No configuration" so no system instance is set up, Dovecot's LMTP
+# server, and HAProxy (the load balancer in front of a proxy_protocol listener). The
+# interop tests and the bench run private instances in temp directories, so the install
+# starts no service (tools/apt-install-no-start.sh), and a Dovecot or HAProxy installed
+# here is also kept from starting at boot (one that was already there is left alone).
 system-deps:
 	@if ! command -v swaks >/dev/null 2>&1 || ! perl -MNet::SSLeay -MIO::Socket::SSL -e1 2>/dev/null \
-			|| ! command -v postfix >/dev/null 2>&1 || ! test -x /usr/lib/dovecot/lmtp; then \
+			|| ! command -v postfix >/dev/null 2>&1 || ! test -x /usr/lib/dovecot/lmtp \
+			|| ! test -x /usr/sbin/haproxy; then \
 		if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		if [ -e /usr/sbin/dovecot ]; then had_dovecot=yes; else had_dovecot=; fi; \
+		if [ -e /usr/sbin/haproxy ]; then had_haproxy=yes; else had_haproxy=; fi; \
 		echo "postfix postfix/main_mailer_type select No configuration" | $$SUDO debconf-set-selections && \
 		$$SUDO apt-get update && \
 		$$SUDO sh tools/apt-install-no-start.sh \
-			swaks libnet-ssleay-perl libio-socket-ssl-perl postfix dovecot-core dovecot-lmtpd && \
-		{ [ -n "$$had_dovecot" ] || $$SUDO update-rc.d dovecot disable || true; }; \
+			swaks libnet-ssleay-perl libio-socket-ssl-perl postfix dovecot-core dovecot-lmtpd \
+			haproxy && \
+		{ [ -n "$$had_dovecot" ] || $$SUDO update-rc.d dovecot disable || true; } && \
+		{ [ -n "$$had_haproxy" ] || $$SUDO update-rc.d haproxy disable || true; }; \
 	fi
 
 test: venv system-deps

@@ -107,6 +107,8 @@ def test_no_config_file_runs_on_documented_defaults(
     assert config.server.data_dir == tmp_path / "petrel-data"
     assert config.server.reverse_dns is True
     assert config.server.workers == 1
+    assert config.server.proxy_networks == (ipaddress.ip_network("127.0.0.0/8"),)
+    assert not any(listener.proxy_protocol for listener in config.listeners)
     assert config.listeners == (
         Listener("127.0.0.1", 2525, "smtp"),
         Listener("127.0.0.1", 2587, "submission"),
@@ -398,6 +400,11 @@ def test_parse_duration_rejects_with_key(value: object) -> None:
         ),
         ("[domains]\nrelay_networks = ['lan']\n", "domains.relay_networks[0]: not a valid CIDR"),
         ("[domains]\nrelay_networks = '10.0.0.0/8'\n", "domains.relay_networks: must be an array"),
+        ("[server]\nproxy_networks = ['lb']\n", "server.proxy_networks[0]: not a valid CIDR"),
+        (
+            "[[listener]]\naddress = '127.0.0.1:25'\nmode = 'smtp'\nproxy_protocol = 'yes'\n",
+            "listener[0].proxy_protocol: must be true or false",
+        ),
         # durations
         ("[limits]\ncommand_timeout = '5 minutes'\n", "limits.command_timeout: must be a duration"),
         ("[limits]\ndata_timeout = 0\n", "limits.data_timeout: must be a positive duration"),
@@ -476,3 +483,20 @@ def test_default_connections_follow_the_fd_limit(
     monkeypatch.setattr(resource, "getrlimit", lambda _which: (1024, hard))
     assert default_connections() == expected
     assert Config.default().limits.connections == expected
+
+
+def test_proxy_protocol_listener_and_networks(tmp_path: Path) -> None:
+    config = load_text(
+        tmp_path,
+        "[server]\nproxy_networks = ['10.0.0.0/24', '2001:db8::/32']\n"
+        "[[listener]]\naddress = '0.0.0.0:25'\nmode = 'smtp'\nproxy_protocol = true\n"
+        "[[listener]]\naddress = '0.0.0.0:465'\nmode = 'submissions'\n",
+    )
+    assert config.server.proxy_networks == (
+        ipaddress.ip_network("10.0.0.0/24"),
+        ipaddress.ip_network("2001:db8::/32"),
+    )
+    assert config.listeners == (
+        Listener("0.0.0.0", 25, "smtp", proxy_protocol=True),
+        Listener("0.0.0.0", 465, "submissions"),
+    )

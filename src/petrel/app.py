@@ -365,7 +365,11 @@ def _bind_listeners(config: Config) -> dict[int, list[socket.socket]]:
             bound[index] = bind_sockets(listener)
             for sock in bound[index]:
                 host, port = sock.getsockname()[:2]
-                log_event(log, "listening", address=join_address(host, port), mode=listener.mode)
+                address = join_address(host, port)
+                if listener.proxy_protocol:
+                    log_event(log, "listening", address=address, mode=listener.mode, proxy="yes")
+                else:
+                    log_event(log, "listening", address=address, mode=listener.mode)
     except OSError:
         for socks in bound.values():
             for sock in socks:

@@ -47,6 +47,9 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 BARE_LF_MODES = ("normalize", "reject")
 _DEFAULT_EXEMPT_TEXT = ("127.0.0.0/8", "::1/128")
 DEFAULT_EXEMPT: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(n) for n in _DEFAULT_EXEMPT_TEXT)
+# [server] proxy_networks: who may send a PROXY header to a proxy_protocol listener.
+_DEFAULT_PROXY_TEXT = ("127.0.0.0/8",)
+DEFAULT_PROXY: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(n) for n in _DEFAULT_PROXY_TEXT)
 
 _SECTIONS = frozenset(
     {
@@ -95,6 +98,8 @@ class ServerSection:
     reverse_dns: bool
     workers: int
     user: str | None = None  # started as root: run as this user once listeners are bound
+    # Load balancers allowed to send the PROXY header to a proxy_protocol listener.
+    proxy_networks: tuple[IPNetwork, ...] = field(default_factory=lambda: DEFAULT_PROXY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +107,7 @@ class Listener:
     host: str
     port: int
     mode: str
+    proxy_protocol: bool = False  # a HAProxy PROXY header (v1/v2) comes first
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,8 +363,9 @@ def _server(t: _Table, base_dir: Path) -> ServerSection:
             pwd.getpwnam(user)
         except KeyError:
             raise ConfigError(f"{t.key('user')}: no such user {user!r}") from None
+    proxy_networks = _networks(t, "proxy_networks", list(_DEFAULT_PROXY_TEXT))
     t.finish()
-    return ServerSection(hostname, data_dir, reverse_dns, workers, user)
+    return ServerSection(hostname, data_dir, reverse_dns, workers, user, proxy_networks)
 
 
 def _listeners(value: Any) -> tuple[Listener, ...]:
@@ -376,11 +383,12 @@ def _listeners(value: Any) -> tuple[Listener, ...]:
         t = _Table(item, f"listener[{index}]")
         host, port = _host_port(t.take("address"), t.key("address"), min_port=0)
         mode = _choice(t.take("mode"), t.key("mode"), LISTENER_MODES)
+        proxy = _bool(t.take("proxy_protocol", False), t.key("proxy_protocol"))
         t.finish()
         if port and (host, port) in seen:
             raise ConfigError(f"{t.key('address')}: same address as listener[{seen[host, port]}]")
         seen[host, port] = index
-        listeners.append(Listener(host, port, mode))
+        listeners.append(Listener(host, port, mode, proxy))
     return tuple(listeners)
 
 

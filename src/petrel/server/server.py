@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Protocol
 
-from petrel import smtp
+from petrel import proxyproto, smtp
 from petrel.config import Config, Listener
 from petrel.intake import Intake
 from petrel.log import log_event
@@ -30,7 +30,7 @@ from petrel.policy.throttle import AuthThrottle, ThrottleTable
 
 from .modes import IMPLICIT_TLS_MODES, STARTTLS_MODES
 from .rdns import ReverseDns
-from .session import SessionContext, SmtpSession
+from .session import PROXY_TIMEOUT, SessionContext, SmtpSession, unmapped
 from .tls import TlsManager
 
 __all__ = [
@@ -110,6 +110,8 @@ class ImplicitTlsListener:
     only in debug mode), so this accepts plain sockets and hands each to
     ``connect_accepted_socket`` with the newest context: a failure is logged with the
     client's address and the connection closed, and the listener goes on serving.
+    Behind a load balancer (``proxy_protocol``) the PROXY header comes before the
+    ClientHello: it is read from the plain socket first, octet-exact (`read_proxy_header`).
     """
 
     def __init__(self, server: Server, listener: Listener, sockets: list[socket.socket]) -> None:
@@ -147,9 +149,28 @@ class ImplicitTlsListener:
         except OSError:
             sock.close()
             return
-        ip = str(peer[0])
-        ip = ip[7:] if ip.startswith("::ffff:") else ip
+        ip = unmapped(str(peer[0]))
         client = f"{ip}:{peer[1]}"
+        proxied: tuple[str, int] | None = None
+        if self.listener.proxy_protocol:
+            if proxyproto.trusted(ip, self.server.config.server.proxy_networks):
+                header = await read_proxy_header(self.server.loop, sock, PROXY_TIMEOUT)
+            else:
+                header = proxyproto.Error("not in server.proxy_networks")
+            if isinstance(header, proxyproto.Error):
+                log_event(
+                    log,
+                    "proxy-rejected",
+                    level=logging.WARNING,
+                    client=client,
+                    mode=self.listener.mode,
+                    reason=header.reason,
+                )
+                sock.close()
+                return
+            if header.source is not None:
+                proxied = (unmapped(header.source[0]), header.source[1])
+                ip, client = proxied[0], f"{proxied[0]}:{proxied[1]}"
         refusal = self.server.admit_handshake(ip)
         context = self.server.tls.context
         if context is None:
@@ -162,7 +183,7 @@ class ImplicitTlsListener:
         self.server.handshakes[ip] += 1
         try:
             await self.server.loop.connect_accepted_socket(
-                functools.partial(SmtpSession, self.server.context, self.listener),
+                functools.partial(SmtpSession, self.server.context, self.listener, proxied),
                 sock,
                 ssl=context,
                 ssl_handshake_timeout=self.server.config.limits.tls_handshake_timeout,
@@ -197,6 +218,28 @@ class ImplicitTlsListener:
         pending = [*self._accepting, *self._tasks]
         if pending:
             await asyncio.wait(pending)
+
+
+async def read_proxy_header(
+    loop: asyncio.AbstractEventLoop, sock: socket.socket, timeout: float
+) -> proxyproto.Header | proxyproto.Error:
+    """The PROXY header from a plain socket, not one octet past it (a ClientHello follows)."""
+
+    async def read() -> proxyproto.Header | proxyproto.Error:
+        buffer = b""
+        while isinstance(result := proxyproto.parse(buffer), proxyproto.NeedMore):
+            chunk = await loop.sock_recv(sock, result.wanted - len(buffer))
+            if not chunk:
+                return proxyproto.Error("connection closed before the PROXY header")
+            buffer += chunk
+        return result
+
+    try:
+        return await asyncio.wait_for(read(), timeout)
+    except TimeoutError:
+        return proxyproto.Error(f"no PROXY header within {timeout:g}s")
+    except OSError as exc:
+        return proxyproto.Error(str(exc) or type(exc).__name__)
 
 
 def open_auth_state(config: Config) -> tuple[AuthThrottle, ScramDecoys]:
@@ -290,6 +333,7 @@ class Server:
             rdns=ReverseDns(loop, enabled=config.server.reverse_dns),
             host=self,
             rates=self.rates,
+            proxy_networks=config.server.proxy_networks,
         )
         self.sessions: set[SmtpSession] = set()
         self._per_ip: Counter[str] = Counter()
@@ -373,9 +417,13 @@ class Server:
                 host, port = sock.getsockname()[:2]
                 bound.append((host, port, listener.mode))
                 if inherited is None:
-                    log_event(
-                        log, "listening", address=join_address(host, port), mode=listener.mode
-                    )
+                    address = join_address(host, port)
+                    if listener.proxy_protocol:
+                        log_event(
+                            log, "listening", address=address, mode=listener.mode, proxy="yes"
+                        )
+                    else:
+                        log_event(log, "listening", address=address, mode=listener.mode)
         self._sweeper = self.loop.create_task(self._sweep())
         return bound
 

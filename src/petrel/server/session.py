@@ -4,7 +4,9 @@ The session is the protocol pump plus TLS. It owns no protocol logic and decides
 policy: it turns events into replies by asking the policy (``Policy.check_mail``,
 ``check_rcpt``, ``check_etrn``, VRFY/EXPN; ``Authenticator`` for AUTH) and intake, and
 it writes all replies produced by one read in one ``write`` (RFC 2920 pipelining).
-Everything it uses comes in one `SessionContext`. Work that must wait — the
+Everything it uses comes in one `SessionContext`. On a ``proxy_protocol`` listener the
+session first waits (at most ``PROXY_TIMEOUT``) for the load balancer's PROXY header, and
+only then admits the client it names and greets it. Work that must wait — the
 group-committed fsync behind a 250, the reverse DNS behind an EHLO reply, a password
 check — pauses event processing (and reading) until it is done.
 
@@ -25,8 +27,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, cast
 
-from petrel import smtp
-from petrel.config import LimitsSection, Listener
+from petrel import proxyproto, smtp
+from petrel.config import IPNetwork, LimitsSection, Listener
 from petrel.intake import (
     Accepted,
     Draft,
@@ -63,6 +65,8 @@ WRITE_HIGH_WATER = 64 * 1024
 SEND_BUFFER = 64 * 1024
 # Message text gets this long (at most data_timeout) before limits.min_data_rate applies.
 DATA_RATE_GRACE = 10.0
+# How long a proxy_protocol listener waits for the PROXY header before it closes.
+PROXY_TIMEOUT = 5.0
 
 
 _INTERNAL_ERROR = smtp.reply(421, "4.3.0", "Internal error, closing connection")
@@ -101,6 +105,7 @@ class SessionContext:
     rdns: ReverseDns
     host: SessionHost
     rates: Rates  # per-client (not for exempt ones) and per-user rates
+    proxy_networks: tuple[IPNetwork, ...] = ()  # [server] proxy_networks
 
 
 class Transaction:
@@ -125,6 +130,8 @@ class SmtpSession(asyncio.Protocol):
         "_early",
         "_line_started",
         "_out",
+        "_proxy",
+        "_proxy_timer",
         "_rdns",
         "_start_tls",
         "_text_bytes",
@@ -139,14 +146,27 @@ class SmtpSession(asyncio.Protocol):
         "listener",
         "peer_ip",
         "peer_port",
+        "proxied",
         "tls_info",
         "transport",
         "txn",
+        "via",
     )
 
-    def __init__(self, ctx: SessionContext, listener: Listener) -> None:
+    def __init__(
+        self,
+        ctx: SessionContext,
+        listener: Listener,
+        proxied: tuple[str, int] | None = None,
+    ) -> None:
         self.ctx = ctx
         self.listener = listener
+        # Implicit TLS behind a proxy: the client address of the PROXY header, read by the
+        # listener before the handshake (None: a LOCAL header, use the real peer).
+        self.proxied = proxied
+        self.via: str | None = None  # the load balancer's address, once its header is read
+        self._proxy: bytes | None = None  # the PROXY header so far, while it is awaited
+        self._proxy_timer: asyncio.TimerHandle | None = None
         self.transport: asyncio.Transport | None = None
         self.conn: smtp.ServerConnection | None = None
         self.txn: Transaction | None = None
@@ -178,13 +198,26 @@ class SmtpSession(asyncio.Protocol):
         transport = cast(asyncio.Transport, base)  # uvloop's is no subclass
         self.transport = transport
         peer = transport.get_extra_info("peername") or ("unknown", 0)
-        ip = peer[0]
-        self.peer_ip = ip[7:] if ip.startswith("::ffff:") else ip
-        self.peer_port = peer[1]
+        self.peer_ip, self.peer_port = unmapped(peer[0]), peer[1]
         ctx = self.ctx
         self.id = ctx.host.new_session_id()
         self.last_active = ctx.loop.time()
-        self.exempt = ctx.host.exempt(self.peer_ip)
+        if self.listener.proxy_protocol:
+            if self.listener.mode in IMPLICIT_TLS_MODES:  # the listener read the header
+                self._proxied_by(self.proxied)
+            elif not proxyproto.trusted(self.peer_ip, ctx.proxy_networks):
+                self._proxy_failed("not in server.proxy_networks")
+                return
+            else:
+                self._proxy = b""
+                self._proxy_timer = ctx.loop.call_later(PROXY_TIMEOUT, self._proxy_timed_out)
+                return
+        self._start(transport)
+
+    def _start(self, transport: asyncio.Transport) -> None:
+        """Admit the client and greet it (on a proxy listener: once the header is read)."""
+        ctx = self.ctx
+        self.exempt = ctx.host.exempt(self.peer_ip)  # the carried address, behind a proxy
         refusal = ctx.host.admit(self)
         if refusal is not None:
             if isinstance(refusal, str):
@@ -208,13 +241,64 @@ class SmtpSession(asyncio.Protocol):
         )
         self._rdns = ctx.rdns.lookup(self.peer_ip)
         self._limit_buffers(transport)
-        log_event(log, "connect", session=self.id, client=f"{self.peer_ip}:{self.peer_port}")
+        client = f"{self.peer_ip}:{self.peer_port}"
+        if self.via is None:
+            log_event(log, "connect", session=self.id, client=client)
+        else:
+            log_event(log, "connect", session=self.id, client=client, proxy=self.via)
         if self.listener.mode in IMPLICIT_TLS_MODES:
             # RFC 8314: the listener did the handshake before connection_made.
             self._tls_up(transport)
             self.conn.implicit_tls()
             self.conn.offer(ctx.host.extensions_for(self.listener.mode, tls=True))
         transport.write(self.conn.send(self._greeting()))
+
+    # -- the PROXY header ----------------------------------------------------------------
+
+    def _on_proxy_data(self, data: bytes) -> None:
+        buffer = self._proxy = (self._proxy or b"") + data
+        result = proxyproto.parse(buffer)
+        if isinstance(result, proxyproto.NeedMore):
+            return
+        self._proxy = None
+        if self._proxy_timer is not None:
+            self._proxy_timer.cancel()
+            self._proxy_timer = None
+        if isinstance(result, proxyproto.Error):
+            self._proxy_failed(result.reason)
+            return
+        self._proxied_by(result.source)
+        assert self.transport is not None
+        self._start(self.transport)
+        rest = buffer[result.length :]
+        if rest and self.conn is not None:
+            self.data_received(rest)  # the client's first command overtook the greeting
+
+    def _proxied_by(self, source: tuple[str, int] | None) -> None:
+        """The PROXY header is read: from now on the client is the one it names."""
+        self.via = f"{self.peer_ip}:{self.peer_port}"
+        if source is not None:  # else LOCAL or UNKNOWN: the balancer itself
+            self.peer_ip, self.peer_port = unmapped(source[0]), source[1]
+
+    def _proxy_timed_out(self) -> None:
+        self._proxy_timer = None
+        if self._proxy is not None:
+            self._proxy = None
+            self._proxy_failed(f"no PROXY header within {PROXY_TIMEOUT:g}s")
+
+    def _proxy_failed(self, reason: str) -> None:
+        """No SMTP reply: the other end may be a load balancer, not a client."""
+        log_event(
+            log,
+            "proxy-rejected",
+            level=logging.WARNING,
+            session=self.id,
+            client=f"{self.peer_ip}:{self.peer_port}",
+            mode=self.listener.mode,
+            reason=reason,
+        )
+        if self.transport is not None:
+            self.transport.close()
 
     @staticmethod
     def _limit_buffers(transport: asyncio.Transport) -> None:
@@ -229,6 +313,9 @@ class SmtpSession(asyncio.Protocol):
         return texts.greeting(self.ctx.hostname, rfc5322_date())
 
     def data_received(self, data: bytes) -> None:
+        if self._proxy is not None:
+            self._on_proxy_data(data)
+            return
         if self.conn is None:
             return
         if self._early is not None:
@@ -246,6 +333,10 @@ class SmtpSession(asyncio.Protocol):
             self._process()
 
     def eof_received(self) -> bool:
+        if self._proxy is not None:
+            self._proxy = None
+            self._proxy_failed("connection closed before the PROXY header")
+            return False
         if self.conn is not None:
             self.conn.receive_data(b"")
             if self._ready():
@@ -255,6 +346,10 @@ class SmtpSession(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         # Also called by a failed TLS handshake, where asyncio would not: idempotent.
+        self._proxy = None
+        if self._proxy_timer is not None:
+            self._proxy_timer.cancel()
+            self._proxy_timer = None
         self._abort_message()
         if self._attempt is not None:  # a SCRAM exchange walked away from: it failed
             self.ctx.auth.abandoned(self._attempt)
@@ -898,3 +993,8 @@ class SmtpSession(asyncio.Protocol):
 async def _done(verdict: Verdict) -> Verdict:
     """A verdict reached without waiting, as an awaitable (for ``_answer_auth``)."""
     return verdict
+
+
+def unmapped(ip: str) -> str:
+    """``::ffff:192.0.2.7`` (an IPv4 client of a dual-stack socket) as ``192.0.2.7``."""
+    return ip[7:] if ip.startswith("::ffff:") else ip
