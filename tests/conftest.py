@@ -71,6 +71,7 @@ class PetrelServer:
         self.data_dir = data_dir or root / "data"
         self.config_path = root / "petrel.toml"
         self.log_path = root / "petrel.log"
+        self.stderr_path: Path | None = None  # else stdout and stderr go to log_path too
         self.extra_config = extra_config
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
@@ -99,8 +100,8 @@ mode = "smtp"
     def start(self) -> PetrelServer:
         if not self.config_path.exists():
             self.write_config()
-        log = self.log_path.open("ab")
-        offset = self.log_path.stat().st_size
+        log = (self.stderr_path or self.log_path).open("ab")
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self.process = subprocess.Popen(
             [self.python, "-m", "petrel", "serve", "--config", str(self.config_path)],
             cwd=self.root,

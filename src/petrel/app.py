@@ -147,7 +147,8 @@ async def _clean_maildir_tmp(mailboxes: Path, stop: threading.Event) -> None:
 
 
 async def serve(config: Config, log_args: list[str] | None = None) -> int:
-    """Run until SIGTERM/SIGINT (SIGHUP reloads TLS); returns the process exit status.
+    """Run until SIGTERM/SIGINT (SIGHUP reloads TLS, SIGUSR1 reopens the log file);
+    returns the process exit status.
 
     With ``server.workers`` > 1 this process binds the listeners but runs no sessions:
     worker processes (``serve_worker``) accept on its sockets (petrel.server.workers).
@@ -265,6 +266,8 @@ async def _serve(config: Config, log_args: list[str] | None, errors: ErrorLog) -
     reload_tls = pool.reload_tls if pool is not None else server.reload_tls if server else None
     if reload_tls is not None:
         loop.add_signal_handler(signal.SIGHUP, functools.partial(_reload, reload_tls))
+    if pool is not None:
+        loop.add_signal_handler(signal.SIGUSR1, pool.reopen_logs)  # else log.py's handler
     await stop.wait()
     notify("STOPPING=1", "STATUS=stopping")
     log_event(log, "stopping")
@@ -346,6 +349,18 @@ def _become_service_user(config: Config) -> _Dropped | None:
             log, "data-dir-unusable", level=logging.ERROR, data_dir=str(data_dir), error=str(exc)
         )
         return None
+    if config.log.target == "file":  # workers open it after the drop; SIGUSR1 reopens
+        try:
+            os.chown(config.log.file, account.uid, account.gid, follow_symlinks=False)
+        except OSError as exc:
+            log_event(
+                log,
+                "log-file-not-given",
+                level=logging.WARNING,
+                path=str(config.log.file),
+                user=account.name,
+                error=str(exc),
+            )
     dropped = _Dropped(sockets=_bind_listeners(config))
     if config.tls.cert is not None and config.tls.key is not None:
         if config.server.workers > 1:

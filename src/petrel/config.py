@@ -29,6 +29,7 @@ __all__ = [
     "DomainsSection",
     "LimitsSection",
     "Listener",
+    "LogSection",
     "PolicySection",
     "QueueSection",
     "RelaySection",
@@ -45,6 +46,9 @@ RELAY_TLS_MODES = ("required", "opportunistic")
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 BARE_LF_MODES = ("normalize", "reject")
+LOG_TARGETS = ("stderr", "syslog", "file")  # petrel.log.TARGETS; config imports no logging
+LOG_FORMATS = ("text", "json")
+DEFAULT_LOG_FILE = Path("/var/log/petrel/petrel.log")
 _DEFAULT_EXEMPT_TEXT = ("127.0.0.0/8", "::1/128")
 DEFAULT_EXEMPT: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(n) for n in _DEFAULT_EXEMPT_TEXT)
 # [server] proxy_networks: who may send a PROXY header to a proxy_protocol listener.
@@ -55,6 +59,7 @@ _SECTIONS = frozenset(
     {
         "server",
         "listener",
+        "log",
         "tls",
         "domains",
         "limits",
@@ -198,6 +203,15 @@ class AliasesSection:
 
 
 @dataclass(frozen=True, slots=True)
+class LogSection:
+    """Where ``petrel serve`` and its workers log, and how lines are spelt."""
+
+    target: str = "stderr"  # stderr | syslog | file
+    file: Path = DEFAULT_LOG_FILE  # target = "file"; relative paths are in data_dir
+    format: str = "text"  # text | json; ``--log-format`` wins
+
+
+@dataclass(frozen=True, slots=True)
 class AuthSection:
     """SMTP AUTH (RFC 4954) and the submission service's rules (RFC 6409)."""
 
@@ -223,6 +237,7 @@ class Config:
     source: Path | None
     auth: AuthSection = field(default_factory=AuthSection)
     delivery: DeliverySection = field(default_factory=DeliverySection)
+    log: LogSection = field(default_factory=LogSection)
 
     @classmethod
     def default(cls) -> Config:
@@ -329,6 +344,7 @@ def _build(data: dict[str, Any], base_dir: Path, source: Path | None) -> Config:
         source=source,
         auth=_auth(_Table(data.get("auth", {}), "auth")),
         delivery=_delivery(_Table(data.get("delivery", {}), "delivery")),
+        log=_log(_Table(data.get("log", {}), "log"), server.data_dir),
     )
 
 
@@ -548,6 +564,16 @@ def _aliases(t: _Table, data_dir: Path) -> AliasesSection:
     aliases = AliasesSection(_path(t.take("file", "aliases"), t.key("file"), data_dir))
     t.finish()
     return aliases
+
+
+def _log(t: _Table, data_dir: Path) -> LogSection:
+    section = LogSection(
+        target=_choice(t.take("target", "stderr"), t.key("target"), LOG_TARGETS),
+        file=_path(t.take("file", str(DEFAULT_LOG_FILE)), t.key("file"), data_dir),
+        format=_choice(t.take("format", "text"), t.key("format"), LOG_FORMATS),
+    )
+    t.finish()
+    return section
 
 
 def _auth(t: _Table) -> AuthSection:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from petrel import __version__
 from petrel.config import Config, ConfigError, default_config_path, load_config
-from petrel.log import FORMATS, LEVELS, set_process_field, setup_logging
+from petrel.log import FORMATS, LEVELS, LogSetupError, set_process_field, setup_logging
 from petrel.policy.aliases import AliasError, Aliases
 from petrel.policy.users import UserError
 
@@ -39,7 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser(
         "serve", parents=[common], help="run the listeners and the queue manager"
     )
-    serve.add_argument("--log-format", choices=FORMATS, default="text")
+    serve.add_argument(
+        "--log-format", choices=FORMATS, default=None, help="default: [log] format, else text"
+    )
     serve.add_argument("--log-level", choices=list(LEVELS), default="info")
     serve.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # server.workers > 1
     sub.add_parser("check-config", parents=[common], help="validate the configuration")
@@ -239,7 +241,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         source = config.source or "embedded defaults"
         print(f"petrel: configuration OK ({source})")
         return 0
-    setup_logging(args.log_format, args.log_level)
+    log_format = args.log_format or config.log.format  # the flag wins over [log] format
+    log_file = config.log.file
+    if config.log.target == "file" and log_file.is_relative_to(config.server.data_dir):
+        try:  # data_dir's own mode, as serve makes it (it is not there on a first start)
+            log_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            print(
+                f"petrel: log.file: cannot make {log_file.parent}: {exc.strerror}", file=sys.stderr
+            )
+            return 1
+    try:
+        setup_logging(log_format, args.log_level, config.log.target, log_file)
+    except LogSetupError as exc:  # log.file: cannot open ...
+        print(f"petrel: {exc}", file=sys.stderr)
+        return 1
     from petrel.app import run, serve, serve_worker
     from petrel.policy.decoy import DecoyError
     from petrel.server.tls import TlsError
@@ -248,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.worker is not None:
             set_process_field("worker", args.worker)
             return run(serve_worker(config, args.worker))
-        log_args = ["--log-format", args.log_format, "--log-level", args.log_level]
+        log_args = ["--log-format", log_format, "--log-level", args.log_level]
         return run(serve(config, log_args))
     except (OSError, DecoyError, TlsError) as exc:  # at start-up: a listener, a data_dir file
         print(f"petrel: {exc}", file=sys.stderr)

@@ -17,8 +17,9 @@ becomes a parent and N workers:
 
 Connection limits (``limits.connections``, ``connections_per_ip``) are counted per
 worker; the AUTH failure throttle is shared through its table in data_dir. SIGHUP is
-forwarded to the workers (TLS reload); SIGTERM stops them (SIGTERM, then SIGKILL after
-a grace period); a worker that dies is logged and started again.
+forwarded to the workers (TLS reload), and so is SIGUSR1 (reopen the log file); SIGTERM
+stops them (SIGTERM, then SIGKILL after a grace period); a worker that dies is logged and
+started again.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import sys
 import time
 
 from petrel.config import Config
-from petrel.log import log_event
+from petrel.log import log_event, request_reopen
 
 from .tls import TLS_FDS_ENV
 
@@ -157,6 +158,11 @@ class WorkerPool:
     def reload_tls(self) -> None:
         """SIGHUP: each worker reloads its certificate."""
         self.signal(signal.SIGHUP)
+
+    def reopen_logs(self) -> None:
+        """SIGUSR1 (logrotate): this process and each worker reopen the log file."""
+        request_reopen()
+        self.signal(signal.SIGUSR1)
 
     async def stop(self, grace: float = _STOP_GRACE) -> None:
         """SIGTERM every worker, wait for them, SIGKILL what is left after ``grace``."""
