@@ -37,6 +37,16 @@ def wait_until(predicate: Callable[[], object], timeout: float = 15.0, what: str
         time.sleep(0.02)
 
 
+class Clock:
+    """An injected clock that moves only when a test moves it (``clock.now += …``)."""
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @contextlib.contextmanager
 def mounted_tmpfs(mount_point: Path, size: str) -> Iterator[Path]:
     """A tmpfs of ``size`` at ``mount_point`` (made here), unmounted at the end.

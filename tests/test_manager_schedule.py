@@ -8,6 +8,7 @@ import email
 from collections.abc import Sequence
 from pathlib import Path
 
+from conftest import Clock
 from petrel.config import load_config
 from petrel.delivery.manager import QueueManager
 from petrel.delivery.outcome import Job as BaseJob
@@ -18,14 +19,6 @@ from petrel.policy.aliases import Aliases
 from petrel.queue.envelope import Envelope, Recipient
 from petrel.queue.ids import new_queue_id
 from petrel.queue.spool import Spool
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class FakeTransport:

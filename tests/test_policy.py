@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import Clock
 from petrel import smtp
 from petrel.config import Config, load_config
 from petrel.policy import Client, Policy, mail_auth
@@ -117,14 +118,6 @@ def test_mail_auth_is_trusted_only_from_an_authenticated_client() -> None:
 
 
 # -- AUTH: the Authenticator -----------------------------------------------------------
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Verifier:

@@ -7,19 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import Clock
 from petrel.config import Config, ConfigError, load_config
 from petrel.policy.rates import Rates
 from petrel.policy.throttle import ThrottleTable
 
 IP = "192.0.2.7"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def rates(path: Path, clock: Clock, **limits: int) -> Rates:

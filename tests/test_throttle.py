@@ -6,17 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import Clock
 from petrel.policy.throttle import AuthThrottle, ThrottleTable, client_key
 
 IP = "192.0.2.7"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
