@@ -110,6 +110,17 @@ class QueueManager:
         self._stopping = False
         self._attempts: set[asyncio.Task[None]] = set()
 
+    def reconfigure(self, config: Config, policy: Policy) -> None:
+        """SIGHUP with a new configuration (petrel.reload): routes, queue timing,
+        delivery settings and the policy apply to the attempts started from now on."""
+        self.config = config
+        self.policy = policy
+        self.intake = Intake(config, self.spool, self)
+        reconfigure = getattr(self.remote, "reconfigure", None)  # a test transport: as is
+        if reconfigure is not None:
+            reconfigure(config)
+        self._wake.set()  # queue.run_interval may be shorter now
+
     # -- life cycle --------------------------------------------------------------------
 
     def start(self, recovered: Iterable[Envelope]) -> None:
@@ -229,10 +240,11 @@ class QueueManager:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        run_interval = self.config.queue.run_interval
-        next_scan = self.clock() + run_interval
+        next_scan = self.clock() + self.config.queue.run_interval
         while not self._stopping:
             now = self.clock()
+            run_interval = self.config.queue.run_interval  # live: a reload may change it
+            next_scan = min(next_scan, now + run_interval)
             if now >= next_scan:
                 self._ready.extend(self._messages)
                 next_scan = now + run_interval

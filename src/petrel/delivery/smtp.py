@@ -191,6 +191,14 @@ class SmtpTransport:
         self.resolver = resolver or Resolver(config.delivery)
         self._limits: dict[str, asyncio.Semaphore] = {}
 
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded configuration, for the sessions started from now on."""
+        self.config = config
+        self.delivery = config.delivery
+        self.hostname = config.server.hostname
+        self.resolver = Resolver(config.delivery)
+        self._limits = {}  # destination_concurrency: new semaphores; running lanes keep theirs
+
     # -- routes ----------------------------------------------------------------------
 
     def route_for(self, address: str) -> Route:

@@ -7,6 +7,7 @@ intake, the AUTH checks, TLS, rDNS) it hands them in one `SessionContext`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import ipaddress
 import itertools
@@ -366,6 +367,42 @@ class Server:
         if self.tls.reload():
             self._extensions_for.clear()  # STARTTLS may be offered now (tls-unavailable before)
 
+    def reconfigure(self, config: Config, policy: Policy) -> None:
+        """SIGHUP with a new configuration (petrel.reload): new sessions get a new
+        `SessionContext`, running ones keep a reference to theirs. The listeners stay.
+        Admission (connection caps, exempt networks) follows the new values at once.
+        """
+        self.config = config
+        self.hostname = config.server.hostname
+        self.extensions = smtp.Extensions(size=config.limits.message_size)
+        self._extensions_for.clear()
+        self.tls.reconfigure(config)
+        auth, old = config.auth, self.auth.throttle
+        throttle = AuthThrottle(
+            old.table, auth.max_failures, auth.failure_window, auth.lockout, old.clock
+        )
+        self.auth = Authenticator(policy, throttle, self.auth.decoys)
+        self.rates = Rates(self.rates.table, config.limits, self.hostname, self.rates.clock)
+        self._exempt_networks = (*config.limits.exempt_networks, *config.domains.relay_networks)
+        ctx = self.context
+        self.context = dataclasses.replace(
+            ctx,
+            hostname=self.hostname,
+            limits=config.limits,
+            strict_paths=config.policy.strict_paths,
+            bare_lf=config.policy.bare_lf,
+            policy=policy,
+            auth=self.auth,
+            intake=Intake(config, ctx.intake.spool, ctx.intake.submitter),
+            rdns=ReverseDns(self.loop, enabled=config.server.reverse_dns),
+            rates=self.rates,
+            proxy_networks=config.server.proxy_networks,
+        )
+
+    def new_session(self, listener: Listener) -> SmtpSession:
+        """A listener's protocol factory: the context in force when the client connects."""
+        return SmtpSession(self.context, listener)
+
     def new_session_id(self) -> str:
         return f"{self._id_prefix}.{next(self._ids):x}"
 
@@ -394,7 +431,7 @@ class Server:
             elif inherited is None:
                 try:
                     server = await self.loop.create_server(
-                        functools.partial(SmtpSession, self.context, listener),
+                        functools.partial(self.new_session, listener),
                         listener.host,
                         listener.port,
                         reuse_address=True,
@@ -408,7 +445,7 @@ class Server:
                 sockets = inherited[index]
                 for sock in inherited[index]:
                     server = await self.loop.create_server(
-                        functools.partial(SmtpSession, self.context, listener),
+                        functools.partial(self.new_session, listener),
                         sock=sock,
                         backlog=_BACKLOG,
                     )

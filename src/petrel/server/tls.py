@@ -226,6 +226,12 @@ class TlsManager:
         )
         return ctx
 
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded configuration: the next `reload` loads the pair it names."""
+        self.hostname = config.server.hostname
+        self.cert = config.tls.cert
+        self.key = config.tls.key
+
     def reload(self) -> bool:
         """Load the certificate again; on failure keep the old context and log why."""
         try:
