@@ -47,6 +47,7 @@ from petrel.privileges import (
     warn_root_without_user,
 )
 from petrel.queue.spool import Spool
+from petrel.reload import reread
 from petrel.server import Server
 from petrel.server.control import ControlServer, ask_etrn, control_path
 from petrel.server.notify import monotonic_usec, notify
@@ -147,7 +148,8 @@ async def _clean_maildir_tmp(mailboxes: Path, stop: threading.Event) -> None:
 
 
 async def serve(config: Config, log_args: list[str] | None = None) -> int:
-    """Run until SIGTERM/SIGINT (SIGHUP reloads TLS, SIGUSR1 reopens the log file);
+    """Run until SIGTERM/SIGINT (SIGHUP reloads the configuration and TLS, SIGUSR1
+    reopens the log file);
     returns the process exit status.
 
     With ``server.workers`` > 1 this process binds the listeners but runs no sessions:
@@ -207,7 +209,7 @@ async def _serve(config: Config, log_args: list[str] | None, errors: ErrorLog) -
     listeners: list[dict[str, str]] = []  # filled in once bound
     pool: WorkerPool | None = None
     status = functools.partial(
-        _status, config, manager.stats, manager, errors, listeners, lambda: pool
+        _status, lambda: config, manager.stats, manager, errors, listeners, lambda: pool
     )
     # Before the listeners: "listening" means it answers. ETRN: for the workers' clients.
     await control.start(manager.admin, etrn=manager.etrn, status=status)
@@ -263,9 +265,25 @@ async def _serve(config: Config, log_args: list[str] | None, errors: ErrorLog) -
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    reload_tls = pool.reload_tls if pool is not None else server.reload_tls if server else None
-    if reload_tls is not None:
-        loop.add_signal_handler(signal.SIGHUP, functools.partial(_reload, reload_tls))
+
+    def reload() -> None:  # SIGHUP, `petrel reload`
+        nonlocal config, policy
+        changed = reread(config, policy)
+        if changed is not None:
+            config, policy = changed
+            manager.reconfigure(config, policy)
+            if server is not None:
+                server.reconfigure(config, policy)
+        # The certificate is read again even if the file was refused: a renewal's SIGHUP
+        # must not wait for an unrelated typo. Workers re-read the file themselves.
+        if pool is not None:
+            pool.reload()
+        elif server is not None:
+            server.reload_tls()
+        if changed is not None:
+            log_event(log, "reloaded", config=str(config.source or "defaults"))
+
+    loop.add_signal_handler(signal.SIGHUP, functools.partial(_notifying_reload, reload))
     if pool is not None:
         loop.add_signal_handler(signal.SIGUSR1, pool.reopen_logs)  # else log.py's handler
     await stop.wait()
@@ -289,17 +307,17 @@ async def _serve(config: Config, log_args: list[str] | None, errors: ErrorLog) -
     return 0
 
 
-def _reload(reload_tls: Callable[[], None]) -> None:
-    """SIGHUP: reload the TLS pair, told to systemd as RELOADING=1 ... READY=1."""
+def _notifying_reload(reload: Callable[[], None]) -> None:
+    """SIGHUP: reload, told to systemd as RELOADING=1 ... READY=1."""
     notify("RELOADING=1", monotonic_usec(), "STATUS=reloading")
     try:
-        reload_tls()
+        reload()
     finally:
         notify("READY=1", "STATUS=accepting mail")
 
 
 def _status(
-    config: Config,
+    current: Callable[[], Config],
     stats: ServerStats,
     manager: QueueManager,
     errors: ErrorLog,
@@ -308,6 +326,7 @@ def _status(
 ) -> dict[str, Any]:
     """The answer to the control socket's ``status``: what `petrel status` prints."""
     workers = pool()
+    config = current()
     return {
         "pid": os.getpid(),
         "version": __version__,
@@ -412,7 +431,18 @@ async def serve_worker(config: Config, number: int) -> int:
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, server.reload_tls)
+
+    def reload() -> None:  # the parent forwards its SIGHUP
+        nonlocal config, policy
+        changed = reread(config, policy)
+        if changed is not None:
+            config, policy = changed
+            server.reconfigure(config, policy)
+        server.reload_tls()
+        if changed is not None:
+            log_event(log, "reloaded", config=str(config.source or "defaults"))
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
 
     async def orphaned() -> None:  # the parent was killed: do not serve on alone
         while os.getppid() == parent:

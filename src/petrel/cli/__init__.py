@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "reload",
         parents=[common],
-        help="make the running server reload its TLS certificate (SIGHUP)",
+        help="make the running server re-read its configuration and TLS certificate (SIGHUP)",
     )
     status = sub.add_parser(
         "status", parents=[common], help="show what the running server is doing"

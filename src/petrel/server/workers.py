@@ -17,7 +17,8 @@ becomes a parent and N workers:
 
 Connection limits (``limits.connections``, ``connections_per_ip``) are counted per
 worker; the AUTH failure throttle is shared through its table in data_dir. SIGHUP is
-forwarded to the workers (TLS reload), and so is SIGUSR1 (reopen the log file); SIGTERM
+forwarded to the workers (each re-reads the configuration file and the TLS pair itself,
+petrel.reload), and so is SIGUSR1 (reopen the log file); SIGTERM
 stops them (SIGTERM, then SIGKILL after a grace period); a worker that dies is logged and
 started again.
 """
@@ -144,7 +145,8 @@ class WorkerPool:
         return [
             {
                 "worker": w.number,
-                "pid": w.process.pid if w.process is not None and w.process.poll() is None
+                "pid": w.process.pid
+                if w.process is not None and w.process.poll() is None
                 else None,
             }
             for w in self.workers
@@ -155,8 +157,8 @@ class WorkerPool:
             if worker.process is not None and worker.process.poll() is None:
                 worker.process.send_signal(signum)
 
-    def reload_tls(self) -> None:
-        """SIGHUP: each worker reloads its certificate."""
+    def reload(self) -> None:
+        """SIGHUP: each worker re-reads the configuration file and its certificate."""
         self.signal(signal.SIGHUP)
 
     def reopen_logs(self) -> None:
