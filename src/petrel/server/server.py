@@ -549,9 +549,9 @@ class Server:
 
     async def _sweep(self) -> None:
         """Close sessions past a deadline with 421 4.4.2 (RFC 5321 §4.5.3.2)."""
-        timeout = smtp.reply(421, "4.4.2", f"{self.hostname} Error: timeout exceeded")
         while True:
             await asyncio.sleep(_SWEEP_SECONDS)
+            timeout = smtp.reply(421, "4.4.2", f"{self.hostname} Error: timeout exceeded")
             now = self.loop.time()
             for session in list(self.sessions):
                 reason = session.timed_out(now)
