@@ -127,3 +127,38 @@ def test_hostname_qualifies_bare_local_names(petrel: PetrelServer) -> None:
     assert sendmail(petrel, b"Subject: s\n\nb\n", "-f", "cron", "postmaster").returncode == 0
     [copy] = petrel.wait_for_messages("postmaster")
     assert copy.startswith(f"Return-Path: <cron@{HOSTNAME}>\n".encode())
+
+
+def test_t_with_an_unknown_local_user_delivers_the_rest_and_bounces_it(
+    petrel: PetrelServer,
+) -> None:
+    petrel.add_user(f"alice@{HOSTNAME}", "alice-password")
+    petrel.add_user(f"bob@{HOSTNAME}", "bob-password")
+    message = (
+        f"To: alice@{HOSTNAME}, ghost@{HOSTNAME}\nCc: bob@{HOSTNAME}\nSubject: to three\n\nhello\n"
+    ).encode()
+    result = sendmail(petrel, message, "-t", "-f", f"bob@{HOSTNAME}")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.decode() == (
+        f"sendmail: ghost@{HOSTNAME}: 550 5.1.1 <ghost@{HOSTNAME}>: "
+        "Recipient address rejected: User unknown\n"
+    )
+    [copy] = petrel.wait_for_messages("alice")
+    assert copy.endswith(b"\n\nhello\n")
+    copies = petrel.wait_for_messages("bob", count=2)
+    [notice] = [m for m in copies if b"Undelivered Mail Returned to Sender" in m]
+    assert notice.startswith(b"Return-Path: <>\n")
+    assert f"Final-Recipient: rfc822; ghost@{HOSTNAME}\nAction: failed\nStatus: 5.1.1".encode() in (
+        notice
+    )
+    assert b"Subject: to three" in notice
+    assert not petrel.mailbox("ghost").exists()
+    petrel.wait_queue_empty()
+
+
+def test_every_recipient_unknown_is_refused_and_nothing_queued(petrel: PetrelServer) -> None:
+    petrel.add_user(f"alice@{HOSTNAME}", "alice-password")
+    result = sendmail(petrel, b"Subject: x\n\nbody\n", "-f", f"alice@{HOSTNAME}", "ghost")
+    assert result.returncode == 67
+    assert b"User unknown" in result.stderr
+    assert petrel.queue_files() == []

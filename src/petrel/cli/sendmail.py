@@ -35,8 +35,10 @@ Reads a message from stdin and queues it (the server may be running or stopped).
   -F NAME     full name for a From: field that gets added
   -C, --config FILE   Petrel configuration (default $PETREL_CONFIG, else
                       /etc/petrel/petrel.toml if it exists)
-exit status (sysexits.h): 0 queued, 64 usage, 65 bad address, 67 recipient refused,
-73 spool not writable, 75 temporary failure (try again)
+exit status (sysexits.h): 0 queued, 64 usage, 65 bad address, 67 every recipient
+refused, 73 spool not writable, 75 temporary failure (try again).
+A recipient refused among others (e.g. an unknown local user) is reported on stderr
+and bounced to the sender; the message is queued for the rest and the status is 0.
 """
 
 _IGNORED_WITH_VALUE = {"-B", "-N", "-R", "-V", "-X", "-h", "-L", "-O"}
@@ -100,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         user, uid = getpass.getuser(), os.getuid()  # the submitter, before a switch
         act_as_data_dir_owner(config)  # as root: what the spool gets is the server's
         submit(submission, config, user=user, uid=uid)
+        for address, why in submission.refused:  # queued for the others, bounced to sender
+            print(f"sendmail: {address}: {why}", file=sys.stderr)
     except SendmailError as exc:
         if exc.status == 0:
             print(exc, end="")  # --help
