@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import sys
 from collections.abc import Callable
 
 import pytest
 
-from conftest import HOSTNAME, PetrelServer
+from conftest import HOSTNAME, PetrelServer, wait_until
 from petrel.cli.sendmail import parse_args
 from petrel.intake.local import read_message
 
@@ -162,3 +163,31 @@ def test_every_recipient_unknown_is_refused_and_nothing_queued(petrel: PetrelSer
     assert result.returncode == 67
     assert b"User unknown" in result.stderr
     assert petrel.queue_files() == []
+
+
+def test_bp_lists_the_queue_and_q_flushes_it(petrel: PetrelServer) -> None:
+    result = sendmail(petrel, b"Subject: away\n\nwaiting\n", "-f", "app", "bob@elsewhere.test")
+    assert result.returncode == 0, result.stderr
+    [queue_id] = petrel.queue_files()
+    state = petrel.data_dir / "queue" / "state" / queue_id
+
+    def attempts() -> int:
+        text = state.read_text() if state.exists() else ""
+        match = re.search(r'"attempts": ?(\d+)', text)
+        return int(match.group(1)) if match else 0
+
+    wait_until(lambda: attempts() == 1, what="the first deferral")
+    listed = sendmail(petrel, b"", "-bp")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.decode() == petrel.petrel_cli("queue", "list").stdout
+    assert f"\n{queue_id} ".encode() in b"\n" + listed.stdout
+    assert b"bob@elsewhere.test" in listed.stdout
+
+    flushed = sendmail(petrel, b"", "-q")
+    assert (flushed.returncode, flushed.stdout) == (0, b"petrel: 1 message to be tried now\n")
+    wait_until(lambda: attempts() == 2, what="the flushed retry")
+    other = sendmail(petrel, b"", "-qR", "other.test")
+    assert other.stdout == b"petrel: 0 messages to be tried now\n"
+    assert sendmail(petrel, b"", "-qRelsewhere.test").stdout.startswith(b"petrel: 1 message ")
+    wait_until(lambda: attempts() == 3, what="the retry for the domain")
+    assert sendmail(petrel, b"", "-q30m").returncode == 64  # no message: -q<interval> ignored
