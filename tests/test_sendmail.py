@@ -191,3 +191,17 @@ def test_bp_lists_the_queue_and_q_flushes_it(petrel: PetrelServer) -> None:
     assert sendmail(petrel, b"", "-qRelsewhere.test").stdout.startswith(b"petrel: 1 message ")
     wait_until(lambda: attempts() == 3, what="the retry for the domain")
     assert sendmail(petrel, b"", "-q30m").returncode == 64  # no message: -q<interval> ignored
+
+
+def test_refusal_notice_to_a_sender_without_mailbox_goes_to_the_postmaster(
+    petrel: PetrelServer,
+) -> None:
+    petrel.add_user(f"alice@{HOSTNAME}", "alice-password")
+    result = sendmail(petrel, b"Subject: cron\n\nx\n", "-f", "root", "alice", "ghost")
+    assert result.returncode == 0, result.stderr
+    petrel.wait_for_messages("alice")
+    [notice] = petrel.wait_for_messages("postmaster")  # no alias: the postmaster Maildir
+    assert f"\nTo: <root@{HOSTNAME}>\n".encode() in notice
+    assert f"Final-Recipient: rfc822; ghost@{HOSTNAME}".encode() in notice
+    petrel.wait_queue_empty()
+    assert not petrel.mailbox("root").exists()

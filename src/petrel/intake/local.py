@@ -175,7 +175,7 @@ def prepare(
     return Submission(envelope, b"".join(fields) + rest, given, shown, refused)
 
 
-def refusal_notice(submission: Submission, hostname: str) -> dsn.Notice | None:
+def refusal_notice(submission: Submission, policy: Policy) -> dsn.Notice | None:
     """The failure notice to the sender about the refused recipients (None: none due).
 
     Postfix's sendmail queues every recipient and its local(8) bounces an unknown user
@@ -197,12 +197,13 @@ def refusal_notice(submission: Submission, hostname: str) -> dsn.Notice | None:
             )
         )
     return dsn.build_notice(
-        hostname=hostname,
+        hostname=policy.hostname,
         original=submission.envelope,
         recipients=failed,
         action=dsn.FAILED,
         message=submission.message,
         now=now,
+        route=policy.notice_recipients,
     )
 
 
@@ -241,7 +242,7 @@ def submit(
                 via="sendmail",
             )
         )
-        notice = refusal_notice(submission, config.server.hostname)
+        notice = refusal_notice(submission, Policy(config, Aliases.load(config.aliases.file)))
         if notice is not None:
             asyncio.run(intake.put(notice.envelope, notice.message, None, via="notice"))
     except TooManyHops as exc:
