@@ -178,6 +178,23 @@ def test_lockout_after_failures(server: PetrelServer) -> None:
     assert "event=auth-lockout" in server.log_text()
 
 
+def test_locked_out_client_on_submissions_gets_the_421_over_tls(server: PetrelServer) -> None:
+    client = tls_client(server)
+    client.command("EHLO c.test")
+    bad = b64(f"\0{USER}\0nope")
+    for _ in range(4):
+        reply = client.command(f"AUTH PLAIN {bad}")
+    assert reply == [LOCKED]
+    # Implicit TLS: the handshake completes, then the 421 comes inside it (no reset).
+    ctx = server.client_tls()
+    implicit = RawClient(
+        ctx.wrap_socket(server.connect(mode="submissions"), server_hostname=HOSTNAME)
+    )
+    assert implicit.reply() == [LOCKED]
+    assert implicit.at_eof()
+    assert "event=tls-failed" not in server.log_text()
+
+
 def test_submission_requires_tls_then_auth(server: PetrelServer) -> None:
     plain = RawClient(server.connect(mode="submission"))
     plain.reply()

@@ -325,3 +325,26 @@ def test_smarthost_offering_only_scram_sha_256_gets_the_mail(petrel_factory) -> 
     log = smarthost.log_text()
     assert "event=auth" in log and "mechanism=SCRAM-SHA-256" in log
     assert "outcome=success" in log and "outcome=failure" not in log
+
+
+def test_bounce_to_a_local_sender_without_mailbox_goes_to_the_postmaster(
+    petrel_factory, peers
+) -> None:
+    peer = ScriptedPeer(
+        PeerScript(policy={Rcpt: lambda e: reply(550, "5.1.1", "User unknown")})
+    ).start()
+    peers.append(peer)
+    server = petrel_factory(_relay_config(peer.port), name="sender")
+    server.add_user(f"willie@{HOSTNAME}", "willie-password")  # the domain has users now
+    (server.data_dir / "aliases").write_text("postmaster: willie\n")
+    with smtplib.SMTP(server.host, server.port) as client:
+        client.sendmail(f"root@{HOSTNAME}", ["nobody@remote.test"], b"Subject: cron\r\n\r\nx\r\n")
+    [raw] = server.wait_for_messages("willie")  # root has no mailbox: postmaster's alias
+    message, blocks = _report(raw)
+    assert message["To"] == f"<root@{HOSTNAME}>"
+    assert blocks[1]["Final-Recipient"] == "rfc822; nobody@remote.test"
+    assert f"Delivered-To: willie@{HOSTNAME}".encode() in raw
+    server.wait_queue_empty()
+    assert not server.mailbox("root").exists()
+    assert not server.mailbox("postmaster").exists()
+    assert f"to=willie@{HOSTNAME}" in server.log_text()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import sys
 from collections.abc import Callable
 
 import pytest
 
-from conftest import HOSTNAME, PetrelServer
+from conftest import HOSTNAME, PetrelServer, wait_until
 from petrel.cli.sendmail import parse_args
 from petrel.intake.local import read_message
 
@@ -127,3 +128,80 @@ def test_hostname_qualifies_bare_local_names(petrel: PetrelServer) -> None:
     assert sendmail(petrel, b"Subject: s\n\nb\n", "-f", "cron", "postmaster").returncode == 0
     [copy] = petrel.wait_for_messages("postmaster")
     assert copy.startswith(f"Return-Path: <cron@{HOSTNAME}>\n".encode())
+
+
+def test_t_with_an_unknown_local_user_delivers_the_rest_and_bounces_it(
+    petrel: PetrelServer,
+) -> None:
+    petrel.add_user(f"alice@{HOSTNAME}", "alice-password")
+    petrel.add_user(f"bob@{HOSTNAME}", "bob-password")
+    message = (
+        f"To: alice@{HOSTNAME}, ghost@{HOSTNAME}\nCc: bob@{HOSTNAME}\nSubject: to three\n\nhello\n"
+    ).encode()
+    result = sendmail(petrel, message, "-t", "-f", f"bob@{HOSTNAME}")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.decode() == (
+        f"sendmail: ghost@{HOSTNAME}: 550 5.1.1 <ghost@{HOSTNAME}>: "
+        "Recipient address rejected: User unknown\n"
+    )
+    [copy] = petrel.wait_for_messages("alice")
+    assert copy.endswith(b"\n\nhello\n")
+    copies = petrel.wait_for_messages("bob", count=2)
+    [notice] = [m for m in copies if b"Undelivered Mail Returned to Sender" in m]
+    assert notice.startswith(b"Return-Path: <>\n")
+    assert f"Final-Recipient: rfc822; ghost@{HOSTNAME}\nAction: failed\nStatus: 5.1.1".encode() in (
+        notice
+    )
+    assert b"Subject: to three" in notice
+    assert not petrel.mailbox("ghost").exists()
+    petrel.wait_queue_empty()
+
+
+def test_every_recipient_unknown_is_refused_and_nothing_queued(petrel: PetrelServer) -> None:
+    petrel.add_user(f"alice@{HOSTNAME}", "alice-password")
+    result = sendmail(petrel, b"Subject: x\n\nbody\n", "-f", f"alice@{HOSTNAME}", "ghost")
+    assert result.returncode == 67
+    assert b"User unknown" in result.stderr
+    assert petrel.queue_files() == []
+
+
+def test_bp_lists_the_queue_and_q_flushes_it(petrel: PetrelServer) -> None:
+    result = sendmail(petrel, b"Subject: away\n\nwaiting\n", "-f", "app", "bob@elsewhere.test")
+    assert result.returncode == 0, result.stderr
+    [queue_id] = petrel.queue_files()
+    state = petrel.data_dir / "queue" / "state" / queue_id
+
+    def attempts() -> int:
+        text = state.read_text() if state.exists() else ""
+        match = re.search(r'"attempts": ?(\d+)', text)
+        return int(match.group(1)) if match else 0
+
+    wait_until(lambda: attempts() == 1, what="the first deferral")
+    listed = sendmail(petrel, b"", "-bp")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.decode() == petrel.petrel_cli("queue", "list").stdout
+    assert f"\n{queue_id} ".encode() in b"\n" + listed.stdout
+    assert b"bob@elsewhere.test" in listed.stdout
+
+    flushed = sendmail(petrel, b"", "-q")
+    assert (flushed.returncode, flushed.stdout) == (0, b"petrel: 1 message to be tried now\n")
+    wait_until(lambda: attempts() == 2, what="the flushed retry")
+    other = sendmail(petrel, b"", "-qR", "other.test")
+    assert other.stdout == b"petrel: 0 messages to be tried now\n"
+    assert sendmail(petrel, b"", "-qRelsewhere.test").stdout.startswith(b"petrel: 1 message ")
+    wait_until(lambda: attempts() == 3, what="the retry for the domain")
+    assert sendmail(petrel, b"", "-q30m").returncode == 64  # no message: -q<interval> ignored
+
+
+def test_refusal_notice_to_a_sender_without_mailbox_goes_to_the_postmaster(
+    petrel: PetrelServer,
+) -> None:
+    petrel.add_user(f"alice@{HOSTNAME}", "alice-password")
+    result = sendmail(petrel, b"Subject: cron\n\nx\n", "-f", "root", "alice", "ghost")
+    assert result.returncode == 0, result.stderr
+    petrel.wait_for_messages("alice")
+    [notice] = petrel.wait_for_messages("postmaster")  # no alias: the postmaster Maildir
+    assert f"\nTo: <root@{HOSTNAME}>\n".encode() in notice
+    assert f"Final-Recipient: rfc822; ghost@{HOSTNAME}".encode() in notice
+    petrel.wait_queue_empty()
+    assert not petrel.mailbox("root").exists()

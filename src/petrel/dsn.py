@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import email.utils
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from petrel.queue.envelope import Envelope, Recipient
@@ -91,8 +91,14 @@ def build_notice(
     message: bytes,
     now: float | None = None,
     lifetime: float | None = None,
+    route: Callable[[str], list[str]] | None = None,
 ) -> Notice | None:
-    """The notice about ``recipients`` of ``original``, or None when none may be sent."""
+    """The notice about ``recipients`` of ``original``, or None when none may be sent.
+
+    ``route`` gives the envelope recipients for the address the notice is to
+    (`Policy.notice_recipients`: a local address without a mailbox means the
+    postmaster); the To: field keeps that address.
+    """
     now = time.time() if now is None else now
     double = False
     if original.sender == "":
@@ -187,14 +193,15 @@ def build_notice(
             f"\r\n--{boundary}--\r\n".encode(),
         ]
     )
+    finals = route(to) if route is not None else [to]
     eight_bit = not body.isascii()
     envelope = Envelope(
         queue_id=queue_id,
         sender="",
-        recipients=[Recipient(to, notify=("NEVER",))],
+        recipients=[Recipient(final, notify=("NEVER",)) for final in finals],
         received_at=now,
         body="8BITMIME" if eight_bit else "7BIT",
-        smtputf8=original.smtputf8 and not to.isascii(),
+        smtputf8=original.smtputf8 and not all(f.isascii() for f in [to, *finals]),
         size=len(body),
         client_ip="",
         client_helo=hostname,

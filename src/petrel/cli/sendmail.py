@@ -7,12 +7,14 @@ for a queue-only submission are accepted and ignored, as Postfix does.
 
 from __future__ import annotations
 
+import argparse
 import getpass
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from petrel.cli import queue as queue_cli
 from petrel.config import ConfigError, default_config_path, load_config
 from petrel.intake.local import (
     EX_USAGE,
@@ -28,6 +30,7 @@ __all__ = ["USAGE", "main", "parse_args"]
 
 USAGE = """\
 usage: petrel sendmail [-t] [-i|-oi] [-f SENDER] [-F NAME] [--config FILE] [RCPT ...]
+       petrel sendmail -bp | -q | -qR DOMAIN [--config FILE]
 Reads a message from stdin and queues it (the server may be running or stopped).
   -t          take recipients from To/Cc/Bcc as well (Bcc is removed)
   -i, -oi     a line with a single "." does not end the message
@@ -35,8 +38,14 @@ Reads a message from stdin and queues it (the server may be running or stopped).
   -F NAME     full name for a From: field that gets added
   -C, --config FILE   Petrel configuration (default $PETREL_CONFIG, else
                       /etc/petrel/petrel.toml if it exists)
-exit status (sysexits.h): 0 queued, 64 usage, 65 bad address, 67 recipient refused,
-73 spool not writable, 75 temporary failure (try again)
+  -bp         no message: list the queue (mailq, the output of `petrel queue list`)
+  -q          no message: try deferred mail now (`petrel queue flush`);
+              -qR DOMAIN for that domain only; -q<interval> is ignored
+exit status (sysexits.h): 0 queued, 64 usage, 65 bad address, 67 every recipient
+refused, 73 spool not writable, 75 temporary failure (try again).
+A recipient refused among others (e.g. an unknown local user) is reported on stderr
+and bounced to the sender; the message is queued for the rest and the status is 0.
+-bp and -q exit as `petrel queue` does (0 done, 1 or 2 trouble).
 """
 
 _IGNORED_WITH_VALUE = {"-B", "-N", "-R", "-V", "-X", "-h", "-L", "-O"}
@@ -78,9 +87,17 @@ def parse_args(argv: Sequence[str]) -> tuple[SendmailOptions, Path | None]:
             opts.full_name = value("-F", arg)
         elif arg[:2] in _IGNORED_WITH_VALUE:
             value(arg[:2], arg)
+        elif arg == "-bp":
+            opts.mode = "bp"
+        elif arg == "-q":
+            opts.mode = "q"
+        elif arg.startswith("-qR"):
+            opts.mode = "q"
+            opts.flush_domain = value("-qR", arg)
         elif arg.startswith(("-o", "-b", "-v", "-U", "-n", "-m", "-e", "-q")):
+            # -q<interval> (a daemon's period in Sendmail) is ignored, as in Postfix
             if arg.startswith("-b") and arg not in ("-bm", "-b"):
-                raise SendmailError(EX_USAGE, f"mode {arg} is not supported (only -bm)")
+                raise SendmailError(EX_USAGE, f"mode {arg} is not supported (-bm, -bp)")
         elif arg.startswith("-") and arg != "-":
             raise SendmailError(EX_USAGE, f"unknown option {arg}")
         else:
@@ -95,11 +112,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         opts, config_path = parse_args(argv)
         config = load_config(config_path)
+        if opts.mode != "bm":  # mailq and the queue flush: what `petrel queue` does
+            action = "list" if opts.mode == "bp" else "flush"
+            return queue_cli.run(
+                config, argparse.Namespace(action=action, domain=opts.flush_domain)
+            )
         message = read_message(sys.stdin.buffer, ignore_dots=opts.ignore_dots)
         submission = prepare(message, opts, config)
         user, uid = getpass.getuser(), os.getuid()  # the submitter, before a switch
         act_as_data_dir_owner(config)  # as root: what the spool gets is the server's
         submit(submission, config, user=user, uid=uid)
+        for address, why in submission.refused:  # queued for the others, bounced to sender
+            print(f"sendmail: {address}: {why}", file=sys.stderr)
     except SendmailError as exc:
         if exc.status == 0:
             print(exc, end="")  # --help

@@ -443,6 +443,7 @@ class QueueManager:
                 message=message,
                 now=now,
                 lifetime=self.config.queue.lifetime,
+                route=self.policy.notice_recipients,
             )
             if notice is None:
                 log_event(log, "notice-suppressed", queue_id=envelope.queue_id, action=action)
@@ -458,7 +459,7 @@ class QueueManager:
                 queue_id=envelope.queue_id,
                 notice_id=notice.envelope.queue_id,
                 action=action,
-                to=notice.envelope.recipients[0].address,
+                to=",".join(r.address for r in notice.envelope.recipients),
             )
 
     def _original(self, queue_id: str) -> bytes:

@@ -20,11 +20,12 @@ import time
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from petrel import smtp
+from petrel import dsn, smtp
 from petrel.config import Config
 from petrel.policy import Client, Policy
 from petrel.policy.aliases import Aliases
 from petrel.queue import Envelope, Spool, new_queue_id
+from petrel.queue.envelope import FAILED, Recipient
 
 from ._intake import Accepted, Intake, TooManyHops, expand_recipients
 from .headers import header_values, remove_headers, split_header_block
@@ -42,6 +43,7 @@ __all__ = [
     "Submission",
     "prepare",
     "read_message",
+    "refusal_notice",
     "submit",
 ]
 
@@ -68,6 +70,8 @@ class SendmailOptions:
     ignore_dots: bool = False  # -i / -oi
     sender: str | None = None  # -f / -r
     full_name: str | None = None  # -F
+    mode: str = "bm"  # -bm queue a message; -bp list the queue; -q flush it
+    flush_domain: str | None = None  # -qR<domain>: flush that domain only
 
 
 def read_message(stream: BinaryIO, *, ignore_dots: bool) -> bytes:
@@ -114,6 +118,7 @@ class Submission:
     message: bytes
     given: list[str]  # the recipients as given, for the Received field's ``for``
     default_from: str  # the From: field for a message without one
+    refused: list[tuple[str, smtp.Reply]] = field(default_factory=list)  # bounced to sender
 
 
 def prepare(
@@ -140,13 +145,18 @@ def prepare(
     policy = Policy(config, Aliases.load(config.aliases.file))
     given = [_address(r, hostname, what="recipient") for r in wanted]
     accepted: list[Accepted] = []
+    refused: list[tuple[str, smtp.Reply]] = []
     for original in given:
         address = smtp.parse_path(f"<{original}>")
         assert address is not None
         finals = policy.check_rcpt(address, _LOCAL)
         if isinstance(finals, smtp.Reply):
-            raise SendmailError(EX_NOUSER, f"{original}: {' '.join(finals.lines)}")
-        accepted.append(Accepted(original, finals))
+            refused.append((original, finals))
+        else:
+            accepted.append(Accepted(original, finals))
+    if not accepted:  # nothing to queue, so nothing to bounce: the caller hears it now
+        original, why = refused[0]
+        raise SendmailError(EX_NOUSER, f"{original}: {why}")
     envelope = Envelope(
         queue_id=new_queue_id(),
         sender=sender,
@@ -162,7 +172,39 @@ def prepare(
     shown = sender or f"MAILER-DAEMON@{hostname}"
     if opts.full_name:
         shown = email.utils.formataddr((opts.full_name, shown))
-    return Submission(envelope, b"".join(fields) + rest, given, shown)
+    return Submission(envelope, b"".join(fields) + rest, given, shown, refused)
+
+
+def refusal_notice(submission: Submission, policy: Policy) -> dsn.Notice | None:
+    """The failure notice to the sender about the refused recipients (None: none due).
+
+    Postfix's sendmail queues every recipient and its local(8) bounces an unknown user
+    to the sender; Petrel checks at submission, so the notice is made here at once.
+    """
+    if not submission.refused:
+        return None
+    now = time.time()
+    failed = []
+    for address, why in submission.refused:
+        failed.append(
+            Recipient(
+                address,
+                state=FAILED,
+                last_error=str(why),
+                status=why.status or "5.0.0",
+                diagnostic=f"x-petrel; {why}",
+                last_attempt=now,
+            )
+        )
+    return dsn.build_notice(
+        hostname=policy.hostname,
+        original=submission.envelope,
+        recipients=failed,
+        action=dsn.FAILED,
+        message=submission.message,
+        now=now,
+        route=policy.notice_recipients,
+    )
 
 
 def submit(
@@ -200,6 +242,9 @@ def submit(
                 via="sendmail",
             )
         )
+        notice = refusal_notice(submission, Policy(config, Aliases.load(config.aliases.file)))
+        if notice is not None:
+            asyncio.run(intake.put(notice.envelope, notice.message, None, via="notice"))
     except TooManyHops as exc:
         raise SendmailError(EX_DATAERR, f"mail loop: {exc}") from None
     except OSError as exc:

@@ -127,6 +127,27 @@ class Policy:
             return [str(address)]
         return self._expand(str(address))
 
+    def notice_recipients(self, address: str) -> list[str]:
+        """Where a delivery notice (DSN) to ``address`` goes.
+
+        A remote address as it is. A local one that is no mailbox here (``root@`` in a
+        domain with users, a name no Maildir may have) would get a Maildir nobody
+        reads: the notice goes to ``postmaster@<hostname>`` instead, as Postfix sends
+        what it cannot deliver to the postmaster. Local addresses are alias-expanded
+        (``postmaster: root, ops@example.org`` reaches both), as RCPT would do.
+        """
+        mailbox, _, domain = address.rpartition("@")
+        if not self.is_local_domain(domain):
+            return [address]
+        if not (
+            self._safe_mailbox_name(mailbox)
+            and not _ROUTING_CHARACTERS & set(mailbox)
+            and self.mailbox_exists(mailbox.lower(), domain.lower())
+        ):
+            address = f"postmaster@{self.hostname}"
+        finals = self._expand(address)
+        return finals if isinstance(finals, list) else [address]
+
     def _expand(self, address: str) -> list[str] | Reply:
         self._reload_aliases()
         try:

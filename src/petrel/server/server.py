@@ -519,15 +519,15 @@ class Server:
         Handshakes have their own, smaller budget: ``limits.tls_handshakes_per_ip`` per
         client, and past a quarter of ``limits.connections`` in all only a client's first
         one. Sockets that never send a ClientHello cannot fill the server, and a new
-        client still gets its handshake.
+        client still gets its handshake. A locked-out client (AUTH) is not refused here:
+        after its handshake the session's `admit` answers ``421 4.7.0`` over TLS, a
+        reply its user can read instead of a reset.
         """
         limits = self.config.limits
         pending = self.handshakes[ip]
         in_use = len(self.sessions) + self.handshakes.total()
         if self.exempt(ip):
-            if in_use >= limits.connections:
-                return "Too many connections"
-            return "Too many failed authentications" if self.auth.locked(ip) else None
+            return "Too many connections" if in_use >= limits.connections else None
         if self._crowded(in_use, self._per_ip[ip] + pending):
             return "Too many connections"
         if pending >= limits.tls_handshakes_per_ip:
@@ -536,8 +536,6 @@ class Server:
             return "Too many TLS handshakes in progress"
         if self._per_ip[ip] + pending >= limits.connections_per_ip:
             return "Too many connections from this address"
-        if self.auth.locked(ip):
-            return "Too many failed authentications"
         return None
 
     def release(self, session: SmtpSession) -> None:
