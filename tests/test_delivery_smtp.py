@@ -150,6 +150,8 @@ def test_connection_refused_defers(tmp_path) -> None:
     job = _job("a@remote.test")
     _deliver(config, [job])
     assert job.results[0].outcome == DEFERRED and job.results[0].status == "4.4.2"
+    # As Postfix writes it, the deferral names the port that refused.
+    assert job.results[0].text.startswith("connect to 127.0.0.1:1: ")
 
 
 def test_null_mx_fails_with_5_1_10(tmp_path) -> None:

@@ -67,7 +67,10 @@ class Hop:
     path: str | None = None
 
     def __str__(self) -> str:
-        return self.path or (f"[{self.host}]:{self.port}" if ":" in self.host else self.host)
+        """As Postfix names a peer in its deferral texts: host and port (an IPv6 in [])."""
+        return self.path or (
+            f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        )
 
 
 @dataclass(slots=True)
