@@ -330,3 +330,15 @@ def test_empty_user_list_names_the_store_on_stderr(tmp_path: Path) -> None:
     listed = _petrel("user", "list", "--config", config, cwd=tmp_path)
     assert (listed.returncode, listed.stdout) == (0, "")
     assert listed.stderr == f"petrel: no users in {tmp_path / 'data' / 'users'}\n"
+
+
+def test_serve_help_says_what_it_does_and_what_each_option_is() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "petrel", "serve", "--help"], capture_output=True, text=True
+    )
+    assert result.returncode == 0
+    text = result.stdout
+    assert "Run Petrel in the foreground" in text and "SIGHUP" in text
+    for option, words in (("--log-format", "JSON"), ("--log-level", "default: info")):
+        described = text.split(option, 2)[-1]  # the option's own entry, after the usage line
+        assert words in described.split("\n  -", 1)[0].replace("\n", " "), option

@@ -37,12 +37,28 @@ def _parser() -> argparse.ArgumentParser:
     )  # None: default_config_path(), looked up once the command is known
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = sub.add_parser(
-        "serve", parents=[common], help="run the listeners and the queue manager"
+        "serve",
+        parents=[common],
+        help="run the listeners and the queue manager",
+        description=(
+            "Run Petrel in the foreground: the SMTP/LMTP listeners, the queue manager and "
+            "the control socket. Logs go to [log] target (default stderr). SIGTERM/SIGINT "
+            "stop it (sessions finish or get 421), SIGHUP re-reads the configuration and "
+            "the TLS certificate (petrel reload), SIGUSR1 reopens the log file."
+        ),
     )
     serve.add_argument(
-        "--log-format", choices=FORMATS, default=None, help="default: [log] format, else text"
+        "--log-format",
+        choices=FORMATS,
+        default=None,
+        help="key=value text or one JSON object a line (default: [log] format, else text)",
     )
-    serve.add_argument("--log-level", choices=list(LEVELS), default="info")
+    serve.add_argument(
+        "--log-level",
+        choices=list(LEVELS),
+        default="info",
+        help="the least severe lines written (default: info)",
+    )
     serve.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # server.workers > 1
     sub.add_parser("check-config", parents=[common], help="validate the configuration")
     sub.add_parser(
