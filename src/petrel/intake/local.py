@@ -70,7 +70,7 @@ class SendmailOptions:
     ignore_dots: bool = False  # -i / -oi
     sender: str | None = None  # -f / -r
     full_name: str | None = None  # -F
-    mode: str = "bm"  # -bm queue a message; -bp list the queue; -q flush it
+    mode: str = "bm"  # -bm queue a message; -bs SMTP on stdin; -bp list the queue; -q flush it
     flush_domain: str | None = None  # -qR<domain>: flush that domain only
 
 
