@@ -16,16 +16,21 @@ from pathlib import Path
 
 from petrel.cli import queue as queue_cli
 from petrel.config import ConfigError, default_config_path, load_config
+from petrel.intake import Intake
 from petrel.intake.local import (
     EX_USAGE,
     SendmailError,
     SendmailOptions,
+    open_spool,
     prepare,
     read_message,
     submit,
 )
-from petrel.intake.local_smtp import serve_stdio
+from petrel.intake.pickup import PickupPoke
+from petrel.policy import Policy
+from petrel.policy.aliases import Aliases
 from petrel.privileges import act_as_data_dir_owner
+from petrel.server.stdio import serve_stdio
 
 __all__ = ["USAGE", "main", "parse_args"]
 
@@ -123,7 +128,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if opts.mode == "bs":  # SMTP on stdin/stdout
             user, uid = getpass.getuser(), os.getuid()
             act_as_data_dir_owner(config)
-            serve_stdio(config, user=user, uid=uid, infd=sys.stdin.fileno(), out=sys.stdout.buffer)
+            spool = open_spool(config)
+            try:
+                intake = Intake(config, spool, PickupPoke(spool.root))
+                policy = Policy(config, Aliases.load(config.aliases.file))
+                stdin, stdout = sys.stdin.fileno(), sys.stdout.buffer
+                serve_stdio(config, intake, policy, user=user, uid=uid, infd=stdin, out=stdout)
+            finally:
+                spool.close()
             return 0
         if opts.mode != "bm":  # mailq and the queue flush: what `petrel queue` does
             action = "list" if opts.mode == "bp" else "flush"

@@ -2,9 +2,10 @@
 
 The client is a local user, trusted as ``petrel sendmail`` trusts one: any sender,
 any recipient (the policy still refuses unknown local users), no STARTTLS, no AUTH.
-The sans-IO core reads the commands; this loop answers them synchronously and streams
-the text of each message into an `Intake` draft, committed as the SMTP session and
-``petrel sendmail`` commit theirs (durably, then a poke of a running server).
+The sans-IO core reads the commands; this loop answers them synchronously (asking
+`Policy`) and streams the text of each message into an `Intake` draft, committed as the
+SMTP session and ``petrel sendmail`` commit theirs (durably, then a poke of a running
+server). The caller opens the spool and gives the `Intake` and `Policy` (``cli/sendmail.py``).
 
 Command lines ending in a bare LF are read as CRLF lines (a script's ``printf 'EHLO
 x\\n'``), as the server does with ``bare_lf = "normalize"``; as there, only CRLF.CRLF
@@ -14,20 +15,26 @@ ends the text of DATA.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from typing import BinaryIO
 
 from petrel import smtp
 from petrel.config import Config
+from petrel.intake import (
+    LOCAL_PROTOCOL,
+    Accepted,
+    Draft,
+    Intake,
+    Origin,
+    TooManyHops,
+    expand_recipients,
+    rfc5322_date,
+)
+from petrel.intake.local import LOCAL_CLIENT
 from petrel.policy import Policy
-from petrel.policy.aliases import Aliases
-from petrel.queue import Envelope, Spool, new_queue_id
-
-from ._intake import Accepted, Draft, Intake, TooManyHops, expand_recipients
-from .local import _LOCAL, EX_CANTCREAT, SendmailError
-from .pickup import PickupPoke
-from .trace import LOCAL_PROTOCOL, Origin, rfc5322_date
+from petrel.queue import Envelope, new_queue_id
 
 __all__ = ["serve_stdio"]
 
@@ -51,11 +58,13 @@ class _Transaction:
 class _StdioSession:
     """Answers the core's events; `run` is the read–answer–write loop."""
 
-    def __init__(self, config: Config, intake: Intake, user: str, uid: int, out: BinaryIO) -> None:
+    def __init__(
+        self, config: Config, intake: Intake, policy: Policy, user: str, uid: int, out: BinaryIO
+    ) -> None:
         self.config = config
         self.hostname = config.server.hostname
         self.intake = intake
-        self.policy = Policy(config, Aliases.load(config.aliases.file))
+        self.policy = policy
         self.user = user
         self.uid = uid
         self.out = out
@@ -130,9 +139,9 @@ class _StdioSession:
                     self._reset()
                 return reply
             case smtp.Vrfy(argument):
-                return self.policy.vrfy(argument, _LOCAL)
+                return self.policy.vrfy(argument, LOCAL_CLIENT)
             case smtp.Expn(argument):
-                return self.policy.expn(argument, _LOCAL)
+                return self.policy.expn(argument, LOCAL_CLIENT)
             case smtp.Help(topic):
                 return smtp.help_reply(topic)
             case smtp.Verb():
@@ -145,7 +154,7 @@ class _StdioSession:
 
     def _on_rcpt(self, event: smtp.Rcpt) -> smtp.Reply:
         assert self.txn is not None
-        resolved = self.policy.check_rcpt(event.recipient, _LOCAL)
+        resolved = self.policy.check_rcpt(event.recipient, LOCAL_CLIENT)
         if isinstance(resolved, smtp.Reply):
             return resolved
         original = self.policy.canonical(event.recipient)
@@ -230,25 +239,20 @@ class _StdioSession:
         self.txn = None
 
 
-def serve_stdio(config: Config, *, user: str, uid: int, infd: int, out: BinaryIO) -> None:
+def serve_stdio(
+    config: Config,
+    intake: Intake,
+    policy: Policy,
+    *,
+    user: str,
+    uid: int,
+    infd: int,
+    out: BinaryIO,
+) -> None:
     """Run one SMTP session reading ``infd`` and writing ``out`` until QUIT or EOF.
 
     ``user`` and ``uid`` name the submitter (Received field, envelope auth_user).
-    SendmailError (EX_CANTCREAT) when the spool cannot be opened.
     """
-    data_dir = config.server.data_dir
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        spool = Spool(data_dir / "queue")
-        spool.open()
-    except OSError as exc:
-        message = f"cannot open the spool under {data_dir}: {exc}"
-        raise SendmailError(EX_CANTCREAT, message) from None
-    try:
-        intake = Intake(config, spool, PickupPoke(spool.root))
-        session = _StdioSession(config, intake, user, uid, out)
+    session = _StdioSession(config, intake, policy, user, uid, out)
+    with contextlib.suppress(BrokenPipeError):  # the client left without QUIT: as at EOF
         asyncio.run(session.run(infd))
-    except BrokenPipeError:  # the client went away without QUIT: as at end of input
-        pass
-    finally:
-        spool.close()
