@@ -205,3 +205,122 @@ def test_refusal_notice_to_a_sender_without_mailbox_goes_to_the_postmaster(
     assert f"Final-Recipient: rfc822; ghost@{HOSTNAME}".encode() in notice
     petrel.wait_queue_empty()
     assert not petrel.mailbox("root").exists()
+
+
+def test_bs_speaks_smtp_on_stdin_and_stdout(petrel: PetrelServer) -> None:
+    petrel.add_user(f"alice@{HOSTNAME}", "alice-password")
+    script = (
+        "EHLO client.example\r\n"
+        "MAIL FROM:<cron@example.org>\r\n"
+        f"RCPT TO:<alice@{HOSTNAME}>\r\n"
+        f"RCPT TO:<ghost@{HOSTNAME}>\r\n"
+        "DATA\r\n"
+        "Subject: over -bs\r\n"
+        "\r\n"
+        "first line\r\n"
+        "..dot-stuffed\r\n"
+        ".\r\n"
+        "QUIT\r\n"
+    ).encode()
+    result = sendmail(petrel, script, "-bs")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.decode().split("\r\n")
+    assert lines.pop() == ""
+    assert re.fullmatch(rf"220 {re.escape(HOSTNAME)} ESMTP Petrel; .+", lines[0])
+    assert lines[1] == f"250-{HOSTNAME} Hello client.example"
+    keywords = {line[4:].split()[0] for line in lines if line.startswith("250-")}
+    assert "SIZE" in keywords and "PIPELINING" in keywords
+    assert not keywords & {"STARTTLS", "AUTH"}
+    replies = [line for line in lines[1:] if line[3] == " "]
+    assert replies[0].startswith("250 ")  # EHLO's last line
+    assert replies[1] == "250 2.1.0 <cron@example.org>... Sender ok"
+    assert replies[2].startswith(f"250 2.1.5 <alice@{HOSTNAME}>")
+    assert replies[3].startswith("550 5.1.1 ") and "User unknown" in replies[3]
+    assert replies[4].startswith("354 ")
+    accepted = re.fullmatch(r"250 2\.0\.0 (\S+) Message accepted for delivery", replies[5])
+    assert accepted, replies[5]
+    assert replies[6].startswith("221 ")
+    assert len(replies) == 7
+    [copy] = petrel.wait_for_messages("alice", timeout=5)  # a running server, poked at once
+    assert copy.startswith(b"Return-Path: <cron@example.org>\n")
+    assert b"\nReceived: from local user " in copy
+    assert f"with local id {accepted.group(1)}".encode() in copy
+    assert b"Message-ID: <" in copy and b"\nDate: " in copy
+    assert b"\nFrom: cron@example.org\n" in copy
+    assert copy.endswith(b"\n\nfirst line\n.dot-stuffed\n")
+    assert not petrel.mailbox("ghost").exists()
+    petrel.wait_queue_empty()
+
+
+def test_bs_at_end_of_input_and_with_two_messages(petrel: PetrelServer) -> None:
+    # Commands ending in a bare LF (the text needs CRLF: only CRLF.CRLF ends it), the
+    # null sender, two messages, HELP/NOOP/VRFY/RSET, an unknown command, no QUIT.
+    script = (
+        b"HELO script\n"
+        b"NOOP\n"
+        b"HELP\n"
+        b"VRFY someone\n"
+        b"BOGUS\n"
+        b"MAIL FROM:<>\n"
+        b"RCPT TO:<postmaster>\n"
+        b"RSET\n"
+        b"MAIL FROM:<>\n"
+        b"RCPT TO:<postmaster>\n"
+        b"DATA\n"
+        b"Subject: one\r\n\r\nbody one\r\n.\r\n"
+        b"MAIL FROM:<a@example.org>\n"
+        b"RCPT TO:<postmaster>\n"
+        b"DATA\n"
+        b"Subject: two\r\n\r\nbody two\r\n.\r\n"
+        b"MAIL FROM:<a@example.org>\n"
+        b"RCPT TO:<postmaster>\n"
+        b"DATA\n"
+        b"Subject: cut off\r\n\r\nnever ends\r\n"
+    )
+    result = sendmail(petrel, script, "-bs")
+    assert result.returncode == 0, result.stderr
+    codes = [line[:3] for line in result.stdout.decode().split("\r\n")[:-1] if line[3] == " "]
+    assert codes[:4] == ["220", "250", "250", "214"]
+    assert codes[4] in ("250", "252", "550")  # VRFY: the policy's answer
+    message = ["250", "250", "354", "250"]  # MAIL, RCPT, DATA, the end of the text
+    assert codes[5:] == ["500", "250", "250", "250", *message, *message, *message[:3]]
+    copies = petrel.wait_for_messages("postmaster", count=2)
+    assert sorted(c.split(b"\n\n", 1)[1] for c in copies) == [b"body one\n", b"body two\n"]
+    petrel.wait_queue_empty()
+    assert len(petrel.messages("postmaster")) == 2  # the unfinished third is dropped
+
+
+def test_bs_option_parses() -> None:
+    assert parse_args(["-bs"])[0].mode == "bs"
+
+
+def test_bs_bdat_and_a_mail_loop(petrel: PetrelServer) -> None:
+    text = b"Subject: chunked\r\n\r\nin two chunks\r\n"
+    looped = b"".join(
+        b"Received: from x by y; Tue, 1 Dec 2026 00:00:00 +0000\r\n"
+        for _ in range(100)  # max_received
+    )
+    looped += b"\r\nround and round\r\n"
+    script = (
+        b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<postmaster>\r\n"
+        + b"BDAT %d\r\n" % 10
+        + text[:10]
+        + b"BDAT %d LAST\r\n" % (len(text) - 10)
+        + text[10:]
+        + b"MAIL FROM:<a@example.org>\r\nRCPT TO:<postmaster>\r\nDATA\r\n"
+        + looped
+        + b".\r\nQUIT\r\n"
+    )
+    result = sendmail(petrel, script, "-bs")
+    assert result.returncode == 0, result.stderr
+    replies = [line for line in result.stdout.decode().split("\r\n")[:-1] if line[3] == " "]
+    bdat = ["250", "250", "250", "250", "250"]  # EHLO, MAIL, RCPT, two chunks
+    looping = ["250", "250", "354", "554"]
+    assert [r[:3] for r in replies] == ["220", *bdat, *looping, "221"]
+    assert replies[4] == "250 2.0.0 10 octets received"
+    assert replies[5].endswith(" Message accepted for delivery")
+    assert replies[9].startswith("554 5.4.6 ")
+    [copy] = petrel.wait_for_messages("postmaster")
+    assert copy.endswith(b"\n\nin two chunks\n")
+    petrel.wait_queue_empty()
+    assert len(petrel.messages("postmaster")) == 1

@@ -16,20 +16,27 @@ from pathlib import Path
 
 from petrel.cli import queue as queue_cli
 from petrel.config import ConfigError, default_config_path, load_config
+from petrel.intake import Intake
 from petrel.intake.local import (
     EX_USAGE,
     SendmailError,
     SendmailOptions,
+    open_spool,
     prepare,
     read_message,
     submit,
 )
+from petrel.intake.pickup import PickupPoke
+from petrel.policy import Policy
+from petrel.policy.aliases import Aliases
 from petrel.privileges import act_as_data_dir_owner
+from petrel.server.stdio import serve_stdio
 
 __all__ = ["USAGE", "main", "parse_args"]
 
 USAGE = """\
 usage: petrel sendmail [-t] [-i|-oi] [-f SENDER] [-F NAME] [--config FILE] [RCPT ...]
+       petrel sendmail -bs [--config FILE]
        petrel sendmail -bp | -q | -qR DOMAIN [--config FILE]
 Reads a message from stdin and queues it (the server may be running or stopped).
   -t          take recipients from To/Cc/Bcc as well (Bcc is removed)
@@ -38,6 +45,9 @@ Reads a message from stdin and queues it (the server may be running or stopped).
   -F NAME     full name for a From: field that gets added
   -C, --config FILE   Petrel configuration (default $PETREL_CONFIG, else
                       /etc/petrel/petrel.toml if it exists)
+  -bs         SMTP on stdin/stdout: one session of a trusted local client (any
+              sender, any recipient; no STARTTLS, no AUTH), each message queued
+              and answered 250 with its queue id; ends at QUIT or end of input
   -bp         no message: list the queue (mailq, the output of `petrel queue list`)
   -q          no message: try deferred mail now (`petrel queue flush`);
               -qR DOMAIN for that domain only; -q<interval> is ignored
@@ -45,6 +55,7 @@ exit status (sysexits.h): 0 queued, 64 usage, 65 bad address, 67 every recipient
 refused, 73 spool not writable, 75 temporary failure (try again).
 A recipient refused among others (e.g. an unknown local user) is reported on stderr
 and bounced to the sender; the message is queued for the rest and the status is 0.
+-bs exits 0 at QUIT or end of input (refusals are SMTP replies), 73 without a spool.
 -bp and -q exit as `petrel queue` does (0 done, 1 or 2 trouble).
 """
 
@@ -89,6 +100,8 @@ def parse_args(argv: Sequence[str]) -> tuple[SendmailOptions, Path | None]:
             value(arg[:2], arg)
         elif arg == "-bp":
             opts.mode = "bp"
+        elif arg == "-bs":
+            opts.mode = "bs"
         elif arg == "-q":
             opts.mode = "q"
         elif arg.startswith("-qR"):
@@ -97,7 +110,7 @@ def parse_args(argv: Sequence[str]) -> tuple[SendmailOptions, Path | None]:
         elif arg.startswith(("-o", "-b", "-v", "-U", "-n", "-m", "-e", "-q")):
             # -q<interval> (a daemon's period in Sendmail) is ignored, as in Postfix
             if arg.startswith("-b") and arg not in ("-bm", "-b"):
-                raise SendmailError(EX_USAGE, f"mode {arg} is not supported (-bm, -bp)")
+                raise SendmailError(EX_USAGE, f"mode {arg} is not supported (-bm, -bp, -bs)")
         elif arg.startswith("-") and arg != "-":
             raise SendmailError(EX_USAGE, f"unknown option {arg}")
         else:
@@ -112,6 +125,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         opts, config_path = parse_args(argv)
         config = load_config(config_path)
+        if opts.mode == "bs":  # SMTP on stdin/stdout
+            user, uid = getpass.getuser(), os.getuid()
+            act_as_data_dir_owner(config)
+            spool = open_spool(config)
+            try:
+                intake = Intake(config, spool, PickupPoke(spool.root))
+                policy = Policy(config, Aliases.load(config.aliases.file))
+                stdin, stdout = sys.stdin.fileno(), sys.stdout.buffer
+                serve_stdio(config, intake, policy, user=user, uid=uid, infd=stdin, out=stdout)
+            finally:
+                spool.close()
+            return 0
         if opts.mode != "bm":  # mailq and the queue flush: what `petrel queue` does
             action = "list" if opts.mode == "bp" else "flush"
             return queue_cli.run(

@@ -38,9 +38,11 @@ __all__ = [
     "EX_OK",
     "EX_TEMPFAIL",
     "EX_USAGE",
+    "LOCAL_CLIENT",
     "SendmailError",
     "SendmailOptions",
     "Submission",
+    "open_spool",
     "prepare",
     "read_message",
     "refusal_notice",
@@ -54,7 +56,7 @@ EX_NOUSER = 67
 EX_CANTCREAT = 73
 EX_TEMPFAIL = 75
 
-_LOCAL = Client(ip="127.0.0.1", authenticated=True)  # local users may send anywhere
+LOCAL_CLIENT = Client(ip="127.0.0.1", authenticated=True)  # local users may send anywhere
 
 
 class SendmailError(Exception):
@@ -70,7 +72,7 @@ class SendmailOptions:
     ignore_dots: bool = False  # -i / -oi
     sender: str | None = None  # -f / -r
     full_name: str | None = None  # -F
-    mode: str = "bm"  # -bm queue a message; -bp list the queue; -q flush it
+    mode: str = "bm"  # -bm queue a message; -bs SMTP on stdin; -bp list the queue; -q flush it
     flush_domain: str | None = None  # -qR<domain>: flush that domain only
 
 
@@ -149,7 +151,7 @@ def prepare(
     for original in given:
         address = smtp.parse_path(f"<{original}>")
         assert address is not None
-        finals = policy.check_rcpt(address, _LOCAL)
+        finals = policy.check_rcpt(address, LOCAL_CLIENT)
         if isinstance(finals, smtp.Reply):
             refused.append((original, finals))
         else:
@@ -207,14 +209,8 @@ def refusal_notice(submission: Submission, policy: Policy) -> dsn.Notice | None:
     )
 
 
-def submit(
-    submission: Submission, config: Config, *, user: str | None = None, uid: int | None = None
-) -> str:
-    """Commit through intake (durably: returns after the sync) and poke a running server.
-
-    ``user`` and ``uid`` name the submitter in the Received field (default: this
-    process's), for a caller that switched to the owner of data_dir first.
-    """
+def open_spool(config: Config) -> Spool:
+    """The spool under ``data_dir``, made if missing; SendmailError (73) if it cannot be."""
     data_dir = config.server.data_dir
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -223,6 +219,18 @@ def submit(
     except OSError as exc:
         message = f"cannot open the spool under {data_dir}: {exc}"
         raise SendmailError(EX_CANTCREAT, message) from None
+    return spool
+
+
+def submit(
+    submission: Submission, config: Config, *, user: str | None = None, uid: int | None = None
+) -> str:
+    """Commit through intake (durably: returns after the sync) and poke a running server.
+
+    ``user`` and ``uid`` name the submitter in the Received field (default: this
+    process's), for a caller that switched to the owner of data_dir first.
+    """
+    spool = open_spool(config)
     origin = Origin(
         LOCAL_PROTOCOL,
         local_user=user or getpass.getuser(),
