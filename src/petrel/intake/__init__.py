@@ -6,7 +6,15 @@ running server. The SMTP session, ``petrel sendmail`` and the queue manager's no
 all call it; nothing else writes to the spool.
 """
 
-from ._intake import Accepted, Draft, Intake, Submitter, TooManyHops, expand_recipients
+from ._intake import (
+    Accepted,
+    Draft,
+    Intake,
+    Submitter,
+    TooManyHops,
+    expand_recipients,
+    new_envelope,
+)
 from .trace import LOCAL_PROTOCOL, Origin, received_field, rfc5322_date
 
 __all__ = [
@@ -18,6 +26,7 @@ __all__ = [
     "Submitter",
     "TooManyHops",
     "expand_recipients",
+    "new_envelope",
     "received_field",
     "rfc5322_date",
 ]

@@ -12,18 +12,27 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple, Protocol
 
 from petrel import smtp
 from petrel.config import Config
 from petrel.log import log_event
-from petrel.queue import Envelope, QueueStore, QueueWriter, Recipient
+from petrel.queue import Envelope, QueueStore, QueueWriter, Recipient, new_queue_id
 
 from .headers import HeaderSection
 from .trace import Origin, received_field, rfc5322_date
 
-__all__ = ["Accepted", "Draft", "Intake", "Submitter", "TooManyHops", "expand_recipients"]
+__all__ = [
+    "Accepted",
+    "Draft",
+    "Intake",
+    "Submitter",
+    "TooManyHops",
+    "expand_recipients",
+    "new_envelope",
+]
 
 log = logging.getLogger("petrel.intake")
 
@@ -72,6 +81,40 @@ def expand_recipients(accepted: Iterable[Accepted]) -> list[Recipient]:
                 original = f"rfc822;{given}"
             recipients.append(Recipient(final, orcpt=original, notify=notify))
     return recipients
+
+
+def new_envelope(
+    sender: str,
+    params: smtp.MailParams,
+    accepted: Iterable[Accepted],
+    *,
+    protocol: str,
+    client_ip: str,
+    client_helo: str,
+    client_rdns: str | None = None,
+    auth: str | None = None,
+    auth_user: str | None = None,
+) -> Envelope:
+    """The envelope of one SMTP transaction: MAIL's parameters, the recipients after
+    aliases, and the facts about the client its Received field and DSNs report."""
+    return Envelope(
+        queue_id=new_queue_id(),
+        sender=sender,
+        recipients=expand_recipients(accepted),
+        received_at=time.time(),
+        body=params.body or "7BIT",
+        smtputf8=params.smtputf8,
+        size=params.size,
+        ret=params.ret,
+        envid=params.envid,
+        by=params.by,
+        client_ip=client_ip,
+        client_helo=client_helo,
+        client_rdns=client_rdns,
+        protocol=protocol,
+        auth=auth,
+        auth_user=auth_user,
+    )
 
 
 class Draft:

@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import logging
 import socket
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, cast
@@ -36,7 +35,7 @@ from petrel.intake import (
     Origin,
     Submitter,
     TooManyHops,
-    expand_recipients,
+    new_envelope,
     rfc5322_date,
 )
 from petrel.log import log_event
@@ -44,7 +43,7 @@ from petrel.policy import Client, Policy, mail_auth
 from petrel.policy.auth import Authenticator, Granted, LockedOut, Refused, Verdict
 from petrel.policy.rates import Rates
 from petrel.policy.throttle import Attempt
-from petrel.queue import Envelope, new_queue_id
+from petrel.queue import Envelope
 from petrel.queue.spool import MIN_FREE
 from petrel.smtp import replies as texts
 
@@ -900,23 +899,15 @@ class SmtpSession(asyncio.Protocol):
     def _envelope(self, txn: Transaction) -> Envelope:
         conn = self.conn
         assert conn is not None
-        p = txn.params
-        return Envelope(
-            queue_id=new_queue_id(),
-            sender=txn.sender,
-            recipients=expand_recipients(txn.recipients),
-            received_at=time.time(),
-            body=p.body or "7BIT",
-            smtputf8=p.smtputf8,
-            size=p.size,
-            ret=p.ret,
-            envid=p.envid,
-            by=p.by,
+        return new_envelope(
+            txn.sender,
+            txn.params,
+            txn.recipients,
+            protocol=self._protocol(),
             client_ip=self.peer_ip,
             client_helo=conn.helo or "",
             client_rdns=self._rdns_name(),
-            protocol=self._protocol(),
-            auth=mail_auth(p.auth, self.auth_user),
+            auth=mail_auth(txn.params.auth, self.auth_user),
             auth_user=self.auth_user,
         )
 

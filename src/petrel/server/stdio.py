@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import time
 from typing import BinaryIO
 
 from petrel import smtp
@@ -29,12 +28,12 @@ from petrel.intake import (
     Intake,
     Origin,
     TooManyHops,
-    expand_recipients,
+    new_envelope,
     rfc5322_date,
 )
 from petrel.intake.local import LOCAL_CLIENT
 from petrel.policy import Policy
-from petrel.queue import Envelope, new_queue_id
+from petrel.queue import Envelope
 
 __all__ = ["serve_stdio"]
 
@@ -205,18 +204,10 @@ class _StdioSession:
         return txn.draft
 
     def _envelope(self, txn: _Transaction) -> Envelope:
-        p = txn.params
-        return Envelope(
-            queue_id=new_queue_id(),
-            sender=txn.sender,
-            recipients=expand_recipients(txn.recipients),
-            received_at=time.time(),
-            body=p.body or "7BIT",
-            smtputf8=p.smtputf8,
-            size=p.size,
-            ret=p.ret,
-            envid=p.envid,
-            by=p.by,
+        return new_envelope(
+            txn.sender,
+            txn.params,
+            txn.recipients,
             protocol=LOCAL_PROTOCOL,
             client_ip="127.0.0.1",
             client_helo=self.conn.helo or "",
