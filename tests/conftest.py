@@ -293,3 +293,30 @@ def raw(petrel: PetrelServer) -> Iterator[RawClient]:
     client = RawClient(petrel.connect())
     yield client
     client.close()
+
+
+def etrn_conversation(server: PetrelServer) -> None:
+    """ETRN (RFC 1985) from a relay client, as a test asserts it with or without workers:
+    251 while nothing waits for the node, 250 once a message does, 458 and 501 for the
+    forms Petrel does not serve. The server must have relay_networks = 127.0.0.1/32."""
+    client = RawClient(server.connect())
+    client.reply()
+    client.command("EHLO relay.test")
+    assert client.command("ETRN elsewhere.test") == [
+        "251 2.0.0 No messages waiting for node elsewhere.test"
+    ]
+    client.command("MAIL FROM:<app@relay.test>")
+    client.command("RCPT TO:<someone@elsewhere.test>")
+    client.command("DATA")
+    client.send(b"Subject: waits\r\n\r\nfor the relay\r\n.\r\n")
+    assert client.reply()[0].endswith("Message accepted for delivery")
+    # With workers, the message reaches the manager through the pickup pipe: once it has
+    # been tried (and deferred: no DNS in tests), it waits there for the node.
+    wait_until(lambda: "event=deferred" in server.log_text(), what="the first attempt")
+    assert client.command("ETRN elsewhere.test") == [
+        "250 2.0.0 Queuing for node elsewhere.test started"
+    ]
+    assert client.command("ETRN @test")[0].startswith("250 2.0.0")
+    assert client.command("ETRN #queue")[0].startswith("458 4.0.0")
+    assert client.command("ETRN")[0].startswith("501 5.5.4")
+    client.close()

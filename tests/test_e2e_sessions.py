@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from conftest import HOSTNAME, PetrelServer, RawClient
+from conftest import HOSTNAME, PetrelServer, RawClient, etrn_conversation
 
 DATE = r"\w{3}, \d{1,2} \w{3} \d{4} \d\d:\d\d:\d\d [+-]\d{4}"
 QUEUE_ID = r"[0-9A-Z]{10,16}"
@@ -217,24 +217,7 @@ def test_bdat_chunks_deliver_binary_safe(petrel: PetrelServer, raw: RawClient) -
 
 
 def test_etrn_from_relay_network(petrel_factory) -> None:
-    server: PetrelServer = petrel_factory('[domains]\nrelay_networks = ["127.0.0.1/32"]\n')
-    client = RawClient(server.connect())
-    client.reply()
-    client.command("EHLO relay.test")
-    assert client.command("ETRN elsewhere.test") == [
-        "251 2.0.0 No messages waiting for node elsewhere.test"
-    ]
-    client.command("MAIL FROM:<app@relay.test>")
-    client.command("RCPT TO:<someone@elsewhere.test>")
-    client.command("DATA")
-    client.send(b"Subject: waits\r\n\r\nfor the relay\r\n.\r\n")
-    assert client.reply()[0].endswith("Message accepted for delivery")
-    assert client.command("ETRN elsewhere.test") == [
-        "250 2.0.0 Queuing for node elsewhere.test started"
-    ]
-    assert client.command("ETRN @test")[0].startswith("250 2.0.0")
-    assert client.command("ETRN")[0].startswith("501 5.5.4")
-    client.close()
+    etrn_conversation(petrel_factory('[domains]\nrelay_networks = ["127.0.0.1/32"]\n'))
 
 
 def test_etrn_refused_for_strangers(petrel: PetrelServer, raw: RawClient) -> None:

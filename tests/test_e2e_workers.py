@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 from email.parser import BytesParser
 
-from conftest import HOSTNAME, PetrelServer, RawClient, wait_until
+from conftest import HOSTNAME, PetrelServer, RawClient, etrn_conversation, wait_until
 
 _STARTED = re.compile(r"event=worker-started worker=(\d+) pid=(\d+)")
 _CONNECT_BY = re.compile(r"event=connect .* worker=(\d+)")
@@ -148,29 +148,9 @@ def test_a_killed_worker_is_restarted_and_service_continues(
 def test_etrn_in_a_worker_answers_as_one_process_does(
     petrel_factory: Callable[..., PetrelServer],
 ) -> None:
-    """The worker asks the parent's queue manager: 251 when nothing waits, 250 when it does
-    (the same answers as test_e2e_sessions.test_etrn_from_relay_network)."""
+    """The worker asks the parent's queue manager: the same answers as one process."""
     server = _workers(petrel_factory, extra_config='[domains]\nrelay_networks = ["127.0.0.1/32"]\n')
-    client = RawClient(server.connect())
-    client.reply()
-    client.command("EHLO relay.test")
-    assert client.command("ETRN elsewhere.test") == [
-        "251 2.0.0 No messages waiting for node elsewhere.test"
-    ]
-    client.command("MAIL FROM:<app@relay.test>")
-    client.command("RCPT TO:<someone@elsewhere.test>")
-    client.command("DATA")
-    client.send(b"Subject: waits\r\n\r\nfor the relay\r\n.\r\n")
-    assert client.reply()[0].endswith("Message accepted for delivery")
-    # The worker names the message to the parent through the pickup pipe: once the
-    # manager has tried it, it waits there.
-    wait_until(lambda: "event=deferred" in server.log_text(), what="the first attempt")
-    assert client.command("ETRN elsewhere.test") == [
-        "250 2.0.0 Queuing for node elsewhere.test started"
-    ]
-    assert client.command("ETRN @test")[0].startswith("250 2.0.0")
-    assert client.command("ETRN #queue")[0].startswith("458 4.0.0")
-    client.close()
+    etrn_conversation(server)
     assert re.search(r"event=etrn node=elsewhere.test reply=250(?! worker)", server.log_text())
 
 
