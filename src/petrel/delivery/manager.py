@@ -11,6 +11,8 @@ and the notices, which are applied here, on the event loop only. After each atte
 the DSNs the senders asked for are queued through intake like any message.
 
 Operator requests (`petrel queue`) reach the manager through `admin.LiveAdmin`.
+What happens to messages is told to `watch` callbacks (the web console's live events)
+and counted in `petrel.metrics`.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from petrel import dsn, smtp
+from petrel import dsn, metrics, smtp
 from petrel.config import Config
 from petrel.intake import Intake, TooManyHops
 from petrel.log import log_event
@@ -43,6 +45,11 @@ from .outcome import Job, Result, Route, Transport, deferred
 from .smtp import SmtpTransport, remote_route
 
 log = logging.getLogger("petrel.qmgr")
+
+# A watcher is told (what, envelope, fields): "queued" (a new message), "delivered",
+# "deferred" or "failed" (one recipient; fields as in the log line), "held",
+# "released", "deleted" (an operator's action) and "done" (the message left the queue).
+Watcher = Callable[[str, Envelope, dict[str, object]], None]
 
 BATCH_MESSAGES = 256  # messages per Maildir batch: one sync pair covers them all
 _STOP_GRACE = 10.0  # seconds an attempt in progress may take to finish at shutdown
@@ -109,6 +116,19 @@ class QueueManager:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._attempts: set[asyncio.Task[None]] = set()
+        self._watchers: list[Watcher] = []
+
+    def watch(self, watcher: Watcher) -> None:
+        """Call ``watcher`` on the event loop for every change to a message (see Watcher)."""
+        self._watchers.append(watcher)
+
+    def tell(self, what: str, envelope: Envelope, fields: dict[str, object] | None = None) -> None:
+        """Tell the watchers; one that raises is logged and the others still hear it."""
+        for watcher in self._watchers:
+            try:
+                watcher(what, envelope, fields or {})
+            except Exception:
+                log.exception("queue watcher failed")
 
     def reconfigure(self, config: Config, policy: Policy) -> None:
         """SIGHUP with a new configuration (petrel.reload): routes, queue timing,
@@ -155,6 +175,8 @@ class QueueManager:
         if found is None:
             self._messages[envelope.queue_id] = Tracked(envelope)
             self.stats.messages_in += 1
+            metrics.ACCEPTED.labels(_source(envelope)).inc()
+            self.tell("queued", envelope)
         else:  # known already: its marks (an attempt running, a delete) stay
             found.envelope = envelope
         self._ready.append(envelope.queue_id)
@@ -191,13 +213,16 @@ class QueueManager:
     def all_tracked(self) -> list[Tracked]:
         return list(self._messages.values())
 
-    def force(self, domain: str | None) -> list[str]:
+    def force(self, domain: str | None, queue_id: str | None = None) -> list[str]:
         """Mark every unheld message with an open recipient of ``domain`` (``@d``: and its
-        subdomains; None: any) to be tried now, due or not. Only marks: recipients are
-        changed by attempts alone."""
+        subdomains; None: any) to be tried now, due or not; only ``queue_id`` if given.
+        Only marks: recipients are changed by attempts alone."""
+        candidates = (
+            self._messages.values() if queue_id is None else [self.tracked(queue_id)]
+        )
         found = [
             m
-            for m in self._messages.values()
+            for m in candidates
             if not m.envelope.hold
             and any(
                 not r.final and matches_domain(r.address, domain) for r in m.envelope.recipients
@@ -218,8 +243,10 @@ class QueueManager:
         """Forget a message and remove its files (stale timer and ready entries are skipped)."""
         self.spool.finish(queue_id)
         found = self._messages.pop(queue_id, None)
-        if found is not None and found.recovered:
-            self._recovered_done()
+        if found is not None:
+            if found.recovered:
+                self._recovered_done()
+            self.tell("done", found.envelope)
 
     def _recovered_done(self) -> None:
         self._recovering -= 1
@@ -388,6 +415,8 @@ class QueueManager:
             for line in decision.log:
                 log_event(log, line.event, line.level, queue_id=envelope.queue_id, **line.fields)
                 self.stats.outcome(line.event)
+                self._count(line, envelope, now)
+                self.tell(line.event, envelope, line.fields)
             await self._send_notices(envelope, decision.notices, now)
             step = self._settle(part.tracked)
             if step is not None:
@@ -404,6 +433,18 @@ class QueueManager:
         finally:
             self._finishing.difference_update(p.tracked.envelope.queue_id for p in parts)
 
+    def _count(self, line: schedule.LogLine, envelope: Envelope, now: float) -> None:
+        """One recipient's attempt ended: the deliveries counter and the latency histogram."""
+        domain = str(line.fields.get("to", "")).rpartition("@")[2].lower()
+        domains = self.config.domains
+        transport = (
+            "local" if domain in domains.local else "lmtp" if domain in domains.lmtp else "smtp"
+        )
+        metrics.DELIVERIES.labels(transport, line.event).inc()
+        if line.event == "delivered":
+            latency = max(0.0, now - envelope.received_at)
+            metrics.DELIVERY_LATENCY.labels(transport).observe(latency)
+
     def _settle(self, tracked: Tracked) -> Callable[[], None] | None:
         """After an attempt, in memory: returns the file work still to do."""
         envelope = tracked.envelope
@@ -417,6 +458,7 @@ class QueueManager:
         if envelope.all_final:
             self._messages.pop(envelope.queue_id, None)
             self._finishing.add(envelope.queue_id)
+            self.tell("done", envelope)
             return functools.partial(self.spool.finish, envelope.queue_id)
         self._schedule(envelope)
         return functools.partial(self.spool.save_state, copy.deepcopy(envelope))
@@ -466,6 +508,16 @@ class QueueManager:
         if self.spool.body_size(queue_id) <= dsn.FULL_LIMIT:
             return self.spool.read_body(queue_id)
         return self.spool.read_header(queue_id)
+
+
+def _source(envelope: Envelope) -> str:
+    """The ``source`` label of ``petrel_messages_accepted_total``."""
+    if envelope.notice is not None:
+        return "notice"
+    protocol = envelope.protocol.upper()
+    if "LMTP" in protocol:
+        return "lmtp"
+    return "smtp" if "SMTP" in protocol else "local"
 
 
 def _run_each(steps: list[Callable[[], None]]) -> None:

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, cast
 
-from petrel import proxyproto, smtp
+from petrel import metrics, proxyproto, smtp
 from petrel.config import IPNetwork, LimitsSection, Listener
 from petrel.intake import (
     Accepted,
@@ -224,6 +224,7 @@ class SmtpSession(asyncio.Protocol):
                 refusal = smtp.reply(421, "4.7.0", f"{ctx.hostname} {refusal}")
             else:  # a rate: logged as rate-limit already
                 log_event(log, "reject", session=self.id, client=self.peer_ip, reply=str(refusal))
+            metrics.rejected(refusal.status)
             transport.write(refusal.to_bytes())
             transport.close()
             return
@@ -240,6 +241,8 @@ class SmtpSession(asyncio.Protocol):
         )
         self._rdns = ctx.rdns.lookup(self.peer_ip)
         self._limit_buffers(transport)
+        metrics.CONNECTIONS.labels(self.listener.mode).inc()
+        metrics.SESSIONS.inc()
         client = f"{self.peer_ip}:{self.peer_port}"
         if self.via is None:
             log_event(log, "connect", session=self.id, client=client)
@@ -355,6 +358,7 @@ class SmtpSession(asyncio.Protocol):
             self._attempt = None
         if self.conn is not None:
             self.ctx.host.release(self)
+            metrics.SESSIONS.dec()
             log_event(log, "disconnect", session=self.id, client=self.peer_ip)
         self.conn = None
 
@@ -587,6 +591,7 @@ class SmtpSession(asyncio.Protocol):
         if refusal is not None:
             if self.auth_user is not None:  # not the 530: a sender the user does not own
                 log_event(log, "sender-reject", session=self.id, user=self.auth_user, sender=sender)
+            metrics.rejected(refusal.status)
             return refusal
         declared = event.params.size or 0  # RFC 1870 §6.1: 452 when SIZE= will not fit now
         if not self.ctx.intake.has_room(declared):
@@ -598,6 +603,7 @@ class SmtpSession(asyncio.Protocol):
                 reply=str(_NO_STORAGE),
                 reason=f"under {declared + MIN_FREE} octets free for the spool",
             )
+            metrics.rejected(_NO_STORAGE.status)
             return _NO_STORAGE
         # Counted here, once the sender is accepted: Postfix counts a message at MAIL too.
         limited = self.ctx.rates.message(
@@ -620,6 +626,7 @@ class SmtpSession(asyncio.Protocol):
             log_event(
                 log, "rcpt-reject", session=self.id, rcpt=str(event.recipient), reply=str(resolved)
             )
+            metrics.rejected(resolved.status)
             return resolved
         original = policy.canonical(event.recipient)
         params = event.params
@@ -659,6 +666,7 @@ class SmtpSession(asyncio.Protocol):
             log_event(
                 log, "message-reject", session=self.id, reply=str(_TOO_MANY_HOPS), hops=exc.hops
             )
+            metrics.rejected(_TOO_MANY_HOPS.status)
             return _TOO_MANY_HOPS
         except OSError as exc:
             log_event(log, "spool-error", level=logging.ERROR, session=self.id, error=str(exc))
@@ -670,6 +678,7 @@ class SmtpSession(asyncio.Protocol):
 
     def _on_rejected(self, event: smtp.MessageRejected) -> smtp.Reply:
         log_event(log, "message-reject", session=self.id, reply=str(event.reply))
+        metrics.rejected(event.reply.status)
         self._abort_message()
         self.txn = None
         return event.reply
@@ -755,6 +764,7 @@ class SmtpSession(asyncio.Protocol):
         return event.reply
 
     def _log_failure(self, outcome: str, **fields: str) -> None:
+        metrics.AUTH_FAILURES.inc()
         log_event(
             log,
             "auth",
@@ -766,6 +776,7 @@ class SmtpSession(asyncio.Protocol):
         )
 
     def _locked_out(self) -> smtp.Reply:
+        metrics.AUTH_LOCKOUTS.inc()
         log_event(log, "auth-lockout", level=logging.WARNING, session=self.id, client=self.peer_ip)
         return smtp.reply(
             421, "4.7.0", f"{self.ctx.hostname} Too many failed authentications, try again later"
@@ -818,6 +829,7 @@ class SmtpSession(asyncio.Protocol):
             )
         except Exception as exc:  # any handshake failure ends the session the same way
             self._early = None
+            metrics.TLS_FAILURES.inc()
             log_event(
                 log,
                 "tls-failed",
@@ -850,6 +862,7 @@ class SmtpSession(asyncio.Protocol):
         if ssl_object is not None:
             name, _, bits = ssl_object.cipher()
             self.tls_info = f"{ssl_object.version()} with cipher {name} ({bits}/{bits} bits)"
+        metrics.TLS_HANDSHAKES.inc()
         log_event(log, "tls", session=self.id, client=self.peer_ip, using=self.tls_info)
 
     # -- message plumbing ----------------------------------------------------------------
