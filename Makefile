@@ -22,14 +22,16 @@ $(VENV)/.stamp-serve: pyproject.toml
 
 # Test peers, installed only when missing: swaks (Net::SSLeay gives it -tls), Postfix,
 # preseeded to "No configuration" so no system instance is set up, Dovecot's LMTP
-# server, and HAProxy (the load balancer in front of a proxy_protocol listener). The
+# server, HAProxy (the load balancer in front of a proxy_protocol listener), and Chromium
+# with its WebDriver (the web console's browser test, through Selenium). The
 # interop tests and the bench run private instances in temp directories, so the install
 # starts no service (tools/apt-install-no-start.sh), and a Dovecot or HAProxy installed
 # here is also kept from starting at boot (one that was already there is left alone).
 system-deps:
 	@if ! command -v swaks >/dev/null 2>&1 || ! perl -MNet::SSLeay -MIO::Socket::SSL -e1 2>/dev/null \
 			|| ! command -v postfix >/dev/null 2>&1 || ! test -x /usr/lib/dovecot/lmtp \
-			|| ! test -x /usr/sbin/haproxy; then \
+			|| ! test -x /usr/sbin/haproxy || ! command -v chromium >/dev/null 2>&1 \
+			|| ! command -v chromedriver >/dev/null 2>&1; then \
 		if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		if [ -e /usr/sbin/dovecot ]; then had_dovecot=yes; else had_dovecot=; fi; \
 		if [ -e /usr/sbin/haproxy ]; then had_haproxy=yes; else had_haproxy=; fi; \
@@ -37,7 +39,7 @@ system-deps:
 		$$SUDO apt-get update && \
 		$$SUDO sh tools/apt-install-no-start.sh \
 			swaks libnet-ssleay-perl libio-socket-ssl-perl postfix dovecot-core dovecot-lmtpd \
-			haproxy && \
+			haproxy chromium chromium-driver && \
 		{ [ -n "$$had_dovecot" ] || $$SUDO update-rc.d dovecot disable || true; } && \
 		{ [ -n "$$had_haproxy" ] || $$SUDO update-rc.d haproxy disable || true; }; \
 	fi
@@ -65,7 +67,7 @@ bench-deps:
 # Root is needed for the private Postfix instance (sudo is used when not root).
 QUICK ?= 0
 bench: venv bench-deps
-	@if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO="sudo --preserve-env=QUICK,RUNS,MESSAGES,WORKERS,TARGETS,PROBES,IDLE_SESSIONS,LATENCY_MESSAGES,BIG_MB,KEEP"; fi; \
+	@if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO="sudo --preserve-env=QUICK,RUNS,MESSAGES,WORKERS,TARGETS,PROBES,IDLE_SESSIONS,LATENCY_MESSAGES,BIG_MB,KEEP,CONSOLE"; fi; \
 		QUICK=$(QUICK) $$SUDO $(VENV)/bin/python bench/run.py
 
 # kill -9 under load, again and again: every 250 must arrive exactly once (bench/crash.py).

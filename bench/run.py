@@ -328,7 +328,8 @@ def main() -> int:
     try:
         for workers in settings.workers:
             name = "petrel" if len(settings.workers) == 1 else f"petrel w={workers}"
-            targets.append(PetrelTarget(root / f"petrel-{workers}", workers, name))
+            console = os.environ.get("CONSOLE", "0") not in ("", "0")
+            targets.append(PetrelTarget(root / f"petrel-{workers}", workers, name, console))
         if settings.with_postfix:
             targets.append(PostfixTarget(root / "postfix"))
         for target in targets:

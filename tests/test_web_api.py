@@ -405,3 +405,22 @@ def test_two_curl_lines_from_the_readme(web: PetrelServer) -> None:
     spec = json.loads(admin_api(web).call("GET", "/api/v1/openapi.json")[2])
     assert spec["openapi"].startswith("3.1")
     assert "/api/v1/events" in spec["paths"]
+
+
+def test_with_workers_the_parent_serves_http_and_counts_every_message(
+    petrel_factory: Callable[..., PetrelServer],
+) -> None:
+    server = petrel_factory(HTTP + '[http]\nauth = "none"\n', server_config="workers = 2")
+    api = Api(server)
+    for _ in range(3):
+        send(server, rich_message())  # accepted by a worker, delivered by the parent
+    server.wait_for_messages("bob", 3)
+    (mailbox,) = api.json("GET", "/api/v1/mailboxes")
+    assert mailbox["messages"] == 3
+    metrics = wait_until(
+        lambda: (m := scrape(server))[("petrel_messages_accepted_total", (("source", "smtp"),))]
+        == 3.0
+        and m,
+        what="three messages counted",
+    )
+    assert isinstance(metrics, dict)

@@ -17,6 +17,7 @@ same naming rule), e.g. refusal counts by reason from the antispam checks.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Sequence
 
 from prometheus_client import (
@@ -41,7 +42,11 @@ __all__ = [
     "TLS_FAILURES",
     "TLS_HANDSHAKES",
     "StateCollector",
+    "accepted",
+    "connection",
     "counter",
+    "delivery",
+    "latency",
     "rejected",
     "rejection_reason",
     "total_rejected",
@@ -137,6 +142,27 @@ def rejected(status: str | None) -> None:
 def total_rejected() -> int:
     """Every refusal counted so far, whatever its reason (the console's dashboard)."""
     return sum(child.count for child in _rejected_by_reason.values())
+
+
+# Labelled children, made once: ``labels()`` takes a lock and builds a key on each call.
+@functools.cache
+def connection(listener: str) -> Counter:
+    return CONNECTIONS.labels(listener)
+
+
+@functools.cache
+def accepted(source: str) -> Counter:
+    return ACCEPTED.labels(source)
+
+
+@functools.cache
+def delivery(transport: str, outcome: str) -> Counter:
+    return DELIVERIES.labels(transport, outcome)
+
+
+@functools.cache
+def latency(transport: str) -> Histogram:
+    return DELIVERY_LATENCY.labels(transport)
 
 
 class StateCollector(Collector):

@@ -175,7 +175,7 @@ class QueueManager:
         if found is None:
             self._messages[envelope.queue_id] = Tracked(envelope)
             self.stats.messages_in += 1
-            metrics.ACCEPTED.labels(_source(envelope)).inc()
+            metrics.accepted(_source(envelope)).inc()
             self.tell("queued", envelope)
         else:  # known already: its marks (an attempt running, a delete) stay
             found.envelope = envelope
@@ -440,10 +440,10 @@ class QueueManager:
         transport = (
             "local" if domain in domains.local else "lmtp" if domain in domains.lmtp else "smtp"
         )
-        metrics.DELIVERIES.labels(transport, line.event).inc()
+        metrics.delivery(transport, line.event).inc()
         if line.event == "delivered":
             latency = max(0.0, now - envelope.received_at)
-            metrics.DELIVERY_LATENCY.labels(transport).observe(latency)
+            metrics.latency(transport).observe(latency)
 
     def _settle(self, tracked: Tracked) -> Callable[[], None] | None:
         """After an attempt, in memory: returns the file work still to do."""

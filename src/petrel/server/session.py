@@ -241,7 +241,7 @@ class SmtpSession(asyncio.Protocol):
         )
         self._rdns = ctx.rdns.lookup(self.peer_ip)
         self._limit_buffers(transport)
-        metrics.CONNECTIONS.labels(self.listener.mode).inc()
+        metrics.connection(self.listener.mode).inc()
         metrics.SESSIONS.inc()
         client = f"{self.peer_ip}:{self.peer_port}"
         if self.via is None:

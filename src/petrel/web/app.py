@@ -445,25 +445,18 @@ class WebServer:
             }
         )
         await response.prepare(request)
-        queue = self.events.subscribe()
+        client = self.events.subscribe()
         task = asyncio.current_task()
         if task is not None:
             self._streams.add(task)
         try:
             await response.write(b"retry: 2000\n: connected\n\n")
-            while True:
-                try:
-                    frame = await asyncio.wait_for(queue.get(), _KEEPALIVE)
-                except TimeoutError:
-                    await response.write(b": keep-alive\n\n")
-                    continue
-                if frame is None:
-                    break
-                await response.write(frame.encode())
+            while (batch := await client.next_batch(_KEEPALIVE)) is not None:
+                await response.write(batch.encode() if batch else b": keep-alive\n\n")
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
-            self.events.unsubscribe(queue)
+            self.events.unsubscribe(client)
             if task is not None:
                 self._streams.discard(task)
         return response

@@ -4,7 +4,12 @@
 message into SSE frames for every connected client (``message`` when a mailbox got or
 lost a message, ``queue`` for every change in the queue), and counts arrivals and
 deliveries per minute for the throughput graph. A client that does not read its frames
-is dropped (its queue is bounded) rather than let memory grow.
+is dropped (its backlog is bounded) rather than let memory grow.
+
+Frames are written in batches: a client's stream wakes at most every `BATCH_SECONDS`
+and sends what gathered meanwhile in one write, so a busy server does not pay a write
+and a task switch per event on the event loop its SMTP sessions share (``make bench
+CONSOLE=1``).
 """
 
 from __future__ import annotations
@@ -18,50 +23,78 @@ from typing import Any
 
 from petrel.queue.envelope import Envelope
 
-__all__ = ["CLIENT_BACKLOG", "Events"]
+__all__ = ["BATCH_SECONDS", "CLIENT_BACKLOG", "Client", "Events"]
 
 CLIENT_BACKLOG = 1000  # frames queued for one client before it is dropped
+BATCH_SECONDS = 0.1  # a stream writes at most this often: one write for many events
 _MINUTES = 60
+
+
+class Client:
+    """One event stream: the frames not yet written, and whether it has ended."""
+
+    def __init__(self) -> None:
+        self.frames: list[str] = []
+        self.ended = False
+        self.wake = asyncio.Event()
+
+    async def next_batch(self, timeout: float) -> str | None:
+        """The frames gathered (after waiting for one, then `BATCH_SECONDS` more),
+        "" after ``timeout`` without any, None once the stream has ended."""
+        if not self.frames and not self.ended:
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout)
+            except TimeoutError:
+                return ""
+            if not self.ended:
+                await asyncio.sleep(BATCH_SECONDS)
+        if self.ended:
+            return None
+        self.wake.clear()
+        batch = "".join(self.frames)
+        self.frames.clear()
+        return batch
 
 
 class Events:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
-        self._clients: set[asyncio.Queue[str | None]] = set()
+        self._clients: set[Client] = set()
         # (minute, accepted, delivered) for the last hour, oldest first
         self._minutes: deque[list[int]] = deque(maxlen=_MINUTES)
         self.totals = {"accepted": 0, "delivered": 0, "deferred": 0, "failed": 0}
 
     # -- clients -------------------------------------------------------------------------
 
-    def subscribe(self) -> asyncio.Queue[str | None]:
-        queue: asyncio.Queue[str | None] = asyncio.Queue(CLIENT_BACKLOG)
-        self._clients.add(queue)
-        return queue
+    def subscribe(self) -> Client:
+        client = Client()
+        self._clients.add(client)
+        return client
 
-    def unsubscribe(self, queue: asyncio.Queue[str | None]) -> None:
-        self._clients.discard(queue)
+    def unsubscribe(self, client: Client) -> None:
+        self._clients.discard(client)
 
     def close(self) -> None:
-        """Shutdown: every stream ends (None is the end-of-stream mark)."""
-        for queue in list(self._clients):
-            self._drop(queue)
+        """Shutdown: every stream ends."""
+        for client in list(self._clients):
+            self._drop(client)
 
-    def _drop(self, queue: asyncio.Queue[str | None]) -> None:
-        self._clients.discard(queue)
-        while not queue.empty():
-            queue.get_nowait()
-        queue.put_nowait(None)
+    def _drop(self, client: Client) -> None:
+        self._clients.discard(client)
+        client.frames.clear()
+        client.ended = True
+        client.wake.set()
 
     def publish(self, kind: str, data: dict[str, Any]) -> None:
         if not self._clients:
             return
         frame = f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
-        for queue in list(self._clients):
-            if queue.qsize() >= CLIENT_BACKLOG - 1:
-                self._drop(queue)
+        for client in list(self._clients):
+            if len(client.frames) >= CLIENT_BACKLOG:
+                self._drop(client)
             else:
-                queue.put_nowait(frame)
+                client.frames.append(frame)
+                client.wake.set()
 
     # -- the queue manager's watcher -----------------------------------------------------
 

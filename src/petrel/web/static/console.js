@@ -128,6 +128,7 @@
       row.classList.toggle("selected", row.dataset.id === id);
       if (row.dataset.id === id) row.classList.remove("unseen");
     }
+    await loadMailboxes(); // its unseen count went down
   }
 
   async function deleteMessage() {
