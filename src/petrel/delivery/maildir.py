@@ -152,6 +152,8 @@ class _Mailbox:
     maildir_fd: int
     tmp_fd: int
     new_fd: int
+    # The directories whose entries this batch created, beyond new/'s: synced with it.
+    made: tuple[int, ...] = ()
 
 
 class _Tree:
@@ -177,21 +179,25 @@ class _Tree:
         path = self.root / domain
         domain_fd = self._domains.get(domain)
         if domain_fd is None:
-            domain_fd, made = _open_trusted(self.root_fd, domain, path, create=True)
+            domain_fd, made_domain = _open_trusted(self.root_fd, domain, path, create=True)
             self._domains[domain] = domain_fd
             self._fds.append(domain_fd)
-            self.made_domain |= made
+            self.made_domain |= made_domain
         path /= user
-        maildir_fd, _ = open_dir_at(domain_fd, user, path, follow=True)  # may be a symlink
+        maildir_fd, made_maildir = open_dir_at(domain_fd, user, path, follow=True)  # a link?
         self._fds.append(maildir_fd)
         tmp_fd, made_tmp = open_dir_at(maildir_fd, "tmp", path / "tmp")
         self._fds.append(tmp_fd)
         new_fd, made_new = open_dir_at(maildir_fd, "new", path / "new")
         self._fds.append(new_fd)
+        made: tuple[int, ...] = ()
         if made_tmp or made_new:
             cur_fd, _ = open_dir_at(maildir_fd, "cur", path / "cur")
             os.close(cur_fd)
-        return _Mailbox(domain_fd, maildir_fd, tmp_fd, new_fd)
+            made = (maildir_fd,)
+        if made_maildir:
+            made += (domain_fd,)
+        return _Mailbox(domain_fd, maildir_fd, tmp_fd, new_fd, made)
 
     def close(self) -> None:
         for fd in self._fds:
@@ -297,13 +303,9 @@ def _sync(tree: _Tree, written: list[_Written], dirs: bool) -> None:
     if any(not w.fsynced for w in written):
         syncfs(tree.root_fd)
     if dirs:
-        # new/ for the rename; the Maildir and domain too, in case this batch made them.
-        entries = {
-            fd
-            for w in written
-            if w.fsynced
-            for fd in (w.box.new_fd, w.box.maildir_fd, w.box.domain_fd)
-        }
+        # new/ for the rename; the Maildir and domain too if this batch made entries there
+        # (each fsync costs a disk cache flush, even of a directory with nothing to write).
+        entries = {fd for w in written if w.fsynced for fd in (w.box.new_fd, *w.box.made)}
         if entries and tree.made_domain:
             entries.add(tree.root_fd)
         for fd in entries:

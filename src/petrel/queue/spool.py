@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
 import logging
@@ -57,7 +58,7 @@ from petrel.fsutil import (
 from petrel.log import log_event
 from petrel.queue.envelope import Envelope, Recipient
 from petrel.queue.ids import is_valid_queue_id
-from petrel.queue.store import Copier, Copies, QueueStore, QueueWriter
+from petrel.queue.store import Copier, Copies, CopyRound, QueueStore, QueueWriter
 
 __all__ = ["HEADER_SCAN", "CorruptMessageError", "MessageWriter", "Spool"]
 
@@ -308,6 +309,7 @@ class Spool:
         self._state_prefix = f"{self._state}{os.sep}"
         self._sync_fd: int | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._publisher: ThreadPoolExecutor | None = None  # copies' second round
         self.copier: Copier | None = None  # direct delivery's, set by the server's wiring
         self._pending: list[tuple[MessageWriter, Copies | None, asyncio.Future[None]]] = []
         self._committer: asyncio.Task[None] | None = None
@@ -326,12 +328,16 @@ class Spool:
         # Opened before any write, so syncfs reports every later write-back error.
         self._sync_fd = open_dir(self._active)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="petrel-spool")
+        self._publisher = ThreadPoolExecutor(1, thread_name_prefix="petrel-publish")
 
     def close(self) -> None:
         """Wait for the commit thread and release the directory fd."""
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+        if self._publisher is not None:
+            self._publisher.shutdown(wait=True)
+            self._publisher = None
         if self._sync_fd is not None:
             os.close(self._sync_fd)
             self._sync_fd = None
@@ -418,63 +424,84 @@ class Spool:
         await done
 
     async def _drain(self) -> None:
-        """The one committer: take everything queued, commit it as a batch, repeat."""
+        """The one committer: take everything queued, commit it as a batch, repeat.
+
+        A batch with copies ends on the publishing thread (their renames and the
+        second sync round), while the next batch is already being written and synced:
+        two batches in flight, whose sync rounds the file system's `syncfs` group shares.
+        """
         loop = asyncio.get_running_loop()
         try:
             while self._pending:
                 batch, self._pending = self._pending, []
                 work = [(writer, copies) for writer, copies, _ in batch]
+                waiting = [done for _, _, done in batch]
                 try:
-                    results = await loop.run_in_executor(self._executor, self._commit_batch, work)
+                    staged = await loop.run_in_executor(self._executor, self._stage, work)
                 except asyncio.CancelledError:
-                    for _, _, done in batch:
+                    for done in waiting:
                         done.cancel()
                     raise
                 except Exception as exc:
-                    results = [exc] * len(batch)
-                for (_, _, done), result in zip(batch, results, strict=True):
-                    if done.done():
-                        continue
-                    if result is None:
-                        done.set_result(None)
-                    else:
-                        done.set_exception(result)
+                    _settle(waiting, [exc] * len(batch))
+                    continue
+                results, copy_round = staged
+                if copy_round is None:
+                    _settle(waiting, results)
+                    continue
+                publishing = loop.run_in_executor(
+                    self._publisher, self._publish, work, results, copy_round
+                )
+                publishing.add_done_callback(functools.partial(_settle_from, waiting))
         finally:
             self._committer = None
 
-    def _commit_batch(
+    def _stage(
         self, work: list[tuple[MessageWriter, Copies | None]]
-    ) -> list[Exception | None]:
-        """Worker thread: seal and rename each file, then make the batch durable at once.
+    ) -> tuple[list[Exception | None], CopyRound | None]:
+        """Commit thread: write the copies, seal and rename each spool file into
+        ``active/``, then make the batch durable at once.
 
         A batch of up to `PER_FILE_SYNC_MAX` files fsyncs each of them and ``active/``;
         a larger one pays one syncfs(2) instead. Renaming first lets the file's fsync
         commit its directory entry in the same journal transaction. Copies are written
-        first (the recipients of those that fail go into their spool file), share that
-        sync, and are published after it: one more round, for their names.
+        first (the recipients of those that fail go into their spool file) and share
+        that sync; `_publish` then makes them visible.
         """
         assert self._sync_fd is not None
         batch = [copies for _, copies in work if copies is not None]
         files = len(work) + sum(c.files for c in batch)
         per_file = not self._use_syncfs or files <= PER_FILE_SYNC_MAX
-        copy_round = None
-        if batch:
-            assert self.copier is not None
-            copy_round = self.copier.write(batch, per_file, os.fstat(self._sync_fd).st_dev)
+        if not batch:
+            return self._seal_and_sync(work, per_file), None
+        assert self.copier is not None
+        copy_round = self.copier.write(batch, per_file, os.fstat(self._sync_fd).st_dev)
         try:
             results = self._seal_and_sync(work, per_file)
-            if copy_round is not None:
-                for (_, copies), result in zip(work, results, strict=True):
-                    if copies is not None and result is not None:
-                        copy_round.discard(copies, result)  # not acknowledged: not delivered
-                copy_round.publish()
+        except BaseException:
+            copy_round.close()
+            raise
+        return results, copy_round
+
+    def _publish(
+        self,
+        work: list[tuple[MessageWriter, Copies | None]],
+        results: list[Exception | None],
+        copy_round: CopyRound,
+    ) -> list[Exception | None]:
+        """Publishing thread: the copies into ``new/`` (round two), unless their
+        message failed; a copy not made durable fails its message."""
+        try:
+            for (_, copies), result in zip(work, results, strict=True):
+                if copies is not None and result is not None:
+                    copy_round.discard(copies, result)  # not acknowledged: not delivered
+            copy_round.publish()
         finally:
-            if copy_round is not None:
-                copy_round.close()
-        for i, (_, copies) in enumerate(work):
-            if results[i] is None and copies is not None and copies.error is not None:
-                results[i] = copies.error
-        return results
+            copy_round.close()
+        return [
+            copies.error if result is None and copies is not None else result
+            for (_, copies), result in zip(work, results, strict=True)
+        ]
 
     def _seal_and_sync(
         self, work: list[tuple[MessageWriter, Copies | None]], per_file: bool
@@ -696,3 +723,28 @@ class Spool:
 
 if TYPE_CHECKING:  # Spool is a QueueStore; mypy checks it here
     _store: QueueStore = Spool(Path())
+
+
+def _settle(waiting: list[asyncio.Future[None]], results: list[Exception | None]) -> None:
+    for done, result in zip(waiting, results, strict=True):
+        if done.done():
+            continue
+        if result is None:
+            done.set_result(None)
+        else:
+            done.set_exception(result)
+
+
+def _settle_from(
+    waiting: list[asyncio.Future[None]], publishing: asyncio.Future[list[Exception | None]]
+) -> None:
+    if publishing.cancelled():
+        for done in waiting:
+            done.cancel()
+        return
+    error = publishing.exception()
+    if error is not None:
+        fail = error if isinstance(error, Exception) else RuntimeError(str(error))
+        _settle(waiting, [fail] * len(waiting))
+    else:
+        _settle(waiting, publishing.result())
