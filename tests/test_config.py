@@ -354,7 +354,8 @@ def test_parse_duration_rejects_with_key(value: object) -> None:
         # choices
         (
             "[[listener]]\naddress = '127.0.0.1:25'\nmode = 'smpt'\n",
-            "listener[0].mode: must be one of smtp, submission, submissions, lmtp, http, got 'smpt'",
+            "listener[0].mode: must be one of smtp, submission, submissions, lmtp, http,"
+            " got 'smpt'",
         ),
         ("[policy]\nvrfy = 'yes'\n", "policy.vrfy: must be one of off, authenticated, on"),
         ("[policy]\nexpn = true\n", "policy.expn: must be one of off, authenticated, on"),

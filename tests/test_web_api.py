@@ -336,7 +336,8 @@ def test_events_stream_tells_of_new_mail(web: PetrelServer) -> None:
     assert stream.headers["Content-Type"] == "text/event-stream"
     assert stream.readline() == b"retry: 2000\n"  # connected: anything sent now is seen
     send(web, rich_message())
-    assert read_event(stream, "queue")["event"] == "queued"
+    # Delivered at intake (delivery.direct) it is "accepted" and never "queued".
+    assert read_event(stream, "queue")["event"] == "accepted"
     new = read_event(stream, "message")
     assert new["event"] == "new" and new["mailbox"] == f"bob@{HOSTNAME}"
     connection.close()
@@ -410,7 +411,12 @@ def test_two_curl_lines_from_the_readme(web: PetrelServer) -> None:
 def test_with_workers_the_parent_serves_http_and_counts_every_message(
     petrel_factory: Callable[..., PetrelServer],
 ) -> None:
-    server = petrel_factory(HTTP + '[http]\nauth = "none"\n', server_config="workers = 2")
+    # Queued mail: what a worker delivers itself at intake (delivery.direct) is not told
+    # to the parent, so its counters and events miss it (docs/api.md, "Metrics").
+    server = petrel_factory(
+        HTTP + '[http]\nauth = "none"\n[delivery]\ndns = false\ndirect = 0\n',
+        server_config="workers = 2",
+    )
     api = Api(server)
     for _ in range(3):
         send(server, rich_message())  # accepted by a worker, delivered by the parent

@@ -34,7 +34,7 @@ from petrel.intake import Intake, TooManyHops
 from petrel.log import log_event
 from petrel.policy import Policy
 from petrel.queue.admin import UnknownMessageError, matches_domain
-from petrel.queue.envelope import Envelope
+from petrel.queue.envelope import Envelope, Recipient
 from petrel.queue.store import QueueStore
 from petrel.status import ServerStats
 
@@ -46,7 +46,8 @@ from .smtp import SmtpTransport, remote_route
 
 log = logging.getLogger("petrel.qmgr")
 
-# A watcher is told (what, envelope, fields): "queued" (a new message), "delivered",
+# A watcher is told (what, envelope, fields): "queued" (a new message), "accepted" (one
+# delivered at intake to every recipient, never queued), "delivered",
 # "deferred" or "failed" (one recipient; fields as in the log line), "held",
 # "released", "deleted" (an operator's action) and "done" (the message left the queue).
 Watcher = Callable[[str, Envelope, dict[str, object]], None]
@@ -181,6 +182,20 @@ class QueueManager:
             found.envelope = envelope
         self._ready.append(envelope.queue_id)
         self._wake.set()
+
+    def delivered(self, envelope: Envelope, recipients: Sequence[Recipient]) -> None:
+        """Intake delivered some recipients itself: counted as in and out here."""
+        if not envelope.recipients:  # nothing queued: `submit` will not count it
+            self.stats.messages_in += 1
+            metrics.accepted(_source(envelope)).inc()
+            self.tell("accepted", envelope)
+        self.stats.delivered += len(recipients)
+        latency = max(0.0, self.clock() - envelope.received_at)
+        for recipient in recipients:
+            metrics.delivery("local", "delivered").inc()
+            metrics.latency("local").observe(latency)
+            fields: dict[str, object] = {"to": recipient.address, "relay": "local"}
+            self.tell("delivered", envelope, {**fields, "status": "2.0.0"})
 
     def knows(self, queue_id: str) -> bool:
         """True while the message is tracked here (queued, deferred, held, in delivery or

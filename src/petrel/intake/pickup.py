@@ -25,13 +25,13 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from petrel import smtp
 from petrel.log import log_event
-from petrel.queue import Envelope, Spool, is_valid_queue_id
+from petrel.queue import Envelope, Recipient, Spool, is_valid_queue_id
 
 from .trace import LOCAL_PROTOCOL
 
@@ -69,6 +69,9 @@ class PickupPoke:
             poked = False
         if not poked:
             log_event(log, "pickup-poke-lost", level=logging.DEBUG, queue_id=envelope.queue_id)
+
+    def delivered(self, envelope: Envelope, recipients: Sequence[Recipient]) -> None:
+        """Not reported: the parent's counters (`petrel status`) cover its own process."""
 
     def etrn(self, node: str) -> smtp.Reply:
         """ETRN (RFC 1985), answered by the queue manager: 250 started, or 251 none waiting."""

@@ -100,7 +100,7 @@ class Events:
 
     def __call__(self, what: str, envelope: Envelope, fields: dict[str, object]) -> None:
         recipient = fields.get("to")
-        if what == "queued":
+        if what in ("queued", "accepted"):  # accepted: delivered at intake, never queued
             self._count(accepted=1)
             self.totals["accepted"] += 1
         elif what in ("delivered", "deferred", "failed"):
