@@ -262,7 +262,8 @@ class WebServer:
         return web.Response(body=_resource("openapi.json"), content_type="application/json")
 
     async def metrics(self, request: web.Request) -> web.Response:
-        body = await asyncio.to_thread(generate_latest, metrics.REGISTRY)
+        # On the loop, not in a thread: the collectors read the queue manager's memory.
+        body = generate_latest(metrics.REGISTRY)
         response = web.Response(body=body)
         response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
         response.charset = "utf-8"
