@@ -408,25 +408,27 @@ def test_two_curl_lines_from_the_readme(web: PetrelServer) -> None:
     assert "/api/v1/events" in spec["paths"]
 
 
-def test_with_workers_the_parent_serves_http_and_counts_every_message(
+def test_with_workers_the_parent_serves_http_and_counts_every_process(
     petrel_factory: Callable[..., PetrelServer],
 ) -> None:
-    # Queued mail: what a worker delivers itself at intake (delivery.direct) is not told
-    # to the parent, so its counters and events miss it (docs/api.md, "Metrics").
-    server = petrel_factory(
-        HTTP + '[http]\nauth = "none"\n[delivery]\ndns = false\ndirect = 0\n',
-        server_config="workers = 2",
-    )
+    server = petrel_factory(HTTP + '[http]\nauth = "none"\n', server_config="workers = 2")
     api = Api(server)
     for _ in range(3):
-        send(server, rich_message())  # accepted by a worker, delivered by the parent
+        send(server, rich_message())  # a worker's session, delivered at intake by the worker
+    with smtplib.SMTP(server.host, server.port, timeout=30) as client:
+        client.ehlo("client.test")
+        client.mail("alice@example.org")
+        assert client.rcpt("bad/name@" + HOSTNAME)[0] == 553
     server.wait_for_messages("bob", 3)
     (mailbox,) = api.json("GET", "/api/v1/mailboxes")
     assert mailbox["messages"] == 3
+    delivered = ("petrel_deliveries_total", (("outcome", "delivered"), ("transport", "local")))
     metrics = wait_until(
-        lambda: (m := scrape(server))[("petrel_messages_accepted_total", (("source", "smtp"),))]
-        == 3.0
-        and m,
-        what="three messages counted",
+        lambda: (m := scrape(server)).get(delivered) == 3.0 and m, what="three deliveries"
     )
     assert isinstance(metrics, dict)
+    assert metrics[("petrel_messages_accepted_total", (("source", "smtp"),))] == 3.0
+    assert metrics[("petrel_messages_rejected_total", (("reason", "bad_address"),))] == 1.0
+    assert metrics[("petrel_connections_total", (("listener", "smtp"),))] == 4.0
+    assert metrics[("petrel_sessions_active", ())] == 0.0
+    assert api.json("GET", "/api/v1/stats")["rejected"] == 1

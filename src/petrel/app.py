@@ -230,6 +230,7 @@ async def _serve(config: Config, log_args: list[str] | None, errors: ErrorLog) -
         open_rates(config).table.close()  # and the rates
         bound = dropped.sockets if dropped.sockets is not None else _bind_listeners(config)
         http_sockets = {i: bound.pop(i) for i in list(bound) if _is_http(config, i)}
+        metrics.share_with_workers(data_dir / "metrics")  # their counts in our /metrics
         pool = WorkerPool(config, workers, bound, log_args or [], dropped.tls_fds)
         pool.start()
         served = [

@@ -5,11 +5,12 @@ and a float) and nothing else; the gauges that describe state (queue by state, s
 rounds) are read only when Prometheus scrapes (`StateCollector`). Names follow the
 Prometheus conventions: ``petrel_`` prefix, units in names, counters end in ``_total``.
 
-Processes: these are the counts of the process that serves HTTP, the ``petrel serve``
-parent. With ``server.workers > 1`` the SMTP sessions run in worker processes, so
-``petrel_connections_total``, ``petrel_messages_rejected_total``, the TLS and the AUTH
-counters cover the parent's own sessions only (none); ``petrel_messages_accepted_total``
-is counted by the queue manager, which every message reaches, so it is right either way.
+Processes: with ``server.workers > 1`` the SMTP sessions run in worker processes. The
+parent (`share_with_workers`, before it starts them) gives them
+``PROMETHEUS_MULTIPROC_DIR=<data_dir>/metrics``, so each worker's counters live in
+mmap'ed files there (prometheus-client's multiprocess mode), and `exposition` adds the
+files to the parent's own counters: connections, refusals, TLS, AUTH and direct
+deliveries are counted across every process.
 
 Other parts of Petrel add their own counters with `counter` (the same registry, the
 same naming rule), e.g. refusal counts by reason from the antispam checks.
@@ -18,7 +19,9 @@ same naming rule), e.g. refusal counts by reason from the antispam checks.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 
 from prometheus_client import (
     CollectorRegistry,
@@ -26,8 +29,10 @@ from prometheus_client import (
     Gauge,
     Histogram,
     disable_created_metrics,
+    generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 __all__ = [
@@ -37,6 +42,7 @@ __all__ = [
     "CONNECTIONS",
     "DELIVERIES",
     "DELIVERY_LATENCY",
+    "MULTIPROCESS_ENV",
     "REGISTRY",
     "SESSIONS",
     "TLS_FAILURES",
@@ -45,10 +51,14 @@ __all__ = [
     "accepted",
     "connection",
     "counter",
+    "delivered_at_intake",
     "delivery",
+    "exposition",
     "latency",
+    "message_source",
     "rejected",
     "rejection_reason",
+    "share_with_workers",
     "total_rejected",
 ]
 
@@ -65,7 +75,12 @@ def counter(name: str, documentation: str, labels: Sequence[str] = ()) -> Counte
 
 
 CONNECTIONS = counter("connections", "SMTP connections admitted, by listener mode", ["listener"])
-SESSIONS = Gauge("petrel_sessions_active", "SMTP sessions open now", registry=REGISTRY)
+SESSIONS = Gauge(
+    "petrel_sessions_active",
+    "SMTP sessions open now",
+    registry=REGISTRY,
+    multiprocess_mode="livesum",  # workers: the sum over the living processes
+)
 ACCEPTED = counter(
     "messages_accepted",
     "Messages the queue manager took (SMTP, sendmail, worker sessions, DSN notices), by source",
@@ -111,17 +126,7 @@ _REASONS = {
 }
 
 
-class _Reason:
-    """One reason's counter child, and the count the dashboard reads."""
-
-    __slots__ = ("child", "count")
-
-    def __init__(self, child: Counter) -> None:
-        self.child = child
-        self.count = 0
-
-
-_rejected_by_reason: dict[str, _Reason] = {}
+_rejected_by_reason: dict[str, Counter] = {}
 
 
 def rejection_reason(status: str | None) -> str:
@@ -132,16 +137,114 @@ def rejection_reason(status: str | None) -> str:
 def rejected(status: str | None) -> None:
     """Count one refusal (its children are made once per reason: the add stays cheap)."""
     reason = rejection_reason(status)
-    found = _rejected_by_reason.get(reason)
-    if found is None:
-        found = _rejected_by_reason[reason] = _Reason(_REJECTED.labels(reason=reason))
-    found.child.inc()
-    found.count += 1
+    child = _rejected_by_reason.get(reason)
+    if child is None:
+        child = _rejected_by_reason[reason] = _REJECTED.labels(reason=reason)
+    child.inc()
 
 
 def total_rejected() -> int:
-    """Every refusal counted so far, whatever its reason (the console's dashboard)."""
-    return sum(child.count for child in _rejected_by_reason.values())
+    """Every refusal counted so far, whatever its reason, in every process (dashboard)."""
+    return int(
+        sum(
+            sample.value
+            for family in _exposed().collect()
+            if family.name == "petrel_messages_rejected"
+            for sample in family.samples
+            if sample.name.endswith("_total")
+        )
+    )
+
+
+def message_source(protocol: str, notice: str | None) -> str:
+    """The ``source`` label of ``petrel_messages_accepted_total`` for an envelope."""
+    if notice is not None:
+        return "notice"
+    protocol = protocol.upper()
+    if "LMTP" in protocol:
+        return "lmtp"
+    return "smtp" if "SMTP" in protocol else "local"
+
+
+def delivered_at_intake(source: str, recipients: int, age: float, queued: bool) -> None:
+    """Direct delivery (intake/direct.py) put ``recipients`` copies in their mailboxes;
+    ``queued``: the rest of the message went to the queue, which counts it as accepted."""
+    if not queued:
+        accepted(source).inc()
+    for _ in range(recipients):
+        delivery("local", "delivered").inc()
+        latency("local").observe(age)
+
+
+# -- several processes -------------------------------------------------------------------
+
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_shared: Path | None = None  # the parent's view of its workers' files
+
+
+def share_with_workers(directory: Path) -> None:
+    """Make the worker processes started from now on count into files in ``directory``.
+
+    Called by the parent before it starts them; files of an earlier run are removed (a
+    new server starts from zero, as a single process does).
+    """
+    global _shared
+    directory.mkdir(mode=0o700, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()
+    os.environ[MULTIPROCESS_ENV] = str(directory)
+    _shared = directory
+
+
+def _reap(directory: Path) -> None:
+    """A dead worker's open sessions are no longer open (its counters stay counted)."""
+    for path in directory.glob("gauge_livesum_*.db"):
+        pid = int(path.stem.rpartition("_")[2])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            path.unlink(missing_ok=True)
+        except PermissionError:
+            pass
+
+
+class _Summed(Collector):
+    """This process's registry plus the workers' files, the same series added up."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.files = MultiProcessCollector(None, path=str(directory))  # type: ignore[no-untyped-call]
+
+    def collect(self) -> Iterable[Metric]:
+        _reap(self.directory)
+        families: dict[str, Metric] = {}
+        values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+        for source in (self.files.collect(), REGISTRY.collect()):  # type: ignore[no-untyped-call]
+            for family in source:
+                if family.name not in families:
+                    families[family.name] = Metric(family.name, family.documentation, family.type)
+                    values[family.name] = {}
+                summed = values[family.name]
+                for sample in family.samples:
+                    key = (sample.name, tuple(sorted(sample.labels.items())))
+                    summed[key] = summed.get(key, 0.0) + sample.value
+        for name, family in families.items():
+            for (sample, labels), value in values[name].items():
+                family.add_sample(sample, dict(labels), value)
+            yield family
+
+
+def _exposed() -> Collector:
+    return REGISTRY if _shared is None else _Summed(_shared)
+
+
+def exposition() -> bytes:
+    """``/metrics``: the Prometheus text format of every process's counters."""
+    if _shared is None:
+        return generate_latest(REGISTRY)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Summed(_shared))
+    return generate_latest(registry)
 
 
 # Labelled children, made once: ``labels()`` takes a lock and builds a key on each call.

@@ -176,7 +176,7 @@ class QueueManager:
         if found is None:
             self._messages[envelope.queue_id] = Tracked(envelope)
             self.stats.messages_in += 1
-            metrics.accepted(_source(envelope)).inc()
+            metrics.accepted(metrics.message_source(envelope.protocol, envelope.notice)).inc()
             self.tell("queued", envelope)
         else:  # known already: its marks (an attempt running, a delete) stay
             found.envelope = envelope
@@ -187,13 +187,12 @@ class QueueManager:
         """Intake delivered some recipients itself: counted as in and out here."""
         if not envelope.recipients:  # nothing queued: `submit` will not count it
             self.stats.messages_in += 1
-            metrics.accepted(_source(envelope)).inc()
             self.tell("accepted", envelope)
         self.stats.delivered += len(recipients)
-        latency = max(0.0, self.clock() - envelope.received_at)
+        age = max(0.0, self.clock() - envelope.received_at)
+        source = metrics.message_source(envelope.protocol, envelope.notice)
+        metrics.delivered_at_intake(source, len(recipients), age, bool(envelope.recipients))
         for recipient in recipients:
-            metrics.delivery("local", "delivered").inc()
-            metrics.latency("local").observe(latency)
             fields: dict[str, object] = {"to": recipient.address, "relay": "local"}
             self.tell("delivered", envelope, {**fields, "status": "2.0.0"})
 
@@ -523,16 +522,6 @@ class QueueManager:
         if self.spool.body_size(queue_id) <= dsn.FULL_LIMIT:
             return self.spool.read_body(queue_id)
         return self.spool.read_header(queue_id)
-
-
-def _source(envelope: Envelope) -> str:
-    """The ``source`` label of ``petrel_messages_accepted_total``."""
-    if envelope.notice is not None:
-        return "notice"
-    protocol = envelope.protocol.upper()
-    if "LMTP" in protocol:
-        return "lmtp"
-    return "smtp" if "SMTP" in protocol else "local"
 
 
 def _run_each(steps: list[Callable[[], None]]) -> None:

@@ -71,7 +71,13 @@ class PickupPoke:
             log_event(log, "pickup-poke-lost", level=logging.DEBUG, queue_id=envelope.queue_id)
 
     def delivered(self, envelope: Envelope, recipients: Sequence[Recipient]) -> None:
-        """Not reported: the parent's counters (`petrel status`) cover its own process."""
+        """Counted in this process's metrics, which a worker shares with the parent's
+        /metrics (petrel.metrics); `petrel status` covers the parent's own process."""
+        from petrel import metrics  # here: `petrel sendmail` needs no prometheus-client
+
+        age = max(0.0, time.time() - envelope.received_at)
+        source = metrics.message_source(envelope.protocol, envelope.notice)
+        metrics.delivered_at_intake(source, len(recipients), age, bool(envelope.recipients))
 
     def etrn(self, node: str) -> smtp.Reply:
         """ETRN (RFC 1985), answered by the queue manager: 250 started, or 251 none waiting."""

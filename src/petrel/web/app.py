@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from petrel import metrics
 from petrel.config import Config, Listener
@@ -263,7 +263,7 @@ class WebServer:
 
     async def metrics(self, request: web.Request) -> web.Response:
         # On the loop, not in a thread: the collectors read the queue manager's memory.
-        body = generate_latest(metrics.REGISTRY)
+        body = metrics.exposition()
         response = web.Response(body=body)
         response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
         response.charset = "utf-8"
