@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from petrel import __version__, metrics
-from petrel.config import FD_RESERVE, Config
+from petrel.config import FD_RESERVE, Config, ConfigError
 from petrel.delivery.maildir import clean_tmp
 from petrel.delivery.manager import QueueManager
+from petrel.dkim import Signer
+from petrel.dns import Resolver
 from petrel.fsutil import (
     UnsafePathError,
     check_trusted_path,
@@ -179,6 +181,11 @@ async def _serve(config: Config, log_args: list[str] | None, errors: ErrorLog) -
         return 1
     if dropped is None:
         return 1
+    try:  # again as the user the server runs as: it must read the keys on reload too
+        Signer.load(config.dkim)
+    except ConfigError as exc:
+        log_event(log, "dkim-key-unusable", level=logging.ERROR, error=str(exc))
+        return 1
     try:
         _check_data_dir(config)
     except UnsafePathError as exc:
@@ -208,7 +215,8 @@ async def _serve(config: Config, log_args: list[str] | None, errors: ErrorLog) -
     spool.copier = MaildirCopier(data_dir / "mailboxes")  # direct delivery at intake
     recovered = spool.recover()
     policy = Policy(config, Aliases.load(config.aliases.file))
-    manager = QueueManager(config, spool, policy)
+    dns = Resolver(config.dns)  # the process's one resolver: delivery and sessions share it
+    manager = QueueManager(config, spool, policy, dns)
     manager.start(recovered)
     listeners: list[dict[str, str]] = []  # filled in once bound
     pool: WorkerPool | None = None
@@ -239,7 +247,7 @@ async def _serve(config: Config, log_args: list[str] | None, errors: ErrorLog) -
             for sock in socks
         ]
     else:
-        server = Server(config, manager.intake, policy, loop, dropped.tls)
+        server = Server(config, manager.intake, policy, loop, dns, dropped.tls)
         served = await server.start(dropped.sockets)
         http_sockets = {
             i: socks for i, socks in (dropped.sockets or {}).items() if _is_http(config, i)
@@ -301,6 +309,7 @@ async def _serve(config: Config, log_args: list[str] | None, errors: ErrorLog) -
         changed = reread(config, policy)
         if changed is not None:
             config, policy = changed
+            dns.reconfigure(config.dns)
             manager.reconfigure(config, policy)
             if server is not None:
                 server.reconfigure(config, policy)
@@ -462,7 +471,8 @@ async def serve_worker(config: Config, number: int) -> int:
     # its queue manager over the control socket, so it answers as a single process does.
     etrn = functools.partial(ask_etrn, control_path(config.server.data_dir))
     submitter = PickupPoke(spool.root, etrn=etrn)
-    server = Server(config, Intake(config, spool, submitter), policy, loop)
+    dns = Resolver(config.dns)
+    server = Server(config, Intake(config, spool, submitter), policy, loop, dns)
     await server.start(inherited)
     log_event(log, "worker-ready", pid=os.getpid())
     stop = asyncio.Event()
@@ -474,6 +484,7 @@ async def serve_worker(config: Config, number: int) -> int:
         changed = reread(config, policy)
         if changed is not None:
             config, policy = changed
+            dns.reconfigure(config.dns)
             server.reconfigure(config, policy)
         server.reload_tls()
         if changed is not None:
