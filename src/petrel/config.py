@@ -23,6 +23,7 @@ __all__ = [
     "FD_RESERVE",
     "AliasesSection",
     "AuthSection",
+    "AuthenticationSection",
     "Config",
     "ConfigError",
     "DeliverySection",
@@ -69,6 +70,7 @@ _SECTIONS = frozenset(
         "aliases",
         "auth",
         "delivery",
+        "authentication",
     }
 )
 AUTH_MECHANISMS = ("PLAIN", "LOGIN", "SCRAM-SHA-256")
@@ -224,6 +226,15 @@ class AuthSection:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthenticationSection:
+    """Inbound checks (SPF, DKIM, DMARC, ARC) on mail from unauthenticated clients."""
+
+    checks: bool = True  # one Authentication-Results field on every such message
+    dmarc_enforce: bool = True  # p=reject -> 550 5.7.1, p=quarantine -> the Junk folder
+    spf_reject: bool = False  # an SPF fail alone -> 550 5.7.23
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerSection
     listeners: tuple[Listener, ...]
@@ -238,6 +249,7 @@ class Config:
     auth: AuthSection = field(default_factory=AuthSection)
     delivery: DeliverySection = field(default_factory=DeliverySection)
     log: LogSection = field(default_factory=LogSection)
+    authentication: AuthenticationSection = field(default_factory=AuthenticationSection)
 
     @classmethod
     def default(cls) -> Config:
@@ -345,6 +357,7 @@ def _build(data: dict[str, Any], base_dir: Path, source: Path | None) -> Config:
         auth=_auth(_Table(data.get("auth", {}), "auth")),
         delivery=_delivery(_Table(data.get("delivery", {}), "delivery")),
         log=_log(_Table(data.get("log", {}), "log"), server.data_dir),
+        authentication=_authentication(_Table(data.get("authentication", {}), "authentication")),
     )
 
 
@@ -597,6 +610,16 @@ def _auth(t: _Table) -> AuthSection:
     )
     t.finish()
     return auth
+
+
+def _authentication(t: _Table) -> AuthenticationSection:
+    section = AuthenticationSection(
+        checks=_bool(t.take("checks", True), t.key("checks")),
+        dmarc_enforce=_bool(t.take("dmarc_enforce", True), t.key("dmarc_enforce")),
+        spf_reject=_bool(t.take("spf_reject", False), t.key("spf_reject")),
+    )
+    t.finish()
+    return section
 
 
 def _show(value: Any) -> str:

@@ -22,8 +22,9 @@ from petrel.queue.store import QueueStore
 from .maildir import BodySource, DeliveredKeys, DeliveryItem, deliver_batch
 from .outcome import Job, Result, Route, deferred, delivered, local_error
 
-__all__ = ["IN_MEMORY_BODY", "LOCAL", "MaildirTransport"]
+__all__ = ["IN_MEMORY_BODY", "JUNK_FOLDER", "LOCAL", "MaildirTransport"]
 
+JUNK_FOLDER = "Junk"  # Maildir++ ``.Junk/``: where DMARC's quarantine puts local copies
 LOCAL = Route("local", "maildir")  # every local recipient: one route, one batch
 IN_MEMORY_BODY = 1 << 20  # bodies up to this size are read once and shared
 
@@ -117,4 +118,5 @@ def _item(
         body,
         key=f"{envelope.queue_id}R{envelope.recipients.index(recipient)}",
         maybe_done=maybe_done,
+        folder=JUNK_FOLDER if envelope.junk else "",
     )

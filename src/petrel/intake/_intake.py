@@ -6,26 +6,38 @@ goes through the same steps: the envelope's recipients come from `expand_recipie
 field, the text streams through a `Draft` (header section scanned once: hop count and,
 for submission, the missing Date/Message-ID added), and `Intake.commit` checks the hop
 limit, makes the message durable and hands it to delivery.
+
+Mail that the inbound checks cover (`Checker`: SPF begun at MAIL, DKIM, DMARC, ARC) is
+held whole until its end instead: `Intake.commit` then checks it, lets
+`policy.authentication.judge` decide (refuse, deliver to Junk, deliver), and writes it
+behind our trace field and our Authentication-Results field, without any field that
+forged our authserv-id.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
 from collections.abc import Iterable, Sequence
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from petrel import smtp
 from petrel.config import Config
 from petrel.log import log_event
+from petrel.policy.authentication import judge
 from petrel.queue import Envelope, QueueStore, QueueWriter, Recipient, new_queue_id
 
-from .headers import HeaderSection
+from .headers import HeaderSection, remove_forged_results
 from .trace import Origin, received_field, rfc5322_date
+
+if TYPE_CHECKING:  # dkimpy is loaded by the server that makes a Checker, not by sendmail
+    from petrel.mailauth.checks import Checker, SpfPair
 
 __all__ = [
     "Accepted",
+    "CheckRefused",
     "Draft",
     "Intake",
     "Submitter",
@@ -51,6 +63,14 @@ class TooManyHops(Exception):
     def __init__(self, hops: int) -> None:
         super().__init__(f"{hops} Received header fields")
         self.hops = hops
+
+
+class CheckRefused(Exception):
+    """The inbound checks refuse the message (DMARC p=reject, SPF with spf_reject)."""
+
+    def __init__(self, reply: smtp.Reply) -> None:
+        super().__init__(str(reply))
+        self.reply = reply
 
 
 class Accepted(NamedTuple):
@@ -122,27 +142,55 @@ class Draft:
 
     With ``fix_header`` (submission, RFC 6409 §8; local submission) the text is held
     back until the header section is complete, so the fields it lacks can go in front.
+    With ``checks`` (the SPF task of an inbound message) the whole text is held and the
+    spool file is begun only at `Intake.commit`, once the checks have said what to write.
     Writes may raise OSError (a full disk): then `abort`.
     """
 
-    __slots__ = ("_default_from", "_header", "_held", "_hostname", "_writer")
+    __slots__ = (
+        "_checks",
+        "_default_from",
+        "_envelope",
+        "_fix",
+        "_header",
+        "_held",
+        "_hostname",
+        "_spool",
+        "_trace",
+        "_writer",
+    )
 
     def __init__(
-        self, writer: QueueWriter, hostname: str, fix_header: bool, default_from: str | None
+        self,
+        spool: QueueStore,
+        writer: QueueWriter | None,
+        envelope: Envelope,
+        trace: bytes,
+        hostname: str,
+        fix_header: bool,
+        default_from: str | None,
+        checks: asyncio.Task[SpfPair] | None = None,
     ) -> None:
-        self._writer = writer
+        self._spool = spool
+        self._writer = writer  # None until the checks are done (then `_release` begins it)
+        self._envelope = envelope
+        self._fix = fix_header
+        self._trace = trace  # written already when there is a writer
         self._hostname = hostname
         self._header = HeaderSection()
-        self._held: bytearray | None = bytearray() if fix_header else None
+        self._held: bytearray | None = bytearray() if fix_header or checks else None
         self._default_from = default_from
+        self._checks = checks
 
     @property
     def envelope(self) -> Envelope:
-        return self._writer.envelope
+        return self._envelope
 
     @property
     def size(self) -> int:
-        """Octets spooled so far, trace field included."""
+        """Octets spooled (or held) so far, trace field included."""
+        if self._writer is None:
+            return len(self._trace) + len(self._held or b"")
         return self._writer.size
 
     @property
@@ -153,42 +201,71 @@ class Draft:
     def write(self, data: bytes) -> None:
         self._header.feed(data)
         if self._held is None:
+            assert self._writer is not None
             self._writer.write(data)
             return
         self._held += data
-        if self._header.done:
+        if self._header.done and self._checks is None:
             self._release()
 
     def abort(self) -> None:
         """Drop the message; safe to call more than once."""
         self._held = None
-        self._writer.abort()
+        if self._checks is not None:
+            self._checks.cancel()
+        if self._writer is not None:
+            self._writer.abort()
 
-    def _release(self) -> None:
-        """Write the held-back text behind the fields it lacks (RFC 6409 §8.2–8.3)."""
+    def _fixed(self, held: bytes) -> bytes:
+        """The held text behind the fields it lacks (RFC 6409 §8.2–8.3), without the
+        Authentication-Results fields that forge ours."""
+        added = b""
+        if self._fix:
+            names = self._header.field_names()
+            if b"date" not in names:
+                added += f"Date: {rfc5322_date()}\r\n".encode()
+            if b"message-id" not in names:
+                msgid = f"{self.envelope.queue_id}.{secrets.token_hex(4)}@{self._hostname}"
+                added += f"Message-ID: <{msgid}>\r\n".encode()
+            if self._default_from is not None and b"from" not in names:
+                added += f"From: {self._default_from}\r\n".encode()
+        return added + remove_forged_results(held, self._hostname)
+
+    def _release(self, results: bytes = b"") -> None:
+        """Write what was held: ``results`` (our Authentication-Results) first."""
         held, self._held = self._held, None
         if held is None:
             return
-        names = self._header.field_names()
-        added = b""
-        if b"date" not in names:
-            added += f"Date: {rfc5322_date()}\r\n".encode()
-        if b"message-id" not in names:
-            msgid = f"{self.envelope.queue_id}.{secrets.token_hex(4)}@{self._hostname}"
-            added += f"Message-ID: <{msgid}>\r\n".encode()
-        if self._default_from is not None and b"from" not in names:
-            added += f"From: {self._default_from}\r\n".encode()
-        self._writer.write(added + bytes(held))
+        text = results + self._fixed(bytes(held))
+        if self._writer is None:
+            self._writer = self._spool.begin(self._envelope)
+            text = self._trace + text
+        self._writer.write(text)
 
 
 class Intake:
     """Begin, stream, commit: the same path into the queue for every kind of producer."""
 
-    def __init__(self, config: Config, spool: QueueStore, submitter: Submitter) -> None:
+    def __init__(
+        self,
+        config: Config,
+        spool: QueueStore,
+        submitter: Submitter,
+        checker: Checker | None = None,
+    ) -> None:
         self.hostname = config.server.hostname
         self.max_received = config.delivery.max_received
+        self.authentication = config.authentication
         self.spool = spool
         self.submitter = submitter
+        self.checker = checker  # the inbound checks; None: `petrel sendmail`, or checks off
+
+    def start_checks(self, ip: str, sender: str, helo: str) -> asyncio.Task[SpfPair] | None:
+        """At MAIL of a message the inbound checks cover: SPF begins now (None when
+        the checks are off); hand the task to `begin`."""
+        if self.checker is None or not self.authentication.checks:
+            return None
+        return self.checker.start_spf(ip, sender, helo, self.hostname)
 
     def has_room(self, size: int) -> bool:
         """Can the spool take a message of ``size`` octets now (a free-space floor)?"""
@@ -202,37 +279,45 @@ class Intake:
         given: Sequence[str] = (),
         fix_header: bool = False,
         default_from: str | None = None,
+        checks: asyncio.Task[SpfPair] | None = None,
     ) -> Draft:
         """A draft whose first line is our Received field (``given``: the addresses as
-        the client gave them, for its ``for`` clause). OSError if the spool refuses."""
-        writer = self.spool.begin(envelope)
-        draft = Draft(writer, self.hostname, fix_header, default_from)
+        the client gave them, for its ``for`` clause; ``checks``: from `start_checks`).
+        OSError if the spool refuses."""
         for_rcpt = given[0] if len(given) == 1 else None
         trace = received_field(
             self.hostname, envelope.queue_id, envelope.received_at, origin, for_rcpt
         )
+        if checks is not None:
+            return Draft(
+                self.spool, None, envelope, trace, self.hostname, fix_header, default_from, checks
+            )
+        writer = self.spool.begin(envelope)
         try:
             writer.write(trace)
         except BaseException:
             writer.abort()
             raise
-        return draft
+        return Draft(self.spool, writer, envelope, trace, self.hostname, fix_header, default_from)
 
     async def commit(self, draft: Draft, **context: str) -> None:
         """Return once the message is durable and handed to delivery.
 
-        Raises TooManyHops (the draft is dropped) or OSError (nothing was queued).
-        ``context`` goes into the ``accepted`` log line (e.g. the session id).
+        Raises TooManyHops (the draft is dropped), CheckRefused (the checks refuse it) or
+        OSError (nothing was queued). ``context`` goes into the ``accepted`` log line
+        (e.g. the session id).
         """
         if draft.hops > self.max_received:
             draft.abort()
             raise TooManyHops(draft.hops)
+        envelope = draft.envelope
         try:
-            draft._release()
+            results = await self._check(draft, context)
+            draft._release(results)
         except BaseException:
             draft.abort()
             raise
-        envelope = draft.envelope
+        assert draft._writer is not None
         await self.spool.commit(draft._writer)
         log_event(
             log,
@@ -245,6 +330,27 @@ class Intake:
             size=draft.size,
         )
         self.submitter.submit(envelope)
+
+    async def _check(self, draft: Draft, context: dict[str, str]) -> bytes:
+        """Run the inbound checks of a held draft: our Authentication-Results field,
+        the Junk mark on the envelope, or CheckRefused."""
+        task, held = draft._checks, draft._held
+        if task is None or held is None or self.checker is None:
+            return b""
+        envelope = draft.envelope
+        findings = await self.checker.check(
+            task,
+            envelope.sender,
+            bytes(held),
+            self.hostname,
+            queue_id=envelope.queue_id,
+            **context,
+        )
+        judgement = judge(self.authentication, findings.spf.mail_from, findings.dmarc)
+        if judgement.refusal is not None:
+            raise CheckRefused(judgement.refusal)
+        envelope.junk = judgement.junk
+        return findings.field
 
     async def put(
         self,

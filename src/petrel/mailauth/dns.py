@@ -36,7 +36,7 @@ class Answer(Generic[T]):
 class Lookups(Protocol):
     """The lookups SPF, DKIM and DMARC make. Each raises DnsTempError on failure."""
 
-    async def txt(self, name: str) -> Answer[bytes]:
+    async def txt(self, name: str) -> Answer[str]:
         """TXT records, each one's strings joined (RFC 7208 §3.3, RFC 6376 §3.6.2.2)."""
         ...
 

@@ -45,7 +45,7 @@ _IP4_RE = re.compile(
     r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\.){3}"
     r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
 )
-_VERSION_RE = re.compile(rb"v=spf1(?: |\Z)", re.I)
+_VERSION_RE = re.compile(r"v=spf1(?: |\Z)", re.I)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +200,7 @@ class _Evaluation:
             return None
         if len(records) > 1:
             raise _PermError(f"{domain} has {len(records)} SPF records")
-        text = records[0].decode("latin-1")
+        text = records[0]
         if not text.isascii() or not text.isprintable():
             raise _PermError(f"the SPF record of {domain} is not 7-bit ASCII text")
         return _parse(text)
@@ -319,7 +319,7 @@ class _Evaluation:
             answer = await self.lookups.txt(target)
             if len(answer.records) != 1:
                 return None
-            text = answer.records[0].decode("latin-1")
+            text = answer.records[0]
             if not text.isascii():
                 return None
             return await self._expand(text, domain, explain=True)

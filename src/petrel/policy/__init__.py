@@ -46,6 +46,7 @@ class Policy:
         self.vrfy_exposure = config.policy.vrfy
         self.expn_exposure = config.policy.expn
         self.sender_login_match = config.auth.sender_login_match
+        self.inbound_checks = config.authentication.checks
         self.aliases = aliases
 
     # -- addresses --------------------------------------------------------------------
@@ -71,6 +72,11 @@ class Policy:
         except ValueError:
             return False
         return any(ip in net for net in self.relay_networks)
+
+    def checks_inbound(self, client: Client, mode: str) -> bool:
+        """Does mail from this client get SPF, DKIM, DMARC and ARC checks? Mail from
+        strangers on an MX listener does; users, relay networks and LMTP do not."""
+        return self.inbound_checks and mode == "smtp" and not self.may_relay(client)
 
     # -- MAIL, ETRN -------------------------------------------------------------------
 
