@@ -68,9 +68,9 @@ class ZoneLookups:
                 found.extend(self._records(value, kind, 1).records)
         return Answer(tuple(found))
 
-    async def txt(self, name: str) -> Answer[bytes]:
+    async def txt(self, name: str) -> Answer[str]:
         answer = self._records(name, "TXT")
-        texts = tuple("".join([v] if isinstance(v, str) else v).encode() for v in answer.records)
+        texts = tuple("".join([v] if isinstance(v, str) else v) for v in answer.records)
         return Answer(texts, answer.nxdomain)
 
     async def addresses(self, name: str, ipv6: bool) -> Answer[str]:
