@@ -27,6 +27,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DeliverySection",
+    "DnsSection",
     "DomainsSection",
     "LimitsSection",
     "Listener",
@@ -70,6 +71,7 @@ _SECTIONS = frozenset(
         "aliases",
         "auth",
         "delivery",
+        "dns",
         "authentication",
     }
 )
@@ -190,6 +192,14 @@ class DeliverySection:
 
 
 @dataclass(frozen=True, slots=True)
+class DnsSection:
+    """The resolver every lookup uses (petrel.dns); ``nameservers`` None: /etc/resolv.conf."""
+
+    nameservers: tuple[tuple[str, int], ...] | None = None  # (IP address, port)
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
 class PolicySection:
     vrfy: str
     expn: str
@@ -249,6 +259,7 @@ class Config:
     auth: AuthSection = field(default_factory=AuthSection)
     delivery: DeliverySection = field(default_factory=DeliverySection)
     log: LogSection = field(default_factory=LogSection)
+    dns: DnsSection = field(default_factory=DnsSection)
     authentication: AuthenticationSection = field(default_factory=AuthenticationSection)
 
     @classmethod
@@ -357,6 +368,7 @@ def _build(data: dict[str, Any], base_dir: Path, source: Path | None) -> Config:
         auth=_auth(_Table(data.get("auth", {}), "auth")),
         delivery=_delivery(_Table(data.get("delivery", {}), "delivery")),
         log=_log(_Table(data.get("log", {}), "log"), server.data_dir),
+        dns=_dns(_Table(data.get("dns", {}), "dns")),
         authentication=_authentication(_Table(data.get("authentication", {}), "authentication")),
     )
 
@@ -560,6 +572,45 @@ def _delivery(t: _Table) -> DeliverySection:
     )
     t.finish()
     return section
+
+
+def _dns(t: _Table) -> DnsSection:
+    value = t.take("nameservers", None)
+    nameservers = None
+    if value is not None:
+        items = _list(value, t.key("nameservers"))
+        if not items:
+            raise ConfigError(
+                f"{t.key('nameservers')}: must name at least one server, or be left out "
+                "(the system's /etc/resolv.conf)"
+            )
+        nameservers = tuple(
+            _nameserver(v, f"{t.key('nameservers')}[{i}]") for i, v in enumerate(items)
+        )
+    section = DnsSection(nameservers, parse_duration(t.take("timeout", "5s"), t.key("timeout")))
+    t.finish()
+    return section
+
+
+def _nameserver(value: Any, key: str) -> tuple[str, int]:
+    """An IP address, optionally with a port: "192.0.2.1", "192.0.2.1:5353", "::1",
+    "[::1]:5353". A name would need DNS to be found, so it is refused."""
+    text = _str(value, key)
+    wanted = f'must be an IP address or "address:port" ("[::1]:53" for IPv6), got {text!r}'
+    try:
+        return str(ipaddress.ip_address(text)), 53
+    except ValueError:
+        pass
+    try:
+        host, port = _host_port(text, key, min_port=1)
+    except ConfigError as exc:
+        if "port must be" in str(exc):
+            raise
+        raise ConfigError(f"{key}: {wanted}") from None
+    try:
+        return str(ipaddress.ip_address(host)), port
+    except ValueError:
+        raise ConfigError(f"{key}: {wanted}") from None
 
 
 def _policy(t: _Table) -> PolicySection:
