@@ -93,7 +93,12 @@ def verify_dkim(message: bytes, fetcher: KeyFetcher) -> list[DkimOutcome]:
         try:
             good = verifier.verify(idx=index, dnsfunc=fetcher)
         except dkim.DKIMException as exc:
-            outcomes.append(DkimOutcome("permerror", domain, selector, str(exc)))
+            # dkimpy raises for a changed body too: that is a fail (RFC 6376 §6.1.3),
+            # a malformed signature or key a permerror.
+            if str(exc).startswith("body hash mismatch"):
+                outcomes.append(DkimOutcome("fail", domain, selector, "body hash did not verify"))
+            else:
+                outcomes.append(DkimOutcome("permerror", domain, selector, str(exc)[:200]))
             continue
         if good:
             outcomes.append(DkimOutcome("pass", domain, selector))
