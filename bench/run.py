@@ -9,7 +9,10 @@ bench/results/<date>.md and prints the same tables.
 
 Environment: QUICK=1 (one run, fewer messages, < 2 minutes), RUNS, MESSAGES,
 WORKERS (Petrel's server.workers; "compare" runs 1 and "auto" side by side),
-TARGETS (comma list of petrel,postfix), MATRIX=0 / PROBES=0 (skip either part),
+TARGETS (comma list of petrel,checks,postfix; "checks" is Petrel with the inbound
+SPF/DKIM/DMARC/ARC checks on, asking a Knot DNS server on loopback that serves an SPF
+pass and a DMARC record for the sender, ``petrel`` has them off), MATRIX=0 / PROBES=0
+(skip either part),
 KEEP=1 (keep the temporary directory and its logs).
 """
 
@@ -40,6 +43,8 @@ from common import (
 from targets import RECIPIENT, PetrelTarget, PostfixTarget, Target
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+from dns_server import DnsServer, txt  # noqa: E402  (the tests' Knot DNS server)
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,7 @@ class Settings:
     big_size: int
     workers: list[str]
     with_postfix: bool
+    with_checks: bool
     matrix: bool
     probes: bool
 
@@ -75,7 +81,7 @@ class Settings:
     def from_env(cls) -> Settings:
         quick = os.environ.get("QUICK", "0") not in ("", "0")
         workers = os.environ.get("WORKERS", "1")
-        targets = os.environ.get("TARGETS", "petrel,postfix").split(",")
+        targets = os.environ.get("TARGETS", "petrel,checks,postfix").split(",")
         return cls(
             quick=quick,
             runs=int(os.environ.get("RUNS", "1" if quick else "5")),
@@ -85,6 +91,7 @@ class Settings:
             big_size=int(os.environ.get("BIG_MB", "50")) << 20,
             workers=["1", "auto"] if workers == "compare" else [workers],
             with_postfix="postfix" in targets,
+            with_checks="checks" in targets,
             matrix=os.environ.get("MATRIX", "1") != "0",
             probes=os.environ.get("PROBES", "1") != "0",
         )
@@ -303,6 +310,17 @@ def report(settings: Settings, names: list[str], results: Results, facts: dict[s
     return "\n".join(lines)
 
 
+def start_dns(root: Path) -> DnsServer:
+    """The tests' Knot DNS server, serving what the checks look up for smtp-source's
+    mail (MAIL FROM and HELO client.test): SPF pass for 127.0.0.1, DMARC p=none."""
+    dns = DnsServer(root)
+    dns.zone(
+        "client.test",
+        [f"@ TXT {txt('v=spf1 ip4:127.0.0.1 -all')}", f"_dmarc TXT {txt('v=DMARC1; p=none')}"],
+    )
+    return dns.start()
+
+
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
@@ -323,12 +341,16 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="petrel-bench-"))
     os.chmod(root, 0o755)  # the Postfix instance's users must traverse it
     targets: list[Target] = []
+    dns: DnsServer | None = None
     results = Results()
     started = time.monotonic()
     try:
         for workers in settings.workers:
             name = "petrel" if len(settings.workers) == 1 else f"petrel w={workers}"
             targets.append(PetrelTarget(root / f"petrel-{workers}", workers, name))
+        if settings.with_checks:
+            dns = start_dns(root / "dns")
+            targets.append(PetrelTarget(root / "petrel-checks", "1", "petrel checks", dns.address))
         if settings.with_postfix:
             targets.append(PostfixTarget(root / "postfix"))
         for target in targets:
@@ -352,6 +374,8 @@ def main() -> int:
                 target.stop()
             except Exception as exc:  # teardown must go on to the next target
                 print(f"stopping {target.name}: {exc}", file=sys.stderr)
+        if dns is not None:
+            dns.stop()
         if os.environ.get("KEEP") == "1":
             print(f"kept {root}", file=sys.stderr)
         else:

@@ -133,6 +133,14 @@ class Checker:
         )
         return Findings(spf_pair, tuple(signatures), dmarc_outcome, arc, field)
 
+    async def seal(
+        self, message: bytes, domain: str, selector: str, private: bytes, authserv_id: str
+    ) -> bytes:
+        """An ARC set for ``message`` as it will be sent on (CPU work: in a thread)."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, dkimcheck.seal_arc, message, domain, selector, private, authserv_id
+        )
+
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 

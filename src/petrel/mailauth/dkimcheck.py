@@ -1,4 +1,4 @@
-"""DKIM (RFC 6376, RFC 8463) and ARC (RFC 8617) verification with dkimpy.
+"""DKIM (RFC 6376, RFC 8463) and ARC (RFC 8617) verification, and ARC sealing, with dkimpy.
 
 dkimpy's verifiers are synchronous and CPU-bound, so they run in a worker thread; their
 key lookups (``dnsfunc``) are sent back to the event loop, to Petrel's one resolver,
@@ -19,7 +19,7 @@ from dkim.util import InvalidTagValueList, parse_tag_value
 
 from .dns import DnsTempError, Lookups
 
-__all__ = ["ArcOutcome", "DkimOutcome", "KeyFetcher", "verify_arc", "verify_dkim"]
+__all__ = ["ArcOutcome", "DkimOutcome", "KeyFetcher", "seal_arc", "verify_arc", "verify_dkim"]
 
 DkimResult = Literal["pass", "fail", "neutral", "temperror", "permerror"]
 ArcResult = Literal["pass", "fail", "none"]
@@ -121,3 +121,15 @@ def verify_arc(message: bytes, fetcher: KeyFetcher) -> ArcOutcome:
     if status == dkim.CV_None:
         return ArcOutcome("none")
     return ArcOutcome("fail", str(reason))
+
+
+def seal_arc(message: bytes, domain: str, selector: str, private: bytes, authserv_id: str) -> bytes:
+    """The next ARC set (ARC-Seal, ARC-Message-Signature, ARC-Authentication-Results;
+    RFC 8617 §4) for ``message``, which carries our Authentication-Results field: its
+    entries become the ARC-Authentication-Results, its ``arc=`` the seal's ``cv=``.
+    ``private`` is an RSA key as PEM (ARC signs with rsa-sha256 only). Runs in a thread.
+    """
+    fields = dkim.arc_sign(
+        message, selector.encode(), domain.encode(), private, authserv_id.encode()
+    )
+    return b"".join(f if f.endswith(b"\r\n") else f + b"\r\n" for f in fields)
