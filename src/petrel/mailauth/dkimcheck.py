@@ -100,6 +100,9 @@ def verify_dkim(message: bytes, fetcher: KeyFetcher) -> list[DkimOutcome]:
             else:
                 outcomes.append(DkimOutcome("permerror", domain, selector, str(exc)[:200]))
             continue
+        except Exception as exc:  # dkimpy on input it did not foresee: the mail still goes
+            outcomes.append(DkimOutcome("permerror", domain, selector, type(exc).__name__))
+            continue
         if good:
             outcomes.append(DkimOutcome("pass", domain, selector))
         elif key_name in fetcher.failed:
@@ -113,9 +116,12 @@ def verify_dkim(message: bytes, fetcher: KeyFetcher) -> list[DkimOutcome]:
 
 def verify_arc(message: bytes, fetcher: KeyFetcher) -> ArcOutcome:
     """The ARC chain of ``message`` (runs in a worker thread)."""
-    status, _, reason = dkim.arc_verify(
-        message, logger=_quiet, dnsfunc=fetcher, minkey=MIN_KEY_BITS
-    )
+    try:
+        status, _, reason = dkim.arc_verify(
+            message, logger=_quiet, dnsfunc=fetcher, minkey=MIN_KEY_BITS
+        )
+    except Exception as exc:  # as in verify_dkim: a verifier's bug never costs the mail
+        return ArcOutcome("fail", type(exc).__name__)
     if status == dkim.CV_Pass:
         return ArcOutcome("pass")
     if status == dkim.CV_None:
