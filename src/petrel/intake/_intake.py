@@ -21,19 +21,19 @@ import logging
 import secrets
 import time
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 from petrel import smtp
 from petrel.config import Config
+from petrel.dkim import Signer
+from petrel.dkim.keys import SigningKey
 from petrel.log import log_event
+from petrel.mailauth.checks import Checker, SpfPair
 from petrel.policy.authentication import judge
 from petrel.queue import Envelope, QueueStore, QueueWriter, Recipient, new_queue_id
 
-from .headers import HeaderSection, remove_forged_results
+from .headers import HeaderSection, header_values, remove_forged_results, split_header_block
 from .trace import Origin, received_field, rfc5322_date
-
-if TYPE_CHECKING:  # dkimpy is loaded by the server that makes a Checker, not by sendmail
-    from petrel.mailauth.checks import Checker, SpfPair
 
 __all__ = [
     "Accepted",
@@ -80,6 +80,16 @@ class Accepted(NamedTuple):
     finals: Sequence[str]
     orcpt: str | None = None
     notify: tuple[str, ...] | None = None
+
+
+def arc_key(keys: Sequence[SigningKey], hostname: str, ours: frozenset[str]) -> SigningKey | None:
+    """The ``[[dkim.sign]]`` key that seals forwarded mail: an RSA key (ARC signs with
+    rsa-sha256 only) of the hostname's domain, else of one of our domains."""
+    rsa = [k for k in keys if k.algorithm == "rsa"]
+    for key in rsa:
+        if hostname == key.domain or hostname.endswith("." + key.domain):
+            return key
+    return next((k for k in rsa if k.domain in ours), None)
 
 
 def expand_recipients(accepted: Iterable[Accepted]) -> list[Recipient]:
@@ -142,9 +152,12 @@ class Draft:
 
     With ``fix_header`` (submission, RFC 6409 §8; local submission) the text is held
     back until the header section is complete, so the fields it lacks can go in front.
-    With ``checks`` (the SPF task of an inbound message) the whole text is held and the
-    spool file is begun only at `Intake.commit`, once the checks have said what to write.
-    Writes may raise OSError (a full disk): then `abort`.
+    With ``sign`` (a message the DKIM signer may sign) the whole text is held until
+    commit, since the signature goes in front and covers the body. With ``checks`` (the
+    SPF task of an inbound message) the whole text is held too, and the spool file is
+    begun only at `Intake.commit`, once the checks have said what to write. Either
+    costs memory up to ``limits.message_size`` for such a message. Writes may raise
+    OSError (a full disk): then `abort`.
     """
 
     __slots__ = (
@@ -155,6 +168,7 @@ class Draft:
         "_header",
         "_held",
         "_hostname",
+        "_sign",
         "_spool",
         "_trace",
         "_writer",
@@ -169,16 +183,18 @@ class Draft:
         hostname: str,
         fix_header: bool,
         default_from: str | None,
+        sign: bool = False,
         checks: asyncio.Task[SpfPair] | None = None,
     ) -> None:
         self._spool = spool
         self._writer = writer  # None until the checks are done (then `_release` begins it)
         self._envelope = envelope
-        self._fix = fix_header
         self._trace = trace  # written already when there is a writer
         self._hostname = hostname
         self._header = HeaderSection()
-        self._held: bytearray | None = bytearray() if fix_header or checks else None
+        self._held: bytearray | None = bytearray() if fix_header or sign or checks else None
+        self._fix = fix_header
+        self._sign = sign
         self._default_from = default_from
         self._checks = checks
 
@@ -205,7 +221,7 @@ class Draft:
             self._writer.write(data)
             return
         self._held += data
-        if self._header.done and self._checks is None:
+        if self._header.done and not self._sign and self._checks is None:
             self._release()
 
     def abort(self) -> None:
@@ -216,12 +232,30 @@ class Draft:
         if self._writer is not None:
             self._writer.abort()
 
-    def _fixed(self, held: bytes) -> bytes:
-        """The held text behind the fields it lacks (RFC 6409 §8.2–8.3), without the
-        Authentication-Results fields that forge ours."""
-        added = b""
+    def _release(self, above_trace: bytes = b"", below_trace: bytes = b"") -> None:
+        """Write the held-back text; ``above_trace`` (an ARC set) goes before our
+        Received field, ``below_trace`` (signatures, our Authentication-Results) after."""
+        text = self._text()
+        self._held = None
+        if text is None:
+            return
+        if self._writer is None:
+            self._writer = self._spool.begin(self._envelope)
+            self._writer.write(above_trace + self._trace + below_trace + text)
+        else:
+            self._writer.write(below_trace + text)
+
+    def _text(self) -> bytes | None:
+        """The held-back text behind the fields it lacks (RFC 6409 §8.2–8.3), without
+        the Authentication-Results fields that forge ours; the fields are made once, so
+        the text signed is the text written."""
+        held = self._held
+        if held is None:
+            return None
         if self._fix:
+            self._fix = False
             names = self._header.field_names()
+            added = b""
             if b"date" not in names:
                 added += f"Date: {rfc5322_date()}\r\n".encode()
             if b"message-id" not in names:
@@ -229,18 +263,8 @@ class Draft:
                 added += f"Message-ID: <{msgid}>\r\n".encode()
             if self._default_from is not None and b"from" not in names:
                 added += f"From: {self._default_from}\r\n".encode()
-        return added + remove_forged_results(held, self._hostname)
-
-    def _release(self, results: bytes = b"") -> None:
-        """Write what was held: ``results`` (our Authentication-Results) first."""
-        held, self._held = self._held, None
-        if held is None:
-            return
-        text = results + self._fixed(bytes(held))
-        if self._writer is None:
-            self._writer = self._spool.begin(self._envelope)
-            text = self._trace + text
-        self._writer.write(text)
+            held[:0] = added
+        return remove_forged_results(bytes(held), self._hostname)
 
 
 class Intake:
@@ -253,12 +277,17 @@ class Intake:
         submitter: Submitter,
         checker: Checker | None = None,
     ) -> None:
+        """ConfigError if a ``[[dkim.sign]]`` key cannot be read (checked at start and
+        reload before any intake is made, so only a key changed since then)."""
         self.hostname = config.server.hostname
         self.max_received = config.delivery.max_received
         self.authentication = config.authentication
         self.spool = spool
         self.submitter = submitter
+        self.signer = Signer.load(config.dkim)
         self.checker = checker  # the inbound checks; None: `petrel sendmail`, or checks off
+        self.ours = frozenset(config.domains.local) | frozenset(config.domains.lmtp)
+        self.arc_key = arc_key(self.signer.keys, self.hostname, self.ours)
 
     def start_checks(self, ip: str, sender: str, helo: str) -> asyncio.Task[SpfPair] | None:
         """At MAIL of a message the inbound checks cover: SPF begins now (None when
@@ -279,26 +308,32 @@ class Intake:
         given: Sequence[str] = (),
         fix_header: bool = False,
         default_from: str | None = None,
+        sign: bool = False,
         checks: asyncio.Task[SpfPair] | None = None,
     ) -> Draft:
         """A draft whose first line is our Received field (``given``: the addresses as
-        the client gave them, for its ``for`` clause; ``checks``: from `start_checks`).
-        OSError if the spool refuses."""
+        the client gave them, for its ``for`` clause). ``sign``: the submitter's mail
+        is ours to sign (`Policy.signs_for`), when its From: has a key; ``checks``: from
+        `start_checks`. OSError if the spool refuses."""
         for_rcpt = given[0] if len(given) == 1 else None
         trace = received_field(
             self.hostname, envelope.queue_id, envelope.received_at, origin, for_rcpt
         )
+        sign = sign and bool(self.signer.keys)
         if checks is not None:
             return Draft(
-                self.spool, None, envelope, trace, self.hostname, fix_header, default_from, checks
-            )
+                self.spool, None, envelope, trace, self.hostname, fix_header, default_from,
+                sign, checks,
+            )  # fmt: skip
         writer = self.spool.begin(envelope)
         try:
             writer.write(trace)
         except BaseException:
             writer.abort()
             raise
-        return Draft(self.spool, writer, envelope, trace, self.hostname, fix_header, default_from)
+        return Draft(
+            self.spool, writer, envelope, trace, self.hostname, fix_header, default_from, sign
+        )
 
     async def commit(self, draft: Draft, **context: str) -> None:
         """Return once the message is durable and handed to delivery.
@@ -312,8 +347,9 @@ class Intake:
             raise TooManyHops(draft.hops)
         envelope = draft.envelope
         try:
+            signatures = await self._signatures(draft)
             results = await self._check(draft, context)
-            draft._release(results)
+            draft._release(await self._seal(draft, results), signatures + results)
         except BaseException:
             draft.abort()
             raise
@@ -331,6 +367,19 @@ class Intake:
         )
         self.submitter.submit(envelope)
 
+    async def _signatures(self, draft: Draft) -> bytes:
+        """DKIM-Signature fields for a draft that may be signed and has a key for its
+        From: domain; computed in a thread (body hash and RSA take milliseconds)."""
+        text = draft._text() if draft._sign else None
+        if text is None:
+            return b""
+        fields, _ = split_header_block(text)
+        keys = self.signer.keys_for(header_values(fields, "from"))
+        if not keys:
+            return b""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, self.signer.sign, text, keys)
+
     async def _check(self, draft: Draft, context: dict[str, str]) -> bytes:
         """Run the inbound checks of a held draft: our Authentication-Results field,
         the Junk mark on the envelope, or CheckRefused."""
@@ -341,7 +390,7 @@ class Intake:
         findings = await self.checker.check(
             task,
             envelope.sender,
-            bytes(held),
+            bytes(held),  # as received: the signatures cover that
             self.hostname,
             queue_id=envelope.queue_id,
             **context,
@@ -352,6 +401,26 @@ class Intake:
         envelope.junk = judgement.junk
         return findings.field
 
+    async def _seal(self, draft: Draft, results: bytes) -> bytes:
+        """An ARC set (RFC 8617) for a checked message that an alias forwards to another
+        domain, so its next hop can trust our results; with no RSA ``[[dkim.sign]]``
+        key of ours, none."""
+        key = self.arc_key
+        if not results or key is None or self.checker is None:
+            return b""
+        remote = [
+            r
+            for r in draft.envelope.recipients
+            if r.address.rpartition("@")[2].lower() not in self.ours
+        ]
+        text = draft._text()
+        if not remote or text is None:
+            return b""
+        message = draft._trace + results + text
+        return await self.checker.seal(
+            message, key.domain, key.selector, key.private, self.hostname
+        )
+
     async def put(
         self,
         envelope: Envelope,
@@ -361,11 +430,17 @@ class Intake:
         given: Sequence[str] = (),
         fix_header: bool = False,
         default_from: str | None = None,
+        sign: bool = False,
         **context: str,
     ) -> None:
         """`begin`, write and `commit` a message that is already whole in memory."""
         draft = self.begin(
-            envelope, origin, given=given, fix_header=fix_header, default_from=default_from
+            envelope,
+            origin,
+            given=given,
+            fix_header=fix_header,
+            default_from=default_from,
+            sign=sign,
         )
         try:
             draft.write(message)
@@ -373,4 +448,3 @@ class Intake:
             draft.abort()
             raise
         await self.commit(draft, **context)
-

@@ -887,6 +887,7 @@ class SmtpSession(asyncio.Protocol):
                     given=[r.given for r in txn.recipients],
                     fix_header=self.submission,
                     checks=txn.checks,
+                    sign=self.ctx.policy.signs_for(self._client()),
                 )
                 txn.checks = None  # the draft owns it now
             except OSError as exc:
