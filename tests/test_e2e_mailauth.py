@@ -11,15 +11,19 @@ from __future__ import annotations
 import base64
 import smtplib
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import dkim
+import dns.message
+import dns.query
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from conftest import HOSTNAME, PetrelServer, wait_until
 from dns_server import DnsServer, txt
+from smtp_peer import ScriptedPeer
 
 # Mail::DKIM (Debian's libmail-dkim-perl): a signer Petrel does not use.
 SIGNER = r"""
@@ -255,3 +259,79 @@ def test_dkim_signature_by_mail_dkim_verifies_and_forged_results_go(
         _send(server, "bounce@pass.test", "tampered", tampered)
     assert refused.value.smtp_code == 550
     assert "event=authentication" in server.log_text() and "dkim=fail" in server.log_text()
+
+
+@pytest.fixture
+def peer() -> Iterator[ScriptedPeer]:
+    """The remote domain's MX: a loopback SMTP sink that records what it gets."""
+    sink = ScriptedPeer().start()
+    yield sink
+    sink.stop()
+
+
+def _txt_lookup(dns_server: DnsServer) -> Callable[..., bytes | None]:
+    """dkimpy's dnsfunc, asking the test's DNS server (nothing else)."""
+
+    def lookup(name: bytes, timeout: float = 5) -> bytes | None:
+        query = dns.message.make_query(name.decode(), "TXT")
+        reply = dns.query.udp(query, "127.0.0.1", timeout, int(dns_server.port))
+        for rrset in reply.answer:
+            for record in rrset:
+                return b"".join(record.strings)
+        return None
+
+    return lookup
+
+
+def test_alias_forward_to_a_remote_domain_carries_a_valid_arc_set(
+    tmp_path: Path, zone: DnsServer, rsa_key: tuple[Path, str], peer: ScriptedPeer
+) -> None:
+    server = PetrelServer(
+        tmp_path / "forwarder",
+        f"""
+[dns]
+nameservers = ["{zone.address}"]
+
+[authentication]
+checks = true
+
+[delivery]
+dns = false
+hosts = {{ "elsewhere.test" = ["127.0.0.1:{peer.port}"] }}
+
+[[dkim.sign]]
+domain = "petrel.test"
+selector = "arc"
+""",
+    )
+    server.root.mkdir()
+    server.write_config()
+    made = server.petrel_cli("dkim", "keygen", "petrel.test", "--selector", "arc")
+    assert made.returncode == 0, made.stderr
+    name, _, _, data = made.stdout.strip().split(" ", 3)
+    zone.zone("test", [*_records(rsa_key[1]), f"{name} TXT {data}"])
+    (server.data_dir / "aliases").write_text("fwd: friend@elsewhere.test, keeper\n")
+    server.start()
+    try:
+        message = _message("news@signed.test", "forwarded")
+        signed = subprocess.run(
+            ["perl", "-e", SIGNER, str(rsa_key[0]), "signed.test", "s1"],
+            input=message,
+            capture_output=True,
+            check=True,
+        ).stdout
+        _send(server, "bounce@pass.test", "fwd", signed)
+        wait_until(lambda: peer.messages, what="the forwarded copy at the remote peer")
+        forwarded = bytes(peer.messages[0].data)
+        status, sets, reason = dkim.arc_verify(forwarded, dnsfunc=_txt_lookup(zone))
+        assert status == dkim.CV_Pass, reason
+        assert sets[0]["as-domain"] == b"petrel.test" and sets[0]["cv"] == dkim.CV_None
+        aar = sets[0]["aar-value"].decode()
+        assert f"i=1; {HOSTNAME};" in aar and "dkim=pass" in aar and "dmarc=pass" in aar
+        assert forwarded.startswith(b"ARC-Seal: i=1;")
+        # The original signature still verifies at the next hop, and the local copy
+        # (the alias's other member) is delivered as well.
+        assert dkim.verify(forwarded, dnsfunc=_txt_lookup(zone))
+        assert b"ARC-Seal" in server.wait_for_messages("keeper")[0]
+    finally:
+        server.kill()
