@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 ARGS ?=
 
-.PHONY: venv system-deps bench-deps bench crash test lint serve clean
+.PHONY: venv system-deps test-deps bench-deps bench bench-dkim crash test lint serve clean
 
 venv: $(VENV)/.stamp
 
@@ -48,7 +48,17 @@ system-deps:
 		{ [ -n "$$had_knot" ] || $$SUDO update-rc.d knot disable || true; }; \
 	fi
 
-test: venv system-deps
+# The second DKIM verifier of the tests: mailauth (Node.js), for the Ed25519 signatures
+# that Debian 12's Mail::DKIM cannot check; pinned by tests/dkim_verify/package-lock.json.
+test-deps: system-deps
+	@if ! command -v npm >/dev/null 2>&1; then \
+		if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update && $$SUDO sh tools/apt-install-no-start.sh nodejs npm; \
+	fi
+	@test -d tests/dkim_verify/node_modules/mailauth \
+		|| (cd tests/dkim_verify && npm ci --no-audit --no-fund)
+
+test: venv test-deps
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy --strict src
 	$(VENV)/bin/pytest -q
@@ -80,6 +90,11 @@ QUICK ?= 0
 bench: venv bench-deps
 	@if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO="sudo --preserve-env=QUICK,RUNS,MESSAGES,WORKERS,TARGETS,PROBES,IDLE_SESSIONS,LATENCY_MESSAGES,BIG_MB,KEEP"; fi; \
 		QUICK=$(QUICK) $$SUDO $(VENV)/bin/python bench/run.py
+
+# What DKIM signing costs: the signer alone, the event loop meanwhile, petrel serve
+# with and without [[dkim.sign]] (bench/dkim_cost.py; MESSAGES, CLIENTS).
+bench-dkim: venv
+	cd bench && ../$(VENV)/bin/python dkim_cost.py
 
 # kill -9 under load, again and again: every 250 must arrive exactly once (bench/crash.py).
 crash: venv
