@@ -164,6 +164,7 @@ class Draft:
         "_checks",
         "_default_from",
         "_envelope",
+        "_final",
         "_fix",
         "_header",
         "_held",
@@ -197,6 +198,7 @@ class Draft:
         self._sign = sign
         self._default_from = default_from
         self._checks = checks
+        self._final: bytes | None = None  # the held text once made final (`_text`)
 
     @property
     def envelope(self) -> Envelope:
@@ -206,7 +208,7 @@ class Draft:
     def size(self) -> int:
         """Octets spooled (or held) so far, trace field included."""
         if self._writer is None:
-            return len(self._trace) + len(self._held or b"")
+            return len(self._trace) + len(self._final or self._held or b"")
         return self._writer.size
 
     @property
@@ -226,7 +228,7 @@ class Draft:
 
     def abort(self) -> None:
         """Drop the message; safe to call more than once."""
-        self._held = None
+        self._held = self._final = None
         if self._checks is not None:
             self._checks.cancel()
         if self._writer is not None:
@@ -236,19 +238,23 @@ class Draft:
         """Write the held-back text; ``above_trace`` (an ARC set) goes before our
         Received field, ``below_trace`` (signatures, our Authentication-Results) after."""
         text = self._text()
-        self._held = None
+        self._held = self._final = None
         if text is None:
             return
         if self._writer is None:
             self._writer = self._spool.begin(self._envelope)
-            self._writer.write(above_trace + self._trace + below_trace + text)
+            self._writer.write(above_trace + self._trace + below_trace)
         else:
-            self._writer.write(below_trace + text)
+            self._writer.write(below_trace)
+        self._writer.write(text)  # a large text goes to the file without another copy
 
     def _text(self) -> bytes | None:
         """The held-back text behind the fields it lacks (RFC 6409 §8.2–8.3), without
-        the Authentication-Results fields that forge ours; the fields are made once, so
-        the text signed is the text written."""
+        the Authentication-Results fields that forge ours. Made once, so the text
+        checked and signed is the text written, and the held bytes are let go: a big
+        message is in memory once, not twice."""
+        if self._final is not None:
+            return self._final
         held = self._held
         if held is None:
             return None
@@ -264,7 +270,9 @@ class Draft:
             if self._default_from is not None and b"from" not in names:
                 added += f"From: {self._default_from}\r\n".encode()
             held[:0] = added
-        return remove_forged_results(bytes(held), self._hostname)
+        self._final = remove_forged_results(bytes(held), self._hostname)
+        self._held = None
+        return self._final
 
 
 class Intake:
@@ -383,14 +391,14 @@ class Intake:
     async def _check(self, draft: Draft, context: dict[str, str]) -> bytes:
         """Run the inbound checks of a held draft: our Authentication-Results field,
         the Junk mark on the envelope, or CheckRefused."""
-        task, held = draft._checks, draft._held
-        if task is None or held is None or self.checker is None:
+        task, text = draft._checks, draft._text()
+        if task is None or text is None or self.checker is None:
             return b""
         envelope = draft.envelope
         findings = await self.checker.check(
             task,
             envelope.sender,
-            bytes(held),  # as received: the signatures cover that
+            text,  # as received, less the fields forging ours
             self.hostname,
             queue_id=envelope.queue_id,
             **context,

@@ -99,12 +99,17 @@ class Checker:
     ) -> Findings:
         """All checks for ``message`` as received (before our trace field); our field
         names ``authserv_id`` (the hostname); ``context`` goes into the log line."""
-        loop = asyncio.get_running_loop()
-        fetcher = KeyFetcher(self.lookups, loop)
-        signatures, arc = await loop.run_in_executor(self._executor, _verify, message, fetcher)
-        spf_pair = await spf_task
         header_end = message.find(b"\r\n\r\n")
-        author = from_domain(message if header_end < 0 else message[: header_end + 2])
+        header = message if header_end < 0 else message[: header_end + 2]
+        signatures: list[DkimOutcome] = []
+        arc = ArcOutcome("none")
+        names = header.lower()
+        if b"dkim-signature:" in names or b"arc-seal:" in names:  # else dkimpy has no work
+            loop = asyncio.get_running_loop()
+            fetcher = KeyFetcher(self.lookups, loop)
+            signatures, arc = await loop.run_in_executor(self._executor, _verify, message, fetcher)
+        spf_pair = await spf_task
+        author = from_domain(header)
         if author is None:
             dmarc_outcome = DmarcOutcome("permerror", "unknown", problem="no single From: domain")
         else:
