@@ -335,3 +335,25 @@ selector = "arc"
         assert b"ARC-Seal" in server.wait_for_messages("keeper")[0]
     finally:
         server.kill()
+
+
+def test_quarantine_survives_a_crash_in_the_envelope(
+    petrel_factory: Callable[..., PetrelServer], zone: DnsServer
+) -> None:
+    """The Junk verdict is in the queued envelope: after kill -9 and a restart the
+    message still goes to Junk, though the checks are not run again."""
+    server = _checked(petrel_factory, zone.address)
+    maildir = server.mailbox("held")
+    maildir.mkdir(parents=True)
+    (maildir / ".Junk").write_text("in the way: delivery defers\n")
+    _send(server, "bounce@pass.test", "held", _message("a@quar.test", "quarantined"))
+    wait_until(lambda: "event=deferred" in server.log_text(), what="the deferral")
+    server.kill()
+    (maildir / ".Junk").unlink()
+    server.start()
+    flushed = server.petrel_cli("queue", "flush")
+    assert flushed.returncode == 0, flushed.stderr
+    found = wait_until(lambda: list((maildir / ".Junk" / "new").glob("*")), what="Junk")
+    assert isinstance(found, list) and len(found) == 1
+    assert "dmarc=fail (p=quarantine dis=quarantine)" in _results(found[0].read_bytes())
+    assert server.messages("held") == []
