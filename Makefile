@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 ARGS ?=
 
-.PHONY: venv system-deps test-deps bench-deps bench bench-dkim crash test lint serve clean
+.PHONY: venv system-deps test-deps bench-deps bench bench-dkim bench-checks crash test lint serve clean
 
 venv: $(VENV)/.stamp
 
@@ -95,6 +95,11 @@ bench: venv bench-deps
 # with and without [[dkim.sign]] (bench/dkim_cost.py; MESSAGES, CLIENTS).
 bench-dkim: venv
 	cd bench && ../$(VENV)/bin/python dkim_cost.py
+
+# What the inbound checks cost per message, alone (bench/checks_cost.py; ROUNDS); `make
+# bench` has them end to end (its "petrel checks" target, against Knot DNS on loopback).
+bench-checks: venv
+	$(VENV)/bin/python bench/checks_cost.py
 
 # kill -9 under load, again and again: every 250 must arrive exactly once (bench/crash.py).
 crash: venv

@@ -39,6 +39,7 @@ from common import (
     empty_maildir,
     machine_facts,
     raise_nofile,
+    tree_cpu,
 )
 from targets import RECIPIENT, PetrelTarget, PostfixTarget, Target
 
@@ -114,6 +115,7 @@ class Sample:
     accepted_rate: float  # msgs/s until smtp-source returned
     ok: bool
     note: str = ""
+    cpu_ms: float | None = None  # Petrel's CPU per message (its processes live throughout)
 
 
 @dataclass
@@ -139,6 +141,8 @@ def run_point(target: Target, point: Point) -> Sample:
         f"{LOOPBACK}:{target.port}",
     ]  # fmt: skip
     limit = 30 + point.messages * point.size / 2e6 + point.messages / 50
+    # Postfix forks and reaps per message, so only Petrel's CPU can be read this way.
+    cpu_before = tree_cpu(target.pids()) if isinstance(target, PetrelTarget) else None
     start = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -173,11 +177,15 @@ def run_point(target: Target, point: Point) -> Sample:
     note = (
         "" if ok else f"delivered {delivered}/{point.messages}, rc={proc.returncode} {err[-200:]}"
     )
+    cpu_ms = None
+    if cpu_before is not None and delivered:
+        cpu_ms = (tree_cpu(target.pids()) - cpu_before) * 1000 / delivered
     return Sample(
         delivered_rate=delivered / (end - start),
         accepted_rate=point.messages / max(accepted_at - start, 1e-9),
         ok=ok,
         note=note,
+        cpu_ms=cpu_ms,
     )
 
 
@@ -190,10 +198,11 @@ def run_matrix(settings: Settings, targets: list[Target], results: Results) -> N
                 sample = run_point(target, point)
                 results.samples.setdefault((point.label, target.name), []).append(sample)
                 flag = "" if sample.ok else f"  FAILED: {sample.note}"
+                cpu = "" if sample.cpu_ms is None else f", {sample.cpu_ms:.2f} ms CPU/msg"
                 print(
                     f"  {point.label:>11}  run {round_no + 1}/{settings.runs}  "
                     f"{target.name:<12} {sample.delivered_rate:8.0f} msgs/s delivered"
-                    f"  ({sample.accepted_rate:.0f} accepted){flag}",
+                    f"  ({sample.accepted_rate:.0f} accepted{cpu}){flag}",
                     flush=True,
                 )
 
@@ -298,6 +307,17 @@ def report(settings: Settings, names: list[str], results: Results, facts: dict[s
                 a, b = medians.get((label, name)), medians.get((label, "postfix"))
                 cells.append(f"**{a / b:.2f}×**" if a and b else "–")
             lines.append(f"| {name} / postfix | " + " | ".join(cells) + " |")
+    cpu_rows = []
+    for name in names:
+        cells = []
+        for label in labels:
+            cpu = [s.cpu_ms for s in results.samples.get((label, name), []) if s.cpu_ms]
+            cells.append(f"{statistics.median(cpu):.2f}" if cpu else "–")
+        if any(c != "–" for c in cells):
+            cpu_rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    if cpu_rows:
+        lines += ["", "Server CPU ms per message (user + system, all threads): median.", ""]
+        lines += [header, "|---" * (len(labels) + 1) + "|", *cpu_rows]
     if results.probes:
         lines += ["", "| probe | target | result |", "|---|---|---|"]
         lines += [f"| {p} | {t} | {v} |" for p, t, v in results.probes]
