@@ -32,6 +32,7 @@ from petrel.mailauth.checks import Checker, SpfPair
 from petrel.policy.authentication import judge
 from petrel.queue import Envelope, QueueStore, QueueWriter, Recipient, new_queue_id
 
+from .direct import MaildirCopies, direct_recipients
 from .headers import HeaderSection, header_values, remove_forged_results, split_header_block
 from .trace import Origin, received_field, rfc5322_date
 
@@ -53,6 +54,10 @@ class Submitter(Protocol):
     """Who takes committed mail: the queue manager, or a worker's poke to its parent."""
 
     def submit(self, envelope: Envelope) -> None: ...
+
+    def delivered(self, envelope: Envelope, recipients: int) -> None:
+        """``recipients`` of the message were delivered at intake (direct delivery)."""
+        ...
 
     def etrn(self, node: str) -> smtp.Reply: ...
 
@@ -292,6 +297,9 @@ class Intake:
         self.authentication = config.authentication
         self.spool = spool
         self.submitter = submitter
+        self.local_domains = config.domains.local
+        # Direct delivery (intake/direct.py) needs a store that writes copies with a commit.
+        self.direct = config.delivery.direct if spool.copier is not None else 0
         self.signer = Signer.load(config.dkim)
         self.checker = checker  # the inbound checks; None: `petrel sendmail`, or checks off
         self.ours = frozenset(config.domains.local) | frozenset(config.domains.lmtp)
@@ -362,7 +370,8 @@ class Intake:
             draft.abort()
             raise
         assert draft._writer is not None
-        await self.spool.commit(draft._writer)
+        copies = self._copies(draft._writer, envelope)
+        await self.spool.commit(draft._writer, copies)
         log_event(
             log,
             "accepted",
@@ -370,9 +379,23 @@ class Intake:
             **context,
             queue_id=envelope.queue_id,
             sender=envelope.sender or "<>",
-            nrcpt=len(envelope.recipients),
+            nrcpt=len(envelope.recipients) + (len(copies.delivered) if copies else 0),
             size=draft.size,
         )
+        if copies is not None:
+            for recipient in copies.delivered:
+                log_event(
+                    log,
+                    "delivered",
+                    queue_id=envelope.queue_id,
+                    to=recipient.address,
+                    relay="local",
+                    status="2.0.0",
+                    direct="yes",
+                )
+            self.submitter.delivered(envelope, len(copies.delivered))
+            if not envelope.recipients:  # all in their mailboxes: nothing was queued
+                return
         self.submitter.submit(envelope)
 
     async def _signatures(self, draft: Draft) -> bytes:
@@ -428,6 +451,20 @@ class Intake:
         return await self.checker.seal(
             message, key.domain, key.selector, key.private, self.hostname
         )
+
+    def _copies(self, writer: QueueWriter, envelope: Envelope) -> MaildirCopies | None:
+        """The direct recipients' copies, taken out of the envelope (intake/direct.py)."""
+        if not self.direct:
+            return None
+        text = writer.text
+        if text is None:  # too big to be held: the queue streams it
+            return None
+        chosen = direct_recipients(envelope, self.local_domains, self.direct)
+        if not chosen:
+            return None
+        taken = {id(r) for r in chosen}
+        envelope.recipients = [r for r in envelope.recipients if id(r) not in taken]
+        return MaildirCopies(envelope, chosen, text)
 
     async def put(
         self,
