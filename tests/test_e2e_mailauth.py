@@ -357,3 +357,13 @@ def test_quarantine_survives_a_crash_in_the_envelope(
     assert isinstance(found, list) and len(found) == 1
     assert "dmarc=fail (p=quarantine dis=quarantine)" in _results(found[0].read_bytes())
     assert server.messages("held") == []
+
+
+def test_forged_results_go_from_strangers_mail_with_the_checks_off(
+    petrel_factory: Callable[..., PetrelServer],
+) -> None:
+    server = petrel_factory("[authentication]\nchecks = false\n")
+    forged = f"Authentication-Results: {HOSTNAME.upper()}; dmarc=pass header.from=bank.test\r\n"
+    _send(server, "ceo@bank.test", "user", _message("ceo@bank.test", "unchecked", forged))
+    delivered = server.wait_for_messages("user")[0]
+    assert b"Authentication-Results" not in delivered and b"Subject: unchecked" in delivered

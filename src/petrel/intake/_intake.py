@@ -191,6 +191,7 @@ class Draft:
         default_from: str | None,
         sign: bool = False,
         checks: asyncio.Task[SpfPair] | None = None,
+        outside: bool = False,
     ) -> None:
         self._spool = spool
         self._writer = writer  # None until the checks are done (then `_release` begins it)
@@ -198,7 +199,9 @@ class Draft:
         self._trace = trace  # written already when there is a writer
         self._hostname = hostname
         self._header = HeaderSection()
-        self._held: bytearray | None = bytearray() if fix_header or sign or checks else None
+        # ``outside``: a stranger's mail, its header held only to drop forged results.
+        held = fix_header or sign or checks or outside
+        self._held: bytearray | None = bytearray() if held else None
         self._fix = fix_header
         self._sign = sign
         self._default_from = default_from
@@ -326,11 +329,14 @@ class Intake:
         default_from: str | None = None,
         sign: bool = False,
         checks: asyncio.Task[SpfPair] | None = None,
+        outside: bool = False,
     ) -> Draft:
         """A draft whose first line is our Received field (``given``: the addresses as
         the client gave them, for its ``for`` clause). ``sign``: the submitter's mail
         is ours to sign (`Policy.signs_for`), when its From: has a key; ``checks``: from
-        `start_checks`. OSError if the spool refuses."""
+        `start_checks`; ``outside``: a client outside our trust boundary (RFC 8601 §5),
+        whose Authentication-Results fields claiming our hostname are removed even
+        with the checks off. OSError if the spool refuses."""
         for_rcpt = given[0] if len(given) == 1 else None
         trace = received_field(
             self.hostname, envelope.queue_id, envelope.received_at, origin, for_rcpt
@@ -348,8 +354,9 @@ class Intake:
             writer.abort()
             raise
         return Draft(
-            self.spool, writer, envelope, trace, self.hostname, fix_header, default_from, sign
-        )
+            self.spool, writer, envelope, trace, self.hostname, fix_header, default_from, sign,
+            outside=outside,
+        )  # fmt: skip
 
     async def commit(self, draft: Draft, **context: str) -> None:
         """Return once the message is durable and handed to delivery.

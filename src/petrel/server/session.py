@@ -888,6 +888,7 @@ class SmtpSession(asyncio.Protocol):
                     fix_header=self.submission,
                     checks=txn.checks,
                     sign=self.ctx.policy.signs_for(self._client()),
+                    outside=not self.ctx.policy.may_relay(self._client()),
                 )
                 txn.checks = None  # the draft owns it now
             except OSError as exc:
