@@ -23,6 +23,9 @@ import pytest
 from conftest import HOSTNAME, PetrelServer, wait_until
 from dns_server import DnsServer
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from targets import RECIPIENT, PostfixTarget
+
 VERIFY = Path(__file__).resolve().parent / "dkim_verify"
 USER, PASSWORD = "alice@example.test", "correct horse battery"  # may send as itself
 LOCAL = f"bob@{HOSTNAME}"
@@ -167,9 +170,6 @@ def test_a_message_changed_after_signing_fails_verification(
 
 
 # -- relayed through a real Postfix ------------------------------------------------------
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-from targets import RECIPIENT, PostfixTarget  # noqa: E402
 
 
 @needs_verifiers
