@@ -23,6 +23,7 @@ __all__ = [
     "FD_RESERVE",
     "AliasesSection",
     "AuthSection",
+    "AuthenticationSection",
     "Config",
     "ConfigError",
     "DeliverySection",
@@ -76,6 +77,7 @@ _SECTIONS = frozenset(
         "delivery",
         "dns",
         "dkim",
+        "authentication",
     }
 )
 AUTH_MECHANISMS = ("PLAIN", "LOGIN", "SCRAM-SHA-256")
@@ -257,6 +259,15 @@ class AuthSection:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthenticationSection:
+    """Inbound checks (SPF, DKIM, DMARC, ARC) on mail from unauthenticated clients."""
+
+    checks: bool = True  # one Authentication-Results field on every such message
+    dmarc_enforce: bool = True  # p=reject -> 550 5.7.1, p=quarantine -> the Junk folder
+    spf_reject: bool = False  # an SPF fail alone -> 550 5.7.23
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerSection
     listeners: tuple[Listener, ...]
@@ -273,6 +284,7 @@ class Config:
     log: LogSection = field(default_factory=LogSection)
     dns: DnsSection = field(default_factory=DnsSection)
     dkim: DkimSection = field(default_factory=DkimSection)
+    authentication: AuthenticationSection = field(default_factory=AuthenticationSection)
 
     @classmethod
     def default(cls) -> Config:
@@ -382,6 +394,7 @@ def _build(data: dict[str, Any], base_dir: Path, source: Path | None) -> Config:
         log=_log(_Table(data.get("log", {}), "log"), server.data_dir),
         dns=_dns(_Table(data.get("dns", {}), "dns")),
         dkim=_dkim(_Table(data.get("dkim", {}), "dkim"), server.data_dir),
+        authentication=_authentication(_Table(data.get("authentication", {}), "authentication")),
     )
 
 
@@ -715,6 +728,16 @@ def _auth(t: _Table) -> AuthSection:
     )
     t.finish()
     return auth
+
+
+def _authentication(t: _Table) -> AuthenticationSection:
+    section = AuthenticationSection(
+        checks=_bool(t.take("checks", True), t.key("checks")),
+        dmarc_enforce=_bool(t.take("dmarc_enforce", True), t.key("dmarc_enforce")),
+        spf_reject=_bool(t.take("spf_reject", False), t.key("spf_reject")),
+    )
+    t.finish()
+    return section
 
 
 def _show(value: Any) -> str:
