@@ -56,11 +56,17 @@ class PetrelTarget(Target):
     """``petrel serve`` on 127.0.0.1:0 with raised limits and its own data_dir."""
 
     def __init__(
-        self, root: Path, workers: str = "1", name: str = "petrel", console: bool = False
+        self,
+        root: Path,
+        workers: str = "1",
+        name: str = "petrel",
+        dns: str | None = None,
+        console: bool = False,
     ) -> None:
         self.root = root
         self.workers = workers
         self.name = name
+        self.dns = dns  # a loopback DNS server: the inbound checks on; None: checks off
         self.console = console
         self.events_seen = 0  # SSE frames the console's stream read
         self.data_dir = root / "data"
@@ -92,6 +98,16 @@ message_size = 104857600
 connections = 30000
 connections_per_ip = 30000
 """ + (
+            f"""
+[dns]
+nameservers = ["{self.dns}"]
+
+[authentication]
+checks = true
+"""
+            if self.dns
+            else "\n[authentication]\nchecks = false\n"
+) + (
             f'\n[http]\nauth = "none"\n\n[[listener]]\naddress = "{LOOPBACK}:0"\nmode = "http"\n'
             if self.console
             else ""

@@ -24,6 +24,7 @@ __all__ = [
     "SMTP_MODES",
     "AliasesSection",
     "AuthSection",
+    "AuthenticationSection",
     "Config",
     "ConfigError",
     "DeliverySection",
@@ -81,6 +82,7 @@ _SECTIONS = frozenset(
         "delivery",
         "dns",
         "dkim",
+        "authentication",
         "http",
     }
 )
@@ -264,6 +266,15 @@ class AuthSection:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthenticationSection:
+    """Inbound checks (SPF, DKIM, DMARC, ARC) on mail from unauthenticated clients."""
+
+    checks: bool = True  # one Authentication-Results field on every such message
+    dmarc_enforce: bool = True  # p=reject -> 550 5.7.1, p=quarantine -> the Junk folder
+    spf_reject: bool = False  # an SPF fail alone -> 550 5.7.23
+
+
+@dataclass(frozen=True, slots=True)
 class HttpSection:
     """The ``http`` listeners: who may use the console, the API and /metrics."""
 
@@ -287,6 +298,7 @@ class Config:
     log: LogSection = field(default_factory=LogSection)
     dns: DnsSection = field(default_factory=DnsSection)
     dkim: DkimSection = field(default_factory=DkimSection)
+    authentication: AuthenticationSection = field(default_factory=AuthenticationSection)
     http: HttpSection = field(default_factory=HttpSection)
 
     @classmethod
@@ -397,6 +409,7 @@ def _build(data: dict[str, Any], base_dir: Path, source: Path | None) -> Config:
         log=_log(_Table(data.get("log", {}), "log"), server.data_dir),
         dns=_dns(_Table(data.get("dns", {}), "dns")),
         dkim=_dkim(_Table(data.get("dkim", {}), "dkim"), server.data_dir),
+        authentication=_authentication(_Table(data.get("authentication", {}), "authentication")),
         http=_http(_Table(data.get("http", {}), "http")),
     )
     _check_http_auth(config)
@@ -764,6 +777,16 @@ def _auth(t: _Table) -> AuthSection:
     )
     t.finish()
     return auth
+
+
+def _authentication(t: _Table) -> AuthenticationSection:
+    section = AuthenticationSection(
+        checks=_bool(t.take("checks", True), t.key("checks")),
+        dmarc_enforce=_bool(t.take("dmarc_enforce", True), t.key("dmarc_enforce")),
+        spf_reject=_bool(t.take("spf_reject", False), t.key("spf_reject")),
+    )
+    t.finish()
+    return section
 
 
 def _show(value: Any) -> str:
