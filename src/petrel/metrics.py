@@ -134,9 +134,10 @@ def rejection_reason(status: str | None) -> str:
     return _REASONS.get(status or "", "policy")
 
 
-def rejected(status: str | None) -> None:
-    """Count one refusal (its children are made once per reason: the add stays cheap)."""
-    reason = rejection_reason(status)
+def rejected(status: str | None, reason: str | None = None) -> None:
+    """Count one refusal, by ``reason`` or else by its status code (children are made
+    once per reason: the add stays cheap)."""
+    reason = reason or rejection_reason(status)
     child = _rejected_by_reason.get(reason)
     if child is None:
         child = _rejected_by_reason[reason] = _REJECTED.labels(reason=reason)

@@ -682,6 +682,7 @@ class SmtpSession(asyncio.Protocol):
             return _TOO_MANY_HOPS
         except CheckRefused as exc:
             log_event(log, "message-reject", session=self.id, reply=str(exc.reply))
+            metrics.rejected(exc.reply.status, "authentication")  # SPF or DMARC
             return exc.reply
         except OSError as exc:
             log_event(log, "spool-error", level=logging.ERROR, session=self.id, error=str(exc))
