@@ -83,6 +83,17 @@ def _parser() -> argparse.ArgumentParser:
     p = user_sub.add_parser("del", parents=[common], help="delete a user")
     p.add_argument("address", metavar="ADDRESS")
     user_sub.add_parser("list", parents=[common], help="list the users")
+    db = sub.add_parser(
+        "db",
+        parents=[common],
+        help="the shared PostgreSQL queue's schema ([queue] backend = \"postgresql\")",
+    )
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    db_sub.add_parser(
+        "migrate",
+        parents=[common],
+        help="create or upgrade the schema in [queue] dsn (idempotent; run once per upgrade)",
+    )
     from petrel.cli import send as send_cli
 
     send_cli.add_parser(sub)
@@ -170,6 +181,29 @@ def _user(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _db_migrate(config: Config) -> int:
+    """``petrel db migrate``: bring [queue] dsn's schema to this Petrel's version."""
+    if not config.queue.dsn:
+        print('petrel: queue.dsn: required for petrel db migrate', file=sys.stderr)
+        return 2
+    try:
+        from petrel.queue.pg import SchemaError, migrate
+    except ImportError as exc:
+        print(f"petrel: db migrate needs psycopg ({exc}): install petrel[postgresql]",
+              file=sys.stderr)
+        return 1
+    try:
+        before, after = migrate(config.queue.dsn)
+    except (OSError, SchemaError) as exc:
+        print(f"petrel: {exc}", file=sys.stderr)
+        return 1
+    if before == after:
+        print(f"petrel: database schema is at version {after}; nothing to do")
+    else:
+        print(f"petrel: database schema migrated from version {before} to {after}")
+    return 0
+
+
 def _reload(config: Config) -> int:
     """SIGHUP the ``petrel serve`` named by ``<data_dir>/petrel.pid``, if it is one."""
     from petrel.pidfile import PidFileError, running_pid
@@ -241,6 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
     if args.command == "queue":
         return queue.run(config, args)
+    if args.command == "db":
+        return _db_migrate(config)
     if args.command == "reload":
         return _reload(config)
     if args.command == "status":
