@@ -21,7 +21,7 @@ import pytest
 from conftest import HOSTNAME, PetrelServer, wait_until
 from petrel.queue.pg import migrate
 from petrel.smtp import EndOfData, Rcpt, reply
-from pg_server import PgServer, pg_dsn, pg_server  # noqa: F401  (fixtures)
+from pg_server import PgServer
 from smtp_peer import PeerScript, ScriptedPeer
 
 _MESSAGE_ID = re.compile(rb"Message-ID: <([^>]+)>")
@@ -269,3 +269,34 @@ def test_migration_from_the_previous_schema_keeps_queued_mail(
     petrel_factory(node_config(pg_dsn, "node-a", sink.port), name="node-a")
     wait_until(lambda: delivered_ids(sink), 30, "the message queued under schema 1")
     assert delivered_ids(sink) == Counter({"v1@client.test": 1})
+
+
+def test_database_stopped_during_data_gets_451_and_the_node_recovers(
+    cluster: Callable[..., PetrelServer], sink: ScriptedPeer, pg_server: PgServer
+) -> None:
+    a = cluster("node-a")
+    send(a, "before")  # acknowledged before the outage: must arrive
+    with smtplib.SMTP(a.host, a.port, timeout=60) as client:
+        client.ehlo("client.test")
+        client.mail(f"alice@{HOSTNAME}")
+        client.rcpt("bob@sink.test")
+        pg_server.stop()
+        try:
+            lost = b"Subject: lost\r\nMessage-ID: <lost@client.test>\r\n\r\nx\r\n"
+            code, text = client.data(lost)
+        finally:
+            pg_server.start()
+    assert (code, text[:5]) == (451, b"4.3.0"), text
+
+    def accepted() -> bool:
+        try:
+            send(a, "after")
+        except smtplib.SMTPException:
+            return False
+        return True
+
+    wait_until(accepted, 60, "the node to accept mail again")
+    wait_until(lambda: len(delivered_ids(sink)) >= 2, 60, "delivery to resume")
+    ids = delivered_ids(sink)
+    assert ids["before@client.test"] == 1 and ids["after@client.test"] >= 1
+    assert "lost@client.test" not in ids
