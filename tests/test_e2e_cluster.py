@@ -300,3 +300,35 @@ def test_database_stopped_during_data_gets_451_and_the_node_recovers(
     ids = delivered_ids(sink)
     assert ids["before@client.test"] == 1 and ids["after@client.test"] >= 1
     assert "lost@client.test" not in ids
+
+
+def test_a_user_added_on_one_node_logs_in_on_the_other(
+    cluster: Callable[..., PetrelServer],
+) -> None:
+    shared_users = '\n[users]\nbackend = "postgresql"\n\n[auth]\nallow_plaintext_auth = true\n'
+    a, b = cluster("node-a", shared_users), cluster("node-b", shared_users)
+    address, password = f"dave@{HOSTNAME}", "correct horse battery"
+
+    def login(node: PetrelServer) -> bool:
+        with smtplib.SMTP(node.host, node.port, timeout=30) as client:
+            client.ehlo("client.test")
+            try:
+                client.login(address, password)
+            except smtplib.SMTPAuthenticationError:
+                return False
+            return True
+
+    def refuses_strangers(node: PetrelServer) -> bool:
+        """A local domain with a user accepts only its users (without any: everyone)."""
+        with smtplib.SMTP(node.host, node.port, timeout=30) as client:
+            client.ehlo("client.test")
+            client.mail("x@client.test")
+            return client.rcpt(f"nobody@{HOSTNAME}")[0] == 550
+
+    assert not login(b) and not refuses_strangers(b)
+    a.add_user(address, password)
+    wait_until(lambda: refuses_strangers(b), 20, "node B to see the user added on node A")
+    assert login(b)
+    listed = b.petrel_cli("user", "list")
+    assert listed.returncode == 0 and listed.stdout.split() == [address], listed
+    assert not (b.data_dir / "users").exists()  # nothing went to a node-local file

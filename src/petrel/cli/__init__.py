@@ -139,11 +139,11 @@ def _user_address(name: str, config: Config) -> str:
 
 
 def _user(args: argparse.Namespace, config: Config) -> int:
-    from petrel.policy.users import Users
+    from petrel.policy.users import open_users
     from petrel.privileges import act_as_data_dir_owner
 
     act_as_data_dir_owner(config)  # as root: `users` must stay readable to the server
-    users = Users(config.server.data_dir / "users")
+    users = open_users(config)
     action = args.user_command
     if action == "list":
         listed = list(users)
@@ -270,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "user":
         try:
             return _user(args, config)
-        except UserError as exc:
+        except (UserError, OSError) as exc:  # OSError: a users database out of reach
             print(f"petrel: {exc}", file=sys.stderr)
             return 1
     if args.command == "queue":
