@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import functools
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -30,9 +29,9 @@ from petrel.policy import Policy
 from petrel.queue.admin import UnknownMessageError, describe_envelope, matches_domain, read_headers
 from petrel.queue.envelope import Envelope
 from petrel.queue.ids import is_valid_queue_id
-from petrel.queue.pg import Lease, Listener, PgStore, StaleLeaseError
+from petrel.queue.pg import Lease, Listener, PgStore
 
-from .manager import QueueManager, Tracked
+from .manager import QueueManager, Tracked, _Attempt
 from .outcome import Transport
 
 __all__ = ["ClusterAdmin", "ClusterManager"]
@@ -62,6 +61,7 @@ class ClusterManager(QueueManager):
         self._listener = Listener(store.dsn, self._wake.set)
         self._renewer: asyncio.Task[None] | None = None
         self._store_down = False
+        self._outcomes: list[tuple[Envelope, int]] = []  # settled, not yet recorded
 
     def start(self, recovered: Iterable[Envelope]) -> None:
         """Nothing is recovered locally: what a crash left is leased again from the store."""
@@ -153,22 +153,34 @@ class ClusterManager(QueueManager):
         task.add_done_callback(self._attempts.discard)
 
     def _settle(self, tracked: Tracked) -> Callable[[], None] | None:
-        """The outcome goes to the store under the attempt's lease; memory forgets it."""
+        """Memory forgets the message; its outcome waits for `_conclude`'s one write."""
         envelope = tracked.envelope
         self._messages.pop(envelope.queue_id, None)
         if tracked.recovered:
             tracked.recovered = False
             self._recovered_done()
-        return functools.partial(self._record, copy.deepcopy(envelope), tracked.fence)
+        self._outcomes.append((copy.deepcopy(envelope), tracked.fence))
+        return None
 
-    def _record(self, envelope: Envelope, fence: int) -> None:
-        """Delivery thread: one fenced write; a stale lease's outcome is dropped."""
+    async def _conclude(
+        self, parts: list[_Attempt], now: float, queued: Callable[[], None] | None = None
+    ) -> None:
+        """Settle and send the DSNs as a single node does, then record every outcome in
+        one fenced transaction: a commit per batch, not per message."""
+        await super()._conclude(parts, now, queued)
+        outcomes, self._outcomes = self._outcomes, []
+        if queued is not None:  # no file work waits on the Maildir thread: its turn is free
+            queued()
+        if not outcomes:
+            return
+        loop = asyncio.get_running_loop()
         try:
-            self.store.record(envelope, fence)
-        except StaleLeaseError as exc:
-            log_event(
-                log, "lease-lost", level=logging.WARNING, queue_id=envelope.queue_id, error=str(exc)
-            )
+            _, stale = await loop.run_in_executor(None, self.store.record_many, outcomes)
+        except OSError as exc:  # the leases run out and another attempt repeats the work
+            log_event(log, "queue-store-error", level=logging.ERROR, error=str(exc))
+            return
+        for reason in stale:
+            log_event(log, "lease-lost", level=logging.WARNING, error=reason)
 
     async def _renew_leases(self) -> None:
         """Keep the leases of long attempts: every third of ``queue.lease``."""

@@ -682,31 +682,65 @@ class PgStore:
             return max(cur.rowcount, 0)
 
     def record(self, envelope: Envelope, fence: int) -> bool:
-        """An attempt's outcome under lease ``fence``: the new state, or gone when every
-        recipient is final (or an operator deleted it meanwhile). Returns True when the
-        message left the queue; StaleLeaseError when the lease is no longer this one."""
-        queue_id = _check_id(envelope.queue_id)
-        with self._conn() as conn, conn.transaction():
-            row = conn.execute(
-                "SELECT doomed FROM petrel_message WHERE queue_id = %s AND fence = %s"
-                " AND lease_node = %s FOR UPDATE",
-                (queue_id, fence, self.node),
-            ).fetchone()
-            if row is None:
-                raise StaleLeaseError(
-                    f"{queue_id}: lease {fence} of {self.node} is no longer valid"
-                    " (it expired and another node took the message over): outcome not recorded"
+        """One attempt's outcome (`record_many`); StaleLeaseError if the lease is not it."""
+        gone, stale = self.record_many([(envelope, fence)])
+        if stale:
+            raise StaleLeaseError(stale[0])
+        return bool(gone)
+
+    def record_many(self, outcomes: list[tuple[Envelope, int]]) -> tuple[list[str], list[str]]:
+        """Attempts' outcomes, each under its lease's fencing number, in one transaction.
+
+        A message whose recipients are all final (or that an operator deleted meanwhile)
+        leaves the queue; the others get their new state and their lease released. An
+        outcome whose lease is no longer the message's (it expired and another node took
+        the message over) is not recorded. Returns (ids gone, why each stale one was
+        refused).
+        """
+        if not outcomes:
+            return [], []
+        ids = [_check_id(envelope.queue_id) for envelope, _ in outcomes]
+        with self._conn() as conn, conn.transaction(), conn.cursor() as cur:
+            current = {
+                queue_id: (int(fence), bool(doomed))
+                for queue_id, fence, doomed in cur.execute(
+                    "SELECT queue_id, fence, doomed FROM petrel_message"
+                    " WHERE queue_id = ANY(%s) AND lease_node = %s FOR UPDATE",
+                    (ids, self.node),
+                ).fetchall()
+            }
+            gone: list[str] = []
+            kept: list[Envelope] = []
+            stale: list[str] = []
+            for envelope, fence in outcomes:
+                queue_id = envelope.queue_id
+                found = current.get(queue_id)
+                if found is None or found[0] != fence:
+                    stale.append(
+                        f"{queue_id}: lease {fence} of {self.node} is no longer valid (it"
+                        " expired and another node took the message over): outcome not recorded"
+                    )
+                elif found[1] or envelope.all_final:
+                    gone.append(queue_id)
+                else:
+                    kept.append(envelope)
+            if gone:
+                cur.execute("DELETE FROM petrel_message WHERE queue_id = ANY(%s)", (gone,))
+            if kept:
+                cur.executemany(
+                    _UPDATE_RECIPIENT,
+                    [
+                        (a, s, n, d, q, i)
+                        for envelope in kept
+                        for q, i, a, s, n, d in _recipient_rows(envelope)
+                    ],
                 )
-            if row[0] or envelope.all_final:
-                conn.execute("DELETE FROM petrel_message WHERE queue_id = %s", (queue_id,))
-                return True
-            self._write_state(conn, envelope)
-            conn.execute(
-                "UPDATE petrel_message SET lease_node = NULL, lease_until = NULL"
-                " WHERE queue_id = %s",
-                (queue_id,),
-            )
-        return False
+                cur.executemany(
+                    "UPDATE petrel_message SET next_attempt = %s, lease_node = NULL,"
+                    " lease_until = NULL WHERE queue_id = %s",
+                    [(_next_attempt(e), e.queue_id) for e in kept],
+                )
+        return gone, stale
 
     def next_wakeup(self, now: float) -> float | None:
         """Seconds until something may be due here: an open recipient or a lease expiry."""
