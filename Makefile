@@ -72,9 +72,15 @@ bench-deps:
 
 # Side by side with Postfix on loopback; QUICK=1 for a < 2 minute run. Writes bench/results/.
 # Root is needed for the private Postfix instance (sudo is used when not root).
+# BACKEND=postgresql: the shared queue instead (bench/pg_cluster.py): the spool, then 1, 2
+# and 3 nodes on one private PostgreSQL, same run (MESSAGES, SESSIONS).
 QUICK ?= 0
+BACKEND ?= spool
 bench: venv bench-deps
-	@if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO="sudo --preserve-env=QUICK,RUNS,MESSAGES,WORKERS,TARGETS,PROBES,IDLE_SESSIONS,LATENCY_MESSAGES,BIG_MB,KEEP"; fi; \
+	@if [ "$(BACKEND)" = "postgresql" ]; then \
+		exec $(VENV)/bin/python bench/pg_cluster.py $${MESSAGES:-2000} $${SESSIONS:-20}; \
+	fi; \
+	if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO="sudo --preserve-env=QUICK,RUNS,MESSAGES,WORKERS,TARGETS,PROBES,IDLE_SESSIONS,LATENCY_MESSAGES,BIG_MB,KEEP"; fi; \
 		QUICK=$(QUICK) $$SUDO $(VENV)/bin/python bench/run.py
 
 # kill -9 under load, again and again: every 250 must arrive exactly once (bench/crash.py).
