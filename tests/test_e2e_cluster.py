@@ -8,12 +8,16 @@ must arrive exactly once, whatever node took it and whatever node died.
 from __future__ import annotations
 
 import re
+import shutil
 import smtplib
+import socket
 import subprocess
 import sys
 import threading
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -23,6 +27,7 @@ from petrel.queue.pg import migrate
 from petrel.smtp import EndOfData, Rcpt, reply
 from pg_server import PgServer
 from smtp_peer import PeerScript, ScriptedPeer
+from test_e2e_proxy import free_port, proxy_port
 
 _MESSAGE_ID = re.compile(rb"Message-ID: <([^>]+)>")
 
@@ -188,8 +193,6 @@ def test_flush_and_etrn_racing_on_two_nodes_deliver_each_once(
 def test_unreachable_database_at_start_is_one_line(
     petrel_factory: Callable[..., PetrelServer], tmp_path, sink: ScriptedPeer
 ) -> None:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nobody listens here once closed
@@ -252,8 +255,6 @@ def test_migration_from_the_previous_schema_keeps_queued_mail(
         '"received_at":1700000000.0,"recipients":[{"address":"old@sink.test"}]}'
     )
     body = b"Subject: v1\r\nMessage-ID: <v1@client.test>\r\n\r\nqueued by schema 1\r\n"
-    import zlib
-
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute(
             "INSERT INTO petrel_message (queue_id, envelope, received_at, body_size, body_crc,"
@@ -332,3 +333,58 @@ def test_a_user_added_on_one_node_logs_in_on_the_other(
     listed = b.petrel_cli("user", "list")
     assert listed.returncode == 0 and listed.stdout.split() == [address], listed
     assert not (b.data_dir / "users").exists()  # nothing went to a node-local file
+
+
+def test_two_nodes_behind_a_real_haproxy_see_the_real_clients(
+    cluster: Callable[..., PetrelServer], sink: ScriptedPeer, tmp_path: Path
+) -> None:
+    binary = shutil.which("haproxy") or (
+        "/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None
+    )
+    if binary is None:
+        pytest.skip("haproxy is not installed (make system-deps)")
+    listener = '\n[[listener]]\naddress = "127.0.0.1:0"\nmode = "smtp"\nproxy_protocol = true\n'
+    nodes = [cluster("node-a", listener), cluster("node-b", listener)]
+    port = free_port()
+    servers = "\n".join(
+        f"    server {n} 127.0.0.1:{proxy_port(node)} send-proxy-v2"
+        for n, node in zip(("a", "b"), nodes, strict=True)
+    )
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(
+        "global\n    maxconn 64\ndefaults\n    mode tcp\n    timeout connect 5s\n"
+        "    timeout client 30s\n    timeout server 30s\n"
+        f"frontend smtp\n    bind 127.0.0.1:{port}\n    default_backend petrel\n"
+        f"backend petrel\n    balance roundrobin\n{servers}\n"
+    )
+    log = (tmp_path / "haproxy.log").open("wb")
+    process = subprocess.Popen([binary, "-f", str(config), "-db"], stdout=log, stderr=log)
+    log.close()
+    try:
+
+        def listening() -> bool:
+            with socket.socket() as probe:
+                return probe.connect_ex(("127.0.0.1", port)) == 0
+
+        wait_until(listening, what="haproxy to listen")
+        sources = []
+        for i in range(4):  # round robin: two connections to each node
+            with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+                sources.append(client.sock.getsockname()[1])
+                client.ehlo("behind.example")
+                client.sendmail(
+                    f"alice@{HOSTNAME}",
+                    ["bob@sink.test"],
+                    f"Subject: lb{i}\r\nMessage-ID: <lb{i}@client.test>\r\n\r\nx\r\n".encode(),
+                )
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    wait_until(lambda: len(delivered_ids(sink)) >= 4, 60, "every message delivered")
+    assert delivered_ids(sink) == Counter({f"lb{i}@client.test": 1 for i in range(4)})
+    for message in sink.messages:
+        assert b"Received: from behind.example (unknown [127.0.0.1])" in message.data
+    # each node logged the clients' own ports, not HAProxy's connections to it
+    for node in nodes:
+        seen = [p for p in sources if f"client=127.0.0.1:{p} proxy=127.0.0.1:" in node.log_text()]
+        assert len(seen) == 2, node.log_text()
