@@ -30,6 +30,7 @@ from petrel.queue.admin import UnknownMessageError, describe_envelope, matches_d
 from petrel.queue.envelope import Envelope
 from petrel.queue.ids import is_valid_queue_id
 from petrel.queue.pg import Lease, Listener, PgStore
+from petrel.queue.store import StoreUnavailableError
 
 from .manager import QueueManager, Tracked, _Attempt
 from .outcome import Transport
@@ -62,6 +63,7 @@ class ClusterManager(QueueManager):
         self._renewer: asyncio.Task[None] | None = None
         self._store_down = False
         self._outcomes: list[tuple[Envelope, int]] = []  # settled, not yet recorded
+        self._unrecorded: list[tuple[Envelope, int]] = []  # their write failed: retried
 
     def start(self, recovered: Iterable[Envelope]) -> None:
         """Nothing is recovered locally: what a crash left is leased again from the store."""
@@ -72,11 +74,19 @@ class ClusterManager(QueueManager):
 
     async def stop(self) -> None:
         await self._listener.stop()
+        await super().stop()
+        if self._unrecorded and not await self._record_pending():
+            log_event(
+                log,
+                "outcomes-not-recorded",
+                level=logging.WARNING,
+                messages=len(self._unrecorded),
+                effect="their leases expire and another node repeats those attempts",
+            )
         if self._renewer is not None:
             self._renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._renewer
-        await super().stop()
 
     def submit(self, envelope: Envelope) -> None:
         """Committed here: the store has it (and told every node); look now."""
@@ -109,6 +119,8 @@ class ClusterManager(QueueManager):
             self._wake.clear()
             wait: float | None = 0.0
             try:
+                if not await self._record_pending():  # outcomes first: then lease again
+                    raise StoreUnavailableError("outcomes not recorded yet")
                 if len(self._attempts) < MAX_ATTEMPTS:
                     leases = await loop.run_in_executor(
                         None, self.store.lease_due, self.clock(), CLUSTER_BATCH
@@ -171,16 +183,28 @@ class ClusterManager(QueueManager):
         outcomes, self._outcomes = self._outcomes, []
         if queued is not None:  # no file work waits on the Maildir thread: its turn is free
             queued()
-        if not outcomes:
-            return
+        self._unrecorded.extend(outcomes)
+        await self._record_pending()
+
+    async def _record_pending(self) -> bool:
+        """Write the outcomes waiting to be recorded; False while the store is out of reach.
+
+        They wait (their leases renewed) rather than being dropped: an attempt whose
+        outcome was lost to an outage would be repeated once its lease ran out.
+        """
+        if not self._unrecorded:
+            return True
+        batch, self._unrecorded = self._unrecorded, []
         loop = asyncio.get_running_loop()
         try:
-            _, stale = await loop.run_in_executor(None, self.store.record_many, outcomes)
-        except OSError as exc:  # the leases run out and another attempt repeats the work
-            log_event(log, "queue-store-error", level=logging.ERROR, error=str(exc))
-            return
-        for reason in stale:
+            _, stale = await loop.run_in_executor(None, self.store.record_many, batch)
+        except OSError as exc:
+            self._unrecorded = batch + self._unrecorded
+            self._store_lost(exc)
+            return False
+        for reason in stale:  # another node took the message over: its attempt counts
             log_event(log, "lease-lost", level=logging.WARNING, error=reason)
+        return True
 
     async def _renew_leases(self) -> None:
         """Keep the leases of long attempts: every third of ``queue.lease``."""
@@ -188,6 +212,7 @@ class ClusterManager(QueueManager):
         while True:
             await asyncio.sleep(self.config.queue.lease / 3)
             fences = {q: m.fence for q, m in self._messages.items() if m.active}
+            fences.update((e.queue_id, fence) for e, fence in self._unrecorded)
             if not fences:
                 continue
             with contextlib.suppress(OSError):  # the store is down: the next round tries
