@@ -35,7 +35,7 @@ from petrel.queue.store import StoreUnavailableError
 from .manager import QueueManager, Tracked, _Attempt
 from .outcome import Transport
 
-__all__ = ["ClusterAdmin", "ClusterManager"]
+__all__ = ["ClusterAdmin", "ClusterManager", "force_domain"]
 
 log = logging.getLogger("petrel.qmgr")
 
@@ -97,11 +97,7 @@ class ClusterManager(QueueManager):
 
     def force(self, domain: str | None) -> list[str]:
         """Mark the cluster's unheld messages with an open recipient of ``domain``."""
-        ids = sorted(
-            {q for q, address in self.store.open_recipients() if matches_domain(address, domain)}
-        )
-        self.store.force(ids)
-        return ids
+        return force_domain(self.store, domain)
 
     def etrn(self, node: str) -> smtp.Reply:
         try:
@@ -229,6 +225,15 @@ class ClusterManager(QueueManager):
             log_event(log, "queue-store-available")
 
 
+def force_domain(store: PgStore, domain: str | None) -> list[str]:
+    """flush and ETRN for the cluster: every unheld message with an open recipient of
+    ``domain`` (``@d``: and its subdomains; None: any) is tried next, due or not, by
+    whichever node leases it first. Returns their ids."""
+    ids = sorted({q for q, address in store.open_recipients() if matches_domain(address, domain)})
+    store.force(ids)
+    return ids
+
+
 class ClusterAdmin:
     """`petrel queue` and `petrel status` for the whole cluster, straight from the store.
 
@@ -274,14 +279,7 @@ class ClusterAdmin:
         return info
 
     def flush(self, domain: str | None = None) -> int:
-        ids = sorted(
-            {
-                q
-                for q, address in self.store.open_recipients()
-                if matches_domain(address, domain)
-            }
-        )
-        count = self.store.force(ids)
+        count = len(force_domain(self.store, domain))
         if count:
             log_event(log, "flushed", messages=count, domain=domain or "*")
         return count

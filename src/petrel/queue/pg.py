@@ -41,8 +41,10 @@ from psycopg_pool import ConnectionPool
 
 from petrel.config import Config
 from petrel.fsutil import ensure_dir, unlink_quietly, write_all
+from petrel.queue.admin import message_info
 from petrel.queue.envelope import FINAL_STATES, Envelope, Recipient
 from petrel.queue.ids import is_valid_queue_id
+from petrel.queue.spool import HEADER_SCAN, CorruptMessageError
 from petrel.queue.store import QueueStore, QueueWriter, StoreUnavailableError
 
 __all__ = [
@@ -557,7 +559,7 @@ class PgStore:
             try:
                 envelope = Envelope.from_json(envelope_json)
             except ValueError as exc:
-                raise CorruptRowError(f"{queue_id}: bad envelope: {exc}") from None
+                raise CorruptMessageError(f"{queue_id}: bad envelope: {exc}") from None
             recipients = details.get(queue_id, [])
             if [r.address for r in recipients] == [r.address for r in envelope.recipients]:
                 envelope.recipients = recipients
@@ -594,14 +596,12 @@ class PgStore:
                 seq += 1
                 yield chunk
         if seen != size or check != crc:
-            raise CorruptRowError(f"{queue_id}: message bytes do not match their checksum")
+            raise CorruptMessageError(f"{queue_id}: message bytes do not match their checksum")
 
     def read_body(self, queue_id: str) -> bytes:
         return b"".join(self.iter_body(queue_id))
 
     def read_header(self, queue_id: str) -> bytes:
-        from petrel.queue.spool import HEADER_SCAN
-
         head = b""
         with contextlib.closing(self.iter_body(queue_id)) as chunks:
             for chunk in chunks:
@@ -770,8 +770,6 @@ class PgStore:
                 " FROM petrel_message ORDER BY received_at, queue_id"
             ).fetchall()
             envelopes = {e.queue_id: e for e in self._load_many(conn, [r[0] for r in rows])}
-        from petrel.queue.admin import message_info
-
         infos = []
         for queue_id, size, node, until, live in rows:
             envelope = envelopes.get(queue_id)
@@ -874,10 +872,6 @@ class PgStore:
             "hold": hold,
             "leases": {node: int(n) for node, n in leases},
         }
-
-
-class CorruptRowError(ValueError):
-    """A row that does not check out: an envelope that does not parse, a wrong checksum."""
 
 
 def _check_id(queue_id: str) -> str:
