@@ -303,6 +303,47 @@ def test_database_stopped_during_data_gets_451_and_the_node_recovers(
     assert "lost@client.test" not in ids
 
 
+def test_database_stopped_mid_load_loses_nothing_acknowledged(
+    cluster: Callable[..., PetrelServer], sink: ScriptedPeer, pg_server: PgServer
+) -> None:
+    nodes = [cluster("node-a"), cluster("node-b")]
+    accepted: list[str] = []
+    refused: list[int] = []
+    stop = threading.Event()
+
+    def sender(number: int) -> None:
+        for i in range(400):  # bounded; stopped much sooner
+            if stop.is_set():
+                return
+            tag = f"s{number}-{i}"
+            try:
+                send(nodes[i % 2], tag)
+            except smtplib.SMTPDataError as exc:
+                refused.append(exc.smtp_code)
+                continue
+            accepted.append(tag)
+
+    threads = [threading.Thread(target=sender, args=(n,)) for n in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_until(lambda: len(accepted) >= 10, 60, "mail flowing")
+        pg_server.stop()
+        try:
+            wait_until(lambda: len(refused) >= 3, 60, "clients refused during the outage")
+        finally:
+            pg_server.start()
+        resumed = len(accepted)
+        wait_until(lambda: len(accepted) >= resumed + 10, 60, "mail accepted again")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+    assert set(refused) == {451}  # 4.3.0, try again later: never a 5xx, never a 250
+    wanted = {f"{tag}@client.test" for tag in accepted}
+    wait_until(lambda: wanted <= set(delivered_ids(sink)), 90, "every acknowledged message")
+
+
 def test_a_user_added_on_one_node_logs_in_on_the_other(
     cluster: Callable[..., PetrelServer],
 ) -> None:

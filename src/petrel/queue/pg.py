@@ -457,7 +457,7 @@ class PgStore:
             try:
                 self._insert(writers)
                 return [None] * len(writers)
-            except (psycopg.OperationalError, psycopg.InterfaceError):
+            except (psycopg.OperationalError, psycopg.InterfaceError, StoreUnavailableError):
                 raise
             except (psycopg.Error, OSError) as exc:
                 if len(writers) == 1:
@@ -467,7 +467,7 @@ class PgStore:
                 try:
                     self._insert([writer])
                     results.append(None)
-                except (psycopg.OperationalError, psycopg.InterfaceError):
+                except (psycopg.OperationalError, psycopg.InterfaceError, StoreUnavailableError):
                     raise
                 except (psycopg.Error, OSError) as exc:
                     results.append(OSError(f"PostgreSQL refused the message: {_one_line(exc)}"))
