@@ -100,13 +100,14 @@ def cluster(
     return start
 
 
-def test_two_nodes_receive_and_deliver_every_message_exactly_once(
+def test_three_nodes_receive_and_deliver_every_message_exactly_once(
     cluster: Callable[..., PetrelServer], sink: ScriptedPeer
 ) -> None:
-    a, b = cluster("node-a"), cluster("node-b")
-    tags = [f"m{i}" for i in range(16)]
+    nodes = [cluster("node-a"), cluster("node-b"), cluster("node-c")]
+    a = nodes[0]
+    tags = [f"m{i}" for i in range(18)]
     threads = [
-        threading.Thread(target=send, args=(a if i % 2 else b, tag)) for i, tag in enumerate(tags)
+        threading.Thread(target=send, args=(nodes[i % 3], tag)) for i, tag in enumerate(tags)
     ]
     for thread in threads:
         thread.start()
@@ -342,6 +343,18 @@ def test_database_stopped_mid_load_loses_nothing_acknowledged(
     assert set(refused) == {451}  # 4.3.0, try again later: never a 5xx, never a 250
     wanted = {f"{tag}@client.test" for tag in accepted}
     wait_until(lambda: wanted <= set(delivered_ids(sink)), 90, "every acknowledged message")
+
+
+def test_sendmail_on_a_node_queues_into_the_shared_queue(
+    cluster: Callable[..., PetrelServer], sink: ScriptedPeer
+) -> None:
+    a = cluster("node-a")
+    message = "Subject: local\nMessage-ID: <sendmail@client.test>\n\nfrom sendmail\n"
+    result = a.petrel_cli("sendmail", "-f", f"alice@{HOSTNAME}", "bob@sink.test", stdin=message)
+    assert result.returncode == 0, result.stderr
+    wait_until(lambda: delivered_ids(sink), 30, "the sendmail message at the sink")
+    assert delivered_ids(sink) == Counter({"sendmail@client.test": 1})
+    assert not (a.data_dir / "queue" / "active").exists()  # no node-local spool was used
 
 
 def test_a_user_added_on_one_node_logs_in_on_the_other(
