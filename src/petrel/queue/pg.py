@@ -45,7 +45,7 @@ from petrel.queue.admin import message_info
 from petrel.queue.envelope import FINAL_STATES, Envelope, Recipient
 from petrel.queue.ids import is_valid_queue_id
 from petrel.queue.spool import HEADER_SCAN, CorruptMessageError
-from petrel.queue.store import QueueStore, QueueWriter, StoreUnavailableError
+from petrel.queue.store import GroupCommit, QueueStore, QueueWriter, StoreUnavailableError
 
 __all__ = [
     "CHANNEL",
@@ -330,8 +330,7 @@ class PgStore:
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
         self._committer_conn: psycopg.Connection[Any] | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self._pending: list[tuple[PgWriter, asyncio.Future[None]]] = []
-        self._committer: asyncio.Task[None] | None = None
+        self._group = GroupCommit(self._commit_batch)
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -411,39 +410,7 @@ class PgStore:
         if writer.handed_over:
             raise ValueError(f"message {writer.queue_id} was already committed")
         writer.handed_over = True
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-        self._pending.append((writer, done))
-        if self._committer is None:
-            self._committer = loop.create_task(self._drain())
-        await done
-
-    async def _drain(self) -> None:
-        """The one committer: everything queued meanwhile shares the next transaction."""
-        loop = asyncio.get_running_loop()
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                writers = [writer for writer, _ in batch]
-                try:
-                    results = await loop.run_in_executor(
-                        self._executor, self._commit_batch, writers
-                    )
-                except asyncio.CancelledError:
-                    for _, done in batch:
-                        done.cancel()
-                    raise
-                except Exception as exc:
-                    results = [exc] * len(batch)
-                for (_, done), result in zip(batch, results, strict=True):
-                    if done.done():
-                        continue
-                    if result is None:
-                        done.set_result(None)
-                    else:
-                        done.set_exception(result)
-        finally:
-            self._committer = None
+        await self._group.commit(writer, self._executor)
 
     def _commit_batch(self, writers: list[PgWriter]) -> list[Exception | None]:
         """Commit thread: the whole batch in one transaction; alone only if it must.

@@ -28,7 +28,6 @@ atomic. Only `Spool.recover` must run alone, before any writer starts.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import itertools
 import json
@@ -57,7 +56,7 @@ from petrel.fsutil import (
 from petrel.log import log_event
 from petrel.queue.envelope import Envelope, Recipient
 from petrel.queue.ids import is_valid_queue_id
-from petrel.queue.store import QueueStore, QueueWriter
+from petrel.queue.store import GroupCommit, QueueStore, QueueWriter
 
 __all__ = ["HEADER_SCAN", "CorruptMessageError", "MessageWriter", "Spool"]
 
@@ -280,8 +279,7 @@ class Spool:
         self._state_prefix = f"{self._state}{os.sep}"
         self._sync_fd: int | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self._pending: list[tuple[MessageWriter, asyncio.Future[None]]] = []
-        self._committer: asyncio.Task[None] | None = None
+        self._group = GroupCommit(self._commit_batch)
         self._free = 0
         self._free_checked = float("-inf")
 
@@ -377,39 +375,7 @@ class Spool:
         if writer._handed_over:
             raise ValueError(f"message {writer.queue_id} was already committed")
         writer._handed_over = True
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-        self._pending.append((writer, done))
-        if self._committer is None:
-            self._committer = loop.create_task(self._drain())
-        await done
-
-    async def _drain(self) -> None:
-        """The one committer: take everything queued, commit it as a batch, repeat."""
-        loop = asyncio.get_running_loop()
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                writers = [writer for writer, _ in batch]
-                try:
-                    results = await loop.run_in_executor(
-                        self._executor, self._commit_batch, writers
-                    )
-                except asyncio.CancelledError:
-                    for _, done in batch:
-                        done.cancel()
-                    raise
-                except Exception as exc:
-                    results = [exc] * len(batch)
-                for (_, done), result in zip(batch, results, strict=True):
-                    if done.done():
-                        continue
-                    if result is None:
-                        done.set_result(None)
-                    else:
-                        done.set_exception(result)
-        finally:
-            self._committer = None
+        await self._group.commit(writer, self._executor)
 
     def _commit_batch(self, writers: list[MessageWriter]) -> list[Exception | None]:
         """Worker thread: seal and rename each file, then make the batch durable at once.

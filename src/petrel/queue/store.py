@@ -17,12 +17,14 @@ PostgreSQL database shared by several nodes) implement it. The contract every ba
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Protocol
+import asyncio
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor
+from typing import Generic, Protocol, TypeVar
 
 from petrel.queue.envelope import Envelope
 
-__all__ = ["QueueStore", "QueueWriter", "StoreUnavailableError"]
+__all__ = ["GroupCommit", "QueueStore", "QueueWriter", "StoreUnavailableError"]
 
 
 class StoreUnavailableError(OSError):
@@ -93,3 +95,54 @@ class QueueStore(Protocol):
     def save_state(self, envelope: Envelope) -> None: ...
 
     def finish(self, queue_id: str) -> None: ...
+
+
+W = TypeVar("W")
+
+
+class GroupCommit(Generic[W]):
+    """The one committer of a store: every writer queued while a batch commits joins the
+    next batch, so concurrent sessions share one sync round (the spool) or one
+    transaction (PostgreSQL). ``commit_batch`` runs on ``executor`` and returns, per
+    writer, None (durable) or the exception its caller gets.
+
+    A caller cancelled meanwhile does not stop the commit: a duplicate is better than a
+    loss.
+    """
+
+    def __init__(self, commit_batch: Callable[[list[W]], list[Exception | None]]) -> None:
+        self._commit_batch = commit_batch
+        self._pending: list[tuple[W, asyncio.Future[None]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def commit(self, writer: W, executor: Executor) -> None:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._pending.append((writer, done))
+        if self._task is None:
+            self._task = loop.create_task(self._drain(executor))
+        await done
+
+    async def _drain(self, executor: Executor) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                writers = [writer for writer, _ in batch]
+                try:
+                    results = await loop.run_in_executor(executor, self._commit_batch, writers)
+                except asyncio.CancelledError:
+                    for _, done in batch:
+                        done.cancel()
+                    raise
+                except Exception as exc:
+                    results = [exc] * len(batch)
+                for (_, done), result in zip(batch, results, strict=True):
+                    if done.done():
+                        continue
+                    if result is None:
+                        done.set_result(None)
+                    else:
+                        done.set_exception(result)
+        finally:
+            self._task = None
