@@ -444,3 +444,31 @@ def test_two_nodes_behind_a_real_haproxy_see_the_real_clients(
         for node in nodes
     ]
     assert all(seen) and sorted(seen[0] + seen[1]) == sorted(sources), seen
+
+
+def test_hold_release_and_delete_from_any_node(
+    cluster: Callable[..., PetrelServer], sink: ScriptedPeer
+) -> None:
+    sink.script.policy = {Rcpt: lambda event: reply(451, "4.7.1", "not now")}
+    a = cluster("node-a", backoff="1h")
+    b = cluster("node-b", backoff="1h")
+    send(a, "h1", rcpt="carol@later.test")
+    send(a, "h2", rcpt="carol@later.test")
+    wait_until(
+        lambda: (a.log_text() + b.log_text()).count("event=deferred") >= 2, 60, "both deferred"
+    )
+    first, second = re.findall(r"^([0-9A-Z]{14})", queue_list(b), re.MULTILINE)  # by arrival
+    sink.script.policy = {}
+    held = b.petrel_cli("queue", "hold", first)
+    assert held.returncode == 0 and "placed on hold" in held.stdout, held
+    assert f"{first}!" in queue_list(a)  # node A sees node B's hold
+    assert a.petrel_cli("queue", "flush").stdout.startswith("petrel: 1 message")
+    wait_until(lambda: delivered_ids(sink), 30, "the unheld message")
+    assert delivered_ids(sink) == Counter({"h2@client.test": 1})
+    released = a.petrel_cli("queue", "release", first)
+    assert released.returncode == 0 and "released from hold" in released.stdout, released
+    deleted = b.petrel_cli("queue", "delete", first)
+    assert deleted.returncode == 0 and f"{first}: removed" in deleted.stdout, deleted
+    assert "Mail queue is empty" in queue_list(a)
+    unknown = a.petrel_cli("queue", "show", second)
+    assert unknown.returncode == 1 and "no such message" in unknown.stderr
