@@ -20,7 +20,8 @@ $(VENV)/.stamp-serve: pyproject.toml
 	$(VENV)/bin/pip install -e '.[fast]'
 	touch $@
 
-# Test peers, installed only when missing: swaks (Net::SSLeay gives it -tls), Postfix,
+# Test peers, installed only when missing: swaks (Net::SSLeay gives it -tls), strace (holds
+# the server inside a rename so a test can kill -9 it there), Postfix,
 # preseeded to "No configuration" so no system instance is set up, Dovecot's LMTP
 # server, HAProxy (the load balancer in front of a proxy_protocol listener) and
 # PostgreSQL (the shared queue's tests run initdb/pg_ctl in a temp dir; postgresql-common
@@ -33,7 +34,8 @@ $(VENV)/.stamp-serve: pyproject.toml
 system-deps:
 	@if ! command -v swaks >/dev/null 2>&1 || ! perl -MNet::SSLeay -MIO::Socket::SSL -e1 2>/dev/null \
 			|| ! command -v postfix >/dev/null 2>&1 || ! test -x /usr/lib/dovecot/lmtp \
-			|| ! test -x /usr/sbin/haproxy || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+			|| ! test -x /usr/sbin/haproxy || ! command -v strace >/dev/null 2>&1 \
+			|| ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 		if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		if [ -e /usr/sbin/dovecot ]; then had_dovecot=yes; else had_dovecot=; fi; \
 		if [ -e /usr/sbin/haproxy ]; then had_haproxy=yes; else had_haproxy=; fi; \
@@ -42,7 +44,7 @@ system-deps:
 		$$SUDO apt-get update && \
 		$$SUDO sh tools/apt-install-no-start.sh \
 			swaks libnet-ssleay-perl libio-socket-ssl-perl postfix dovecot-core dovecot-lmtpd \
-			haproxy postgresql-common && \
+			haproxy strace postgresql-common && \
 		$$SUDO sed -ri 's/^#? *create_main_cluster *=.*/create_main_cluster = false/' \
 			/etc/postgresql-common/createcluster.conf && \
 		$$SUDO sh tools/apt-install-no-start.sh postgresql && \

@@ -34,6 +34,7 @@ from petrel.fsutil import (
     sync_rounds,
 )
 from petrel.intake import Intake
+from petrel.intake.direct import MaildirCopier
 from petrel.intake.pickup import Notified, PickupPoke, PickupWatcher
 from petrel.log import log_event
 from petrel.pidfile import PID_FILE, remove_pid_file, write_pid_file
@@ -240,6 +241,7 @@ async def _serve(config: Config, log_args: list[str] | None, errors: ErrorLog) -
     if not shared:
         spool = Spool(data_dir / "queue")
         spool.open()
+        spool.copier = MaildirCopier(data_dir / "mailboxes")  # direct delivery at intake
         manager = QueueManager(config, spool, policy)
     recovered = spool.recover()
     manager.start(recovered)
@@ -481,6 +483,7 @@ async def serve_worker(config: Config, number: int) -> int:
     else:
         spool = Spool(config.server.data_dir / "queue")
         spool.open()  # no recovery: the parent did that before any worker started
+        spool.copier = MaildirCopier(config.server.data_dir / "mailboxes")
         submitter = PickupPoke(spool.root, etrn=etrn)
     server = Server(config, Intake(config, spool, submitter), policy, loop)
     await server.start(inherited)

@@ -59,6 +59,9 @@ class Notified:
     def submit(self, envelope: Envelope) -> None:
         pass
 
+    def delivered(self, envelope: Envelope, recipients: int) -> None:
+        """Not reported: the parent's counters (`petrel status`) cover its own process."""
+
     def etrn(self, node: str) -> smtp.Reply:
         """Answered by the queue manager: 250 started, or 251 none waiting."""
         if self._etrn is None or node.startswith("#"):

@@ -29,8 +29,8 @@ import json
 import logging
 import os
 import zlib
-from collections.abc import Generator, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Generator, Iterable, Iterator
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -45,7 +45,7 @@ from petrel.queue.admin import message_info
 from petrel.queue.envelope import FINAL_STATES, Envelope, Recipient
 from petrel.queue.ids import is_valid_queue_id
 from petrel.queue.spool import HEADER_SCAN, CorruptMessageError
-from petrel.queue.store import GroupCommit, QueueStore, QueueWriter, StoreUnavailableError
+from petrel.queue.store import Copier, Copies, QueueStore, QueueWriter, StoreUnavailableError
 
 __all__ = [
     "CHANNEL",
@@ -206,6 +206,11 @@ class PgWriter:
     def queue_id(self) -> str:
         return self.envelope.queue_id
 
+    @property
+    def text(self) -> bytes | None:
+        """The message while it is all in memory (up to `CHUNK`), else None."""
+        return None if self.spill is not None or self._closed else bytes(self.buffer)
+
     def write(self, data: bytes) -> None:
         if self._closed or self.handed_over:
             raise ValueError(f"message {self.queue_id} is already closed")
@@ -244,6 +249,53 @@ class PgWriter:
             os.close(self.spill)
             self.spill = None
             unlink_quietly(self._spill_path)
+
+
+class _GroupCommit:
+    """The one committer: every writer queued while a batch commits joins the next
+    batch, so concurrent sessions share one transaction. ``commit_batch`` runs on
+    ``executor`` and returns, per writer, None (committed) or its caller's exception.
+
+    A caller cancelled meanwhile does not stop the commit: a duplicate is better than a
+    loss.
+    """
+
+    def __init__(self, commit_batch: Callable[[list[PgWriter]], list[Exception | None]]) -> None:
+        self._commit_batch = commit_batch
+        self._pending: list[tuple[PgWriter, asyncio.Future[None]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def commit(self, writer: PgWriter, executor: Executor) -> None:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._pending.append((writer, done))
+        if self._task is None:
+            self._task = loop.create_task(self._drain(executor))
+        await done
+
+    async def _drain(self, executor: Executor) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                writers = [writer for writer, _ in batch]
+                try:
+                    results = await loop.run_in_executor(executor, self._commit_batch, writers)
+                except asyncio.CancelledError:
+                    for _, done in batch:
+                        done.cancel()
+                    raise
+                except Exception as exc:
+                    results = [exc] * len(batch)
+                for (_, done), result in zip(batch, results, strict=True):
+                    if done.done():
+                        continue
+                    if result is None:
+                        done.set_result(None)
+                    else:
+                        done.set_exception(result)
+        finally:
+            self._task = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,6 +371,9 @@ class PgStore:
     raises `StoreUnavailableError` (an ``OSError``) while the database cannot be reached.
     """
 
+    # Direct delivery's Maildir copies would be node-local: the shared queue takes none.
+    copier: Copier | None = None
+
     def __init__(self, dsn: str, node: str, lease: float, spill_dir: Path) -> None:
         self.dsn = dsn
         self.node = node
@@ -330,7 +385,7 @@ class PgStore:
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
         self._committer_conn: psycopg.Connection[Any] | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self._group = GroupCommit(self._commit_batch)
+        self._group = _GroupCommit(self._commit_batch)
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -396,13 +451,15 @@ class PgStore:
         queue_id = _check_id(envelope.queue_id)
         return PgWriter(envelope, self._spill_prefix + queue_id)
 
-    async def commit(self, writer: QueueWriter) -> None:
+    async def commit(self, writer: QueueWriter, copies: Copies | None = None) -> None:
         """Return once the transaction holding the message has committed.
 
         StoreUnavailableError when the database went away: nothing is acknowledged (the
         transaction may still have committed, in which case the message is delivered
         anyway: a duplicate is better than a loss).
         """
+        if copies is not None:
+            raise ValueError("the shared queue takes no copies: no copier is set")
         if not isinstance(writer, PgWriter):
             raise TypeError(f"not a writer of this store: {writer!r}")
         if self._executor is None:

@@ -1,7 +1,8 @@
 """`QueueStore`: what intake, delivery and queue administration need from the queue.
 
 `Spool` (files under ``<data_dir>/queue``) and `petrel.queue.pg.PgStore` (one
-PostgreSQL database shared by several nodes) implement it. The contract every backend keeps:
+PostgreSQL database shared by several nodes) implement it. The contract every backend
+keeps:
 
 - `begin` hands out a `QueueWriter`; `commit` returns only once the message is on
   stable storage (the 250 waits for it) and raises ``OSError`` if it could not be put
@@ -13,18 +14,19 @@ PostgreSQL database shared by several nodes) implement it. The contract every ba
   not be durable: after a crash an older state may come back (an attempt is repeated,
   none is lost). `finish` removes a message for good.
 - Methods other than `commit` may block: delivery calls them from worker threads.
+- A store whose ``copier`` is set takes `Copies` along with a commit: files another
+  stage writes (direct delivery's Maildir copies) made durable by the same sync
+  rounds. A store without one (None) is never given any.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Iterator
-from concurrent.futures import Executor
-from typing import Generic, Protocol, TypeVar
+from collections.abc import Iterator, Sequence
+from typing import Protocol
 
-from petrel.queue.envelope import Envelope
+from petrel.queue.envelope import Envelope, Recipient
 
-__all__ = ["GroupCommit", "QueueStore", "QueueWriter", "StoreUnavailableError"]
+__all__ = ["Copier", "Copies", "CopyRound", "QueueStore", "QueueWriter", "StoreUnavailableError"]
 
 
 class StoreUnavailableError(OSError):
@@ -32,6 +34,50 @@ class StoreUnavailableError(OSError):
 
     Intake answers it with ``451 4.3.0``; nothing was acknowledged.
     """
+
+
+class Copies(Protocol):
+    """Copies of one message for some of its recipients, written by another stage.
+
+    After the round: ``failed`` are the recipients whose copy could not be written (the
+    queue takes them instead), ``error`` is set if written copies may not be durable
+    (the whole message then failed: nothing may be acknowledged).
+    """
+
+    @property
+    def files(self) -> int:
+        """How many files the copies are."""
+        ...
+
+    @property
+    def failed(self) -> Sequence[Recipient]: ...
+
+    @property
+    def error(self) -> Exception | None: ...
+
+
+class CopyRound(Protocol):
+    """One commit batch's copies, in the commit thread: written, then published."""
+
+    def discard(self, copies: Copies, error: Exception) -> None:
+        """These copies' message failed (not durable, or its spool file could not be
+        written): remove what was written for it; ``error`` becomes its error."""
+        ...
+
+    def publish(self) -> None:
+        """The data is durable: make the copies not discarded visible, names durable."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Copier(Protocol):
+    """Writes `Copies` in a store's commit thread, sharing the store's sync rounds."""
+
+    def write(self, batch: Sequence[Copies], per_file: bool, covered_dev: int) -> CopyRound:
+        """Write every copy's data; fsync each file itself when ``per_file`` or when a
+        syncfs of ``covered_dev`` (the file system the store syncs) does not cover it."""
+        ...
 
 
 class QueueWriter(Protocol):
@@ -42,12 +88,18 @@ class QueueWriter(Protocol):
 
     @property
     def envelope(self) -> Envelope:
-        """As given to `QueueStore.begin` (later changes to it are not stored)."""
+        """What will be stored: as given to `QueueStore.begin`, less the recipients a
+        commit's `Copies` took."""
         ...
 
     @property
     def size(self) -> int:
         """Message octets written so far."""
+        ...
+
+    @property
+    def text(self) -> bytes | None:
+        """The message text while the writer still holds it in memory, else None."""
         ...
 
     def write(self, data: bytes) -> None: ...
@@ -65,8 +117,15 @@ class QueueStore(Protocol):
 
     def begin(self, envelope: Envelope) -> QueueWriter: ...
 
-    async def commit(self, writer: QueueWriter) -> None:
-        """Return once ``writer``'s message is durable; OSError if it could not be."""
+    copier: Copier | None
+
+    async def commit(self, writer: QueueWriter, copies: Copies | None = None) -> None:
+        """Return once ``writer``'s message is durable; OSError if it could not be.
+
+        With ``copies`` the message's envelope holds the recipients the queue keeps; the
+        ``failed`` copies' recipients are added to it before it is stored. When none is
+        left, nothing is stored (``writer.envelope.recipients`` says which case).
+        """
         ...
 
     # -- start-up ------------------------------------------------------------------
@@ -95,54 +154,3 @@ class QueueStore(Protocol):
     def save_state(self, envelope: Envelope) -> None: ...
 
     def finish(self, queue_id: str) -> None: ...
-
-
-W = TypeVar("W")
-
-
-class GroupCommit(Generic[W]):
-    """The one committer of a store: every writer queued while a batch commits joins the
-    next batch, so concurrent sessions share one sync round (the spool) or one
-    transaction (PostgreSQL). ``commit_batch`` runs on ``executor`` and returns, per
-    writer, None (durable) or the exception its caller gets.
-
-    A caller cancelled meanwhile does not stop the commit: a duplicate is better than a
-    loss.
-    """
-
-    def __init__(self, commit_batch: Callable[[list[W]], list[Exception | None]]) -> None:
-        self._commit_batch = commit_batch
-        self._pending: list[tuple[W, asyncio.Future[None]]] = []
-        self._task: asyncio.Task[None] | None = None
-
-    async def commit(self, writer: W, executor: Executor) -> None:
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-        self._pending.append((writer, done))
-        if self._task is None:
-            self._task = loop.create_task(self._drain(executor))
-        await done
-
-    async def _drain(self, executor: Executor) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                writers = [writer for writer, _ in batch]
-                try:
-                    results = await loop.run_in_executor(executor, self._commit_batch, writers)
-                except asyncio.CancelledError:
-                    for _, done in batch:
-                        done.cancel()
-                    raise
-                except Exception as exc:
-                    results = [exc] * len(batch)
-                for (_, done), result in zip(batch, results, strict=True):
-                    if done.done():
-                        continue
-                    if result is None:
-                        done.set_result(None)
-                    else:
-                        done.set_exception(result)
-        finally:
-            self._task = None
