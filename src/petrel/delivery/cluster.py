@@ -130,6 +130,9 @@ class ClusterManager(QueueManager):
             except OSError as exc:
                 self._store_lost(exc)
                 wait, retry = retry, min(retry * 2, _RETRY_MAX)
+            except Exception:  # a row that does not parse: say so, and keep delivering
+                log.exception("leasing due messages failed")
+                wait, retry = retry, min(retry * 2, _RETRY_MAX)
             timeout = min(
                 self.config.queue.run_interval, _IDLE_MAX, wait if wait is not None else _IDLE_MAX
             )
