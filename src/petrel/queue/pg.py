@@ -594,31 +594,37 @@ class PgStore:
         return found
 
     def iter_body(self, queue_id: str) -> Generator[bytes, None, None]:
-        """The message bytes, one row at a time; ValueError at the end if they are damaged."""
+        """The message bytes, one row at a time; ValueError at the end if they are damaged.
+
+        The first row comes with the size and checksum, so a small message costs one
+        query; the rows after it are read until the size is reached.
+        """
         _check_id(queue_id)
         with self._conn() as conn:
             row = conn.execute(
-                "SELECT body_size, body_crc FROM petrel_message WHERE queue_id = %s",
+                "SELECT m.body_size, m.body_crc, c.data FROM petrel_message AS m"
+                " LEFT JOIN petrel_chunk AS c ON c.queue_id = m.queue_id AND c.seq = 0"
+                " WHERE m.queue_id = %s",
                 (queue_id,),
             ).fetchone()
             if row is None:
                 raise FileNotFoundError(f"{queue_id}: no such message")
-            size, crc = int(row[0]), int(row[1])
-            seen = 0
-            check = 0
-            seq = 0
-            while True:
+            size, crc, data = int(row[0]), int(row[1]), row[2]
+            seen = check = 0
+            seq = 1
+            while data is not None:
+                chunk = bytes(data)
+                seen += len(chunk)
+                check = zlib.crc32(chunk, check)
+                yield chunk
+                if seen >= size:
+                    break
                 found = conn.execute(
                     "SELECT data FROM petrel_chunk WHERE queue_id = %s AND seq = %s",
                     (queue_id, seq),
                 ).fetchone()
-                if found is None:
-                    break
-                chunk = bytes(found[0])
-                seen += len(chunk)
-                check = zlib.crc32(chunk, check)
+                data = None if found is None else found[0]
                 seq += 1
-                yield chunk
         if seen != size or check != crc:
             raise CorruptMessageError(f"{queue_id}: message bytes do not match their checksum")
 
