@@ -3,7 +3,9 @@
     .venv/bin/python bench/pg_cluster.py [MESSAGES] [SESSIONS]
 
 Runs a private PostgreSQL (the tests' `pg_server.PgServer`: initdb in a temp dir,
-loopback, synchronous_commit on), then for each setup starts the nodes, sends MESSAGES
+loopback, synchronous_commit on), measures `PgStore.commit` alone with 1, 20 and 100
+concurrent writers (the group commit: messages/s and messages per transaction), then
+for each setup starts the nodes, sends MESSAGES
 1 KB messages over SESSIONS concurrent aiosmtplib sessions spread round-robin over the
 nodes, and reports two rates: accepted (every 250 received: the message is committed)
 and delivered (every message in a Maildir's new/; with several nodes the deliveries are
@@ -24,9 +26,12 @@ from pathlib import Path
 
 import aiosmtplib
 
+from petrel.queue.envelope import Envelope, Recipient
+from petrel.queue.ids import new_queue_id
+from petrel.queue.pg import PgStore, migrate
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from petrel.queue.pg import migrate
-from pg_server import PgServer, _bin_dir
+from pg_server import PgServer, _bin_dir  # the tests' private PostgreSQL
 
 HOSTNAME = "mx.bench.test"
 _LISTENING = re.compile(r"event=listening address=127\.0\.0\.1:(\d+) mode=smtp")
@@ -102,6 +107,34 @@ def run(name: str, work: Path, queues: list[str], messages: int, sessions: int) 
     return f"| {name} | {messages / accepted:.0f} | {messages / done:.0f} |"
 
 
+def store_only(dsn: str, spill: Path, messages: int, writers: int) -> str:
+    """`PgStore.commit` alone, ``writers`` at once (no SMTP, no delivery): the group commit."""
+    store = PgStore(dsn, "bench", 600.0, spill)
+    store.open()
+
+    async def writer(count: int) -> None:
+        for _ in range(count):
+            envelope = Envelope(
+                new_queue_id(), "load@client.test", [Recipient(f"bench@{HOSTNAME}")], time.time()
+            )
+            w = store.begin(envelope)
+            w.write(BODY)
+            await store.commit(w)
+
+    async def all_writers() -> None:
+        await asyncio.gather(*(writer(messages // writers) for _ in range(writers)))
+
+    try:
+        started = time.monotonic()
+        asyncio.run(all_writers())
+        elapsed = time.monotonic() - started
+    finally:
+        store.close()
+    total = messages // writers * writers
+    per_tx = total / max(store.sync_count, 1)
+    return f"| {writers} | {total / elapsed:.0f} | {per_tx:.1f} |"
+
+
 def main() -> None:
     messages = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
     sessions = int(sys.argv[2]) if len(sys.argv) > 2 else 20
@@ -112,13 +145,15 @@ def main() -> None:
     pg = PgServer(bin_dir, Path(tempfile.mkdtemp(prefix="petrel-pg-")))
     pg.init()
     pg.start()
-    rows = [
-        f"{messages} messages of 1 KB, {sessions} sessions",
-        "",
-        "| setup | accepted msg/s | delivered msg/s |",
-        "|---|---|---|",
-    ]
+    rows = [f"{messages} messages of 1 KB, {sessions} SMTP sessions"]
     try:
+        rows += ["", "PgStore.commit alone:", "", "| writers | msg/s | msgs per transaction |"]
+        rows.append("|---|---|---|")
+        dsn = pg.new_database()
+        migrate(dsn)
+        for writers in (1, 20, 100):
+            rows.append(store_only(dsn, work / f"spill{writers}", messages, writers))
+        rows += ["", "| setup | accepted msg/s | delivered msg/s |", "|---|---|---|"]
         rows.append(run("spool", work, ['backend = "spool"'], messages, sessions))
         for count in (1, 2, 3):
             dsn = pg.new_database()
