@@ -211,7 +211,8 @@ class ClusterManager(QueueManager):
         while True:
             await asyncio.sleep(self.config.queue.lease / 3)
             fences = {q: m.fence for q, m in self._messages.items() if m.active}
-            fences.update((e.queue_id, fence) for e, fence in self._unrecorded)
+            settled = self._outcomes + self._unrecorded  # attempts over, outcome not written
+            fences.update((e.queue_id, fence) for e, fence in settled)
             if not fences:
                 continue
             with contextlib.suppress(OSError):  # the store is down: the next round tries
