@@ -242,9 +242,9 @@ class ClusterAdmin:
     """`petrel queue` and `petrel status` for the whole cluster, straight from the store.
 
     Runs on the event loop of a node (the control socket's ``status``) or in
-    ``petrel queue`` itself; each request is one or two short statements. A message leased by a node is shown as
-    being delivered with the node's name; deleting one marks it, and the attempt's end
-    removes it.
+    ``petrel queue`` itself; each request is one or two short statements. A message
+    leased by a node is shown as being delivered with the node's name; deleting one
+    marks it, and the attempt's end removes it.
     """
 
     def __init__(self, store: PgStore) -> None:
