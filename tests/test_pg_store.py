@@ -129,3 +129,19 @@ def test_two_nodes_leasing_at_once_never_share_a_message(stores: Callable[..., P
     assert not set(taken["node-a"]) & set(taken["node-b"])
     assert sorted(taken["node-a"] + taken["node-b"]) == sorted(ids)
     assert a.counts()["leases"] == {k: len(v) for k, v in taken.items() if v}
+
+
+def test_a_renewed_lease_outlives_its_length_and_then_expires(
+    stores: Callable[..., PgStore],
+) -> None:
+    a, b = stores("node-a", lease=3.0), stores("node-b")
+    [queue_id] = commit_all(a, [b"Subject: long\r\n\r\nx\r\n"])
+    [lease] = a.lease_due(time.time(), 10)
+    deadline = time.monotonic() + 4.5  # longer than the lease: only renewals keep it
+    while time.monotonic() < deadline:
+        assert a.renew({queue_id: lease.fence}) == 1
+        assert b.lease_due(time.time(), 10) == []  # a long attempt is never taken over
+        time.sleep(0.3)
+    taken = wait_until(lambda: b.lease_due(time.time(), 10), 15, "the lease to run out")
+    assert isinstance(taken, list) and taken[0].taken_over
+    assert a.renew({queue_id: lease.fence}) == 0  # no longer A's to renew
