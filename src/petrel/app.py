@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from petrel import __version__
-from petrel.config import FD_RESERVE, Config
+from petrel.config import FD_RESERVE, Config, ConfigError
 from petrel.delivery.maildir import clean_tmp
 from petrel.delivery.manager import QueueManager
+from petrel.dkim import Signer
+from petrel.dns import Resolver
 from petrel.fsutil import (
     UnsafePathError,
     check_trusted_path,
@@ -202,6 +204,11 @@ async def _serve(config: Config, log_args: list[str] | None, errors: ErrorLog) -
         return 1
     if dropped is None:
         return 1
+    try:  # again as the user the server runs as: it must read the keys on reload too
+        Signer.load(config.dkim)
+    except ConfigError as exc:
+        log_event(log, "dkim-key-unusable", level=logging.ERROR, error=str(exc))
+        return 1
     try:
         _check_data_dir(config)
     except UnsafePathError as exc:
@@ -225,6 +232,7 @@ async def _serve(config: Config, log_args: list[str] | None, errors: ErrorLog) -
         )
         return 1
     policy = Policy(config, Aliases.load(config.aliases.file))
+    dns = Resolver(config.dns)  # the process's one resolver: delivery and sessions share it
     shared = config.queue.backend == "postgresql"
     spool: Spool | PgStore
     manager: QueueManager
@@ -235,14 +243,14 @@ async def _serve(config: Config, log_args: list[str] | None, errors: ErrorLog) -
         if store is None:
             return 1
         spool = store
-        manager = ClusterManager(config, store, policy)
+        manager = ClusterManager(config, store, policy, dns)
     control = ControlServer(control_path(data_dir))
     control.bind()
     if not shared:
         spool = Spool(data_dir / "queue")
         spool.open()
         spool.copier = MaildirCopier(data_dir / "mailboxes")  # direct delivery at intake
-        manager = QueueManager(config, spool, policy)
+        manager = QueueManager(config, spool, policy, dns)
     recovered = spool.recover()
     manager.start(recovered)
     listeners: list[dict[str, str]] = []  # filled in once bound
@@ -275,7 +283,7 @@ async def _serve(config: Config, log_args: list[str] | None, errors: ErrorLog) -
             for sock in socks
         ]
     else:
-        server = Server(config, manager.intake, policy, loop, dropped.tls)
+        server = Server(config, manager.intake, policy, loop, dns, dropped.tls)
         served = await server.start(dropped.sockets)
     listeners.extend({"address": join_address(h, p), "mode": m} for h, p, m in served)
     stop_cleaning = threading.Event()
@@ -316,6 +324,7 @@ async def _serve(config: Config, log_args: list[str] | None, errors: ErrorLog) -
         changed = reread(config, policy)
         if changed is not None:
             config, policy = changed
+            dns.reconfigure(config.dns)
             manager.reconfigure(config, policy)
             if server is not None:
                 server.reconfigure(config, policy)
@@ -485,7 +494,8 @@ async def serve_worker(config: Config, number: int) -> int:
         spool.open()  # no recovery: the parent did that before any worker started
         spool.copier = MaildirCopier(config.server.data_dir / "mailboxes")
         submitter = PickupPoke(spool.root, etrn=etrn)
-    server = Server(config, Intake(config, spool, submitter), policy, loop)
+    dns = Resolver(config.dns)
+    server = Server(config, Intake(config, spool, submitter), policy, loop, dns)
     await server.start(inherited)
     log_event(log, "worker-ready", pid=os.getpid())
     stop = asyncio.Event()
@@ -497,6 +507,7 @@ async def serve_worker(config: Config, number: int) -> int:
         changed = reread(config, policy)
         if changed is not None:
             config, policy = changed
+            dns.reconfigure(config.dns)
             server.reconfigure(config, policy)
         server.reload_tls()
         if changed is not None:

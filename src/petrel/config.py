@@ -26,6 +26,9 @@ __all__ = [
     "Config",
     "ConfigError",
     "DeliverySection",
+    "DkimSection",
+    "DkimSign",
+    "DnsSection",
     "DomainsSection",
     "LimitsSection",
     "Listener",
@@ -38,7 +41,9 @@ __all__ = [
     "UsersSection",
     "default_connections",
     "load_config",
+    "parse_domain",
     "parse_duration",
+    "parse_selector",
 ]
 
 LISTENER_MODES = ("smtp", "submission", "submissions", "lmtp")
@@ -71,6 +76,8 @@ _SECTIONS = frozenset(
         "auth",
         "delivery",
         "users",
+        "dns",
+        "dkim",
     }
 )
 QUEUE_BACKENDS = ("spool", "postgresql")
@@ -209,6 +216,29 @@ class DeliverySection:
 
 
 @dataclass(frozen=True, slots=True)
+class DnsSection:
+    """The resolver every lookup uses (petrel.dns); ``nameservers`` None: /etc/resolv.conf."""
+
+    nameservers: tuple[tuple[str, int], ...] | None = None  # (IP address, port)
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class DkimSign:
+    """One ``[[dkim.sign]]`` entry; the key file is read by petrel.dkim, not here, so
+    `petrel dkim keygen` can make a key the file already names."""
+
+    domain: str  # signs mail whose From: domain is this or a subdomain
+    selector: str
+    key: Path  # absolute (relative paths are in data_dir)
+
+
+@dataclass(frozen=True, slots=True)
+class DkimSection:
+    sign: tuple[DkimSign, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class PolicySection:
     vrfy: str
     expn: str
@@ -260,6 +290,8 @@ class Config:
     delivery: DeliverySection = field(default_factory=DeliverySection)
     log: LogSection = field(default_factory=LogSection)
     users: UsersSection = field(default_factory=UsersSection)
+    dns: DnsSection = field(default_factory=DnsSection)
+    dkim: DkimSection = field(default_factory=DkimSection)
 
     @classmethod
     def default(cls) -> Config:
@@ -369,6 +401,8 @@ def _build(data: dict[str, Any], base_dir: Path, source: Path | None) -> Config:
         delivery=_delivery(_Table(data.get("delivery", {}), "delivery")),
         log=_log(_Table(data.get("log", {}), "log"), server.data_dir),
         users=_users(_Table(data.get("users", {}), "users"), queue),
+        dns=_dns(_Table(data.get("dns", {}), "dns")),
+        dkim=_dkim(_Table(data.get("dkim", {}), "dkim"), server.data_dir),
     )
 
 
@@ -582,6 +616,86 @@ def _delivery(t: _Table) -> DeliverySection:
     )
     t.finish()
     return section
+
+
+def _dns(t: _Table) -> DnsSection:
+    value = t.take("nameservers", None)
+    nameservers = None
+    if value is not None:
+        items = _list(value, t.key("nameservers"))
+        if not items:
+            raise ConfigError(
+                f"{t.key('nameservers')}: must name at least one server, or be left out "
+                "(the system's /etc/resolv.conf)"
+            )
+        nameservers = tuple(
+            _nameserver(v, f"{t.key('nameservers')}[{i}]") for i, v in enumerate(items)
+        )
+    section = DnsSection(nameservers, parse_duration(t.take("timeout", "5s"), t.key("timeout")))
+    t.finish()
+    return section
+
+
+def _nameserver(value: Any, key: str) -> tuple[str, int]:
+    """An IP address, optionally with a port: "192.0.2.1", "192.0.2.1:5353", "::1",
+    "[::1]:5353". A name would need DNS to be found, so it is refused."""
+    text = _str(value, key)
+    wanted = f'must be an IP address or "address:port" ("[::1]:53" for IPv6), got {text!r}'
+    try:
+        return str(ipaddress.ip_address(text)), 53
+    except ValueError:
+        pass
+    try:
+        host, port = _host_port(text, key, min_port=1)
+    except ConfigError as exc:
+        if "port must be" in str(exc):
+            raise
+        raise ConfigError(f"{key}: {wanted}") from None
+    try:
+        return str(ipaddress.ip_address(host)), port
+    except ValueError:
+        raise ConfigError(f"{key}: {wanted}") from None
+
+
+def _dkim(t: _Table, data_dir: Path) -> DkimSection:
+    entries = _list(t.take("sign", []), t.key("sign"))
+    t.finish()
+    signs: list[DkimSign] = []
+    seen: dict[tuple[str, str], int] = {}
+    for index, item in enumerate(entries):
+        e = _Table(item, f"{t.key('sign')}[{index}]")
+        domain = _domain(e.take("domain"), e.key("domain"))
+        selector = _selector(e.take("selector"), e.key("selector"))
+        key = _path(
+            e.take("key", f"dkim/{domain}.{selector}.key"), e.key("key"), data_dir
+        )
+        e.finish()
+        if (domain, selector) in seen:
+            raise ConfigError(
+                f"{e.key('selector')}: {selector!r} for {domain} is already "
+                f"{t.key('sign')}[{seen[domain, selector]}]"
+            )
+        seen[domain, selector] = index
+        signs.append(DkimSign(domain, selector, key))
+    return DkimSection(tuple(signs))
+
+
+def parse_domain(value: str, key: str) -> str:
+    """A domain name as config keys hold it (lower-case IDNA); ConfigError names ``key``."""
+    return _domain(value, key)
+
+
+def parse_selector(value: str, key: str) -> str:
+    """A DKIM selector; ConfigError names ``key``."""
+    return _selector(value, key)
+
+
+def _selector(value: Any, key: str) -> str:
+    """A DKIM selector (RFC 6376 §3.1): dot-separated DNS labels."""
+    text = _str(value, key).lower()
+    if not all(_LABEL_RE.fullmatch(label) for label in text.split(".")):
+        raise ConfigError(f"{key}: not a valid selector (letters, digits, '-', '.'): {value!r}")
+    return text
 
 
 def _policy(t: _Table) -> PolicySection:

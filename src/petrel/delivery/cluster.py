@@ -24,6 +24,7 @@ from typing import Any
 
 from petrel import smtp
 from petrel.config import Config
+from petrel.dns import Resolver
 from petrel.log import log_event
 from petrel.policy import Policy
 from petrel.queue.admin import UnknownMessageError, describe_envelope, matches_domain, read_headers
@@ -53,10 +54,11 @@ class ClusterManager(QueueManager):
         config: Config,
         store: PgStore,
         policy: Policy,
+        dns: Resolver,
         *,
         transport: Transport | None = None,
     ) -> None:
-        super().__init__(config, store, policy, transport=transport)
+        super().__init__(config, store, policy, dns, transport=transport)
         self.store = store
         self.admin = ClusterAdmin(store)
         self._listener = Listener(store.dsn, self._wake.set)

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from petrel import dsn, smtp
 from petrel.config import Config
+from petrel.dns import Resolver
 from petrel.intake import Intake, TooManyHops
 from petrel.log import log_event
 from petrel.policy import Policy
@@ -83,6 +84,7 @@ class QueueManager:
         config: Config,
         spool: QueueStore,
         policy: Policy,
+        dns: Resolver,
         *,
         clock: Callable[[], float] = time.time,
         transport: Transport | None = None,
@@ -93,7 +95,7 @@ class QueueManager:
         self.clock = clock
         self.mailboxes = config.server.data_dir / "mailboxes"
         self.intake = Intake(config, spool, self)  # notices enter like any message
-        self.remote: Transport = transport or SmtpTransport(config, store=spool)
+        self.remote: Transport = transport or SmtpTransport(config, dns, store=spool)
         self.local = MaildirTransport(self.mailboxes, spool)
         # what `petrel queue` talks to (a shared queue's manager answers for the cluster)
         self.admin: LiveAdmin | ClusterAdmin = LiveAdmin(self)
