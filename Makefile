@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 ARGS ?=
 
-.PHONY: venv system-deps test-deps bench-deps bench bench-dkim crash test lint serve clean
+.PHONY: venv system-deps test-deps bench-deps bench bench-dkim bench-checks crash test lint serve clean
 
 venv: $(VENV)/.stamp
 
@@ -79,13 +79,20 @@ lint: venv
 	$(VENV)/bin/mypy --strict src
 
 # Postfix gives the bench smtp-source and the side-by-side peer. The preseed keeps the
-# package from configuring or starting a system instance; the bench runs its own.
+# package from configuring or starting a system instance; the bench runs its own. Knot
+# DNS answers the lookups of the "petrel checks" target (bench/run.py), started by the
+# bench in its temporary directory, never as a service.
 bench-deps:
 	@if ! command -v smtp-source >/dev/null 2>&1; then \
 		if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		echo "postfix postfix/main_mailer_type select No configuration" | $$SUDO debconf-set-selections && \
 		$$SUDO apt-get update && \
 		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postfix; \
+	fi
+	@if ! test -x /usr/sbin/knotd; then \
+		if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update && $$SUDO sh tools/apt-install-no-start.sh knot && \
+		{ $$SUDO update-rc.d knot disable || true; }; \
 	fi
 
 # Side by side with Postfix on loopback; QUICK=1 for a < 2 minute run. Writes bench/results/.
@@ -105,6 +112,11 @@ bench: venv bench-deps
 # with and without [[dkim.sign]] (bench/dkim_cost.py; MESSAGES, CLIENTS).
 bench-dkim: venv
 	cd bench && ../$(VENV)/bin/python dkim_cost.py
+
+# What the inbound checks cost per message, alone (bench/checks_cost.py; ROUNDS); `make
+# bench` has them end to end (its "petrel checks" target, against Knot DNS on loopback).
+bench-checks: venv
+	$(VENV)/bin/python bench/checks_cost.py
 
 # kill -9 under load, again and again: every 250 must arrive exactly once (bench/crash.py).
 crash: venv
