@@ -164,6 +164,8 @@ class LimitsSection:
     message_rate: int = 120
     recipient_rate: int = 600
     user_message_rate: int = 200  # per authenticated user and hour, exempt or not
+    # Octets of strangers' messages held whole for the inbound checks, in one process.
+    checks_memory: int = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -536,6 +538,9 @@ def _limits(t: _Table) -> LimitsSection:
         command_timeout=parse_duration(t.take("command_timeout", "5m"), t.key("command_timeout")),
         data_timeout=parse_duration(t.take("data_timeout", "10m"), t.key("data_timeout")),
         min_data_rate=_positive_int(t.take("min_data_rate", 500), t.key("min_data_rate")),
+        checks_memory=_positive_int(
+            t.take("checks_memory", 256 * 1024 * 1024), t.key("checks_memory")
+        ),
         junk_commands=_positive_int(t.take("junk_commands", 100), t.key("junk_commands")),
         tls_handshake_timeout=parse_duration(
             t.take("tls_handshake_timeout", "10s"), t.key("tls_handshake_timeout")
