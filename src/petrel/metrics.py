@@ -287,7 +287,7 @@ class StateCollector(Collector):
             "petrel_queue_messages", "Messages in the queue, by state", labels=["state"]
         )
         for state, count in self._queue_counts().items():
-            if state != "total":
+            if state != "total" and isinstance(count, int):  # a cluster's may be an error
                 queue.add_metric([state], count)
         yield queue
         yield CounterMetricFamily(

@@ -112,10 +112,10 @@ class LiveAdmin:
 
     def flush_one(self, queue_id: str) -> bool:
         """Try one message's open recipients now; False when it is held (or has none)."""
-        found = self.manager.force(None, queue_id)
-        if found:
+        flushed = self.manager.force_one(queue_id)
+        if flushed:
             log_event(log, "flushed", messages=1, queue_id=queue_id)
-        return bool(found)
+        return flushed
 
     def flush(self, domain: str | None = None) -> int:
         """Try every open recipient now (of ``domain`` only, if given); held mail stays."""

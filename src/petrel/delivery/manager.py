@@ -27,6 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from petrel import dsn, metrics, smtp
 from petrel.config import Config
@@ -44,6 +45,9 @@ from .admin import LiveAdmin
 from .local import LOCAL, MaildirTransport
 from .outcome import Job, Result, Route, Transport, deferred
 from .smtp import SmtpTransport, remote_route
+
+if TYPE_CHECKING:
+    from .cluster import ClusterAdmin
 
 log = logging.getLogger("petrel.qmgr")
 
@@ -70,6 +74,7 @@ class Tracked:
     # Recovered at start-up: a delivery may have finished just before the crash
     # without being recorded, so Maildir checks before writing again.
     recovered: bool = False
+    fence: int = 0  # the lease this attempt holds (a shared queue, delivery/cluster.py)
 
 
 @dataclass(slots=True)
@@ -100,7 +105,8 @@ class QueueManager:
         self.intake = Intake(config, spool, self)  # notices enter like any message
         self.remote: Transport = transport or SmtpTransport(config, dns, store=spool)
         self.local = MaildirTransport(self.mailboxes, spool)
-        self.admin = LiveAdmin(self)  # what `petrel queue` talks to
+        # what `petrel queue` talks to (a shared queue's manager answers for the cluster)
+        self.admin: LiveAdmin | ClusterAdmin = LiveAdmin(self)
         self.stats = ServerStats()  # what `petrel status` reports: messages in and out
         self._messages: dict[str, Tracked] = {}
         self._recovering = 0  # recovered messages not yet settled
@@ -229,16 +235,23 @@ class QueueManager:
     def all_tracked(self) -> list[Tracked]:
         return list(self._messages.values())
 
-    def force(self, domain: str | None, queue_id: str | None = None) -> list[str]:
+    def force_one(self, queue_id: str) -> bool:
+        """Mark one message to be tried now, due or not; False when it is held."""
+        tracked = self.tracked(queue_id)
+        if tracked.envelope.hold or tracked.envelope.all_final:
+            return False
+        tracked.forced = True
+        self._ready.append(queue_id)
+        self._wake.set()
+        return True
+
+    def force(self, domain: str | None) -> list[str]:
         """Mark every unheld message with an open recipient of ``domain`` (``@d``: and its
-        subdomains; None: any) to be tried now, due or not; only ``queue_id`` if given.
-        Only marks: recipients are changed by attempts alone."""
-        candidates = (
-            self._messages.values() if queue_id is None else [self.tracked(queue_id)]
-        )
+        subdomains; None: any) to be tried now, due or not. Only marks: recipients are
+        changed by attempts alone."""
         found = [
             m
-            for m in candidates
+            for m in self._messages.values()
             if not m.envelope.hold
             and any(
                 not r.final and matches_domain(r.address, domain) for r in m.envelope.recipients

@@ -38,7 +38,7 @@ from .trace import LOCAL_PROTOCOL
 if TYPE_CHECKING:
     from petrel.delivery.manager import QueueManager
 
-__all__ = ["PICKUP_PIPE", "PickupPoke", "PickupWatcher", "write_pickup"]
+__all__ = ["PICKUP_PIPE", "Notified", "PickupPoke", "PickupWatcher", "write_pickup"]
 
 log = logging.getLogger("petrel.pickup")
 
@@ -47,28 +47,17 @@ SCAN_INTERVAL = 2.0
 SETTLE_SECONDS = 1.0  # a worker's message found by the scan alone must be this old
 
 
-class PickupPoke:
-    """The `Submitter` of a process without the queue manager (a worker, ``petrel
-    sendmail``): it names committed mail to the server through the pickup pipe.
+class Notified:
+    """The `Submitter` of a process without the queue manager on a shared queue
+    ([queue] backend = "postgresql"): the commit itself NOTIFYs every node, so there is
+    nothing to poke. ``etrn`` asks the queue manager for a client's ETRN (RFC 1985);
+    without it, ETRN is refused with 458 rather than answered with a guess."""
 
-    ``etrn`` asks the queue manager for a client's ETRN (a worker's is
-    ``server.control.ask_etrn``, a request over the control socket); without it, ETRN
-    is refused with 458 rather than answered with a guess.
-    """
-
-    def __init__(self, queue_root: Path, etrn: Callable[[str], smtp.Reply] | None = None) -> None:
-        self.root = queue_root
+    def __init__(self, etrn: Callable[[str], smtp.Reply] | None = None) -> None:
         self._etrn = etrn
 
     def submit(self, envelope: Envelope) -> None:
-        # No reader (server down) or a full pipe: the server's scan or its next start
-        # finds the message; it is durable already.
-        try:
-            poked = write_pickup(self.root, envelope.queue_id)
-        except OSError:
-            poked = False
-        if not poked:
-            log_event(log, "pickup-poke-lost", level=logging.DEBUG, queue_id=envelope.queue_id)
+        pass
 
     def delivered(self, envelope: Envelope, recipients: Sequence[Recipient]) -> None:
         """Counted in this process's metrics, which a worker shares with the parent's
@@ -80,10 +69,34 @@ class PickupPoke:
         metrics.delivered_at_intake(source, len(recipients), age, bool(envelope.recipients))
 
     def etrn(self, node: str) -> smtp.Reply:
-        """ETRN (RFC 1985), answered by the queue manager: 250 started, or 251 none waiting."""
+        """Answered by the queue manager: 250 started, or 251 none waiting."""
         if self._etrn is None or node.startswith("#"):
             return smtp.reply(458, "4.0.0", f"Unable to queue messages for node {node}")
         return self._etrn(node)
+
+
+class PickupPoke(Notified):
+    """The `Submitter` of a process without the queue manager (a worker, ``petrel
+    sendmail``): it names committed mail to the server through the pickup pipe.
+
+    ``etrn`` asks the queue manager for a client's ETRN (a worker's is
+    ``server.control.ask_etrn``, a request over the control socket); without it, ETRN
+    is refused with 458 rather than answered with a guess.
+    """
+
+    def __init__(self, queue_root: Path, etrn: Callable[[str], smtp.Reply] | None = None) -> None:
+        super().__init__(etrn)
+        self.root = queue_root
+
+    def submit(self, envelope: Envelope) -> None:
+        # No reader (server down) or a full pipe: the server's scan or its next start
+        # finds the message; it is durable already.
+        try:
+            poked = write_pickup(self.root, envelope.queue_id)
+        except OSError:
+            poked = False
+        if not poked:
+            log_event(log, "pickup-poke-lost", level=logging.DEBUG, queue_id=envelope.queue_id)
 
 
 def write_pickup(queue_root: Path, line: str) -> bool:

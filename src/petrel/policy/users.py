@@ -26,21 +26,25 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from petrel.fsutil import FileSignature, file_signature, fsync_dir, unlink_quietly, write_all
 
 if TYPE_CHECKING:
     from argon2 import PasswordHasher
 
+    from petrel.config import Config
+
 __all__ = [
     "TOKEN_PREFIX",
     "ScramSecret",
     "User",
     "UserError",
+    "UserStore",
     "Users",
     "hash_password",
     "hash_token",
+    "open_users",
     "scram_secret",
 ]
 
@@ -167,6 +171,48 @@ def _parse(data: str, source: Path) -> dict[str, User]:
     return users
 
 
+class UserStore(Protocol):
+    """What AUTH, the recipient checks and `petrel user` need: `Users` (the file) or
+    `petrel.policy.pg_users.PgUsers` (the shared database, [users] backend)."""
+
+    @property
+    def path(self) -> Path | str:
+        """Where the users are, for messages."""
+        ...
+
+    def get(self, address: str) -> User | None: ...
+
+    def has_users(self, domain: str) -> bool: ...
+
+    def __iter__(self) -> Iterator[User]: ...
+
+    def add(self, address: str, password: str, *, admin: bool = False) -> None: ...
+
+    def set_password(self, address: str, password: str) -> None: ...
+
+    def delete(self, address: str) -> None: ...
+
+    def by_token(self, token: str) -> User | None:
+        """The admin whose HTTP API token this is (`petrel user token`)."""
+        ...
+
+    def new_token(self, address: str) -> str: ...
+
+
+def open_users(config: Config) -> UserStore:
+    """The configured user store ([users] backend)."""
+    if config.users.backend == "postgresql":
+        from petrel.policy.pg_users import shared_users
+
+        return shared_users(config.queue.dsn)
+    return Users(config.server.data_dir / "users")
+
+
+def new_user(address: str, password: str) -> User:
+    """A user record: the argon2id hash and the SCRAM keys of ``password``."""
+    return User(address, hash_password(password), scram_secret(password))
+
+
 class Users:
     """The users of every local domain, re-read when the file changes."""
 
@@ -250,17 +296,16 @@ class Users:
         with self._locked() as users:
             if address in users:
                 raise UserError(f"{address}: user exists (use 'petrel user passwd')")
-            users[address] = User(
-                address, hash_password(password), scram_secret(password), admin=admin
-            )
+            users[address] = dataclasses.replace(new_user(address, password), admin=admin)
 
     def set_password(self, address: str, password: str) -> None:
         address = normalize_address(address)
         with self._locked() as users:
             if address not in users:
                 raise UserError(f"{address}: no such user")
+            fresh = new_user(address, password)  # the admin flag and the token stay
             users[address] = dataclasses.replace(
-                users[address], password_hash=hash_password(password), scram=scram_secret(password)
+                users[address], password_hash=fresh.password_hash, scram=fresh.scram
             )
 
     def new_token(self, address: str) -> str:

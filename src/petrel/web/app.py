@@ -24,17 +24,16 @@ import logging
 import secrets
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from petrel import metrics
 from petrel.config import Config, Listener
-from petrel.delivery.admin import LiveAdmin
 from petrel.log import log_event
 from petrel.policy.auth import Authenticator
-from petrel.queue.admin import UnknownMessageError, execute
+from petrel.queue.admin import QueueControl, UnknownMessageError, execute
 from petrel.queue.ids import is_valid_queue_id
 from petrel.server.server import bind_sockets, join_address
 
@@ -62,6 +61,15 @@ _KEEPALIVE = 15.0  # seconds between SSE comments, so proxies keep the stream op
 _STATIC = {"console.js": "text/javascript", "console.css": "text/css"}
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _LOGIN = web.RequestKey("login", Login)
+
+
+class Admin(QueueControl, Protocol):
+    """The running queue: `delivery.admin.LiveAdmin`, or `delivery.cluster.ClusterAdmin`
+    on a shared PostgreSQL queue; `flush_one` is ``POST /api/v1/queue/{id}/flush``."""
+
+    def flush_one(self, queue_id: str) -> bool: ...
+
+    def counts(self) -> dict[str, Any]: ...
 
 
 class ApiError(Exception):
@@ -92,7 +100,7 @@ class WebServer:
     def __init__(
         self,
         config: Callable[[], Config],
-        admin: LiveAdmin,
+        admin: Admin,
         authenticator: Callable[[], Authenticator],
         events: Events,
         status: Callable[[], dict[str, Any]],
