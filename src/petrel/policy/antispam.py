@@ -78,15 +78,9 @@ class Antispam:
         self.helo_check = section.reject_non_fqdn_helo
         self.sender_check = section.reject_unknown_sender_domain
         self._zones = tuple(dict.fromkeys(site.zone for site in section.dnsbl))
-
-    @property
-    def screens(self) -> bool:
-        """Does a new client wait for anything before its 220 (greet_delay, DNSBLs)?"""
-        return bool(self._zones) or self.greet_delay > 0
-
-    @property
-    def dnsbl(self) -> bool:
-        return bool(self._zones)
+        self.dnsbl = bool(self._zones)
+        # Does a new client wait for anything before its 220 (greet_delay, the lists)?
+        self.screens = self.dnsbl or self.greet_delay > 0
 
     async def screen(self, ip: str) -> Listed | None:
         """The DNSBL score of ``ip``: None to greet it, else its refusal."""

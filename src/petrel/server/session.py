@@ -413,7 +413,9 @@ class SmtpSession(asyncio.Protocol):
                 if not self._closing:
                     self._pregreet(data)
             else:
-                conn.receive_data(data)  # answered once greeted
+                conn.receive_data(data)  # answered once greeted; read no more until then
+                if self.transport is not None:
+                    self.transport.pause_reading()
             return
         now = self.last_active = self.ctx.loop.time()
         if self._text_started is not None:
@@ -691,7 +693,7 @@ class SmtpSession(asyncio.Protocol):
                 log_event(log, "sender-reject", session=self.id, user=self.auth_user, sender=sender)
             return refusal
         antispam = self.ctx.antispam
-        if self._checked and antispam.helo_check and self.conn is not None:
+        if antispam.helo_check and self._checked and self.conn is not None:
             refusal = antispam.check_helo(self.conn.helo or "")
             if refusal is not None:
                 return self._sender_refused("non-fqdn-helo", sender, refusal)
@@ -706,7 +708,7 @@ class SmtpSession(asyncio.Protocol):
                 reason=f"under {declared + MIN_FREE} octets free for the spool",
             )
             return _NO_STORAGE
-        if self._checked and antispam.sender_check and sender:
+        if antispam.sender_check and sender and self._checked:
             self._wait(self._mail_after_sender_check(event, sender))
             return None
         return self._start_transaction(event, sender)
@@ -715,6 +717,8 @@ class SmtpSession(asyncio.Protocol):
         refusal = await self.ctx.antispam.check_sender(sender)
         if refusal is not None:
             return self._sender_refused("unknown-sender-domain", sender, refusal)
+        if self.conn is None:  # gone while DNS answered: no message to count (nor reply)
+            return texts.sender_ok(sender)
         return self._start_transaction(event, sender)
 
     def _sender_refused(self, reason: Reason, sender: str, refusal: smtp.Reply) -> smtp.Reply:
