@@ -26,20 +26,26 @@ $(VENV)/.stamp-serve: pyproject.toml
 # interop tests and the bench run private instances in temp directories, so the install
 # starts no service (tools/apt-install-no-start.sh), and a Dovecot or HAProxy installed
 # here is also kept from starting at boot (one that was already there is left alone).
+# Knot DNS (knotd) is the authoritative DNS server the tests run on loopback
+# (tests/dns_server.py), and Mail::DKIM the independent verifier of Petrel's signatures;
+# a knot installed here is kept from starting at boot too.
 system-deps:
 	@if ! command -v swaks >/dev/null 2>&1 || ! perl -MNet::SSLeay -MIO::Socket::SSL -e1 2>/dev/null \
 			|| ! command -v postfix >/dev/null 2>&1 || ! test -x /usr/lib/dovecot/lmtp \
-			|| ! test -x /usr/sbin/haproxy; then \
+			|| ! test -x /usr/sbin/haproxy || ! test -x /usr/sbin/knotd \
+			|| ! perl -MMail::DKIM::Verifier -e1 2>/dev/null; then \
 		if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		if [ -e /usr/sbin/dovecot ]; then had_dovecot=yes; else had_dovecot=; fi; \
 		if [ -e /usr/sbin/haproxy ]; then had_haproxy=yes; else had_haproxy=; fi; \
+		if [ -e /usr/sbin/knotd ]; then had_knot=yes; else had_knot=; fi; \
 		echo "postfix postfix/main_mailer_type select No configuration" | $$SUDO debconf-set-selections && \
 		$$SUDO apt-get update && \
 		$$SUDO sh tools/apt-install-no-start.sh \
 			swaks libnet-ssleay-perl libio-socket-ssl-perl postfix dovecot-core dovecot-lmtpd \
-			haproxy && \
+			haproxy knot libmail-dkim-perl && \
 		{ [ -n "$$had_dovecot" ] || $$SUDO update-rc.d dovecot disable || true; } && \
-		{ [ -n "$$had_haproxy" ] || $$SUDO update-rc.d haproxy disable || true; }; \
+		{ [ -n "$$had_haproxy" ] || $$SUDO update-rc.d haproxy disable || true; } && \
+		{ [ -n "$$had_knot" ] || $$SUDO update-rc.d knot disable || true; }; \
 	fi
 
 test: venv system-deps

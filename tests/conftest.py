@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from dns_server import DnsServer
+
 HOSTNAME = "mx.petrel.test"
 _LISTENING = re.compile(r"event=listening address=(\S+):(\d+) mode=(\w+)")
 
@@ -320,3 +322,24 @@ def etrn_conversation(server: PetrelServer) -> None:
     assert client.command("ETRN #queue")[0].startswith("458 4.0.0")
     assert client.command("ETRN")[0].startswith("501 5.5.4")
     client.close()
+
+
+@pytest.fixture
+def dns_server(tmp_path: Path) -> Iterator[DnsServer]:
+    """A Knot DNS server on loopback serving the zones a test gives it (tests/dns_server.py).
+
+    Point Petrel at it with ``[dns]\\nnameservers = ["<dns_server.address>"]``; zones may
+    be given before or after it starts, and ``zone`` again reloads one.
+    """
+    server = DnsServer(tmp_path / "knot")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def silent_nameserver() -> Iterator[str]:
+    """A loopback "host:port" that takes DNS queries and never answers: a timeout."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"127.0.0.1:{sock.getsockname()[1]}"

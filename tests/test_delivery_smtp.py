@@ -12,6 +12,7 @@ import pytest
 
 from petrel.config import load_config
 from petrel.delivery.smtp import DEFERRED, DELIVERED, FAILED, Job, Resolver, Route, SmtpTransport
+from petrel.dns import Resolver as DnsResolver
 from petrel.queue.envelope import Envelope, Recipient
 from petrel.smtp import EndOfData, Extensions, Mail, Rcpt, reply
 from smtp_peer import PeerScript, ScriptedPeer
@@ -56,8 +57,12 @@ def _job(*rcpts: str, text: bytes = BODY, **env: object) -> Job:
     return Job(envelope, recipients, text)
 
 
+def _transport(config: object) -> SmtpTransport:
+    return SmtpTransport(config, DnsResolver(config.dns))  # type: ignore[arg-type, attr-defined]
+
+
 def _deliver(config: object, jobs: list[Job], domain: str = "remote.test") -> None:
-    transport = SmtpTransport(config)  # type: ignore[arg-type]
+    transport = _transport(config)
     asyncio.run(transport.deliver(Route("mx", domain), jobs))
 
 
@@ -291,9 +296,10 @@ def test_greeting_554_goes_to_next_host_then_defers(tmp_path, peer_factory) -> N
 def test_static_hosts_and_address_literals(tmp_path) -> None:
     """The static table replaces DNS in test rigs; literals need no lookup."""
     config = _config(tmp_path, '"a.test" = ["127.0.0.9", "mx2.a.test:2526"]', "mx_port = 2525")
-    hops = asyncio.run(Resolver(config.delivery).hops("A.test"))  # type: ignore[attr-defined]
+    resolver = Resolver(config.delivery, DnsResolver(config.dns))  # type: ignore[attr-defined]
+    hops = asyncio.run(resolver.hops("A.test"))
     assert [(h.host, h.port) for h in hops] == [("127.0.0.9", 2525), ("mx2.a.test", 2526)]
-    literal = asyncio.run(Resolver(config.delivery).hops("[127.0.0.1]"))  # type: ignore[attr-defined]
+    literal = asyncio.run(resolver.hops("[127.0.0.1]"))
     assert [(h.host, h.port) for h in literal] == [("127.0.0.1", 2525)]
 
 
@@ -308,7 +314,7 @@ def test_lmtp_route_gets_one_reply_per_recipient(tmp_path, peer_factory) -> None
 
     peer = peer_factory(lmtp=True, lmtp_end=verdicts)
     config = _config(tmp_path, "", f'[domains.lmtp]\n"box.test" = "127.0.0.1:{peer.port}"\n')
-    transport = SmtpTransport(config)  # type: ignore[arg-type]
+    transport = _transport(config)
     route = transport.route_for("a@box.test")
     assert route == Route("lmtp", f"127.0.0.1:{peer.port}")
     job = _job("a@box.test", "full@box.test", "c@box.test")
@@ -354,7 +360,7 @@ def test_lmtp_over_a_unix_socket(tmp_path) -> None:
     async def main() -> list[object]:
         server = await asyncio.start_unix_server(session, str(path))
         config = _config(tmp_path, "", f'[domains.lmtp]\n"box.test" = "{path}"\n')
-        transport = SmtpTransport(config)  # type: ignore[arg-type]
+        transport = _transport(config)
         job = _job("a@box.test", "b@box.test")
         await transport.deliver(transport.route_for("a@box.test"), [job])
         server.close()
@@ -391,7 +397,7 @@ def test_smarthost_authenticates(tmp_path, peer_factory, mechanism: str) -> None
         policy={AuthChallenge: lambda e: e.reply, AuthCredentials: on_credentials},
     )
     config = _smarthost_config(tmp_path, peer.port, "opportunistic")
-    transport = SmtpTransport(config)  # type: ignore[arg-type]
+    transport = _transport(config)
     route = transport.route_for("a@anywhere.test")
     assert route.kind == "smarthost"
     job = _job("a@anywhere.test")
@@ -437,7 +443,7 @@ def test_smarthost_offering_scram_gets_the_mail_with_scram(
     )
     config = _scram_smarthost_config(tmp_path, peer.port)
     job = _job("a@anywhere.test")
-    transport = SmtpTransport(config)  # type: ignore[arg-type]
+    transport = _transport(config)
     asyncio.run(transport.deliver(transport.route_for("a@anywhere.test"), [job]))
     assert job.results[0].outcome == DELIVERED, job.results[0].text
     [auth] = seen
@@ -451,7 +457,7 @@ def test_smarthost_scram_with_a_wrong_password_defers(tmp_path, peer_factory) ->
     config = _scram_smarthost_config(tmp_path, peer.port)
     (tmp_path / "secret").write_text("not-the-password\n")
     job = _job("a@anywhere.test")
-    transport = SmtpTransport(config)  # type: ignore[arg-type]
+    transport = _transport(config)
     asyncio.run(transport.deliver(transport.route_for("a@anywhere.test"), [job]))
     assert job.results[0].outcome == DEFERRED and "SASL" in job.results[0].text
     assert peer.messages == []
@@ -469,7 +475,7 @@ def test_smarthost_auth_failure_defers(tmp_path, peer_factory) -> None:
     )
     config = _smarthost_config(tmp_path, peer.port, "opportunistic")
     job = _job("a@anywhere.test")
-    transport = SmtpTransport(config)  # type: ignore[arg-type]
+    transport = _transport(config)
     asyncio.run(transport.deliver(transport.route_for("a@x.test"), [job]))
     assert job.results[0].outcome == DEFERRED and "SASL" in job.results[0].text
     assert peer.messages == []
@@ -479,7 +485,7 @@ def test_smarthost_requiring_tls_defers_without_starttls(tmp_path, peer_factory)
     peer = peer_factory()
     config = _smarthost_config(tmp_path, peer.port, "required")
     job = _job("a@anywhere.test")
-    transport = SmtpTransport(config)  # type: ignore[arg-type]
+    transport = _transport(config)
     asyncio.run(transport.deliver(transport.route_for("a@x.test"), [job]))
     assert job.results[0].outcome == DEFERRED and job.results[0].status == "4.7.4"
     assert peer.messages == []
@@ -536,59 +542,59 @@ def test_required_tls_to_smarthost_verifies_the_certificate(
     peer = peer_factory(extensions=Extensions(starttls=True), tls=server_tls)
     config = _smarthost_config(tmp_path, peer.port, "required")
     job = _job("a@anywhere.test")
-    transport = SmtpTransport(config)  # type: ignore[arg-type]
+    transport = _transport(config)
     asyncio.run(transport.deliver(transport.route_for("a@x.test"), [job]))
     assert job.results[0].outcome == DEFERRED  # self-signed: refused, mail kept
     assert peer.messages == []
 
 
-class _MX:
-    def __init__(self, preference: int, exchange: str) -> None:
-        self.preference = preference
-        self.exchange = exchange
-
-
-class _FakeDns:
-    def __init__(self, answer: object) -> None:
-        self.answer = answer
-
-    async def resolve(self, name: str, rdtype: str, lifetime: float) -> object:
-        if isinstance(self.answer, Exception):
-            raise self.answer
-        return self.answer
-
-
 @pytest.mark.parametrize(
-    ("answer", "expected"),
+    ("records", "expected"),
     [
-        ([_MX(20, "mx2.d.test."), _MX(10, "mx1.d.test.")], ["mx1.d.test", "mx2.d.test"]),
-        ("noanswer", ["d.test"]),
-        ([_MX(0, ".")], "5.1.10"),
-        ("nxdomain", "5.1.2"),
-        ("timeout", "4.4.3"),
+        (
+            ["@ MX 20 mx2", "@ MX 10 mx1", "mx1 A 127.0.0.11", "mx2 A 127.0.0.12", "mx2 AAAA ::1"],
+            [("mx1.d.test", "127.0.0.11"), ("mx2.d.test", "127.0.0.12"), ("mx2.d.test", "::1")],
+        ),
+        (["@ A 127.0.0.13"], [("d.test", "127.0.0.13")]),  # no MX: the domain itself
+        (["@ MX 0 ."], "5.1.10"),  # null MX
+        (["@ MX 10 nowhere"], "5.4.4"),  # the MX host has no address
     ],
 )
-def test_dns_resolution(tmp_path, answer: object, expected: object) -> None:
-    import dns.exception
-    import dns.resolver
-
+def test_mx_lookup_against_a_real_dns_server(
+    tmp_path, dns_server, records: list[str], expected: object
+) -> None:
+    """RFC 5321 §5.1 and RFC 7505 through petrel.dns, against Knot serving d.test."""
     from petrel.delivery.smtp import RouteError
 
-    errors = {
-        "noanswer": dns.resolver.NoAnswer(),
-        "nxdomain": dns.resolver.NXDOMAIN(),
-        "timeout": dns.exception.Timeout(),
-    }
-    fake = _FakeDns(errors.get(answer, answer) if isinstance(answer, str) else answer)
-    config = _config(tmp_path, "")
-    resolver = Resolver(config.delivery, fake)  # type: ignore[attr-defined]
+    dns_server.zone("d.test", records)
+    config = _config(tmp_path, "", f'[dns]\nnameservers = ["{dns_server.address}"]')
+    resolver = Resolver(config.delivery, DnsResolver(config.dns))  # type: ignore[attr-defined]
     try:
         hops = asyncio.run(resolver.hops("d.test"))
     except RouteError as exc:
         assert exc.result.status == expected
     else:
-        assert [h.host for h in hops] == expected
+        assert [(h.host, h.address) for h in hops] == expected
         assert all(h.port == 25 for h in hops)
+
+
+def test_mx_lookup_of_a_missing_domain_fails_and_a_timeout_defers(
+    tmp_path, dns_server, silent_nameserver
+) -> None:
+    from petrel.delivery.smtp import RouteError
+
+    dns_server.zone("d.test", ["@ MX 10 mx"])
+    for nameserver, domain, status in [
+        (dns_server.address, "gone.d.test", "5.1.2"),  # NXDOMAIN: bounce now
+        (silent_nameserver, "d.test", "4.4.3"),  # no answer in time: try again later
+    ]:
+        config = _config(
+            tmp_path, "", f'[dns]\nnameservers = ["{nameserver}"]\ntimeout = "0.5s"'
+        )
+        resolver = Resolver(config.delivery, DnsResolver(config.dns))  # type: ignore[attr-defined]
+        with pytest.raises(RouteError) as caught:
+            asyncio.run(resolver.hops(domain))
+        assert caught.value.result.status == status, caught.value.result.text
 
 
 @pytest.mark.parametrize(

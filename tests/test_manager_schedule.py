@@ -14,6 +14,7 @@ from petrel.delivery.manager import QueueManager
 from petrel.delivery.outcome import Job as BaseJob
 from petrel.delivery.outcome import Result
 from petrel.delivery.smtp import Job, Route, deferred, failed
+from petrel.dns import Resolver
 from petrel.policy import Policy
 from petrel.policy.aliases import Aliases
 from petrel.queue.envelope import Envelope, Recipient
@@ -58,7 +59,8 @@ delay_warning = "2h"
     policy = Policy(config, Aliases.load(config.aliases.file))
     clock = Clock()
     transport = FakeTransport(result)
-    manager = QueueManager(config, spool, policy, clock=clock, transport=transport)
+    dns = Resolver(config.dns)
+    manager = QueueManager(config, spool, policy, dns, clock=clock, transport=transport)
     return config, spool, manager, clock, transport
 
 

@@ -24,6 +24,7 @@ import pytest
 from conftest import HOSTNAME, PetrelServer, wait_until
 from petrel.config import load_config
 from petrel.delivery.manager import QueueManager
+from petrel.dns import Resolver
 from petrel.policy import Policy
 from petrel.policy.aliases import Aliases
 from petrel.queue import Envelope, Recipient, Spool, new_queue_id
@@ -329,7 +330,8 @@ def test_delete_during_a_delivery_batch_waits_for_it(tmp_path: Path) -> None:
         writer = spool.begin(envelope)
         writer.write(b"Subject: s\r\n\r\nbody\r\n")
         await spool.commit(writer)
-        manager = QueueManager(config, spool, Policy(config, Aliases.load(config.aliases.file)))
+        policy = Policy(config, Aliases.load(config.aliases.file))
+        manager = QueueManager(config, spool, policy, Resolver(config.dns))
         admin = manager.admin
         manager.submit(envelope)  # tracked and ready, but no loop running
         batch = manager._take_batch()

@@ -26,6 +26,7 @@ from petrel import __version__
 from petrel.config import FD_RESERVE, Config
 from petrel.delivery.maildir import clean_tmp
 from petrel.delivery.manager import QueueManager
+from petrel.dns import Resolver
 from petrel.fsutil import (
     UnsafePathError,
     check_trusted_path,
@@ -211,7 +212,8 @@ async def _serve(config: Config, log_args: list[str] | None, errors: ErrorLog) -
     spool.open()
     recovered = spool.recover()
     policy = Policy(config, Aliases.load(config.aliases.file))
-    manager = QueueManager(config, spool, policy)
+    dns = Resolver(config.dns)  # the process's one resolver: delivery and sessions share it
+    manager = QueueManager(config, spool, policy, dns)
     manager.start(recovered)
     listeners: list[dict[str, str]] = []  # filled in once bound
     pool: WorkerPool | None = None
@@ -244,7 +246,7 @@ async def _serve(config: Config, log_args: list[str] | None, errors: ErrorLog) -
             for sock in socks
         ]
     else:
-        server = Server(config, manager.intake, policy, loop, dropped.tls)
+        server = Server(config, manager.intake, policy, loop, dns, dropped.tls)
         served = await server.start(dropped.sockets)
     listeners.extend({"address": join_address(h, p), "mode": m} for h, p, m in served)
     stop_cleaning = threading.Event()
@@ -283,6 +285,7 @@ async def _serve(config: Config, log_args: list[str] | None, errors: ErrorLog) -
         changed = reread(config, policy)
         if changed is not None:
             config, policy = changed
+            dns.reconfigure(config.dns)
             manager.reconfigure(config, policy)
             if server is not None:
                 server.reconfigure(config, policy)
@@ -437,7 +440,8 @@ async def serve_worker(config: Config, number: int) -> int:
     # its queue manager over the control socket, so it answers as a single process does.
     etrn = functools.partial(ask_etrn, control_path(config.server.data_dir))
     submitter = PickupPoke(spool.root, etrn=etrn)
-    server = Server(config, Intake(config, spool, submitter), policy, loop)
+    dns = Resolver(config.dns)
+    server = Server(config, Intake(config, spool, submitter), policy, loop, dns)
     await server.start(inherited)
     log_event(log, "worker-ready", pid=os.getpid())
     stop = asyncio.Event()
@@ -449,6 +453,7 @@ async def serve_worker(config: Config, number: int) -> int:
         changed = reread(config, policy)
         if changed is not None:
             config, policy = changed
+            dns.reconfigure(config.dns)
             server.reconfigure(config, policy)
         server.reload_tls()
         if changed is not None:

@@ -27,6 +27,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DeliverySection",
+    "DnsSection",
     "DnsblSite",
     "DomainsSection",
     "LimitsSection",
@@ -72,6 +73,7 @@ _SECTIONS = frozenset(
         "auth",
         "delivery",
         "antispam",
+        "dns",
     }
 )
 AUTH_MECHANISMS = ("PLAIN", "LOGIN", "SCRAM-SHA-256")
@@ -199,6 +201,14 @@ class DeliverySection:
 
 
 @dataclass(frozen=True, slots=True)
+class DnsSection:
+    """The resolver every lookup uses (petrel.dns); ``nameservers`` None: /etc/resolv.conf."""
+
+    nameservers: tuple[tuple[str, int], ...] | None = None  # (IP address, port)
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
 class PolicySection:
     vrfy: str
     expn: str
@@ -286,6 +296,7 @@ class Config:
     delivery: DeliverySection = field(default_factory=DeliverySection)
     log: LogSection = field(default_factory=LogSection)
     antispam: AntispamSection = field(default_factory=AntispamSection)
+    dns: DnsSection = field(default_factory=DnsSection)
 
     @classmethod
     def default(cls) -> Config:
@@ -394,6 +405,7 @@ def _build(data: dict[str, Any], base_dir: Path, source: Path | None) -> Config:
         delivery=_delivery(_Table(data.get("delivery", {}), "delivery")),
         log=_log(_Table(data.get("log", {}), "log"), server.data_dir),
         antispam=_antispam(_Table(data.get("antispam", {}), "antispam")),
+        dns=_dns(_Table(data.get("dns", {}), "dns")),
     )
 
 
@@ -596,6 +608,45 @@ def _delivery(t: _Table) -> DeliverySection:
     )
     t.finish()
     return section
+
+
+def _dns(t: _Table) -> DnsSection:
+    value = t.take("nameservers", None)
+    nameservers = None
+    if value is not None:
+        items = _list(value, t.key("nameservers"))
+        if not items:
+            raise ConfigError(
+                f"{t.key('nameservers')}: must name at least one server, or be left out "
+                "(the system's /etc/resolv.conf)"
+            )
+        nameservers = tuple(
+            _nameserver(v, f"{t.key('nameservers')}[{i}]") for i, v in enumerate(items)
+        )
+    section = DnsSection(nameservers, parse_duration(t.take("timeout", "5s"), t.key("timeout")))
+    t.finish()
+    return section
+
+
+def _nameserver(value: Any, key: str) -> tuple[str, int]:
+    """An IP address, optionally with a port: "192.0.2.1", "192.0.2.1:5353", "::1",
+    "[::1]:5353". A name would need DNS to be found, so it is refused."""
+    text = _str(value, key)
+    wanted = f'must be an IP address or "address:port" ("[::1]:53" for IPv6), got {text!r}'
+    try:
+        return str(ipaddress.ip_address(text)), 53
+    except ValueError:
+        pass
+    try:
+        host, port = _host_port(text, key, min_port=1)
+    except ConfigError as exc:
+        if "port must be" in str(exc):
+            raise
+        raise ConfigError(f"{key}: {wanted}") from None
+    try:
+        return str(ipaddress.ip_address(host)), port
+    except ValueError:
+        raise ConfigError(f"{key}: {wanted}") from None
 
 
 def _policy(t: _Table) -> PolicySection:

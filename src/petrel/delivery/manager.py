@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 from petrel import dsn, smtp
 from petrel.config import Config
+from petrel.dns import Resolver
 from petrel.intake import Intake, TooManyHops
 from petrel.log import log_event
 from petrel.policy import Policy
@@ -78,6 +79,7 @@ class QueueManager:
         config: Config,
         spool: QueueStore,
         policy: Policy,
+        dns: Resolver,
         *,
         clock: Callable[[], float] = time.time,
         transport: Transport | None = None,
@@ -88,7 +90,7 @@ class QueueManager:
         self.clock = clock
         self.mailboxes = config.server.data_dir / "mailboxes"
         self.intake = Intake(config, spool, self)  # notices enter like any message
-        self.remote: Transport = transport or SmtpTransport(config, store=spool)
+        self.remote: Transport = transport or SmtpTransport(config, dns, store=spool)
         self.local = MaildirTransport(self.mailboxes, spool)
         self.admin = LiveAdmin(self)  # what `petrel queue` talks to
         self.stats = ServerStats()  # what `petrel status` reports: messages in and out

@@ -2,7 +2,7 @@
 
 Every byte on the wire is produced and parsed by the sans-IO ``smtp.ClientConnection``;
 this module only moves bytes over asyncio streams and turns replies into per-recipient
-results. A *route* is where a recipient's mail goes: a domain's MX hosts (dnspython, or
+results. A *route* is where a recipient's mail goes: a domain's MX hosts (`petrel.dns`, or
 the static ``[delivery] hosts`` table that test rigs use instead of DNS), the
 ``[relay]`` smarthost, or an ``[domains] lmtp`` target. One session carries several
 messages for its route (connection reuse), and a semaphore per route caps how many
@@ -26,12 +26,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import petrel.dns
 from petrel import smtp
 from petrel.client.sasl import AuthError, choose_mechanism, make_mechanism
 from petrel.config import Config, DeliverySection
 from petrel.delivery.mime7bit import ConversionError, to_7bit
 from petrel.delivery.outcome import Job as BaseJob
 from petrel.delivery.outcome import Outcome, Result, Route, deferred, failed, local_error
+from petrel.dns import Status
 from petrel.log import log_event
 from petrel.queue.store import QueueStore
 from petrel.smtp import NEED_DATA, ClientConnection, RemoteProtocolError
@@ -65,12 +67,17 @@ class Hop:
     host: str
     port: int
     path: str | None = None
+    address: str | None = None  # the IP to connect to, when DNS found it
 
     def __str__(self) -> str:
         """As Postfix names a peer in its deferral texts: host and port (an IPv6 in [])."""
         return self.path or (
             f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
         )
+
+    @property
+    def connect_to(self) -> str:
+        return self.address or self.host
 
 
 @dataclass(slots=True)
@@ -111,13 +118,17 @@ class _SessionError(Exception):
 
 
 class Resolver:
-    """MX lookup (RFC 5321 §5.1): MX in preference order, else A/AAAA, null MX refused."""
+    """MX lookup (RFC 5321 §5.1): MX in preference order, else A/AAAA, null MX refused.
 
-    def __init__(self, delivery: DeliverySection, dns_resolver: object | None = None) -> None:
+    Hops found by DNS carry their addresses (looked up through the process's
+    `petrel.dns.Resolver`); static ``[delivery] hosts`` entries are connected by name.
+    """
+
+    def __init__(self, delivery: DeliverySection, dns: petrel.dns.Resolver) -> None:
         self.port = delivery.mx_port
         self.static = delivery.hosts
         self.use_dns = delivery.dns
-        self._dns = dns_resolver
+        self.dns = dns
 
     async def hops(self, domain: str) -> list[Hop]:
         domain = domain.lower().rstrip(".")
@@ -138,28 +149,32 @@ class Resolver:
         return await self._lookup(domain)
 
     async def _lookup(self, domain: str) -> list[Hop]:
-        import dns.asyncresolver
-        import dns.exception
-        import dns.resolver
-
-        resolver = self._dns or dns.asyncresolver.Resolver()
-        try:
-            answer = await resolver.resolve(domain, "MX", lifetime=30.0)  # type: ignore[attr-defined]
-        except dns.resolver.NXDOMAIN:
+        found = await self.dns.mx(domain)
+        if found.status is Status.NXDOMAIN:
+            raise RouteError(failed("5.1.2", f"Host or domain name not found: {domain} (NXDOMAIN)"))
+        if found.temporary:
             raise RouteError(
-                failed("5.1.2", f"Host or domain name not found: {domain} (NXDOMAIN)")
-            ) from None
-        except dns.resolver.NoAnswer:
-            return [Hop(domain, self.port)]  # implicit MX: the domain's own A/AAAA
-        except (dns.exception.Timeout, dns.resolver.NoNameservers) as exc:
-            raise RouteError(
-                deferred("4.4.3", f"Host or domain name lookup failed for {domain}: {exc}")
-            ) from None
-        records = sorted(answer, key=lambda r: r.preference)
-        names = [str(r.exchange).rstrip(".").lower() for r in records]
-        if names == [""] or any(name == "" for name in names):
+                deferred("4.4.3", f"Host or domain name lookup failed for {domain}: {found.error}")
+            )
+        names = [mx.exchange for mx in found.records] if found.ok else [domain]  # implicit MX
+        if "" in names:
             raise RouteError(_null_mx(domain))
-        return [Hop(name, self.port) for name in names]
+        looked = await asyncio.gather(*(self.dns.addresses(name) for name in names))
+        hops = [
+            Hop(name, self.port, address=address)
+            for name, addresses in zip(names, looked, strict=True)
+            for address in addresses.records
+        ]
+        if hops:
+            return hops
+        failures = [f"{n}: {a.error}" for n, a in zip(names, looked, strict=True) if a.temporary]
+        if failures:
+            raise RouteError(
+                deferred("4.4.3", f"Host address lookup failed for {domain}: {'; '.join(failures)}")
+            )
+        raise RouteError(
+            failed("5.4.4", f"No address for the mail hosts of {domain}: {', '.join(names)}")
+        )
 
 
 def _null_mx(domain: str) -> Result:
@@ -181,17 +196,14 @@ class SmtpTransport:
     """Delivers jobs route by route; a route's sessions share a concurrency limit."""
 
     def __init__(
-        self,
-        config: Config,
-        resolver: Resolver | None = None,
-        *,
-        store: QueueStore | None = None,
+        self, config: Config, dns: petrel.dns.Resolver, *, store: QueueStore | None = None
     ) -> None:
         self.config = config
+        self.dns = dns
         self.store = store  # where a job without its body reads it
         self.delivery = config.delivery
         self.hostname = config.server.hostname
-        self.resolver = resolver or Resolver(config.delivery)
+        self.resolver = Resolver(config.delivery, dns)
         self._limits: dict[str, asyncio.Semaphore] = {}
 
     def reconfigure(self, config: Config) -> None:
@@ -199,7 +211,7 @@ class SmtpTransport:
         self.config = config
         self.delivery = config.delivery
         self.hostname = config.server.hostname
-        self.resolver = Resolver(config.delivery)
+        self.resolver = Resolver(config.delivery, self.dns)
         self._limits = {}  # destination_concurrency: new semaphores; running lanes keep theirs
 
     # -- routes ----------------------------------------------------------------------
@@ -323,7 +335,7 @@ class _Session:
         if self.hop.path is not None:
             coro = asyncio.open_unix_connection(self.hop.path)
         else:
-            coro = asyncio.open_connection(self.hop.host, self.hop.port)
+            coro = asyncio.open_connection(self.hop.connect_to, self.hop.port)
         self.reader, writer = await asyncio.wait_for(coro, timeout)
         self.writer = writer
         sockname = writer.get_extra_info("peername")

@@ -1,61 +1,48 @@
-"""Reverse DNS of clients: asynchronous, bounded by a short timeout, cached briefly.
+"""Reverse DNS of clients: asynchronous, through the process's `petrel.dns.Resolver`.
 
 The result feeds the EHLO reply ("(may be forged)" when the name does not resolve back
 to the address, as Sendmail says) and the Received header. It never holds up the
-greeting: the lookup starts at connect and only the EHLO reply waits, at most
-``timeout`` seconds. The system resolver is used (not raw DNS) so /etc/hosts counts.
+greeting: the lookup starts at connect and only the EHLO reply waits, for at most two
+lookups' ``[dns] timeout`` (the PTR, then the name's addresses). The resolver caches
+answers for their TTL; here concurrent sessions of one client share the lookup in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
-import socket
-from collections import OrderedDict
+import ipaddress
+
+from petrel.dns import Resolver
 
 Result = tuple[str | None, bool]  # (name or None, forward-confirmed)
 
-_CACHE_SIZE = 4096
-_CACHE_SECONDS = 300.0
-
 
 class ReverseDns:
-    def __init__(self, loop: asyncio.AbstractEventLoop, *, enabled: bool, timeout: float = 3.0):
-        self._loop = loop
+    def __init__(self, dns: Resolver, *, enabled: bool):
+        self._dns = dns
         self._enabled = enabled
-        self._timeout = timeout
-        self._cache: OrderedDict[str, tuple[float, asyncio.Future[Result]]] = OrderedDict()
+        self._pending: dict[str, asyncio.Future[Result]] = {}
 
     def lookup(self, ip: str) -> asyncio.Future[Result]:
         """A future for ``ip``'s checked name; shared by concurrent sessions of one client."""
-        now = self._loop.time()
-        hit = self._cache.get(ip)
-        if hit is not None and now - hit[0] < _CACHE_SECONDS:
-            self._cache.move_to_end(ip)
-            return hit[1]
+        pending = self._pending.get(ip)
+        if pending is not None:
+            return pending
         if not self._enabled:
-            future: asyncio.Future[Result] = self._loop.create_future()
+            future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
             future.set_result((None, False))
             return future
-        future = asyncio.ensure_future(self._resolve(ip))
-        self._cache[ip] = (now, future)
-        if len(self._cache) > _CACHE_SIZE:
-            self._cache.popitem(last=False)
+        future = asyncio.ensure_future(self._forward_confirmed(ip))
+        self._pending[ip] = future
+        future.add_done_callback(lambda _: self._pending.pop(ip, None))
         return future
 
-    async def _resolve(self, ip: str) -> Result:
-        try:
-            return await asyncio.wait_for(self._forward_confirmed(ip), self._timeout)
-        except (TimeoutError, OSError, UnicodeError):
-            return None, False
-
     async def _forward_confirmed(self, ip: str) -> Result:
-        try:
-            name, _ = await self._loop.getnameinfo((ip, 0), socket.NI_NAMEREQD)
-        except (OSError, UnicodeError):
+        """The first PTR name, and whether one of its addresses is ``ip`` (FCrDNS)."""
+        names = await self._dns.ptr(ip)
+        if not names.records:
             return None, False
-        try:
-            infos = await self._loop.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
-        except (OSError, UnicodeError):
-            return name, False
-        addresses = {info[4][0] for info in infos}
-        return name, ip in addresses
+        name = names.records[0]
+        addresses = await self._dns.addresses(name)
+        wanted = ipaddress.ip_address(ip)
+        return name, any(ipaddress.ip_address(a) == wanted for a in addresses.records)

@@ -21,6 +21,7 @@ from typing import Protocol
 
 from petrel import proxyproto, smtp
 from petrel.config import Config, Listener
+from petrel.dns import Resolver
 from petrel.intake import Intake
 from petrel.log import log_event
 from petrel.policy import Policy
@@ -363,10 +364,12 @@ class Server:
         intake: Intake,
         policy: Policy,
         loop: asyncio.AbstractEventLoop,
+        dns: Resolver,
         tls: TlsManager | None = None,  # loaded before a drop of root (``[server] user``)
     ) -> None:
         self.config = config
         self.loop = loop
+        self.dns = dns
         self.hostname = config.server.hostname
         self.extensions = smtp.Extensions(size=config.limits.message_size)
         self._extensions_for: dict[tuple[str, bool], smtp.Extensions] = {}
@@ -386,7 +389,7 @@ class Server:
             intake=intake,
             submitter=intake.submitter,
             tls=self.tls,
-            rdns=ReverseDns(loop, enabled=config.server.reverse_dns),
+            rdns=ReverseDns(dns, enabled=config.server.reverse_dns),
             host=self,
             rates=self.rates,
             refusals=self.refusals,
@@ -459,9 +462,9 @@ class Server:
             policy=policy,
             auth=self.auth,
             intake=Intake(config, ctx.intake.spool, ctx.intake.submitter),
-            rdns=ReverseDns(self.loop, enabled=config.server.reverse_dns),
+            rdns=ReverseDns(self.dns, enabled=config.server.reverse_dns),
             rates=self.rates,
-            antispam=Antispam(config.antispam, ctx.antispam.resolver),
+            antispam=Antispam(config.antispam, self.dns),
             greylist=greylist,
             proxy_networks=config.server.proxy_networks,
         )

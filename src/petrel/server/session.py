@@ -310,7 +310,7 @@ class SmtpSession(asyncio.Protocol):
 
     def _pregreet(self, data: bytes) -> None:
         """The client talked before our 220: postscreen's pregreet test failed."""
-        first = data.split(b"\n", 1)[0][:40].decode("ascii", "backslashreplace")
+        first = data.split(b"\n", 1)[0].rstrip(b"\r")[:40].decode("ascii", "backslashreplace")
         self._refuse_at_connect("pregreet", PREGREET, octets=str(len(data)), sent=first)
 
     def _refuse_at_connect(self, reason: Reason, answer: smtp.Reply, **fields: str) -> None:
@@ -320,6 +320,7 @@ class SmtpSession(asyncio.Protocol):
         log_event(
             log,
             "reject",
+            logging.INFO,
             session=self.id,
             client=self.peer_ip,
             reason=reason,
