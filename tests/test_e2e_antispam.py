@@ -8,6 +8,7 @@ from 127.0.0.2 and 127.0.0.3 (Linux routes 127/8 to lo), taken out of
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from collections.abc import Callable
@@ -98,6 +99,26 @@ def test_dnsbl_listed_client_refused_with_the_txt_dnswl_passed_exempt_not_asked(
     assert _refusals(server)["dnsbl"] == 1
 
 
+def test_an_ipv6_client_is_looked_up_by_its_nibbles(
+    petrel_factory: Callable[..., PetrelServer], dns_server: DnsServer
+) -> None:
+    nibbles = ".".join("0" * 31 + "1")[::-1]  # ::1, reversed nibbles
+    dns_server.zone("bl.test", [f"{nibbles} A 127.0.0.4"])
+    server = petrel_factory(
+        '[limits]\nexempt_networks = ["127.0.0.1/32"]\n'
+        + _dns(dns_server.address)
+        + '[antispam]\ndnsbl = ["bl.test=127.0.0.4"]\n'
+        + '[[listener]]\naddress = "[::1]:0"\nmode = "smtp"\n'
+    )
+    found = re.search(r"event=listening address=\[::1\]:(\d+) mode=smtp", server.log_text())
+    assert found is not None
+    client = RawClient(socket.create_connection(("::1", int(found[1])), timeout=15))
+    assert client.reply() == [
+        "554 5.7.1 Service unavailable; client [::1] blocked using bl.test"  # no TXT
+    ]
+    client.close()
+
+
 def test_a_dnsbl_that_does_not_answer_never_blocks_mail(
     petrel_factory: Callable[..., PetrelServer], silent_nameserver: str
 ) -> None:
@@ -139,6 +160,19 @@ def test_pregreet_refused_polite_client_served_counts_shared_by_workers(
     assert log.count("reason=pregreet") == talkers  # one line per refusal
     assert 'sent="EHLO spambot.test"' in log
     assert _refusals(server)["pregreet"] == talkers  # both workers' refusals in one count
+
+
+def test_with_pregreet_off_early_commands_are_answered_after_the_220(
+    petrel_factory: Callable[..., PetrelServer],
+) -> None:
+    server = petrel_factory(LIMITS + '[antispam]\ngreet_delay = "1s"\npregreet = "off"\n')
+    early = _client(server, "127.0.0.2")
+    early.send(b"EHLO early.example.test\r\n")
+    assert early.reply()[0].startswith("220 ")
+    assert early.reply()[0].startswith("250")
+    assert _mail(early)[-1].startswith("250 2.0.0")
+    early.close()
+    assert "reason=pregreet" not in server.log_text()
 
 
 def test_greylisting_450_then_pass_after_the_delay_across_a_restart(

@@ -134,6 +134,7 @@ class SmtpSession(asyncio.Protocol):
         "_closing",
         "_early",
         "_greet_timer",
+        "_held",
         "_line_started",
         "_out",
         "_proxy",
@@ -190,6 +191,7 @@ class SmtpSession(asyncio.Protocol):
         self._start_tls = False
         self._early: list[bytes] | None = None  # set while a STARTTLS handshake runs
         # Before the 220 of a screened client: greet_delay's timer, the DNSBL lookups.
+        self._held = False  # the 220 is held for them (one test per read when not)
         self._greet_timer: asyncio.TimerHandle | None = None
         self._screening: asyncio.Task[Listed | None] | None = None
         self.tls_info: str | None = None  # "TLSv1.3 with cipher …" once TLS is up
@@ -267,6 +269,7 @@ class SmtpSession(asyncio.Protocol):
     def _screen(self, antispam: Antispam) -> None:
         """Hold the 220 for ``greet_delay`` while the DNSBL lookups run (they overlap)."""
         loop = self.ctx.loop
+        self._held = True
         if antispam.dnsbl:
             self._screening = loop.create_task(antispam.screen(self.peer_ip))
         if antispam.greet_delay > 0:
@@ -282,13 +285,10 @@ class SmtpSession(asyncio.Protocol):
         else:
             self._greet()
 
-    @property
-    def _greeting_due(self) -> bool:
-        return self._greet_timer is not None or self._screening is not None
-
     def _greet(self) -> None:
         """The delay is over and the lists have answered: the 220, or the DNSBL's 554."""
         screening, self._screening = self._screening, None
+        self._held = False
         conn = self.conn
         if conn is None or self._closing:
             return
@@ -338,6 +338,7 @@ class SmtpSession(asyncio.Protocol):
         if self._screening is not None:
             self._screening.cancel()
             self._screening = None
+        self._held = False
 
     # -- the PROXY header ----------------------------------------------------------------
 
@@ -409,7 +410,7 @@ class SmtpSession(asyncio.Protocol):
             self._early.append(data)
             return
         conn = self.conn
-        if self._greeting_due:  # before our 220
+        if self._held:  # before our 220
             if self.ctx.antispam.pregreet:
                 if not self._closing:
                     self._pregreet(data)
@@ -432,7 +433,7 @@ class SmtpSession(asyncio.Protocol):
             self._proxy = None
             self._proxy_failed("connection closed before the PROXY header")
             return False
-        if self._greeting_due:  # gone before its 220: nothing to answer
+        if self._held:  # gone before its 220: nothing to answer
             self._cancel_greeting()
             return False
         if self.conn is not None:
@@ -1110,7 +1111,7 @@ class SmtpSession(asyncio.Protocol):
         ``data-rate``: message text slower than min_data_rate on average, after a grace.
         Trickling octets therefore holds a session no longer than the timeouts say.
         """
-        if self._busy or self._greeting_due:  # greet_delay (at most 5m) bounds the wait
+        if self._busy or self._held:  # greet_delay (at most 5m) bounds the wait
             return None
         limits = self.ctx.limits
         if self.in_message:
