@@ -20,7 +20,8 @@ $(VENV)/.stamp-serve: pyproject.toml
 	$(VENV)/bin/pip install -e '.[fast]'
 	touch $@
 
-# Test peers, installed only when missing: swaks (Net::SSLeay gives it -tls), Postfix,
+# Test peers, installed only when missing: swaks (Net::SSLeay gives it -tls), strace (holds
+# the server inside a rename so a test can kill -9 it there), Postfix,
 # preseeded to "No configuration" so no system instance is set up, Dovecot's LMTP
 # server, and HAProxy (the load balancer in front of a proxy_protocol listener). The
 # interop tests and the bench run private instances in temp directories, so the install
@@ -33,7 +34,7 @@ system-deps:
 	@if ! command -v swaks >/dev/null 2>&1 || ! perl -MNet::SSLeay -MIO::Socket::SSL -e1 2>/dev/null \
 			|| ! command -v postfix >/dev/null 2>&1 || ! test -x /usr/lib/dovecot/lmtp \
 			|| ! test -x /usr/sbin/haproxy || ! test -x /usr/sbin/knotd \
-			|| ! perl -MMail::DKIM::Verifier -e1 2>/dev/null; then \
+			|| ! perl -MMail::DKIM::Verifier -e1 2>/dev/null || ! command -v strace >/dev/null 2>&1; then \
 		if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		if [ -e /usr/sbin/dovecot ]; then had_dovecot=yes; else had_dovecot=; fi; \
 		if [ -e /usr/sbin/haproxy ]; then had_haproxy=yes; else had_haproxy=; fi; \
@@ -42,7 +43,7 @@ system-deps:
 		$$SUDO apt-get update && \
 		$$SUDO sh tools/apt-install-no-start.sh \
 			swaks libnet-ssleay-perl libio-socket-ssl-perl postfix dovecot-core dovecot-lmtpd \
-			haproxy knot libmail-dkim-perl && \
+			haproxy knot libmail-dkim-perl strace && \
 		{ [ -n "$$had_dovecot" ] || $$SUDO update-rc.d dovecot disable || true; } && \
 		{ [ -n "$$had_haproxy" ] || $$SUDO update-rc.d haproxy disable || true; } && \
 		{ [ -n "$$had_knot" ] || $$SUDO update-rc.d knot disable || true; }; \

@@ -91,6 +91,7 @@ class PetrelServer:
         self.ports: dict[str, int] = {}  # first bound port of each listener mode
         self.python = sys.executable  # the interpreter (and env) `petrel` runs with
         self.env: dict[str, str] | None = None
+        self.wrapper: list[str] = []  # a command `petrel serve` runs under (e.g. strace)
 
     def write_config(self) -> None:
         base = f"""
@@ -115,7 +116,7 @@ mode = "smtp"
         log = (self.stderr_path or self.log_path).open("ab")
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self.process = subprocess.Popen(
-            [self.python, "-m", "petrel", "serve", "--config", str(self.config_path)],
+            [*self.wrapper, self.python, "-m", "petrel", "serve", "--config", self.config_path],
             cwd=self.root,
             env=self.env,
             stdout=log,

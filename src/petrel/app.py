@@ -35,6 +35,7 @@ from petrel.fsutil import (
     sync_rounds,
 )
 from petrel.intake import Intake
+from petrel.intake.direct import MaildirCopier
 from petrel.intake.pickup import PickupPoke, PickupWatcher
 from petrel.log import log_event
 from petrel.pidfile import PID_FILE, remove_pid_file, write_pid_file
@@ -210,6 +211,7 @@ async def _serve(config: Config, log_args: list[str] | None, errors: ErrorLog) -
     control.bind()
     spool = Spool(data_dir / "queue")
     spool.open()
+    spool.copier = MaildirCopier(data_dir / "mailboxes")  # direct delivery at intake
     recovered = spool.recover()
     policy = Policy(config, Aliases.load(config.aliases.file))
     dns = Resolver(config.dns)  # the process's one resolver: delivery and sessions share it
@@ -435,6 +437,7 @@ async def serve_worker(config: Config, number: int) -> int:
     parent = os.getppid()
     spool = Spool(config.server.data_dir / "queue")
     spool.open()  # no recovery: the parent did that before any worker started
+    spool.copier = MaildirCopier(config.server.data_dir / "mailboxes")
     policy = Policy(config, Aliases.load(config.aliases.file))
     # Committed mail is named to the parent through the pickup pipe; ETRN is asked of
     # its queue manager over the control socket, so it answers as a single process does.

@@ -198,6 +198,9 @@ class DeliverySection:
     # False: no DNS at all; a domain missing from ``hosts`` is deferred (4.4.3). For test
     # rigs and closed networks, where a lookup must never leave the machine.
     dns: bool = True
+    # Local Maildir recipients written at intake, in the commit's sync rounds, before the
+    # 250 (a transaction with more takes the queue for all of them); 0: always the queue.
+    direct: int = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -605,6 +608,7 @@ def _delivery(t: _Table) -> DeliverySection:
         tls_verify=_bool(t.take("tls_verify", False), t.key("tls_verify")),
         max_received=_positive_int(t.take("max_received", 100), t.key("max_received")),
         dns=_bool(t.take("dns", True), t.key("dns")),
+        direct=_count(t.take("direct", 16), t.key("direct")),
     )
     t.finish()
     return section
@@ -787,6 +791,12 @@ def _bool(value: Any, key: str) -> bool:
 def _positive_int(value: Any, key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigError(f"{key}: must be a positive integer, got {_show(value)}")
+    return int(value)
+
+
+def _count(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{key}: must be an integer of 0 or more, got {_show(value)}")
     return int(value)
 
 

@@ -293,7 +293,7 @@ def open_dir_at(
                 raise
         with contextlib.suppress(FileExistsError):  # made meanwhile by another writer
             os.mkdir(name, 0o700, dir_fd=parent_fd)
-            created = True
+        created = True  # by us, or by a writer that may not have synced it yet
         return os.open(name, flags, dir_fd=parent_fd), created
     except NotADirectoryError:
         st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)

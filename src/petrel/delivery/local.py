@@ -22,7 +22,7 @@ from petrel.queue.store import QueueStore
 from .maildir import BodySource, DeliveredKeys, DeliveryItem, deliver_batch
 from .outcome import Job, Result, Route, deferred, delivered, local_error
 
-__all__ = ["IN_MEMORY_BODY", "LOCAL", "MaildirTransport"]
+__all__ = ["IN_MEMORY_BODY", "LOCAL", "MaildirTransport", "delivery_item"]
 
 LOCAL = Route("local", "maildir")  # every local recipient: one route, one batch
 IN_MEMORY_BODY = 1 << 20  # bodies up to this size are read once and shared
@@ -80,7 +80,8 @@ class MaildirTransport:
                 continue
             for i, recipient in enumerate(job.recipients):
                 try:
-                    items.append(_item(job.envelope, recipient, body, job.maybe_done))
+                    key = f"{job.envelope.queue_id}R{job.envelope.recipients.index(recipient)}"
+                    items.append(delivery_item(job.envelope, recipient, body, key, job.maybe_done))
                 except ValueError as exc:
                     row[i] = local_error(exc)
                     continue
@@ -103,18 +104,15 @@ _OK = delivered("2.0.0", "delivered to mailbox")
 _NO_RESULT = deferred("4.3.0", "no result from the transport")
 
 
-def _item(
-    envelope: Envelope, recipient: Recipient, body: BodySource, maybe_done: bool
+def delivery_item(
+    envelope: Envelope, recipient: Recipient, body: BodySource, key: str, maybe_done: bool = False
 ) -> DeliveryItem:
+    """``recipient``'s copy: Return-Path and Delivered-To in front of the message text.
+    ValueError for an address that names no mailbox."""
     address = smtp.parse_path(f"<{recipient.address}>")  # AddressError is a ValueError
     if address is None:
         raise ValueError("the null path is not a mailbox")
     prefix = f"Return-Path: <{envelope.sender}>\nDelivered-To: {recipient.address}\n".encode()
     return DeliveryItem(
-        address.domain.lower(),
-        address.mailbox,
-        prefix,
-        body,
-        key=f"{envelope.queue_id}R{envelope.recipients.index(recipient)}",
-        maybe_done=maybe_done,
+        address.domain.lower(), address.mailbox, prefix, body, key=key, maybe_done=maybe_done
     )

@@ -27,7 +27,7 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +48,7 @@ __all__ = [
     "DeliveredKeys",
     "DeliveryItem",
     "LineEndConverter",
+    "MaildirBatch",
     "clean_tmp",
     "deliver_batch",
     "mailbox_path",
@@ -151,6 +152,8 @@ class _Mailbox:
     maildir_fd: int
     tmp_fd: int
     new_fd: int
+    # The directories whose entries this batch created, beyond new/'s: synced with it.
+    made: tuple[int, ...] = ()
 
 
 class _Tree:
@@ -176,21 +179,25 @@ class _Tree:
         path = self.root / domain
         domain_fd = self._domains.get(domain)
         if domain_fd is None:
-            domain_fd, made = _open_trusted(self.root_fd, domain, path, create=True)
+            domain_fd, made_domain = _open_trusted(self.root_fd, domain, path, create=True)
             self._domains[domain] = domain_fd
             self._fds.append(domain_fd)
-            self.made_domain |= made
+            self.made_domain |= made_domain
         path /= user
-        maildir_fd, _ = open_dir_at(domain_fd, user, path, follow=True)  # may be a symlink
+        maildir_fd, made_maildir = open_dir_at(domain_fd, user, path, follow=True)  # a link?
         self._fds.append(maildir_fd)
         tmp_fd, made_tmp = open_dir_at(maildir_fd, "tmp", path / "tmp")
         self._fds.append(tmp_fd)
         new_fd, made_new = open_dir_at(maildir_fd, "new", path / "new")
         self._fds.append(new_fd)
+        made: tuple[int, ...] = ()
         if made_tmp or made_new:
             cur_fd, _ = open_dir_at(maildir_fd, "cur", path / "cur")
             os.close(cur_fd)
-        return _Mailbox(domain_fd, maildir_fd, tmp_fd, new_fd)
+            made = (maildir_fd,)
+        if made_maildir:
+            made += (domain_fd,)
+        return _Mailbox(domain_fd, maildir_fd, tmp_fd, new_fd, made)
 
     def close(self) -> None:
         for fd in self._fds:
@@ -247,7 +254,7 @@ class DeliveredKeys:
 
 
 def _write_tmp(
-    tree: _Tree, root_dev: int, index: int, item: DeliveryItem, per_file: bool
+    tree: _Tree, covered_dev: int, index: int, item: DeliveryItem, per_file: bool
 ) -> _Written:
     box = tree.mailbox(item.domain, item.user)
     now = time.time_ns() // 1000
@@ -257,20 +264,14 @@ def _write_tmp(
     fd = os.open(name, _CREATE_FLAGS, 0o600, dir_fd=box.tmp_fd)
     try:
         source = item.body_source
-        chunks = (source,) if isinstance(source, bytes) else source()
         converter = LineEndConverter()
-        size = 0
-        out = bytearray(converter.feed(item.prefix))
-        for chunk in chunks:
-            out += converter.feed(chunk)
-            if len(out) >= _WRITE_CHUNK:
-                write_all(fd, out)
-                size += len(out)
-                out = bytearray()
-        out += converter.end()
-        write_all(fd, out)
-        size += len(out)
-        fsynced = per_file or not HAVE_SYNCFS or os.fstat(fd).st_dev != root_dev
+        if isinstance(source, bytes):  # the common case: one write, no chunking
+            out = converter.feed(item.prefix) + converter.feed(source) + converter.end()
+            write_all(fd, out)
+            size = len(out)
+        else:
+            size = _write_chunks(fd, converter, item.prefix, source())
+        fsynced = per_file or not HAVE_SYNCFS or os.fstat(fd).st_dev != covered_dev
         if fsynced:
             os.fsync(fd)
     except BaseException:
@@ -281,22 +282,122 @@ def _write_tmp(
     return _Written(index, box, name, f"{name},S={size}", fsynced)
 
 
+def _write_chunks(
+    fd: int, converter: LineEndConverter, prefix: bytes, chunks: Iterable[bytes]
+) -> int:
+    size = 0
+    out = bytearray(converter.feed(prefix))
+    for chunk in chunks:
+        out += converter.feed(chunk)
+        if len(out) >= _WRITE_CHUNK:
+            write_all(fd, out)
+            size += len(out)
+            out = bytearray()
+    out += converter.end()
+    write_all(fd, out)
+    return size + len(out)
+
+
 def _sync(tree: _Tree, written: list[_Written], dirs: bool) -> None:
     """One syncfs for the items on root's file system; directory fsyncs for the others."""
     if any(not w.fsynced for w in written):
         syncfs(tree.root_fd)
     if dirs:
-        # new/ for the rename; the Maildir and domain too, in case this batch made them.
-        entries = {
-            fd
-            for w in written
-            if w.fsynced
-            for fd in (w.box.new_fd, w.box.maildir_fd, w.box.domain_fd)
-        }
+        # new/ for the rename; the Maildir and domain too if this batch made entries there
+        # (each fsync costs a disk cache flush, even of a directory with nothing to write).
+        entries = {fd for w in written if w.fsynced for fd in (w.box.new_fd, *w.box.made)}
         if entries and tree.made_domain:
             entries.add(tree.root_fd)
         for fd in entries:
             os.fsync(fd)
+
+
+class MaildirBatch:
+    """`deliver_batch` in its steps, for a caller that shares the first sync round.
+
+    `write` puts every item into its ``tmp/``; the caller then makes the files durable
+    (`sync_data`, or its own syncfs of ``covered_dev``); `publish` renames them into
+    ``new/`` and makes the names durable. ``results`` holds per item None (delivered)
+    or the exception that stopped it. Intake's direct delivery runs these steps in the
+    spool's commit thread, so that spool files and Maildir copies share sync rounds.
+    """
+
+    def __init__(
+        self, root: Path, items: list[DeliveryItem], delivered: DeliveredKeys | None = None
+    ) -> None:
+        self.root = root
+        self.items = items
+        self.results: list[Exception | None] = [None] * len(items)
+        self._delivered = delivered
+        self._written: list[_Written] = []
+        self._tree: _Tree | None = None
+
+    def write(self, per_file: bool, covered_dev: int | None = None) -> None:
+        """Every item into ``tmp/``; fsync those a syncfs of ``covered_dev`` (default:
+        ``mailboxes/``'s file system) will not cover, or all of them with ``per_file``."""
+        try:
+            # Opened before any write, so syncfs reports every write-back error of this batch.
+            tree = self._tree = _Tree(self.root)
+        except OSError as exc:
+            self.results = [exc] * len(self.items)
+            return
+        if covered_dev is None:
+            covered_dev = os.fstat(tree.root_fd).st_dev
+        for index, item in enumerate(self.items):
+            try:
+                if item.maybe_done and item in (self._delivered or DeliveredKeys(self.root)):
+                    continue  # results[index] stays None: delivered, by the run before the crash
+                self._written.append(_write_tmp(tree, covered_dev, index, item, per_file))
+            except Exception as exc:
+                self.results[index] = exc
+
+    def sync_data(self) -> None:
+        """One syncfs for the files written but not fsynced (a failure fails them all)."""
+        if self._tree is None:
+            return
+        try:
+            _sync(self._tree, self._written, dirs=False)
+        except OSError as exc:
+            self.discard(exc)
+
+    def discard(self, error: Exception, indexes: Collection[int] | None = None) -> None:
+        """The files in ``tmp/`` (of the items at ``indexes``; default all) will not be
+        published: remove them, each of those items failed with ``error``."""
+        kept: list[_Written] = []
+        for w in self._written:
+            if indexes is not None and w.index not in indexes:
+                kept.append(w)
+                continue
+            self.results[w.index] = error
+            unlink_quietly(w.name, dir_fd=w.box.tmp_fd)
+        self._written = kept
+
+    def publish(self) -> None:
+        """Rename each durable file into ``new/``, then make the names durable."""
+        if self._tree is None:
+            return
+        renamed: list[_Written] = []
+        for w in self._written:
+            try:
+                os.rename(w.name, w.new_name, src_dir_fd=w.box.tmp_fd, dst_dir_fd=w.box.new_fd)
+            except OSError as exc:
+                self.results[w.index] = exc
+                unlink_quietly(w.name, dir_fd=w.box.tmp_fd)
+            else:
+                renamed.append(w)
+        self._written = []
+        try:
+            _sync(self._tree, renamed, dirs=True)
+        except OSError as exc:
+            # Not durable, so reported as failed: take it back, or the retry would duplicate it.
+            for w in renamed:
+                self.results[w.index] = exc
+                unlink_quietly(w.new_name, dir_fd=w.box.new_fd)
+
+    def close(self) -> None:
+        if self._tree is not None:
+            self._tree.close()
+            self._tree = None
 
 
 def deliver_batch(
@@ -308,49 +409,14 @@ def deliver_batch(
     An item marked ``maybe_done`` whose key is in ``delivered`` is not written again.
     An unusable ``mailboxes/`` (a symlink, someone else's) is every item's error.
     """
-    results: list[Exception | None] = [None] * len(items)
+    batch = MaildirBatch(root, items, delivered)
     try:
-        # Opened before any write, so syncfs reports every write-back error of this batch.
-        tree = _Tree(root)
-    except OSError as exc:
-        return [exc] * len(items)
-    try:
-        root_dev = os.fstat(tree.root_fd).st_dev
-        written: list[_Written] = []
-        per_file = len(items) <= PER_FILE_SYNC_MAX  # cheaper than syncfs for so few
-        for index, item in enumerate(items):
-            try:
-                if item.maybe_done and item in (delivered or DeliveredKeys(root)):
-                    continue  # results[index] stays None: delivered, by the run before the crash
-                written.append(_write_tmp(tree, root_dev, index, item, per_file))
-            except Exception as exc:
-                results[index] = exc
-        try:
-            _sync(tree, written, dirs=False)
-        except OSError as exc:
-            for w in written:
-                results[w.index] = exc
-                unlink_quietly(w.name, dir_fd=w.box.tmp_fd)
-            return results
-        renamed: list[_Written] = []
-        for w in written:
-            try:
-                os.rename(w.name, w.new_name, src_dir_fd=w.box.tmp_fd, dst_dir_fd=w.box.new_fd)
-            except OSError as exc:
-                results[w.index] = exc
-                unlink_quietly(w.name, dir_fd=w.box.tmp_fd)
-            else:
-                renamed.append(w)
-        try:
-            _sync(tree, renamed, dirs=True)
-        except OSError as exc:
-            # Not durable, so reported as failed: take it back, or the retry would duplicate it.
-            for w in renamed:
-                results[w.index] = exc
-                unlink_quietly(w.new_name, dir_fd=w.box.new_fd)
+        batch.write(per_file=len(items) <= PER_FILE_SYNC_MAX)  # cheaper than syncfs for so few
+        batch.sync_data()
+        batch.publish()
     finally:
-        tree.close()
-    return results
+        batch.close()
+    return batch.results
 
 
 def clean_tmp(

@@ -162,6 +162,12 @@ class QueueManager:
         self._ready.append(envelope.queue_id)
         self._wake.set()
 
+    def delivered(self, envelope: Envelope, recipients: int) -> None:
+        """Intake delivered some recipients itself: counted as in and out here."""
+        if not envelope.recipients:  # nothing queued: `submit` will not count it
+            self.stats.messages_in += 1
+        self.stats.delivered += recipients
+
     def knows(self, queue_id: str) -> bool:
         """True while the message is tracked here (queued, deferred, held, in delivery or
         having its files removed)."""

@@ -21,6 +21,7 @@ from petrel.config import Config
 from petrel.log import log_event
 from petrel.queue import Envelope, QueueStore, QueueWriter, Recipient, new_queue_id
 
+from .direct import MaildirCopies, direct_recipients
 from .headers import HeaderSection
 from .trace import Origin, received_field, rfc5322_date
 
@@ -41,6 +42,10 @@ class Submitter(Protocol):
     """Who takes committed mail: the queue manager, or a worker's poke to its parent."""
 
     def submit(self, envelope: Envelope) -> None: ...
+
+    def delivered(self, envelope: Envelope, recipients: int) -> None:
+        """``recipients`` of the message were delivered at intake (direct delivery)."""
+        ...
 
     def etrn(self, node: str) -> smtp.Reply: ...
 
@@ -189,6 +194,9 @@ class Intake:
         self.max_received = config.delivery.max_received
         self.spool = spool
         self.submitter = submitter
+        self.local_domains = config.domains.local
+        # Direct delivery (intake/direct.py) needs a store that writes copies with a commit.
+        self.direct = config.delivery.direct if spool.copier is not None else 0
 
     def has_room(self, size: int) -> bool:
         """Can the spool take a message of ``size`` octets now (a free-space floor)?"""
@@ -233,7 +241,8 @@ class Intake:
             draft.abort()
             raise
         envelope = draft.envelope
-        await self.spool.commit(draft._writer)
+        copies = self._copies(draft)
+        await self.spool.commit(draft._writer, copies)
         log_event(
             log,
             "accepted",
@@ -241,10 +250,39 @@ class Intake:
             **context,
             queue_id=envelope.queue_id,
             sender=envelope.sender or "<>",
-            nrcpt=len(envelope.recipients),
+            nrcpt=len(envelope.recipients) + (len(copies.delivered) if copies else 0),
             size=draft.size,
         )
+        if copies is not None:
+            for recipient in copies.delivered:
+                log_event(
+                    log,
+                    "delivered",
+                    queue_id=envelope.queue_id,
+                    to=recipient.address,
+                    relay="local",
+                    status="2.0.0",
+                    direct="yes",
+                )
+            self.submitter.delivered(envelope, len(copies.delivered))
+            if not envelope.recipients:  # all in their mailboxes: nothing was queued
+                return
         self.submitter.submit(envelope)
+
+    def _copies(self, draft: Draft) -> MaildirCopies | None:
+        """The direct recipients' copies, taken out of the envelope (intake/direct.py)."""
+        if not self.direct:
+            return None
+        text = draft._writer.text
+        if text is None:  # too big to be held: the queue streams it
+            return None
+        envelope = draft.envelope
+        chosen = direct_recipients(envelope, self.local_domains, self.direct)
+        if not chosen:
+            return None
+        taken = {id(r) for r in chosen}
+        envelope.recipients = [r for r in envelope.recipients if id(r) not in taken]
+        return MaildirCopies(envelope, chosen, text)
 
     async def put(
         self,

@@ -70,6 +70,9 @@ class PickupPoke:
         if not poked:
             log_event(log, "pickup-poke-lost", level=logging.DEBUG, queue_id=envelope.queue_id)
 
+    def delivered(self, envelope: Envelope, recipients: int) -> None:
+        """Not reported: the parent's counters (`petrel status`) cover its own process."""
+
     def etrn(self, node: str) -> smtp.Reply:
         """ETRN (RFC 1985), answered by the queue manager: 250 started, or 251 none waiting."""
         if self._etrn is None or node.startswith("#"):

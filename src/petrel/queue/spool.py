@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
 import logging
@@ -57,7 +58,7 @@ from petrel.fsutil import (
 from petrel.log import log_event
 from petrel.queue.envelope import Envelope, Recipient
 from petrel.queue.ids import is_valid_queue_id
-from petrel.queue.store import QueueStore, QueueWriter
+from petrel.queue.store import Copier, Copies, CopyRound, QueueStore, QueueWriter
 
 __all__ = ["HEADER_SCAN", "CorruptMessageError", "MessageWriter", "Spool"]
 
@@ -151,12 +152,14 @@ def _open_regular(path: str | Path) -> tuple[int, int]:
 class MessageWriter:
     """One message being written to ``incoming/``: `write` the body, then commit or `abort`.
 
-    The envelope is serialised when the writer is made; later changes to it are
-    not stored. Up to 256 KiB stays in memory, and the file is created only when the
-    body grows past that or, for the usual small message, by the commit thread: the
-    event loop then makes no system call that could wait on the file system's journal.
-    Once handed to `Spool.commit` the writer belongs to the spool: `abort` is then
-    a no-op, so a client vanishing mid-commit cannot pull the file away.
+    Up to 256 KiB of text stays in memory, and the file is created only when the body
+    grows past that or, for the usual small message, by the commit thread: the event
+    loop then makes no system call that could wait on the file system's journal. The
+    envelope is serialised when the file is first written: for a message still in
+    memory at commit, that is in the commit thread, so intake may still take
+    recipients out of it (direct delivery, `Copies`). Once handed to `Spool.commit` the
+    writer belongs to the spool: `abort` is then a no-op, so a client vanishing
+    mid-commit cannot pull the file away.
     """
 
     def __init__(self, envelope: Envelope, incoming: str, active: str) -> None:
@@ -168,15 +171,17 @@ class MessageWriter:
         self._incoming = incoming
         self._active = active
         self._handed_over = False
-        envelope_json = envelope.to_json().encode("ascii")
-        self._buffer = bytearray(b"PETREL1 %d\n" % len(envelope_json))
-        self._buffer += envelope_json
-        self._buffer += b"\n"
-        self._crc = zlib.crc32(self._buffer)
+        self._held: bytearray | None = bytearray()  # the text while in memory
+        self._crc = 0  # of what is in the file: valid once the text is there
 
     @property
     def queue_id(self) -> str:
         return self.envelope.queue_id
+
+    @property
+    def text(self) -> bytes | None:
+        """The message text while it is still held in memory (None once on disk)."""
+        return None if self._held is None else bytes(self._held)
 
     def write(self, data: bytes) -> None:
         """Append body bytes exactly as received (CRLF line ends, dot-unstuffed).
@@ -185,18 +190,32 @@ class MessageWriter:
         """
         if self._closed or self._handed_over:
             raise ValueError(f"message {self.queue_id} is already closed")
-        self._crc = zlib.crc32(data, self._crc)
         self.size += len(data)
-        if len(self._buffer) + len(data) <= _BUFFER_LIMIT:
-            self._buffer += data
-            return
-        self._flush()
+        held = self._held
+        if held is not None:
+            if len(held) + len(data) <= _BUFFER_LIMIT:
+                held += data
+                return
+            self._spill()
+        self._crc = zlib.crc32(data, self._crc)
         write_all(self._file(), data)
 
     def abort(self) -> None:
         """Close and remove the unfinished file; safe to call more than once."""
         if not self._handed_over:
             self._discard()
+
+    def _prefix(self) -> bytes:
+        envelope_json = self.envelope.to_json().encode("ascii")
+        return b"PETREL1 %d\n%s\n" % (len(envelope_json), envelope_json)
+
+    def _spill(self) -> None:
+        """Move the held text into the file: envelope first, the rest is appended."""
+        held, self._held = self._held, None
+        assert held is not None
+        prefix = self._prefix()
+        self._crc = zlib.crc32(held, zlib.crc32(prefix))
+        _write_parts(self._file(), [prefix, held])
 
     def _file(self) -> int:
         """The descriptor of ``incoming/<id>``, claiming the name on first use.
@@ -216,7 +235,7 @@ class MessageWriter:
         return self._fd
 
     def _discard(self) -> None:
-        self._buffer = bytearray()
+        self._held = None
         self._closed = True
         if self._fd is not None:
             os.close(self._fd)
@@ -225,21 +244,23 @@ class MessageWriter:
             self._owns_incoming = False
             unlink_quietly(self._incoming)
 
-    def _flush(self) -> None:
-        if self._buffer:
-            write_all(self._file(), self._buffer)
-            self._buffer = bytearray()
-
     def _seal(self) -> int:
-        """Write what is buffered plus the trailer and move into ``active/``.
+        """Write what is held plus the trailer and move into ``active/``.
 
         Returns the still open descriptor: the caller syncs (or not) and closes it.
         """
         if self._closed:
             raise ValueError(f"message {self.queue_id} is already closed")
-        self._buffer += b"\nPETREL-END %d %08x\n" % (self.size, self._crc)
-        self._flush()
+        held, self._held = self._held, None
+        if held is None:
+            parts: list[bytes | bytearray] = []
+        else:  # one writev: envelope, text and trailer, no copy of the text
+            prefix = self._prefix()
+            self._crc = zlib.crc32(held, zlib.crc32(prefix))
+            parts = [prefix, held]
+        parts.append(b"\nPETREL-END %d %08x\n" % (self.size, self._crc))
         fd = self._file()
+        _write_parts(fd, parts)
         self._fd = None
         self._closed = True
         try:
@@ -249,6 +270,14 @@ class MessageWriter:
             raise
         self._owns_incoming = False
         return fd
+
+
+def _write_parts(fd: int, parts: list[bytes | bytearray]) -> None:
+    """writev(2) the parts; a short write (legal, rare) finishes with plain writes."""
+    written = os.writev(fd, parts)
+    total = sum(len(p) for p in parts)
+    if written < total:
+        write_all(fd, b"".join(parts)[written:])
 
 
 class Spool:
@@ -280,7 +309,9 @@ class Spool:
         self._state_prefix = f"{self._state}{os.sep}"
         self._sync_fd: int | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self._pending: list[tuple[MessageWriter, asyncio.Future[None]]] = []
+        self._publisher: ThreadPoolExecutor | None = None  # copies' second round
+        self.copier: Copier | None = None  # direct delivery's, set by the server's wiring
+        self._pending: list[tuple[MessageWriter, Copies | None, asyncio.Future[None]]] = []
         self._committer: asyncio.Task[None] | None = None
         self._free = 0
         self._free_checked = float("-inf")
@@ -297,12 +328,16 @@ class Spool:
         # Opened before any write, so syncfs reports every later write-back error.
         self._sync_fd = open_dir(self._active)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="petrel-spool")
+        self._publisher = ThreadPoolExecutor(1, thread_name_prefix="petrel-publish")
 
     def close(self) -> None:
         """Wait for the commit thread and release the directory fd."""
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+        if self._publisher is not None:
+            self._publisher.shutdown(wait=True)
+            self._publisher = None
         if self._sync_fd is not None:
             os.close(self._sync_fd)
             self._sync_fd = None
@@ -364,12 +399,16 @@ class Spool:
             envelope, self._incoming_prefix + queue_id, self._active_prefix + queue_id
         )
 
-    async def commit(self, writer: QueueWriter) -> None:
+    async def commit(self, writer: QueueWriter, copies: Copies | None = None) -> None:
         """Return once the message is on stable storage (raise if it could not be put there).
 
-        If the caller is cancelled meanwhile, the commit still completes and the
-        message will be delivered: a duplicate is better than a loss.
+        ``copies`` (direct delivery's Maildir copies) are written by `copier` in the same
+        batch: they share its sync rounds, and ``failed`` ones join the envelope before
+        it is stored. If the caller is cancelled meanwhile, the commit still completes
+        and the message will be delivered: a duplicate is better than a loss.
         """
+        if copies is not None and self.copier is None:
+            raise ValueError("this spool takes no copies: no copier is set")
         if not isinstance(writer, MessageWriter):
             raise TypeError(f"not a writer of this spool: {writer!r}")
         if self._executor is None:
@@ -379,48 +418,103 @@ class Spool:
         writer._handed_over = True
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
-        self._pending.append((writer, done))
+        self._pending.append((writer, copies, done))
         if self._committer is None:
             self._committer = loop.create_task(self._drain())
         await done
 
     async def _drain(self) -> None:
-        """The one committer: take everything queued, commit it as a batch, repeat."""
+        """The one committer: take everything queued, commit it as a batch, repeat.
+
+        A batch with copies ends on the publishing thread (their renames and the
+        second sync round), while the next batch is already being written and synced:
+        two batches in flight, whose sync rounds the file system's `syncfs` group shares.
+        """
         loop = asyncio.get_running_loop()
         try:
             while self._pending:
                 batch, self._pending = self._pending, []
-                writers = [writer for writer, _ in batch]
+                work = [(writer, copies) for writer, copies, _ in batch]
+                waiting = [done for _, _, done in batch]
                 try:
-                    results = await loop.run_in_executor(
-                        self._executor, self._commit_batch, writers
-                    )
+                    staged = await loop.run_in_executor(self._executor, self._stage, work)
                 except asyncio.CancelledError:
-                    for _, done in batch:
+                    for done in waiting:
                         done.cancel()
                     raise
                 except Exception as exc:
-                    results = [exc] * len(batch)
-                for (_, done), result in zip(batch, results, strict=True):
-                    if done.done():
-                        continue
-                    if result is None:
-                        done.set_result(None)
-                    else:
-                        done.set_exception(result)
+                    _settle(waiting, [exc] * len(batch))
+                    continue
+                results, copy_round = staged
+                if copy_round is None:
+                    _settle(waiting, results)
+                    continue
+                publishing = loop.run_in_executor(
+                    self._publisher, self._publish, work, results, copy_round
+                )
+                publishing.add_done_callback(functools.partial(_settle_from, waiting))
         finally:
             self._committer = None
 
-    def _commit_batch(self, writers: list[MessageWriter]) -> list[Exception | None]:
-        """Worker thread: seal and rename each file, then make the batch durable at once.
+    def _stage(
+        self, work: list[tuple[MessageWriter, Copies | None]]
+    ) -> tuple[list[Exception | None], CopyRound | None]:
+        """Commit thread: write the copies, seal and rename each spool file into
+        ``active/``, then make the batch durable at once.
 
         A batch of up to `PER_FILE_SYNC_MAX` files fsyncs each of them and ``active/``;
         a larger one pays one syncfs(2) instead. Renaming first lets the file's fsync
-        commit its directory entry in the same journal transaction.
+        commit its directory entry in the same journal transaction. Copies are written
+        first (the recipients of those that fail go into their spool file) and share
+        that sync; `_publish` then makes them visible.
         """
+        assert self._sync_fd is not None
+        batch = [copies for _, copies in work if copies is not None]
+        files = len(work) + sum(c.files for c in batch)
+        per_file = not self._use_syncfs or files <= PER_FILE_SYNC_MAX
+        if not batch:
+            return self._seal_and_sync(work, per_file), None
+        assert self.copier is not None
+        copy_round = self.copier.write(batch, per_file, os.fstat(self._sync_fd).st_dev)
+        try:
+            results = self._seal_and_sync(work, per_file)
+        except BaseException:
+            copy_round.close()
+            raise
+        return results, copy_round
+
+    def _publish(
+        self,
+        work: list[tuple[MessageWriter, Copies | None]],
+        results: list[Exception | None],
+        copy_round: CopyRound,
+    ) -> list[Exception | None]:
+        """Publishing thread: the copies into ``new/`` (round two), unless their
+        message failed; a copy not made durable fails its message."""
+        try:
+            for (_, copies), result in zip(work, results, strict=True):
+                if copies is not None and result is not None:
+                    copy_round.discard(copies, result)  # not acknowledged: not delivered
+            copy_round.publish()
+        finally:
+            copy_round.close()
+        return [
+            copies.error if result is None and copies is not None else result
+            for (_, copies), result in zip(work, results, strict=True)
+        ]
+
+    def _seal_and_sync(
+        self, work: list[tuple[MessageWriter, Copies | None]], per_file: bool
+    ) -> list[Exception | None]:
         results: list[Exception | None] = []
         sealed: list[tuple[MessageWriter, int]] = []
-        for writer in writers:
+        for writer, copies in work:
+            if copies is not None:
+                writer.envelope.recipients.extend(copies.failed)  # the queue tries them
+                if not writer.envelope.recipients:  # every copy written: nothing to queue
+                    writer._discard()
+                    results.append(None)
+                    continue
             try:
                 fd = writer._seal()
             except Exception as exc:
@@ -430,21 +524,20 @@ class Spool:
             sealed.append((writer, fd))
             results.append(None)
         self.commit_count += len(sealed)
-        if not sealed:
-            return results
         try:
-            if self._use_syncfs and len(sealed) > PER_FILE_SYNC_MAX:
+            if not per_file:
                 assert self._sync_fd is not None
                 syncfs(self._sync_fd)
-            else:
+                self.sync_count += 1
+            elif sealed:
                 for _, fd in sealed:
                     os.fsync(fd)
                 fsync_dir(self._active)
-            self.sync_count += 1
-        except OSError:
+                self.sync_count += 1
+        except OSError as exc:
             for writer, _ in sealed:
                 unlink_quietly(writer._active)
-            raise
+            return [exc] * len(work)
         finally:
             for _, fd in sealed:
                 os.close(fd)
@@ -630,3 +723,28 @@ class Spool:
 
 if TYPE_CHECKING:  # Spool is a QueueStore; mypy checks it here
     _store: QueueStore = Spool(Path())
+
+
+def _settle(waiting: list[asyncio.Future[None]], results: list[Exception | None]) -> None:
+    for done, result in zip(waiting, results, strict=True):
+        if done.done():
+            continue
+        if result is None:
+            done.set_result(None)
+        else:
+            done.set_exception(result)
+
+
+def _settle_from(
+    waiting: list[asyncio.Future[None]], publishing: asyncio.Future[list[Exception | None]]
+) -> None:
+    if publishing.cancelled():
+        for done in waiting:
+            done.cancel()
+        return
+    error = publishing.exception()
+    if error is not None:
+        fail = error if isinstance(error, Exception) else RuntimeError(str(error))
+        _settle(waiting, [fail] * len(waiting))
+    else:
+        _settle(waiting, publishing.result())

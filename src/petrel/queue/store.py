@@ -13,16 +13,63 @@ changes. The contract every backend keeps:
   not be durable: after a crash an older state may come back (an attempt is repeated,
   none is lost). `finish` removes a message for good.
 - Methods other than `commit` may block: delivery calls them from worker threads.
+- A store whose ``copier`` is set takes `Copies` along with a commit: files another
+  stage writes (direct delivery's Maildir copies) made durable by the same sync
+  rounds. A store without one (None) is never given any.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
-from petrel.queue.envelope import Envelope
+from petrel.queue.envelope import Envelope, Recipient
 
-__all__ = ["QueueStore", "QueueWriter"]
+__all__ = ["Copier", "Copies", "CopyRound", "QueueStore", "QueueWriter"]
+
+
+class Copies(Protocol):
+    """Copies of one message for some of its recipients, written by another stage.
+
+    After the round: ``failed`` are the recipients whose copy could not be written (the
+    queue takes them instead), ``error`` is set if written copies may not be durable
+    (the whole message then failed: nothing may be acknowledged).
+    """
+
+    @property
+    def files(self) -> int:
+        """How many files the copies are."""
+        ...
+
+    @property
+    def failed(self) -> Sequence[Recipient]: ...
+
+    @property
+    def error(self) -> Exception | None: ...
+
+
+class CopyRound(Protocol):
+    """One commit batch's copies, in the commit thread: written, then published."""
+
+    def discard(self, copies: Copies, error: Exception) -> None:
+        """These copies' message failed (not durable, or its spool file could not be
+        written): remove what was written for it; ``error`` becomes its error."""
+        ...
+
+    def publish(self) -> None:
+        """The data is durable: make the copies not discarded visible, names durable."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Copier(Protocol):
+    """Writes `Copies` in a store's commit thread, sharing the store's sync rounds."""
+
+    def write(self, batch: Sequence[Copies], per_file: bool, covered_dev: int) -> CopyRound:
+        """Write every copy's data; fsync each file itself when ``per_file`` or when a
+        syncfs of ``covered_dev`` (the file system the store syncs) does not cover it."""
+        ...
 
 
 class QueueWriter(Protocol):
@@ -33,12 +80,18 @@ class QueueWriter(Protocol):
 
     @property
     def envelope(self) -> Envelope:
-        """As given to `QueueStore.begin` (later changes to it are not stored)."""
+        """What will be stored: as given to `QueueStore.begin`, less the recipients a
+        commit's `Copies` took."""
         ...
 
     @property
     def size(self) -> int:
         """Message octets written so far."""
+        ...
+
+    @property
+    def text(self) -> bytes | None:
+        """The message text while the writer still holds it in memory, else None."""
         ...
 
     def write(self, data: bytes) -> None: ...
@@ -56,8 +109,15 @@ class QueueStore(Protocol):
 
     def begin(self, envelope: Envelope) -> QueueWriter: ...
 
-    async def commit(self, writer: QueueWriter) -> None:
-        """Return once ``writer``'s message is durable; OSError if it could not be."""
+    copier: Copier | None
+
+    async def commit(self, writer: QueueWriter, copies: Copies | None = None) -> None:
+        """Return once ``writer``'s message is durable; OSError if it could not be.
+
+        With ``copies`` the message's envelope holds the recipients the queue keeps; the
+        ``failed`` copies' recipients are added to it before it is stored. When none is
+        left, nothing is stored (``writer.envelope.recipients`` says which case).
+        """
         ...
 
     # -- start-up ------------------------------------------------------------------
