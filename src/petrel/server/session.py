@@ -287,6 +287,8 @@ class SmtpSession(asyncio.Protocol):
 
     def _greet(self) -> None:
         """The delay is over and the lists have answered: the 220, or the DNSBL's 554."""
+        if not self._held:  # cancelled meanwhile (the client left, shutdown)
+            return
         screening, self._screening = self._screening, None
         self._held = False
         conn = self.conn
