@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from petrel import __version__
-from petrel.config import FD_RESERVE, Config
+from petrel.config import FD_RESERVE, Config, ConfigError
 from petrel.delivery.maildir import clean_tmp
 from petrel.delivery.manager import QueueManager
+from petrel.dkim import Signer
 from petrel.dns import Resolver
 from petrel.fsutil import (
     UnsafePathError,
@@ -184,6 +185,11 @@ async def _serve(config: Config, log_args: list[str] | None, errors: ErrorLog) -
         log_event(log, "privileges-not-dropped", level=logging.ERROR, error=str(exc))
         return 1
     if dropped is None:
+        return 1
+    try:  # again as the user the server runs as: it must read the keys on reload too
+        Signer.load(config.dkim)
+    except ConfigError as exc:
+        log_event(log, "dkim-key-unusable", level=logging.ERROR, error=str(exc))
         return 1
     try:
         _check_data_dir(config)

@@ -27,6 +27,8 @@ __all__ = [
     "Config",
     "ConfigError",
     "DeliverySection",
+    "DkimSection",
+    "DkimSign",
     "DnsSection",
     "DnsblSite",
     "DomainsSection",
@@ -40,7 +42,9 @@ __all__ = [
     "TlsSection",
     "default_connections",
     "load_config",
+    "parse_domain",
     "parse_duration",
+    "parse_selector",
 ]
 
 LISTENER_MODES = ("smtp", "submission", "submissions", "lmtp")
@@ -74,6 +78,7 @@ _SECTIONS = frozenset(
         "delivery",
         "antispam",
         "dns",
+        "dkim",
     }
 )
 AUTH_MECHANISMS = ("PLAIN", "LOGIN", "SCRAM-SHA-256")
@@ -212,6 +217,21 @@ class DnsSection:
 
 
 @dataclass(frozen=True, slots=True)
+class DkimSign:
+    """One ``[[dkim.sign]]`` entry; the key file is read by petrel.dkim, not here, so
+    `petrel dkim keygen` can make a key the file already names."""
+
+    domain: str  # signs mail whose From: domain is this or a subdomain
+    selector: str
+    key: Path  # absolute (relative paths are in data_dir)
+
+
+@dataclass(frozen=True, slots=True)
+class DkimSection:
+    sign: tuple[DkimSign, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class PolicySection:
     vrfy: str
     expn: str
@@ -300,6 +320,7 @@ class Config:
     log: LogSection = field(default_factory=LogSection)
     antispam: AntispamSection = field(default_factory=AntispamSection)
     dns: DnsSection = field(default_factory=DnsSection)
+    dkim: DkimSection = field(default_factory=DkimSection)
 
     @classmethod
     def default(cls) -> Config:
@@ -409,6 +430,7 @@ def _build(data: dict[str, Any], base_dir: Path, source: Path | None) -> Config:
         log=_log(_Table(data.get("log", {}), "log"), server.data_dir),
         antispam=_antispam(_Table(data.get("antispam", {}), "antispam")),
         dns=_dns(_Table(data.get("dns", {}), "dns")),
+        dkim=_dkim(_Table(data.get("dkim", {}), "dkim"), server.data_dir),
     )
 
 
@@ -651,6 +673,47 @@ def _nameserver(value: Any, key: str) -> tuple[str, int]:
         return str(ipaddress.ip_address(host)), port
     except ValueError:
         raise ConfigError(f"{key}: {wanted}") from None
+
+
+def _dkim(t: _Table, data_dir: Path) -> DkimSection:
+    entries = _list(t.take("sign", []), t.key("sign"))
+    t.finish()
+    signs: list[DkimSign] = []
+    seen: dict[tuple[str, str], int] = {}
+    for index, item in enumerate(entries):
+        e = _Table(item, f"{t.key('sign')}[{index}]")
+        domain = _domain(e.take("domain"), e.key("domain"))
+        selector = _selector(e.take("selector"), e.key("selector"))
+        key = _path(
+            e.take("key", f"dkim/{domain}.{selector}.key"), e.key("key"), data_dir
+        )
+        e.finish()
+        if (domain, selector) in seen:
+            raise ConfigError(
+                f"{e.key('selector')}: {selector!r} for {domain} is already "
+                f"{t.key('sign')}[{seen[domain, selector]}]"
+            )
+        seen[domain, selector] = index
+        signs.append(DkimSign(domain, selector, key))
+    return DkimSection(tuple(signs))
+
+
+def parse_domain(value: str, key: str) -> str:
+    """A domain name as config keys hold it (lower-case IDNA); ConfigError names ``key``."""
+    return _domain(value, key)
+
+
+def parse_selector(value: str, key: str) -> str:
+    """A DKIM selector; ConfigError names ``key``."""
+    return _selector(value, key)
+
+
+def _selector(value: Any, key: str) -> str:
+    """A DKIM selector (RFC 6376 §3.1): dot-separated DNS labels."""
+    text = _str(value, key).lower()
+    if not all(_LABEL_RE.fullmatch(label) for label in text.split(".")):
+        raise ConfigError(f"{key}: not a valid selector (letters, digits, '-', '.'): {value!r}")
+    return text
 
 
 def _policy(t: _Table) -> PolicySection:

@@ -12,6 +12,7 @@ import dataclasses
 import logging
 
 from petrel.config import Config, ConfigError, load_config
+from petrel.dkim import Signer
 from petrel.log import log_event
 from petrel.policy import Policy
 from petrel.policy.aliases import AliasError, Aliases
@@ -72,6 +73,7 @@ def reread(running: Config, running_policy: Policy) -> tuple[Config, Policy] | N
     """The configuration (and policy) after a reload, or None if it was refused."""
     try:
         new = load_config(running.source)
+        Signer.load(new.dkim)  # a missing or broken DKIM key refuses the reload
         policy = new_policy(keep_restart_only(running, new), running_policy)
     except (ConfigError, AliasError) as exc:
         error = " ".join(str(exc).split())  # one line

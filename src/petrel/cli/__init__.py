@@ -16,7 +16,7 @@ from petrel.log import FORMATS, LEVELS, LogSetupError, set_process_field, setup_
 from petrel.policy.aliases import AliasError, Aliases
 from petrel.policy.users import UserError
 
-from . import queue
+from . import dkim, queue
 
 CONFIG_HELP = (
     "TOML configuration file (default: $PETREL_CONFIG, else /etc/petrel/petrel.toml"
@@ -90,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
         "sendmail", help="queue a message from stdin (sendmail-compatible: -t -i -f -F)"
     )
     queue.add_parser(sub, common)
+    dkim.add_parser(sub, common)
     return parser
 
 
@@ -241,16 +242,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
     if args.command == "queue":
         return queue.run(config, args)
+    if args.command == "dkim":
+        return dkim.run(config, args)
     if args.command == "reload":
         return _reload(config)
     if args.command == "status":
         return _status(config, args.json)
     if args.command in ("serve", "check-config") and getattr(args, "worker", None) is None:
+        from petrel.dkim import Signer
         from petrel.server.tls import TlsError, check_configured_pair
 
         try:
             check_configured_pair(config)  # a typo in a path: one line, before any start-up
-        except TlsError as exc:
+            Signer.load(config.dkim)  # the same for a DKIM key
+        except (TlsError, ConfigError) as exc:
             print(f"petrel: {exc}", file=sys.stderr)
             return 2
     if args.command == "check-config":

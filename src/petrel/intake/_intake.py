@@ -10,6 +10,7 @@ limit, makes the message durable and hands it to delivery.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -18,11 +19,12 @@ from typing import NamedTuple, Protocol
 
 from petrel import smtp
 from petrel.config import Config
+from petrel.dkim import Signer
 from petrel.log import log_event
 from petrel.queue import Envelope, QueueStore, QueueWriter, Recipient, new_queue_id
 
 from .direct import MaildirCopies, direct_recipients
-from .headers import HeaderSection
+from .headers import HeaderSection, header_values, split_header_block
 from .trace import Origin, received_field, rfc5322_date
 
 __all__ = [
@@ -127,18 +129,28 @@ class Draft:
 
     With ``fix_header`` (submission, RFC 6409 §8; local submission) the text is held
     back until the header section is complete, so the fields it lacks can go in front.
-    Writes may raise OSError (a full disk): then `abort`.
+    With ``sign`` (a message the DKIM signer may sign) the whole text is held until
+    commit, since the signature goes in front and covers the body: memory up to
+    ``limits.message_size`` for such a message. Writes may raise OSError (a full disk):
+    then `abort`.
     """
 
-    __slots__ = ("_default_from", "_header", "_held", "_hostname", "_writer")
+    __slots__ = ("_default_from", "_fix", "_header", "_held", "_hostname", "_sign", "_writer")
 
     def __init__(
-        self, writer: QueueWriter, hostname: str, fix_header: bool, default_from: str | None
+        self,
+        writer: QueueWriter,
+        hostname: str,
+        fix_header: bool,
+        default_from: str | None,
+        sign: bool = False,
     ) -> None:
         self._writer = writer
         self._hostname = hostname
         self._header = HeaderSection()
-        self._held: bytearray | None = bytearray() if fix_header else None
+        self._held: bytearray | None = bytearray() if fix_header or sign else None
+        self._fix = fix_header
+        self._sign = sign
         self._default_from = default_from
 
     @property
@@ -161,7 +173,7 @@ class Draft:
             self._writer.write(data)
             return
         self._held += data
-        if self._header.done:
+        if self._header.done and not self._sign:
             self._release()
 
     def abort(self) -> None:
@@ -169,27 +181,40 @@ class Draft:
         self._held = None
         self._writer.abort()
 
-    def _release(self) -> None:
-        """Write the held-back text behind the fields it lacks (RFC 6409 §8.2–8.3)."""
-        held, self._held = self._held, None
+    def _release(self, signatures: bytes = b"") -> None:
+        """Write the held-back text, with its signatures and the fields it lacks."""
+        text = self._text()
+        self._held = None
+        if text is not None:
+            self._writer.write(signatures + text)
+
+    def _text(self) -> bytes | None:
+        """The held-back text behind the fields it lacks (RFC 6409 §8.2–8.3); the
+        fields are made once, so the text signed is the text written."""
+        held = self._held
         if held is None:
-            return
-        names = self._header.field_names()
-        added = b""
-        if b"date" not in names:
-            added += f"Date: {rfc5322_date()}\r\n".encode()
-        if b"message-id" not in names:
-            msgid = f"{self.envelope.queue_id}.{secrets.token_hex(4)}@{self._hostname}"
-            added += f"Message-ID: <{msgid}>\r\n".encode()
-        if self._default_from is not None and b"from" not in names:
-            added += f"From: {self._default_from}\r\n".encode()
-        self._writer.write(added + bytes(held))
+            return None
+        if self._fix:
+            self._fix = False
+            names = self._header.field_names()
+            added = b""
+            if b"date" not in names:
+                added += f"Date: {rfc5322_date()}\r\n".encode()
+            if b"message-id" not in names:
+                msgid = f"{self.envelope.queue_id}.{secrets.token_hex(4)}@{self._hostname}"
+                added += f"Message-ID: <{msgid}>\r\n".encode()
+            if self._default_from is not None and b"from" not in names:
+                added += f"From: {self._default_from}\r\n".encode()
+            held[:0] = added
+        return bytes(held)
 
 
 class Intake:
     """Begin, stream, commit: the same path into the queue for every kind of producer."""
 
     def __init__(self, config: Config, spool: QueueStore, submitter: Submitter) -> None:
+        """ConfigError if a ``[[dkim.sign]]`` key cannot be read (checked at start and
+        reload before any intake is made, so only a key changed since then)."""
         self.hostname = config.server.hostname
         self.max_received = config.delivery.max_received
         self.spool = spool
@@ -197,6 +222,7 @@ class Intake:
         self.local_domains = config.domains.local
         # Direct delivery (intake/direct.py) needs a store that writes copies with a commit.
         self.direct = config.delivery.direct if spool.copier is not None else 0
+        self.signer = Signer.load(config.dkim)
 
     def has_room(self, size: int) -> bool:
         """Can the spool take a message of ``size`` octets now (a free-space floor)?"""
@@ -210,11 +236,15 @@ class Intake:
         given: Sequence[str] = (),
         fix_header: bool = False,
         default_from: str | None = None,
+        sign: bool = False,
     ) -> Draft:
         """A draft whose first line is our Received field (``given``: the addresses as
-        the client gave them, for its ``for`` clause). OSError if the spool refuses."""
+        the client gave them, for its ``for`` clause). ``sign``: the submitter's mail
+        is ours to sign (`Policy.signs_for`), when its From: has a key. OSError if the
+        spool refuses."""
         writer = self.spool.begin(envelope)
-        draft = Draft(writer, self.hostname, fix_header, default_from)
+        sign = sign and bool(self.signer.keys)
+        draft = Draft(writer, self.hostname, fix_header, default_from, sign)
         for_rcpt = given[0] if len(given) == 1 else None
         trace = received_field(
             self.hostname, envelope.queue_id, envelope.received_at, origin, for_rcpt
@@ -236,7 +266,7 @@ class Intake:
             draft.abort()
             raise TooManyHops(draft.hops)
         try:
-            draft._release()
+            draft._release(await self._signatures(draft))
         except BaseException:
             draft.abort()
             raise
@@ -269,6 +299,19 @@ class Intake:
                 return
         self.submitter.submit(envelope)
 
+    async def _signatures(self, draft: Draft) -> bytes:
+        """DKIM-Signature fields for a draft that may be signed and has a key for its
+        From: domain; computed in a thread (body hash and RSA take milliseconds)."""
+        text = draft._text() if draft._sign else None
+        if text is None:
+            return b""
+        fields, _ = split_header_block(text)
+        keys = self.signer.keys_for(header_values(fields, "from"))
+        if not keys:
+            return b""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, self.signer.sign, text, keys)
+
     def _copies(self, draft: Draft) -> MaildirCopies | None:
         """The direct recipients' copies, taken out of the envelope (intake/direct.py)."""
         if not self.direct:
@@ -293,11 +336,17 @@ class Intake:
         given: Sequence[str] = (),
         fix_header: bool = False,
         default_from: str | None = None,
+        sign: bool = False,
         **context: str,
     ) -> None:
         """`begin`, write and `commit` a message that is already whole in memory."""
         draft = self.begin(
-            envelope, origin, given=given, fix_header=fix_header, default_from=default_from
+            envelope,
+            origin,
+            given=given,
+            fix_header=fix_header,
+            default_from=default_from,
+            sign=sign,
         )
         try:
             draft.write(message)

@@ -247,6 +247,7 @@ def submit(
                 given=submission.given,
                 fix_header=True,
                 default_from=submission.default_from,
+                sign=True,
                 via="sendmail",
             )
         )

@@ -72,6 +72,11 @@ class Policy:
             return False
         return any(ip in net for net in self.relay_networks)
 
+    def signs_for(self, client: Client) -> bool:
+        """Is this client's mail ours to DKIM-sign? Authenticated users and
+        ``relay_networks`` send as our domains; anyone else on port 25 is inbound mail."""
+        return self.may_relay(client)
+
     # -- MAIL, ETRN -------------------------------------------------------------------
 
     def check_mail(

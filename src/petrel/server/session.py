@@ -1027,6 +1027,7 @@ class SmtpSession(asyncio.Protocol):
                     self._origin(),
                     given=[r.given for r in txn.recipients],
                     fix_header=self.submission,
+                    sign=self.ctx.policy.signs_for(self._client()),
                 )
             except OSError as exc:
                 self._storage_failed(exc)

@@ -197,6 +197,7 @@ class _StdioSession:
                     given=[r.given for r in txn.recipients],
                     fix_header=True,
                     default_from=sender or f"MAILER-DAEMON@{self.hostname}",
+                    sign=True,  # a local user's mail, as from `petrel sendmail`
                 )
             except OSError:
                 self._storage_failed()
