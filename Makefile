@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 ARGS ?=
 
-.PHONY: venv system-deps test-deps bench-deps bench bench-dkim crash test lint serve clean
+.PHONY: venv system-deps test-deps bench-deps bench bench-dkim bench-checks crash test lint serve clean
 
 venv: $(VENV)/.stamp
 
@@ -33,8 +33,8 @@ $(VENV)/.stamp-serve: pyproject.toml
 system-deps:
 	@if ! command -v swaks >/dev/null 2>&1 || ! perl -MNet::SSLeay -MIO::Socket::SSL -e1 2>/dev/null \
 			|| ! command -v postfix >/dev/null 2>&1 || ! test -x /usr/lib/dovecot/lmtp \
-			|| ! test -x /usr/sbin/haproxy || ! command -v strace >/dev/null 2>&1 \
-			|| ! test -x /usr/sbin/knotd || ! perl -MMail::DKIM::Verifier -e1 2>/dev/null; then \
+			|| ! test -x /usr/sbin/haproxy || ! test -x /usr/sbin/knotd \
+			|| ! perl -MMail::DKIM::Verifier -e1 2>/dev/null || ! command -v strace >/dev/null 2>&1; then \
 		if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		if [ -e /usr/sbin/dovecot ]; then had_dovecot=yes; else had_dovecot=; fi; \
 		if [ -e /usr/sbin/haproxy ]; then had_haproxy=yes; else had_haproxy=; fi; \
@@ -43,7 +43,7 @@ system-deps:
 		$$SUDO apt-get update && \
 		$$SUDO sh tools/apt-install-no-start.sh \
 			swaks libnet-ssleay-perl libio-socket-ssl-perl postfix dovecot-core dovecot-lmtpd \
-			haproxy strace knot libmail-dkim-perl && \
+			haproxy knot libmail-dkim-perl strace && \
 		{ [ -n "$$had_dovecot" ] || $$SUDO update-rc.d dovecot disable || true; } && \
 		{ [ -n "$$had_haproxy" ] || $$SUDO update-rc.d haproxy disable || true; } && \
 		{ [ -n "$$had_knot" ] || $$SUDO update-rc.d knot disable || true; }; \
@@ -69,13 +69,20 @@ lint: venv
 	$(VENV)/bin/mypy --strict src
 
 # Postfix gives the bench smtp-source and the side-by-side peer. The preseed keeps the
-# package from configuring or starting a system instance; the bench runs its own.
+# package from configuring or starting a system instance; the bench runs its own. Knot
+# DNS answers the lookups of the "petrel checks" target (bench/run.py), started by the
+# bench in its temporary directory, never as a service.
 bench-deps:
 	@if ! command -v smtp-source >/dev/null 2>&1; then \
 		if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		echo "postfix postfix/main_mailer_type select No configuration" | $$SUDO debconf-set-selections && \
 		$$SUDO apt-get update && \
 		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postfix; \
+	fi
+	@if ! test -x /usr/sbin/knotd; then \
+		if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update && $$SUDO sh tools/apt-install-no-start.sh knot && \
+		{ $$SUDO update-rc.d knot disable || true; }; \
 	fi
 
 # Side by side with Postfix on loopback; QUICK=1 for a < 2 minute run. Writes bench/results/.
@@ -89,6 +96,11 @@ bench: venv bench-deps
 # with and without [[dkim.sign]] (bench/dkim_cost.py; MESSAGES, CLIENTS).
 bench-dkim: venv
 	cd bench && ../$(VENV)/bin/python dkim_cost.py
+
+# What the inbound checks cost per message, alone (bench/checks_cost.py; ROUNDS); `make
+# bench` has them end to end (its "petrel checks" target, against Knot DNS on loopback).
+bench-checks: venv
+	$(VENV)/bin/python bench/checks_cost.py
 
 # kill -9 under load, again and again: every 250 must arrive exactly once (bench/crash.py).
 crash: venv

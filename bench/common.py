@@ -91,6 +91,18 @@ def tree_memory(pids: list[int]) -> tuple[int, int]:
     return rss, pss
 
 
+def tree_cpu(pids: list[int]) -> float:
+    """CPU seconds (user + system, all threads) the live processes have used so far."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (stat fields 14, 15)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def count_files(directory: Path) -> int:
     """Number of entries in ``directory`` (0 when it does not exist yet)."""
     try:

@@ -140,8 +140,10 @@ dns = false
         stderr=subprocess.STDOUT,
     )
     found = wait_until(
-        lambda: re.search(r"event=ready", log.read_text())
-        and re.search(r"event=listening address=\S+:(\d+)", log.read_text()),
+        lambda: (
+            re.search(r"event=ready", log.read_text())
+            and re.search(r"event=listening address=\S+:(\d+)", log.read_text())
+        ),
         30,
         "petrel to listen",
     )

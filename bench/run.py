@@ -9,7 +9,10 @@ bench/results/<date>.md and prints the same tables.
 
 Environment: QUICK=1 (one run, fewer messages, < 2 minutes), RUNS, MESSAGES,
 WORKERS (Petrel's server.workers; "compare" runs 1 and "auto" side by side),
-TARGETS (comma list of petrel,postfix), MATRIX=0 / PROBES=0 (skip either part),
+TARGETS (comma list of petrel,checks,postfix; "checks" is Petrel with the inbound
+SPF/DKIM/DMARC/ARC checks on, asking a Knot DNS server on loopback that serves an SPF
+pass and a DMARC record for the sender, ``petrel`` has them off), MATRIX=0 / PROBES=0
+(skip either part),
 KEEP=1 (keep the temporary directory and its logs).
 """
 
@@ -36,10 +39,13 @@ from common import (
     empty_maildir,
     machine_facts,
     raise_nofile,
+    tree_cpu,
 )
 from targets import RECIPIENT, PetrelTarget, PostfixTarget, Target
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+from dns_server import DnsServer, txt  # noqa: E402  (the tests' Knot DNS server)
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,7 @@ class Settings:
     big_size: int
     workers: list[str]
     with_postfix: bool
+    with_checks: bool
     matrix: bool
     probes: bool
 
@@ -75,7 +82,7 @@ class Settings:
     def from_env(cls) -> Settings:
         quick = os.environ.get("QUICK", "0") not in ("", "0")
         workers = os.environ.get("WORKERS", "1")
-        targets = os.environ.get("TARGETS", "petrel,postfix").split(",")
+        targets = os.environ.get("TARGETS", "petrel,checks,postfix").split(",")
         return cls(
             quick=quick,
             runs=int(os.environ.get("RUNS", "1" if quick else "5")),
@@ -85,6 +92,7 @@ class Settings:
             big_size=int(os.environ.get("BIG_MB", "50")) << 20,
             workers=["1", "auto"] if workers == "compare" else [workers],
             with_postfix="postfix" in targets,
+            with_checks="checks" in targets,
             matrix=os.environ.get("MATRIX", "1") != "0",
             probes=os.environ.get("PROBES", "1") != "0",
         )
@@ -107,6 +115,7 @@ class Sample:
     accepted_rate: float  # msgs/s until smtp-source returned
     ok: bool
     note: str = ""
+    cpu_ms: float | None = None  # Petrel's CPU per message (its processes live throughout)
 
 
 @dataclass
@@ -132,6 +141,8 @@ def run_point(target: Target, point: Point) -> Sample:
         f"{LOOPBACK}:{target.port}",
     ]  # fmt: skip
     limit = 30 + point.messages * point.size / 2e6 + point.messages / 50
+    # Postfix forks and reaps per message, so only Petrel's CPU can be read this way.
+    cpu_before = tree_cpu(target.pids()) if isinstance(target, PetrelTarget) else None
     start = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -166,11 +177,15 @@ def run_point(target: Target, point: Point) -> Sample:
     note = (
         "" if ok else f"delivered {delivered}/{point.messages}, rc={proc.returncode} {err[-200:]}"
     )
+    cpu_ms = None
+    if cpu_before is not None and delivered:
+        cpu_ms = (tree_cpu(target.pids()) - cpu_before) * 1000 / delivered
     return Sample(
         delivered_rate=delivered / (end - start),
         accepted_rate=point.messages / max(accepted_at - start, 1e-9),
         ok=ok,
         note=note,
+        cpu_ms=cpu_ms,
     )
 
 
@@ -183,10 +198,11 @@ def run_matrix(settings: Settings, targets: list[Target], results: Results) -> N
                 sample = run_point(target, point)
                 results.samples.setdefault((point.label, target.name), []).append(sample)
                 flag = "" if sample.ok else f"  FAILED: {sample.note}"
+                cpu = "" if sample.cpu_ms is None else f", {sample.cpu_ms:.2f} ms CPU/msg"
                 print(
                     f"  {point.label:>11}  run {round_no + 1}/{settings.runs}  "
                     f"{target.name:<12} {sample.delivered_rate:8.0f} msgs/s delivered"
-                    f"  ({sample.accepted_rate:.0f} accepted){flag}",
+                    f"  ({sample.accepted_rate:.0f} accepted{cpu}){flag}",
                     flush=True,
                 )
 
@@ -291,6 +307,17 @@ def report(settings: Settings, names: list[str], results: Results, facts: dict[s
                 a, b = medians.get((label, name)), medians.get((label, "postfix"))
                 cells.append(f"**{a / b:.2f}×**" if a and b else "–")
             lines.append(f"| {name} / postfix | " + " | ".join(cells) + " |")
+    cpu_rows = []
+    for name in names:
+        cells = []
+        for label in labels:
+            cpu = [s.cpu_ms for s in results.samples.get((label, name), []) if s.cpu_ms]
+            cells.append(f"{statistics.median(cpu):.2f}" if cpu else "–")
+        if any(c != "–" for c in cells):
+            cpu_rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    if cpu_rows:
+        lines += ["", "Server CPU ms per message (user + system, all threads): median.", ""]
+        lines += [header, "|---" * (len(labels) + 1) + "|", *cpu_rows]
     if results.probes:
         lines += ["", "| probe | target | result |", "|---|---|---|"]
         lines += [f"| {p} | {t} | {v} |" for p, t, v in results.probes]
@@ -301,6 +328,17 @@ def report(settings: Settings, names: list[str], results: Results, facts: dict[s
         "",
     ]
     return "\n".join(lines)
+
+
+def start_dns(root: Path) -> DnsServer:
+    """The tests' Knot DNS server, serving what the checks look up for smtp-source's
+    mail (MAIL FROM and HELO client.test): SPF pass for 127.0.0.1, DMARC p=none."""
+    dns = DnsServer(root)
+    dns.zone(
+        "client.test",
+        [f"@ TXT {txt('v=spf1 ip4:127.0.0.1 -all')}", f"_dmarc TXT {txt('v=DMARC1; p=none')}"],
+    )
+    return dns.start()
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -323,12 +361,16 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="petrel-bench-"))
     os.chmod(root, 0o755)  # the Postfix instance's users must traverse it
     targets: list[Target] = []
+    dns: DnsServer | None = None
     results = Results()
     started = time.monotonic()
     try:
         for workers in settings.workers:
             name = "petrel" if len(settings.workers) == 1 else f"petrel w={workers}"
             targets.append(PetrelTarget(root / f"petrel-{workers}", workers, name))
+        if settings.with_checks:
+            dns = start_dns(root / "dns")
+            targets.append(PetrelTarget(root / "petrel-checks", "1", "petrel checks", dns.address))
         if settings.with_postfix:
             targets.append(PostfixTarget(root / "postfix"))
         for target in targets:
@@ -352,6 +394,8 @@ def main() -> int:
                 target.stop()
             except Exception as exc:  # teardown must go on to the next target
                 print(f"stopping {target.name}: {exc}", file=sys.stderr)
+        if dns is not None:
+            dns.stop()
         if os.environ.get("KEEP") == "1":
             print(f"kept {root}", file=sys.stderr)
         else:

@@ -50,10 +50,13 @@ class Target:
 class PetrelTarget(Target):
     """``petrel serve`` on 127.0.0.1:0 with raised limits and its own data_dir."""
 
-    def __init__(self, root: Path, workers: str = "1", name: str = "petrel") -> None:
+    def __init__(
+        self, root: Path, workers: str = "1", name: str = "petrel", dns: str | None = None
+    ) -> None:
         self.root = root
         self.workers = workers
         self.name = name
+        self.dns = dns  # a loopback DNS server: the inbound checks on; None: checks off
         self.data_dir = root / "data"
         self.log_path = root / "petrel.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -82,7 +85,17 @@ local = ["{DOMAIN}"]
 message_size = 104857600
 connections = 30000
 connections_per_ip = 30000
+""" + (
+            f"""
+[dns]
+nameservers = ["{self.dns}"]
+
+[authentication]
+checks = true
 """
+            if self.dns
+            else "\n[authentication]\nchecks = false\n"
+        )
 
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

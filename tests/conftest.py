@@ -108,6 +108,10 @@ mode = "smtp"
             # No DNS in tests: a lookup would leave the machine. Remote domains without a
             # `hosts` entry are deferred, so their mail waits in the queue.
             base += "\n[delivery]\ndns = false\n"
+        if "[authentication]" not in self.extra_config:
+            # The inbound checks look up SPF, DKIM and DMARC records: tests that want them
+            # say so and run a DNS server (dns_server) for them.
+            base += "\n[authentication]\nchecks = false\n"
         self.config_path.write_text(base + self.extra_config)
 
     def start(self) -> PetrelServer:

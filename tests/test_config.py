@@ -313,6 +313,8 @@ def test_parse_duration_rejects_with_key(value: object) -> None:
             "listener[0].port: unknown key",
         ),
         ("server = 5\n", "server: must be a table, got 5"),
+        ("[authentication]\nchecks = 'yes'\n", "authentication.checks: must be true or false"),
+        ("[authentication]\nspf_rejct = true\n", "authentication.spf_rejct: unknown key"),
         # types; bool is not an int
         ("[limits]\nerrors = -1\n", "limits.errors: must be a positive integer, got -1"),
         ("[limits]\nerrors = 0\n", "limits.errors: must be a positive integer, got 0"),

@@ -24,6 +24,7 @@ __all__ = [
     "AliasesSection",
     "AntispamSection",
     "AuthSection",
+    "AuthenticationSection",
     "Config",
     "ConfigError",
     "DeliverySection",
@@ -79,6 +80,7 @@ _SECTIONS = frozenset(
         "antispam",
         "dns",
         "dkim",
+        "authentication",
     }
 )
 AUTH_MECHANISMS = ("PLAIN", "LOGIN", "SCRAM-SHA-256")
@@ -304,6 +306,15 @@ class AuthSection:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthenticationSection:
+    """Inbound checks (SPF, DKIM, DMARC, ARC) on mail from unauthenticated clients."""
+
+    checks: bool = True  # one Authentication-Results field on every such message
+    dmarc_enforce: bool = True  # p=reject -> 550 5.7.1, p=quarantine -> the Junk folder
+    spf_reject: bool = False  # an SPF fail alone -> 550 5.7.23
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerSection
     listeners: tuple[Listener, ...]
@@ -321,6 +332,7 @@ class Config:
     antispam: AntispamSection = field(default_factory=AntispamSection)
     dns: DnsSection = field(default_factory=DnsSection)
     dkim: DkimSection = field(default_factory=DkimSection)
+    authentication: AuthenticationSection = field(default_factory=AuthenticationSection)
 
     @classmethod
     def default(cls) -> Config:
@@ -431,6 +443,7 @@ def _build(data: dict[str, Any], base_dir: Path, source: Path | None) -> Config:
         antispam=_antispam(_Table(data.get("antispam", {}), "antispam")),
         dns=_dns(_Table(data.get("dns", {}), "dns")),
         dkim=_dkim(_Table(data.get("dkim", {}), "dkim"), server.data_dir),
+        authentication=_authentication(_Table(data.get("authentication", {}), "authentication")),
     )
 
 
@@ -831,6 +844,16 @@ def _auth(t: _Table) -> AuthSection:
     )
     t.finish()
     return auth
+
+
+def _authentication(t: _Table) -> AuthenticationSection:
+    section = AuthenticationSection(
+        checks=_bool(t.take("checks", True), t.key("checks")),
+        dmarc_enforce=_bool(t.take("dmarc_enforce", True), t.key("dmarc_enforce")),
+        spf_reject=_bool(t.take("spf_reject", False), t.key("spf_reject")),
+    )
+    t.finish()
+    return section
 
 
 def _show(value: Any) -> str:

@@ -22,8 +22,9 @@ from petrel.queue.store import QueueStore
 from .maildir import BodySource, DeliveredKeys, DeliveryItem, deliver_batch
 from .outcome import Job, Result, Route, deferred, delivered, local_error
 
-__all__ = ["IN_MEMORY_BODY", "LOCAL", "MaildirTransport", "delivery_item"]
+__all__ = ["IN_MEMORY_BODY", "JUNK_FOLDER", "LOCAL", "MaildirTransport", "delivery_item"]
 
+JUNK_FOLDER = "Junk"  # Maildir++ ``.Junk/``: where DMARC's quarantine puts local copies
 LOCAL = Route("local", "maildir")  # every local recipient: one route, one batch
 IN_MEMORY_BODY = 1 << 20  # bodies up to this size are read once and shared
 
@@ -114,5 +115,11 @@ def delivery_item(
         raise ValueError("the null path is not a mailbox")
     prefix = f"Return-Path: <{envelope.sender}>\nDelivered-To: {recipient.address}\n".encode()
     return DeliveryItem(
-        address.domain.lower(), address.mailbox, prefix, body, key=key, maybe_done=maybe_done
+        address.domain.lower(),
+        address.mailbox,
+        prefix,
+        body,
+        key=key,
+        maybe_done=maybe_done,
+        folder=JUNK_FOLDER if envelope.junk else "",
     )

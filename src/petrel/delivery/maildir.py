@@ -82,6 +82,9 @@ class DeliveryItem:
     # True when an earlier attempt may have finished unrecorded (the queue was recovered
     # after a crash): look for ``key`` among the delivered ones before writing again.
     maybe_done: bool = False
+    # A Maildir++ folder of the mailbox ("Junk" for ``.Junk/``), made when needed; "" is
+    # the inbox.
+    folder: str = ""
 
 
 class LineEndConverter:
@@ -164,18 +167,19 @@ class _Tree:
         self.root_fd = _open_root(root, create=True)
         self.made_domain = False  # a domain directory was created: fsync mailboxes/ too
         self._domains: dict[str, int] = {}
-        self._mailboxes: dict[tuple[str, str], _Mailbox] = {}
+        self._mailboxes: dict[tuple[str, str, str], _Mailbox] = {}
         self._fds: list[int] = []
 
-    def mailbox(self, domain: str, user: str) -> _Mailbox:
-        """The Maildir of user@domain, made on first use; ValueError for unsafe names."""
-        key = (_safe_name(domain, "domain"), _safe_name(user, "user name"))
+    def mailbox(self, domain: str, user: str, folder: str = "") -> _Mailbox:
+        """The Maildir of user@domain (or its Maildir++ ``folder``), made on first use;
+        ValueError for unsafe names."""
+        key = (_safe_name(domain, "domain"), _safe_name(user, "user name"), folder)
         box = self._mailboxes.get(key)
         if box is None:
             box = self._mailboxes[key] = self._open(*key)
         return box
 
-    def _open(self, domain: str, user: str) -> _Mailbox:
+    def _open(self, domain: str, user: str, folder: str) -> _Mailbox:
         path = self.root / domain
         domain_fd = self._domains.get(domain)
         if domain_fd is None:
@@ -186,6 +190,9 @@ class _Tree:
         path /= user
         maildir_fd, made_maildir = open_dir_at(domain_fd, user, path, follow=True)  # a link?
         self._fds.append(maildir_fd)
+        if folder:
+            maildir_fd = self._folder(maildir_fd, folder, path)
+            path /= f".{folder}"
         tmp_fd, made_tmp = open_dir_at(maildir_fd, "tmp", path / "tmp")
         self._fds.append(tmp_fd)
         new_fd, made_new = open_dir_at(maildir_fd, "new", path / "new")
@@ -198,6 +205,21 @@ class _Tree:
         if made_maildir:
             made += (domain_fd,)
         return _Mailbox(domain_fd, maildir_fd, tmp_fd, new_fd, made)
+
+    def _folder(self, maildir_fd: int, folder: str, path: Path) -> int:
+        """Maildir++ ``.<folder>/`` with its ``maildirfolder`` mark (what Dovecot and
+        Courier look for), made and made durable the first time."""
+        name = f".{folder}"
+        folder_fd, made = open_dir_at(maildir_fd, name, path / name)
+        self._fds.append(folder_fd)
+        if made:
+            mark = os.open(
+                "maildirfolder", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600, dir_fd=folder_fd
+            )
+            os.close(mark)
+            os.fsync(folder_fd)
+            os.fsync(maildir_fd)
+        return folder_fd
 
     def close(self) -> None:
         for fd in self._fds:
@@ -238,6 +260,8 @@ class DeliveredKeys:
         if not item.key:
             return False
         maildir = mailbox_path(self.root, item.domain, item.user)
+        if item.folder:
+            maildir /= f".{item.folder}"
         keys = self._keys.get(maildir)
         if keys is None:
             keys = self._keys[maildir] = set()
@@ -256,7 +280,7 @@ class DeliveredKeys:
 def _write_tmp(
     tree: _Tree, covered_dev: int, index: int, item: DeliveryItem, per_file: bool
 ) -> _Written:
-    box = tree.mailbox(item.domain, item.user)
+    box = tree.mailbox(item.domain, item.user, item.folder)
     now = time.time_ns() // 1000
     unique = f"K{item.key}" if item.key else f"Q{next(_counter)}"
     # Zero-padded microseconds: a plain `ls` (and sorted()) lists mail in arrival order.

@@ -8,6 +8,7 @@ all call it; nothing else writes to the spool.
 
 from ._intake import (
     Accepted,
+    CheckRefused,
     Draft,
     Intake,
     Submitter,
@@ -20,6 +21,7 @@ from .trace import LOCAL_PROTOCOL, Origin, received_field, rfc5322_date
 __all__ = [
     "LOCAL_PROTOCOL",
     "Accepted",
+    "CheckRefused",
     "Draft",
     "Intake",
     "Origin",

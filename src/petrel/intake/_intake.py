@@ -6,6 +6,12 @@ goes through the same steps: the envelope's recipients come from `expand_recipie
 field, the text streams through a `Draft` (header section scanned once: hop count and,
 for submission, the missing Date/Message-ID added), and `Intake.commit` checks the hop
 limit, makes the message durable and hands it to delivery.
+
+Mail that the inbound checks cover (`Checker`: SPF begun at MAIL, DKIM, DMARC, ARC) is
+held whole until its end instead: `Intake.commit` then checks it, lets
+`policy.authentication.judge` decide (refuse, deliver to Junk, deliver), and writes it
+behind our trace field and our Authentication-Results field, without any field that
+forged our authserv-id.
 """
 
 from __future__ import annotations
@@ -20,15 +26,19 @@ from typing import NamedTuple, Protocol
 from petrel import smtp
 from petrel.config import Config
 from petrel.dkim import Signer
+from petrel.dkim.keys import SigningKey
 from petrel.log import log_event
+from petrel.mailauth.checks import Checker, SpfPair
+from petrel.policy.authentication import judge
 from petrel.queue import Envelope, QueueStore, QueueWriter, Recipient, new_queue_id
 
 from .direct import MaildirCopies, direct_recipients
-from .headers import HeaderSection, header_values, split_header_block
+from .headers import HeaderSection, header_values, remove_forged_results, split_header_block
 from .trace import Origin, received_field, rfc5322_date
 
 __all__ = [
     "Accepted",
+    "CheckRefused",
     "Draft",
     "Intake",
     "Submitter",
@@ -60,6 +70,14 @@ class TooManyHops(Exception):
         self.hops = hops
 
 
+class CheckRefused(Exception):
+    """The inbound checks refuse the message (DMARC p=reject, SPF with spf_reject)."""
+
+    def __init__(self, reply: smtp.Reply) -> None:
+        super().__init__(str(reply))
+        self.reply = reply
+
+
 class Accepted(NamedTuple):
     """A recipient as accepted: the address given, what aliases made of it, DSN options."""
 
@@ -67,6 +85,16 @@ class Accepted(NamedTuple):
     finals: Sequence[str]
     orcpt: str | None = None
     notify: tuple[str, ...] | None = None
+
+
+def arc_key(keys: Sequence[SigningKey], hostname: str, ours: frozenset[str]) -> SigningKey | None:
+    """The ``[[dkim.sign]]`` key that seals forwarded mail: an RSA key (ARC signs with
+    rsa-sha256 only) of the hostname's domain, else of one of our domains."""
+    rsa = [k for k in keys if k.algorithm == "rsa"]
+    for key in rsa:
+        if hostname == key.domain or hostname.endswith("." + key.domain):
+            return key
+    return next((k for k in rsa if k.domain in ours), None)
 
 
 def expand_recipients(accepted: Iterable[Accepted]) -> list[Recipient]:
@@ -130,36 +158,65 @@ class Draft:
     With ``fix_header`` (submission, RFC 6409 §8; local submission) the text is held
     back until the header section is complete, so the fields it lacks can go in front.
     With ``sign`` (a message the DKIM signer may sign) the whole text is held until
-    commit, since the signature goes in front and covers the body: memory up to
-    ``limits.message_size`` for such a message. Writes may raise OSError (a full disk):
-    then `abort`.
+    commit, since the signature goes in front and covers the body. With ``checks`` (the
+    SPF task of an inbound message) the whole text is held too, and the spool file is
+    begun only at `Intake.commit`, once the checks have said what to write. Either
+    costs memory up to ``limits.message_size`` for such a message. Writes may raise
+    OSError (a full disk): then `abort`.
     """
 
-    __slots__ = ("_default_from", "_fix", "_header", "_held", "_hostname", "_sign", "_writer")
+    __slots__ = (
+        "_checks",
+        "_default_from",
+        "_envelope",
+        "_final",
+        "_fix",
+        "_header",
+        "_held",
+        "_hostname",
+        "_sign",
+        "_spool",
+        "_trace",
+        "_writer",
+    )
 
     def __init__(
         self,
-        writer: QueueWriter,
+        spool: QueueStore,
+        writer: QueueWriter | None,
+        envelope: Envelope,
+        trace: bytes,
         hostname: str,
         fix_header: bool,
         default_from: str | None,
         sign: bool = False,
+        checks: asyncio.Task[SpfPair] | None = None,
+        outside: bool = False,
     ) -> None:
-        self._writer = writer
+        self._spool = spool
+        self._writer = writer  # None until the checks are done (then `_release` begins it)
+        self._envelope = envelope
+        self._trace = trace  # written already when there is a writer
         self._hostname = hostname
         self._header = HeaderSection()
-        self._held: bytearray | None = bytearray() if fix_header or sign else None
+        # ``outside``: a stranger's mail, its header held only to drop forged results.
+        held = fix_header or sign or checks or outside
+        self._held: bytearray | None = bytearray() if held else None
         self._fix = fix_header
         self._sign = sign
         self._default_from = default_from
+        self._checks = checks
+        self._final: bytes | None = None  # the held text once made final (`_text`)
 
     @property
     def envelope(self) -> Envelope:
-        return self._writer.envelope
+        return self._envelope
 
     @property
     def size(self) -> int:
-        """Octets spooled so far, trace field included."""
+        """Octets spooled (or held) so far, trace field included."""
+        if self._writer is None:
+            return len(self._trace) + len(self._final or self._held or b"")
         return self._writer.size
 
     @property
@@ -170,27 +227,42 @@ class Draft:
     def write(self, data: bytes) -> None:
         self._header.feed(data)
         if self._held is None:
+            assert self._writer is not None
             self._writer.write(data)
             return
         self._held += data
-        if self._header.done and not self._sign:
+        if self._header.done and not self._sign and self._checks is None:
             self._release()
 
     def abort(self) -> None:
         """Drop the message; safe to call more than once."""
-        self._held = None
-        self._writer.abort()
+        self._held = self._final = None
+        if self._checks is not None:
+            self._checks.cancel()
+        if self._writer is not None:
+            self._writer.abort()
 
-    def _release(self, signatures: bytes = b"") -> None:
-        """Write the held-back text, with its signatures and the fields it lacks."""
+    def _release(self, above_trace: bytes = b"", below_trace: bytes = b"") -> None:
+        """Write the held-back text; ``above_trace`` (an ARC set) goes before our
+        Received field, ``below_trace`` (signatures, our Authentication-Results) after."""
         text = self._text()
-        self._held = None
-        if text is not None:
-            self._writer.write(signatures + text)
+        self._held = self._final = None
+        if text is None:
+            return
+        if self._writer is None:
+            self._writer = self._spool.begin(self._envelope)
+            self._writer.write(above_trace + self._trace + below_trace)
+        else:
+            self._writer.write(below_trace)
+        self._writer.write(text)  # a large text goes to the file without another copy
 
     def _text(self) -> bytes | None:
-        """The held-back text behind the fields it lacks (RFC 6409 §8.2–8.3); the
-        fields are made once, so the text signed is the text written."""
+        """The held-back text behind the fields it lacks (RFC 6409 §8.2–8.3), without
+        the Authentication-Results fields that forge ours. Made once, so the text
+        checked and signed is the text written, and the held bytes are let go: a big
+        message is in memory once, not twice."""
+        if self._final is not None:
+            return self._final
         held = self._held
         if held is None:
             return None
@@ -206,23 +278,42 @@ class Draft:
             if self._default_from is not None and b"from" not in names:
                 added += f"From: {self._default_from}\r\n".encode()
             held[:0] = added
-        return bytes(held)
+        self._final = remove_forged_results(bytes(held), self._hostname)
+        self._held = None
+        return self._final
 
 
 class Intake:
     """Begin, stream, commit: the same path into the queue for every kind of producer."""
 
-    def __init__(self, config: Config, spool: QueueStore, submitter: Submitter) -> None:
+    def __init__(
+        self,
+        config: Config,
+        spool: QueueStore,
+        submitter: Submitter,
+        checker: Checker | None = None,
+    ) -> None:
         """ConfigError if a ``[[dkim.sign]]`` key cannot be read (checked at start and
         reload before any intake is made, so only a key changed since then)."""
         self.hostname = config.server.hostname
         self.max_received = config.delivery.max_received
+        self.authentication = config.authentication
         self.spool = spool
         self.submitter = submitter
         self.local_domains = config.domains.local
         # Direct delivery (intake/direct.py) needs a store that writes copies with a commit.
         self.direct = config.delivery.direct if spool.copier is not None else 0
         self.signer = Signer.load(config.dkim)
+        self.checker = checker  # the inbound checks; None: `petrel sendmail`, or checks off
+        self.ours = frozenset(config.domains.local) | frozenset(config.domains.lmtp)
+        self.arc_key = arc_key(self.signer.keys, self.hostname, self.ours)
+
+    def start_checks(self, ip: str, sender: str, helo: str) -> asyncio.Task[SpfPair] | None:
+        """At MAIL of a message the inbound checks cover: SPF begins now (None when
+        the checks are off); hand the task to `begin`."""
+        if self.checker is None or not self.authentication.checks:
+            return None
+        return self.checker.start_spf(ip, sender, helo, self.hostname)
 
     def has_room(self, size: int) -> bool:
         """Can the spool take a message of ``size`` octets now (a free-space floor)?"""
@@ -237,41 +328,56 @@ class Intake:
         fix_header: bool = False,
         default_from: str | None = None,
         sign: bool = False,
+        checks: asyncio.Task[SpfPair] | None = None,
+        outside: bool = False,
     ) -> Draft:
         """A draft whose first line is our Received field (``given``: the addresses as
         the client gave them, for its ``for`` clause). ``sign``: the submitter's mail
-        is ours to sign (`Policy.signs_for`), when its From: has a key. OSError if the
-        spool refuses."""
-        writer = self.spool.begin(envelope)
-        sign = sign and bool(self.signer.keys)
-        draft = Draft(writer, self.hostname, fix_header, default_from, sign)
+        is ours to sign (`Policy.signs_for`), when its From: has a key; ``checks``: from
+        `start_checks`; ``outside``: a client outside our trust boundary (RFC 8601 §5),
+        whose Authentication-Results fields claiming our hostname are removed even
+        with the checks off. OSError if the spool refuses."""
         for_rcpt = given[0] if len(given) == 1 else None
         trace = received_field(
             self.hostname, envelope.queue_id, envelope.received_at, origin, for_rcpt
         )
+        sign = sign and bool(self.signer.keys)
+        if checks is not None:
+            return Draft(
+                self.spool, None, envelope, trace, self.hostname, fix_header, default_from,
+                sign, checks,
+            )  # fmt: skip
+        writer = self.spool.begin(envelope)
         try:
             writer.write(trace)
         except BaseException:
             writer.abort()
             raise
-        return draft
+        return Draft(
+            self.spool, writer, envelope, trace, self.hostname, fix_header, default_from, sign,
+            outside=outside,
+        )  # fmt: skip
 
     async def commit(self, draft: Draft, **context: str) -> None:
         """Return once the message is durable and handed to delivery.
 
-        Raises TooManyHops (the draft is dropped) or OSError (nothing was queued).
-        ``context`` goes into the ``accepted`` log line (e.g. the session id).
+        Raises TooManyHops (the draft is dropped), CheckRefused (the checks refuse it) or
+        OSError (nothing was queued). ``context`` goes into the ``accepted`` log line
+        (e.g. the session id).
         """
         if draft.hops > self.max_received:
             draft.abort()
             raise TooManyHops(draft.hops)
+        envelope = draft.envelope
         try:
-            draft._release(await self._signatures(draft))
+            signatures = await self._signatures(draft)
+            results = await self._check(draft, context)
+            draft._release(await self._seal(draft, results), signatures + results)
         except BaseException:
             draft.abort()
             raise
-        envelope = draft.envelope
-        copies = self._copies(draft)
+        assert draft._writer is not None
+        copies = self._copies(draft._writer, envelope)
         await self.spool.commit(draft._writer, copies)
         log_event(
             log,
@@ -312,14 +418,54 @@ class Intake:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, self.signer.sign, text, keys)
 
-    def _copies(self, draft: Draft) -> MaildirCopies | None:
+    async def _check(self, draft: Draft, context: dict[str, str]) -> bytes:
+        """Run the inbound checks of a held draft: our Authentication-Results field,
+        the Junk mark on the envelope, or CheckRefused."""
+        task, text = draft._checks, draft._text()
+        if task is None or text is None or self.checker is None:
+            return b""
+        envelope = draft.envelope
+        findings = await self.checker.check(
+            task,
+            envelope.sender,
+            text,  # as received, less the fields forging ours
+            self.hostname,
+            queue_id=envelope.queue_id,
+            **context,
+        )
+        judgement = judge(self.authentication, findings.spf.mail_from, findings.dmarc)
+        if judgement.refusal is not None:
+            raise CheckRefused(judgement.refusal)
+        envelope.junk = judgement.junk
+        return findings.field
+
+    async def _seal(self, draft: Draft, results: bytes) -> bytes:
+        """An ARC set (RFC 8617) for a checked message that an alias forwards to another
+        domain, so its next hop can trust our results; with no RSA ``[[dkim.sign]]``
+        key of ours, none."""
+        key = self.arc_key
+        if not results or key is None or self.checker is None:
+            return b""
+        remote = [
+            r
+            for r in draft.envelope.recipients
+            if r.address.rpartition("@")[2].lower() not in self.ours
+        ]
+        text = draft._text()
+        if not remote or text is None:
+            return b""
+        message = draft._trace + results + text
+        return await self.checker.seal(
+            message, key.domain, key.selector, key.private, self.hostname
+        )
+
+    def _copies(self, writer: QueueWriter, envelope: Envelope) -> MaildirCopies | None:
         """The direct recipients' copies, taken out of the envelope (intake/direct.py)."""
         if not self.direct:
             return None
-        text = draft._writer.text
+        text = writer.text
         if text is None:  # too big to be held: the queue streams it
             return None
-        envelope = draft.envelope
         chosen = direct_recipients(envelope, self.local_domains, self.direct)
         if not chosen:
             return None
@@ -354,4 +500,3 @@ class Intake:
             draft.abort()
             raise
         await self.commit(draft, **context)
-

@@ -9,9 +9,16 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from petrel.mailauth.results import claims
 from petrel.queue import HEADER_SCAN
 
-__all__ = ["HeaderSection", "header_values", "remove_headers", "split_header_block"]
+__all__ = [
+    "HeaderSection",
+    "header_values",
+    "remove_forged_results",
+    "remove_headers",
+    "split_header_block",
+]
 
 _FIELD_NAME_RE = re.compile(rb"([!-9;-~]+)[ \t]*:")
 
@@ -100,3 +107,18 @@ def header_values(fields: Sequence[bytes], *names: str) -> list[str]:
 def remove_headers(fields: Sequence[bytes], *names: str) -> list[bytes]:
     wanted = {n.lower() for n in names}
     return [f for f in fields if _name(f) not in wanted]
+
+
+def remove_forged_results(text: bytes, hostname: str) -> bytes:
+    """``text`` without the Authentication-Results fields that claim to be ours
+    (RFC 8601 §5: only Petrel may write those); everything else byte for byte."""
+    if b"authentication-results" not in text[:HEADER_SCAN].lower():
+        return text
+    fields, rest = split_header_block(text)
+    kept = [
+        f
+        for f in fields
+        if _name(f) != "authentication-results"
+        or not claims(f.split(b":", 1)[1].decode("utf-8", "replace"), hostname)
+    ]
+    return text if len(kept) == len(fields) else b"".join(kept) + rest

@@ -46,6 +46,7 @@ class Policy:
         self.vrfy_exposure = config.policy.vrfy
         self.expn_exposure = config.policy.expn
         self.sender_login_match = config.auth.sender_login_match
+        self.inbound_checks = config.authentication.checks
         self.aliases = aliases
 
     # -- addresses --------------------------------------------------------------------
@@ -76,6 +77,11 @@ class Policy:
         """Is this client's mail ours to DKIM-sign? Authenticated users and
         ``relay_networks`` send as our domains; anyone else on port 25 is inbound mail."""
         return self.may_relay(client)
+
+    def checks_inbound(self, client: Client, mode: str) -> bool:
+        """Does mail from this client get SPF, DKIM, DMARC and ARC checks? Mail from
+        strangers on an MX listener does; users, relay networks and LMTP do not."""
+        return self.inbound_checks and mode == "smtp" and not self.may_relay(client)
 
     # -- MAIL, ETRN -------------------------------------------------------------------
 

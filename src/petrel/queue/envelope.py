@@ -135,6 +135,9 @@ class Envelope:
     auth_user: str | None = None
     hold: bool = False
     notice: str | None = None  # set on Petrel's own DSNs: "dsn" or "double-bounce"
+    # DMARC p=quarantine (or a pct-sampled reject) at intake: local copies go to the
+    # mailbox's Junk folder, also after a restart.
+    junk: bool = False
 
     @property
     def all_final(self) -> bool:
@@ -179,6 +182,7 @@ class Envelope:
             auth_user=_get(data, "auth_user", (str, type(None)), None),
             hold=_get(data, "hold", (bool,), False),
             notice=_get(data, "notice", (str, type(None)), None),
+            junk=_get(data, "junk", (bool,), False),
         )
 
     @classmethod

@@ -24,6 +24,8 @@ from petrel.config import Config, Listener
 from petrel.dns import Resolver
 from petrel.intake import Intake
 from petrel.log import log_event
+from petrel.mailauth.checks import Checker
+from petrel.mailauth.resolver import ResolverLookups
 from petrel.policy import Policy
 from petrel.policy.antispam import Antispam
 from petrel.policy.auth import Authenticator
@@ -378,6 +380,10 @@ class Server:
         self.auth = Authenticator(policy, throttle, decoys)
         self.refusals = open_refusals(config)
         self.rates = open_rates(config, self.refusals)
+        # The inbound checks (SPF, DKIM, DMARC, ARC) on the shared resolver; sessions get
+        # an intake that runs them, the manager's own (DSN notices) does not.
+        self.checker = Checker(ResolverLookups(dns))
+        intake = Intake(config, intake.spool, intake.submitter, self.checker)
         self.context = SessionContext(
             loop=loop,
             hostname=self.hostname,
@@ -461,7 +467,7 @@ class Server:
             bare_lf=config.policy.bare_lf,
             policy=policy,
             auth=self.auth,
-            intake=Intake(config, ctx.intake.spool, ctx.intake.submitter),
+            intake=Intake(config, ctx.intake.spool, ctx.intake.submitter, self.checker),
             rdns=ReverseDns(self.dns, enabled=config.server.reverse_dns),
             rates=self.rates,
             antispam=Antispam(config.antispam, self.dns),
@@ -665,6 +671,7 @@ class Server:
             session.close_with(going_down)
         for server in self._servers:
             await asyncio.wait_for(server.wait_closed(), grace)
+        self.checker.close()
 
 
 def join_address(host: str, port: int) -> str:

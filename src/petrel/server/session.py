@@ -30,6 +30,7 @@ from petrel import proxyproto, smtp
 from petrel.config import IPNetwork, LimitsSection, Listener
 from petrel.intake import (
     Accepted,
+    CheckRefused,
     Draft,
     Intake,
     Origin,
@@ -39,6 +40,7 @@ from petrel.intake import (
     rfc5322_date,
 )
 from petrel.log import log_event
+from petrel.mailauth.checks import SpfPair
 from petrel.policy import Client, Policy, mail_auth
 from petrel.policy.antispam import PREGREET, Antispam, Listed
 from petrel.policy.auth import Authenticator, Granted, LockedOut, Refused, Verdict
@@ -116,14 +118,20 @@ class SessionContext:
 class Transaction:
     """The envelope being built between MAIL and the end of the message."""
 
-    __slots__ = ("draft", "params", "recipients", "sender", "storage_failed")
+    __slots__ = ("checks", "draft", "params", "recipients", "sender", "storage_failed")
 
-    def __init__(self, sender: str, params: smtp.MailParams) -> None:
+    def __init__(
+        self,
+        sender: str,
+        params: smtp.MailParams,
+        checks: asyncio.Task[SpfPair] | None = None,
+    ) -> None:
         self.sender = sender
         self.params = params
         self.recipients: list[Accepted] = []
         self.draft: Draft | None = None  # created at the first text
         self.storage_failed = False  # the spool could not take the text: answer 452 at the end
+        self.checks = checks  # the inbound checks' SPF, begun at MAIL (the draft takes it)
 
 
 class SmtpSession(asyncio.Protocol):
@@ -739,7 +747,11 @@ class SmtpSession(asyncio.Protocol):
         )
         if limited is not None:
             return limited
-        self.txn = Transaction(sender, event.params)
+        checks = None
+        if self.ctx.policy.checks_inbound(self._client(), self.listener.mode):
+            assert self.conn is not None
+            checks = self.ctx.intake.start_checks(self.peer_ip, sender, self.conn.helo or "")
+        self.txn = Transaction(sender, event.params, checks)
         return texts.sender_ok(sender)
 
     def _on_rcpt(self, event: smtp.Rcpt) -> smtp.Reply:
@@ -808,6 +820,9 @@ class SmtpSession(asyncio.Protocol):
                 log, "message-reject", session=self.id, reply=str(_TOO_MANY_HOPS), hops=exc.hops
             )
             return _TOO_MANY_HOPS
+        except CheckRefused as exc:
+            log_event(log, "message-reject", session=self.id, reply=str(exc.reply))
+            return exc.reply
         except OSError as exc:
             log_event(log, "spool-error", level=logging.ERROR, session=self.id, error=str(exc))
             return _NO_STORAGE
@@ -1027,8 +1042,11 @@ class SmtpSession(asyncio.Protocol):
                     self._origin(),
                     given=[r.given for r in txn.recipients],
                     fix_header=self.submission,
+                    checks=txn.checks,
                     sign=self.ctx.policy.signs_for(self._client()),
+                    outside=not self.ctx.policy.may_relay(self._client()),
                 )
+                txn.checks = None  # the draft owns it now
             except OSError as exc:
                 self._storage_failed(exc)
                 return None
@@ -1081,6 +1099,9 @@ class SmtpSession(asyncio.Protocol):
 
     def _abort_message(self) -> None:
         txn = self.txn
+        if txn is not None and txn.checks is not None:
+            txn.checks.cancel()
+            txn.checks = None
         if txn is not None and txn.draft is not None:
             txn.draft.abort()
             txn.draft = None
