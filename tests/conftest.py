@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from dns_server import DnsServer
+from pg_server import pg_dsn, pg_server  # noqa: F401  (fixtures: the private PostgreSQL)
 
 HOSTNAME = "mx.petrel.test"
 _LISTENING = re.compile(r"event=listening address=(\S+):(\d+) mode=(\w+)")

@@ -306,6 +306,14 @@ def test_parse_duration_rejects_with_key(value: object) -> None:
     [
         # unknown names
         ("[server]\nhostnme = 'x'\n", "server.hostnme: unknown key"),
+        # the shared queue
+        ("[queue]\nbackend = 'mysql'\n", "queue.backend: must be one of spool, postgresql"),
+        ("[queue]\nbackend = 'postgresql'\n", "queue.dsn: required with queue.backend"),
+        ("[queue]\ndsn = 5\n", "queue.dsn: must be a string"),
+        ("[queue]\nlease = '0s'\n", "queue.lease: must be"),
+        ("[queue]\nnode = ''\n", "queue.node: must be a non-empty string"),
+        ("[users]\nbackend = 'ldap'\n", "users.backend: must be one of file, postgresql"),
+        ("[users]\nbackend = 'postgresql'\n", 'users.backend: "postgresql" needs queue.dsn'),
         ("[serevr]\n", "serevr: unknown section"),
         ("[domains.lmtp]\n'bad..domain' = 'x'\n", "domains.lmtp.bad..domain: not a valid domain"),
         (
@@ -434,6 +442,26 @@ def test_every_error_names_the_key(tmp_path: Path, text: str, message: str) -> N
     with pytest.raises(ConfigError) as caught:
         load_text(tmp_path, text)
     assert str(caught.value).startswith(message)
+
+
+def test_the_shared_queue_keys_and_their_defaults(tmp_path: Path) -> None:
+    default = load_text(tmp_path, "")
+    assert (default.queue.backend, default.queue.lease, default.users.backend) == (
+        "spool",
+        600.0,
+        "file",
+    )
+    assert default.queue.node == default.server.hostname
+    shared = load_text(
+        tmp_path,
+        "[queue]\nbackend = 'postgresql'\ndsn = 'postgresql://petrel@127.0.0.1/petrel'\n"
+        "node = 'mx2'\nlease = '3s'\n[users]\nbackend = 'postgresql'\n",
+    )
+    assert (shared.queue.node, shared.queue.lease, shared.users.backend) == (
+        "mx2",
+        3.0,
+        "postgresql",
+    )
 
 
 def test_toml_syntax_error_names_the_file_and_line(tmp_path: Path) -> None:

@@ -367,3 +367,22 @@ def test_forged_results_go_from_strangers_mail_with_the_checks_off(
     _send(server, "ceo@bank.test", "user", _message("ceo@bank.test", "unchecked", forged))
     delivered = server.wait_for_messages("user")[0]
     assert b"Authentication-Results" not in delivered and b"Subject: unchecked" in delivered
+
+
+def test_strangers_mail_held_for_checking_is_bounded_in_memory(
+    petrel_factory: Callable[..., PetrelServer], zone: DnsServer
+) -> None:
+    """Checked mail is held whole until its end: past ``limits.checks_memory`` a message
+    gets 452 4.3.1 (the sender retries), and the session and smaller mail go on."""
+    server = _checked(petrel_factory, zone.address, "\n[limits]\nchecks_memory = 100000\n")
+    big = _message("a@pass.test", "big") + (b"y" * 70 + b"\r\n") * 2000
+    with smtplib.SMTP(server.host, server.port, local_hostname="client.test", timeout=30) as c:
+        c.ehlo()
+        c.mail("bounce@pass.test")
+        c.rcpt(f"user@{HOSTNAME}")
+        code, text = c.data(big)
+        assert (code, text[:5]) == (452, b"4.3.1"), (code, text)
+        c.sendmail("bounce@pass.test", [f"user@{HOSTNAME}"], _message("a@pass.test", "small"))
+    [message] = server.wait_for_messages("user")
+    assert b"Subject: small" in message
+    assert "spf=pass" in _results(message)

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from petrel import __version__
 from petrel.config import FD_RESERVE, Config, ConfigError
@@ -37,7 +37,7 @@ from petrel.fsutil import (
 )
 from petrel.intake import Intake
 from petrel.intake.direct import MaildirCopier
-from petrel.intake.pickup import PickupPoke, PickupWatcher
+from petrel.intake.pickup import Notified, PickupPoke, PickupWatcher
 from petrel.log import log_event
 from petrel.pidfile import PID_FILE, remove_pid_file, write_pid_file
 from petrel.policy import Policy
@@ -50,6 +50,9 @@ from petrel.privileges import (
     warn_root_without_user,
 )
 from petrel.queue.spool import Spool
+
+if TYPE_CHECKING:
+    from petrel.queue.pg import PgStore
 from petrel.reload import reread
 from petrel.server import Server
 from petrel.server.control import ControlServer, ask_etrn, control_path
@@ -157,6 +160,28 @@ async def _clean_maildir_tmp(mailboxes: Path, stop: threading.Event) -> None:
         await asyncio.sleep(TMP_CLEAN_INTERVAL)
 
 
+def _open_shared_queue(config: Config) -> PgStore | None:
+    """The PostgreSQL queue, opened; None after one line saying why it cannot be."""
+    try:
+        from petrel.queue.pg import SchemaError, open_store
+    except ImportError as exc:  # the optional extra is not installed
+        error = f"queue.backend = postgresql needs psycopg ({exc}): install petrel[postgresql]"
+        log_event(log, "queue-store-unavailable", level=logging.ERROR, error=error)
+        return None
+    try:
+        return open_store(config)
+    except (OSError, SchemaError) as exc:
+        log_event(
+            log,
+            "queue-store-unavailable",
+            level=logging.ERROR,
+            backend="postgresql",
+            node=config.queue.node,
+            error=str(exc),
+        )
+        return None
+
+
 async def serve(config: Config, log_args: list[str] | None = None) -> int:
     """Run until SIGTERM/SIGINT (SIGHUP reloads the configuration and TLS, SIGUSR1
     reopens the log file);
@@ -213,15 +238,27 @@ async def _serve(config: Config, log_args: list[str] | None, errors: ErrorLog) -
             reason="another petrel serve holds this data_dir; stop it first",
         )
         return 1
-    control = ControlServer(control_path(data_dir))
-    control.bind()
-    spool = Spool(data_dir / "queue")
-    spool.open()
-    spool.copier = MaildirCopier(data_dir / "mailboxes")  # direct delivery at intake
-    recovered = spool.recover()
     policy = Policy(config, Aliases.load(config.aliases.file))
     dns = Resolver(config.dns)  # the process's one resolver: delivery and sessions share it
-    manager = QueueManager(config, spool, policy, dns)
+    shared = config.queue.backend == "postgresql"
+    spool: Spool | PgStore
+    manager: QueueManager
+    if shared:
+        from petrel.delivery.cluster import ClusterManager
+
+        store = _open_shared_queue(config)
+        if store is None:
+            return 1
+        spool = store
+        manager = ClusterManager(config, store, policy, dns)
+    control = ControlServer(control_path(data_dir))
+    control.bind()
+    if not shared:
+        spool = Spool(data_dir / "queue")
+        spool.open()
+        spool.copier = MaildirCopier(data_dir / "mailboxes")  # direct delivery at intake
+        manager = QueueManager(config, spool, policy, dns)
+    recovered = spool.recover()
     manager.start(recovered)
     listeners: list[dict[str, str]] = []  # filled in once bound
     pool: WorkerPool | None = None
@@ -232,8 +269,12 @@ async def _serve(config: Config, log_args: list[str] | None, errors: ErrorLog) -
     await control.start(manager.admin, etrn=manager.etrn, status=status)
     workers = config.server.workers
     # mail from `petrel sendmail`, and from the workers' sessions when there are workers
-    pickup = PickupWatcher(spool, manager, accept_any=workers > 1)
-    pickup.start()
+    # (a shared queue has none: every commit NOTIFYs the nodes itself)
+    pickup = (
+        PickupWatcher(spool, manager, accept_any=workers > 1) if isinstance(spool, Spool) else None
+    )
+    if pickup is not None:
+        pickup.start()
     server: Server | None = None
     if workers > 1:
         if dropped.tls_fds is None:
@@ -281,6 +322,8 @@ async def _serve(config: Config, log_args: list[str] | None, errors: ErrorLog) -
         connections=config.limits.connections,
         pid_file=pid_file,
         workers=workers,
+        queue=config.queue.backend,
+        node=config.queue.node,
     )
     _warn_fd_shortage(config, fd_limit)
     notify("READY=1", f"MAINPID={os.getpid()}", "STATUS=accepting mail")  # Type=notify
@@ -319,10 +362,12 @@ async def _serve(config: Config, log_args: list[str] | None, errors: ErrorLog) -
     await control.close()
     if pool is not None:
         await pool.stop()
-        pickup.scan(force=True)  # the last pokes of the workers: deliver them now or at start
+        if pickup is not None:  # the workers' last pokes: deliver them now or at start
+            pickup.scan(force=True)
     if server is not None:
         await server.shutdown()
-    await pickup.stop()
+    if pickup is not None:
+        await pickup.stop()
     await manager.stop()
     spool.close()
     remove_pid_file(data_dir)
@@ -356,6 +401,8 @@ def _status(
         "started": stats.started,
         "uptime": max(0.0, time.time() - stats.started),
         "hostname": config.server.hostname,
+        "node": config.queue.node,
+        "queue_backend": config.queue.backend,
         "data_dir": str(config.server.data_dir),
         "listeners": list(listeners),
         "workers": workers.describe() if workers is not None else [],
@@ -441,14 +488,24 @@ async def serve_worker(config: Config, number: int) -> int:
     loop = asyncio.get_running_loop()
     inherited = decode_fds(os.environ.pop(WORKER_FDS_ENV, ""))
     parent = os.getppid()
-    spool = Spool(config.server.data_dir / "queue")
-    spool.open()  # no recovery: the parent did that before any worker started
-    spool.copier = MaildirCopier(config.server.data_dir / "mailboxes")
     policy = Policy(config, Aliases.load(config.aliases.file))
-    # Committed mail is named to the parent through the pickup pipe; ETRN is asked of
-    # its queue manager over the control socket, so it answers as a single process does.
+    # Committed mail is named to the parent through the pickup pipe (a shared queue's
+    # commit NOTIFYs every node itself); ETRN is asked of its queue manager over the
+    # control socket, so it answers as a single process does.
     etrn = functools.partial(ask_etrn, control_path(config.server.data_dir))
-    submitter = PickupPoke(spool.root, etrn=etrn)
+    spool: Spool | PgStore
+    submitter: Notified
+    if config.queue.backend == "postgresql":
+        store = _open_shared_queue(config)
+        if store is None:
+            return 1
+        spool = store
+        submitter = Notified(etrn=etrn)
+    else:
+        spool = Spool(config.server.data_dir / "queue")
+        spool.open()  # no recovery: the parent did that before any worker started
+        spool.copier = MaildirCopier(config.server.data_dir / "mailboxes")
+        submitter = PickupPoke(spool.root, etrn=etrn)
     dns = Resolver(config.dns)
     server = Server(config, Intake(config, spool, submitter), policy, loop, dns)
     await server.start(inherited)

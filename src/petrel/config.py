@@ -41,6 +41,7 @@ __all__ = [
     "RelaySection",
     "ServerSection",
     "TlsSection",
+    "UsersSection",
     "default_connections",
     "load_config",
     "parse_domain",
@@ -78,11 +79,14 @@ _SECTIONS = frozenset(
         "auth",
         "delivery",
         "antispam",
+        "users",
         "dns",
         "dkim",
         "authentication",
     }
 )
+QUEUE_BACKENDS = ("spool", "postgresql")
+USERS_BACKENDS = ("file", "postgresql")
 AUTH_MECHANISMS = ("PLAIN", "LOGIN", "SCRAM-SHA-256")
 _DEFAULT_LISTENERS = (
     ("127.0.0.1:2525", "smtp"),
@@ -171,6 +175,8 @@ class LimitsSection:
     message_rate: int = 120
     recipient_rate: int = 600
     user_message_rate: int = 200  # per authenticated user and hour, exempt or not
+    # Octets of strangers' messages held whole for the inbound checks, in one process.
+    checks_memory: int = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +186,20 @@ class QueueSection:
     max_backoff: float
     lifetime: float
     delay_warning: float
+    # Where the queue lives: "spool" (files under data_dir) or "postgresql" (``dsn``,
+    # shared by every node that names it; ``node`` tells them apart in leases).
+    backend: str = "spool"
+    dsn: str = ""
+    node: str = ""
+    lease: float = 600.0  # how long a delivery attempt owns a message (postgresql)
+
+
+@dataclass(frozen=True, slots=True)
+class UsersSection:
+    """Where `petrel user` and AUTH keep users: ``<data_dir>/users`` or the queue's
+    PostgreSQL database (``[queue] dsn``), so every node sees one user list."""
+
+    backend: str = "file"
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,6 +350,7 @@ class Config:
     delivery: DeliverySection = field(default_factory=DeliverySection)
     log: LogSection = field(default_factory=LogSection)
     antispam: AntispamSection = field(default_factory=AntispamSection)
+    users: UsersSection = field(default_factory=UsersSection)
     dns: DnsSection = field(default_factory=DnsSection)
     dkim: DkimSection = field(default_factory=DkimSection)
     authentication: AuthenticationSection = field(default_factory=AuthenticationSection)
@@ -426,13 +447,14 @@ def _build(data: dict[str, Any], base_dir: Path, source: Path | None) -> Config:
         if name not in _SECTIONS:
             raise ConfigError(f"{name}: unknown section")
     server = _server(_Table(data.get("server", {}), "server"), base_dir)
+    queue = _queue(_Table(data.get("queue", {}), "queue"), server.hostname)
     return Config(
         server=server,
         listeners=_listeners(data.get("listener", _MISSING)),
         tls=_tls(_Table(data.get("tls", {}), "tls"), base_dir),
         domains=_domains(_Table(data.get("domains", {}), "domains"), server.hostname),
         limits=_limits(_Table(data.get("limits", {}), "limits")),
-        queue=_queue(_Table(data.get("queue", {}), "queue")),
+        queue=queue,
         relay=_relay(_Table(data["relay"], "relay"), base_dir) if "relay" in data else None,
         policy=_policy(_Table(data.get("policy", {}), "policy")),
         aliases=_aliases(_Table(data.get("aliases", {}), "aliases"), server.data_dir),
@@ -441,6 +463,7 @@ def _build(data: dict[str, Any], base_dir: Path, source: Path | None) -> Config:
         delivery=_delivery(_Table(data.get("delivery", {}), "delivery")),
         log=_log(_Table(data.get("log", {}), "log"), server.data_dir),
         antispam=_antispam(_Table(data.get("antispam", {}), "antispam")),
+        users=_users(_Table(data.get("users", {}), "users"), queue),
         dns=_dns(_Table(data.get("dns", {}), "dns")),
         dkim=_dkim(_Table(data.get("dkim", {}), "dkim"), server.data_dir),
         authentication=_authentication(_Table(data.get("authentication", {}), "authentication")),
@@ -564,6 +587,9 @@ def _limits(t: _Table) -> LimitsSection:
         command_timeout=parse_duration(t.take("command_timeout", "5m"), t.key("command_timeout")),
         data_timeout=parse_duration(t.take("data_timeout", "10m"), t.key("data_timeout")),
         min_data_rate=_positive_int(t.take("min_data_rate", 500), t.key("min_data_rate")),
+        checks_memory=_positive_int(
+            t.take("checks_memory", 256 * 1024 * 1024), t.key("checks_memory")
+        ),
         junk_commands=_positive_int(t.take("junk_commands", 100), t.key("junk_commands")),
         tls_handshake_timeout=parse_duration(
             t.take("tls_handshake_timeout", "10s"), t.key("tls_handshake_timeout")
@@ -581,15 +607,25 @@ def _limits(t: _Table) -> LimitsSection:
     return limits
 
 
-def _queue(t: _Table) -> QueueSection:
+def _queue(t: _Table, hostname: str) -> QueueSection:
     queue = QueueSection(
         run_interval=parse_duration(t.take("run_interval", "30m"), t.key("run_interval")),
         min_backoff=parse_duration(t.take("min_backoff", "5m"), t.key("min_backoff")),
         max_backoff=parse_duration(t.take("max_backoff", "1h"), t.key("max_backoff")),
         lifetime=parse_duration(t.take("lifetime", "5d"), t.key("lifetime")),
         delay_warning=parse_duration(t.take("delay_warning", "4h"), t.key("delay_warning")),
+        backend=_choice(t.take("backend", "spool"), t.key("backend"), QUEUE_BACKENDS),
+        dsn=t.take("dsn", ""),
+        node=_str(t.take("node", hostname), t.key("node")),
+        lease=parse_duration(t.take("lease", "10m"), t.key("lease")),
     )
     t.finish()
+    if not isinstance(queue.dsn, str):
+        raise ConfigError(f"{t.key('dsn')}: must be a string, got {_show(queue.dsn)}")
+    if queue.backend == "postgresql" and not queue.dsn:
+        raise ConfigError(f'{t.key("dsn")}: required with queue.backend = "postgresql"')
+    if queue.lease < 1.0:
+        raise ConfigError(f"{t.key('lease')}: must be at least 1s, got {queue.lease:g}s")
     if queue.max_backoff < queue.min_backoff:
         raise ConfigError(
             f"{t.key('max_backoff')}: must not be shorter than queue.min_backoff "
@@ -821,6 +857,16 @@ def _log(t: _Table, data_dir: Path) -> LogSection:
     )
     t.finish()
     return section
+
+
+def _users(t: _Table, queue: QueueSection) -> UsersSection:
+    users = UsersSection(
+        backend=_choice(t.take("backend", "file"), t.key("backend"), USERS_BACKENDS)
+    )
+    t.finish()
+    if users.backend == "postgresql" and not queue.dsn:
+        raise ConfigError(f'{t.key("backend")}: "postgresql" needs queue.dsn')
+    return users
 
 
 def _auth(t: _Table) -> AuthSection:

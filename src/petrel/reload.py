@@ -30,6 +30,11 @@ RESTART_ONLY: tuple[tuple[str, str | None], ...] = (
     ("log", "target"),
     ("log", "file"),
     ("log", "format"),
+    ("queue", "backend"),  # the store and the users are opened once, at start
+    ("queue", "dsn"),
+    ("queue", "node"),
+    ("queue", "lease"),
+    ("users", "backend"),
 )
 
 
@@ -57,7 +62,21 @@ def keep_restart_only(running: Config, new: Config) -> Config:
         workers=running.server.workers,
         user=running.server.user,
     )
-    return dataclasses.replace(new, server=server, listeners=running.listeners, log=running.log)
+    queue = dataclasses.replace(
+        new.queue,
+        backend=running.queue.backend,
+        dsn=running.queue.dsn,
+        node=running.queue.node,
+        lease=running.queue.lease,
+    )
+    return dataclasses.replace(
+        new,
+        server=server,
+        listeners=running.listeners,
+        log=running.log,
+        queue=queue,
+        users=running.users,
+    )
 
 
 def new_policy(config: Config, running: Policy) -> Policy:

@@ -120,6 +120,11 @@ def format_status(info: dict[str, Any], now: Callable[[], float] = time.time) ->
         f" ({queue.get('queued', 0)} queued, {queue.get('active', 0)} active,"
         f" {queue.get('deferred', 0)} deferred, {queue.get('hold', 0)} held)"
     )
+    if "leases" in queue:  # a shared queue: the counts are the cluster's
+        leases = ", ".join(f"{node} {n}" for node, n in queue["leases"].items()) or "none"
+        lines.append(f"cluster:   node {info.get('node', '?')}; leases held: {leases}")
+    if "error" in queue:
+        lines.append(f"queue:     unavailable: {queue['error']}")
     counts = info.get("messages") or {}
     lines.append(
         f"messages:  {counts.get('in', 0)} in, {counts.get('out', 0)} out"

@@ -83,6 +83,17 @@ def _parser() -> argparse.ArgumentParser:
     p = user_sub.add_parser("del", parents=[common], help="delete a user")
     p.add_argument("address", metavar="ADDRESS")
     user_sub.add_parser("list", parents=[common], help="list the users")
+    db = sub.add_parser(
+        "db",
+        parents=[common],
+        help="the shared PostgreSQL queue's schema ([queue] backend = \"postgresql\")",
+    )
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    db_sub.add_parser(
+        "migrate",
+        parents=[common],
+        help="create or upgrade the schema in [queue] dsn (idempotent; run once per upgrade)",
+    )
     from petrel.cli import send as send_cli
 
     send_cli.add_parser(sub)
@@ -129,11 +140,11 @@ def _user_address(name: str, config: Config) -> str:
 
 
 def _user(args: argparse.Namespace, config: Config) -> int:
-    from petrel.policy.users import Users
+    from petrel.policy.users import open_users
     from petrel.privileges import act_as_data_dir_owner
 
     act_as_data_dir_owner(config)  # as root: `users` must stay readable to the server
-    users = Users(config.server.data_dir / "users")
+    users = open_users(config)
     action = args.user_command
     if action == "list":
         listed = list(users)
@@ -168,6 +179,29 @@ def _user(args: argparse.Namespace, config: Config) -> int:
     else:
         users.set_password(address, _read_password(args.password_stdin))
         print(f"petrel: {address}: password changed")
+    return 0
+
+
+def _db_migrate(config: Config) -> int:
+    """``petrel db migrate``: bring [queue] dsn's schema to this Petrel's version."""
+    if not config.queue.dsn:
+        print('petrel: queue.dsn: required for petrel db migrate', file=sys.stderr)
+        return 2
+    try:
+        from petrel.queue.pg import SchemaError, migrate
+    except ImportError as exc:
+        print(f"petrel: db migrate needs psycopg ({exc}): install petrel[postgresql]",
+              file=sys.stderr)
+        return 1
+    try:
+        before, after = migrate(config.queue.dsn)
+    except (OSError, SchemaError) as exc:
+        print(f"petrel: {exc}", file=sys.stderr)
+        return 1
+    if before == after:
+        print(f"petrel: database schema is at version {after}; nothing to do")
+    else:
+        print(f"petrel: database schema migrated from version {before} to {after}")
     return 0
 
 
@@ -237,11 +271,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "user":
         try:
             return _user(args, config)
-        except UserError as exc:
+        except (UserError, OSError) as exc:  # OSError: a users database out of reach
             print(f"petrel: {exc}", file=sys.stderr)
             return 1
     if args.command == "queue":
         return queue.run(config, args)
+    if args.command == "db":
+        return _db_migrate(config)
     if args.command == "dkim":
         return dkim.run(config, args)
     if args.command == "reload":

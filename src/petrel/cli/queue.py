@@ -61,21 +61,42 @@ def run(config: Config, args: argparse.Namespace) -> int:
         request["id"] = args.id.upper()  # ids are upper-case; "all" means ALL too
     if getattr(args, "domain", None) is not None:
         request["domain"] = args.domain
-    client = ControlClient(control_path(data_dir))
-    try:
-        live = client.connect()
-        # No server: the same request, answered from the spool files.
-        response = client.request(**request) if live else execute(spool_admin(data_dir), request)
-    except ControlError as exc:
-        print(f"petrel: control socket: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        client.close()
+    if config.queue.backend == "postgresql":
+        response, live = _ask_shared(config, request), True
+    else:
+        client = ControlClient(control_path(data_dir))
+        try:
+            live = client.connect()
+            # No server: the same request, answered from the spool files.
+            response = (
+                client.request(**request) if live else execute(spool_admin(data_dir), request)
+            )
+        except ControlError as exc:
+            print(f"petrel: control socket: {exc}", file=sys.stderr)
+            return 2
+        finally:
+            client.close()
     if not response.get("ok"):
         print(f"petrel: {response.get('message', 'request failed')}", file=sys.stderr)
         return 2 if response.get("error") == "bad-request" else 1
     _print(args.action, request, response, live, data_dir)
     return 0
+
+
+def _ask_shared(config: Config, request: dict[str, Any]) -> dict[str, Any]:
+    """A shared queue: the request runs on the database itself, for the whole cluster
+    (every node's leases included), whether or not a server runs here."""
+    from petrel.delivery.cluster import ClusterAdmin
+    from petrel.queue.pg import SchemaError, open_store
+
+    try:
+        store = open_store(config)
+    except (OSError, SchemaError) as exc:
+        return {"ok": False, "error": "failed", "message": str(exc)}
+    try:
+        return execute(ClusterAdmin(store), request)
+    finally:
+        store.close()
 
 
 def _print(

@@ -21,12 +21,12 @@ from petrel.intake.local import (
     EX_USAGE,
     SendmailError,
     SendmailOptions,
+    local_submitter,
     open_spool,
     prepare,
     read_message,
     submit,
 )
-from petrel.intake.pickup import PickupPoke
 from petrel.policy import Policy
 from petrel.policy.aliases import Aliases
 from petrel.privileges import act_as_data_dir_owner
@@ -130,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             act_as_data_dir_owner(config)
             spool = open_spool(config)
             try:
-                intake = Intake(config, spool, PickupPoke(spool.root))
+                intake = Intake(config, spool, local_submitter(spool))
                 policy = Policy(config, Aliases.load(config.aliases.file))
                 stdin, stdout = sys.stdin.fileno(), sys.stdout.buffer
                 serve_stdio(config, intake, policy, user=user, uid=uid, infd=stdin, out=stdout)

@@ -25,6 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from petrel import dsn, smtp
 from petrel.config import Config
@@ -42,6 +43,9 @@ from .admin import LiveAdmin
 from .local import LOCAL, MaildirTransport
 from .outcome import Job, Result, Route, Transport, deferred
 from .smtp import SmtpTransport, remote_route
+
+if TYPE_CHECKING:
+    from .cluster import ClusterAdmin
 
 log = logging.getLogger("petrel.qmgr")
 
@@ -62,6 +66,7 @@ class Tracked:
     # Recovered at start-up: a delivery may have finished just before the crash
     # without being recorded, so Maildir checks before writing again.
     recovered: bool = False
+    fence: int = 0  # the lease this attempt holds (a shared queue, delivery/cluster.py)
 
 
 @dataclass(slots=True)
@@ -92,7 +97,8 @@ class QueueManager:
         self.intake = Intake(config, spool, self)  # notices enter like any message
         self.remote: Transport = transport or SmtpTransport(config, dns, store=spool)
         self.local = MaildirTransport(self.mailboxes, spool)
-        self.admin = LiveAdmin(self)  # what `petrel queue` talks to
+        # what `petrel queue` talks to (a shared queue's manager answers for the cluster)
+        self.admin: LiveAdmin | ClusterAdmin = LiveAdmin(self)
         self.stats = ServerStats()  # what `petrel status` reports: messages in and out
         self._messages: dict[str, Tracked] = {}
         self._recovering = 0  # recovered messages not yet settled

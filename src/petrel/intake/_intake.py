@@ -17,6 +17,7 @@ forged our authserv-id.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import secrets
 import time
@@ -152,6 +153,33 @@ def new_envelope(
     )
 
 
+class HoldBudget:
+    """The octets strangers' held messages may take in one process, all together.
+
+    A message checked at its end (SPF, DKIM, DMARC) is held whole until then, so without
+    a bound a few hundred slow senders of big messages could take the machine's memory.
+    Past the budget a write fails with ENOMEM: that message gets ``452 4.3.1`` (the
+    sender retries later), the session and every other message go on.
+    """
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, size: int) -> None:
+        if self.used + size > self.limit:
+            raise OSError(errno.ENOMEM, "too much mail held for checking at once")
+        self.used += size
+
+    def give(self, size: int) -> None:
+        self.used -= size
+
+
+HELD = HoldBudget(256 * 1024 * 1024)
+
+
 class Draft:
     """One message on its way in: the text streams to the spool as it arrives.
 
@@ -173,6 +201,7 @@ class Draft:
         "_fix",
         "_header",
         "_held",
+        "_held_budget",
         "_hostname",
         "_sign",
         "_spool",
@@ -202,6 +231,8 @@ class Draft:
         # ``outside``: a stranger's mail, its header held only to drop forged results.
         held = fix_header or sign or checks or outside
         self._held: bytearray | None = bytearray() if held else None
+        # A stranger's held text counts against the process's `HELD` budget.
+        self._held_budget: int | None = 0 if (checks or outside) else None
         self._fix = fix_header
         self._sign = sign
         self._default_from = default_from
@@ -230,6 +261,9 @@ class Draft:
             assert self._writer is not None
             self._writer.write(data)
             return
+        if self._held_budget is not None:
+            HELD.take(len(data))
+            self._held_budget += len(data)
         self._held += data
         if self._header.done and not self._sign and self._checks is None:
             self._release()
@@ -237,6 +271,7 @@ class Draft:
     def abort(self) -> None:
         """Drop the message; safe to call more than once."""
         self._held = self._final = None
+        self._let_go()
         if self._checks is not None:
             self._checks.cancel()
         if self._writer is not None:
@@ -247,6 +282,7 @@ class Draft:
         Received field, ``below_trace`` (signatures, our Authentication-Results) after."""
         text = self._text()
         self._held = self._final = None
+        self._let_go()
         if text is None:
             return
         if self._writer is None:
@@ -255,6 +291,11 @@ class Draft:
         else:
             self._writer.write(below_trace)
         self._writer.write(text)  # a large text goes to the file without another copy
+
+    def _let_go(self) -> None:
+        if self._held_budget:
+            HELD.give(self._held_budget)
+            self._held_budget = 0
 
     def _text(self) -> bytes | None:
         """The held-back text behind the fields it lacks (RFC 6409 §8.2–8.3), without
@@ -298,6 +339,7 @@ class Intake:
         self.hostname = config.server.hostname
         self.max_received = config.delivery.max_received
         self.authentication = config.authentication
+        HELD.limit = config.limits.checks_memory  # one budget per process; reload sets it
         self.spool = spool
         self.submitter = submitter
         self.local_domains = config.domains.local

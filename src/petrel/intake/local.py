@@ -18,7 +18,7 @@ import getpass
 import os
 import time
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from petrel import dsn, smtp
 from petrel.config import Config
@@ -29,8 +29,11 @@ from petrel.queue.envelope import FAILED, Recipient
 
 from ._intake import Accepted, Intake, TooManyHops, expand_recipients
 from .headers import header_values, remove_headers, split_header_block
-from .pickup import PickupPoke
+from .pickup import Notified, PickupPoke
 from .trace import LOCAL_PROTOCOL, Origin
+
+if TYPE_CHECKING:
+    from petrel.queue.pg import PgStore
 
 __all__ = [
     "EX_DATAERR",
@@ -42,6 +45,7 @@ __all__ = [
     "SendmailError",
     "SendmailOptions",
     "Submission",
+    "local_submitter",
     "open_spool",
     "prepare",
     "read_message",
@@ -209,9 +213,17 @@ def refusal_notice(submission: Submission, policy: Policy) -> dsn.Notice | None:
     )
 
 
-def open_spool(config: Config) -> Spool:
-    """The spool under ``data_dir``, made if missing; SendmailError (73) if it cannot be."""
+def open_spool(config: Config) -> Spool | PgStore:
+    """The queue store: the spool under ``data_dir``, made if missing, or the shared
+    PostgreSQL queue; SendmailError (73, or 75 for a database out of reach) if not."""
     data_dir = config.server.data_dir
+    if config.queue.backend == "postgresql":
+        from petrel.queue.pg import SchemaError, open_store
+
+        try:
+            return open_store(config)
+        except (OSError, SchemaError) as exc:
+            raise SendmailError(EX_TEMPFAIL, f"cannot open the queue: {exc}") from None
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         spool = Spool(data_dir / "queue")
@@ -220,6 +232,12 @@ def open_spool(config: Config) -> Spool:
         message = f"cannot open the spool under {data_dir}: {exc}"
         raise SendmailError(EX_CANTCREAT, message) from None
     return spool
+
+
+def local_submitter(store: Spool | PgStore) -> Notified:
+    """What tells the server about mail committed here: the pickup pipe of a spool; a
+    shared queue's commit NOTIFYs the nodes itself."""
+    return PickupPoke(store.root) if isinstance(store, Spool) else Notified()
 
 
 def submit(
@@ -236,7 +254,7 @@ def submit(
         local_user=user or getpass.getuser(),
         uid=os.getuid() if uid is None else uid,
     )
-    intake = Intake(config, spool, PickupPoke(spool.root))
+    intake = Intake(config, spool, local_submitter(spool))
     envelope = submission.envelope
     try:
         asyncio.run(

@@ -38,7 +38,7 @@ from .trace import LOCAL_PROTOCOL
 if TYPE_CHECKING:
     from petrel.delivery.manager import QueueManager
 
-__all__ = ["PICKUP_PIPE", "PickupPoke", "PickupWatcher", "write_pickup"]
+__all__ = ["PICKUP_PIPE", "Notified", "PickupPoke", "PickupWatcher", "write_pickup"]
 
 log = logging.getLogger("petrel.pickup")
 
@@ -47,7 +47,29 @@ SCAN_INTERVAL = 2.0
 SETTLE_SECONDS = 1.0  # a worker's message found by the scan alone must be this old
 
 
-class PickupPoke:
+class Notified:
+    """The `Submitter` of a process without the queue manager on a shared queue
+    ([queue] backend = "postgresql"): the commit itself NOTIFYs every node, so there is
+    nothing to poke. ``etrn`` asks the queue manager for a client's ETRN (RFC 1985);
+    without it, ETRN is refused with 458 rather than answered with a guess."""
+
+    def __init__(self, etrn: Callable[[str], smtp.Reply] | None = None) -> None:
+        self._etrn = etrn
+
+    def submit(self, envelope: Envelope) -> None:
+        pass
+
+    def delivered(self, envelope: Envelope, recipients: int) -> None:
+        """Not reported: the parent's counters (`petrel status`) cover its own process."""
+
+    def etrn(self, node: str) -> smtp.Reply:
+        """Answered by the queue manager: 250 started, or 251 none waiting."""
+        if self._etrn is None or node.startswith("#"):
+            return smtp.reply(458, "4.0.0", f"Unable to queue messages for node {node}")
+        return self._etrn(node)
+
+
+class PickupPoke(Notified):
     """The `Submitter` of a process without the queue manager (a worker, ``petrel
     sendmail``): it names committed mail to the server through the pickup pipe.
 
@@ -57,8 +79,8 @@ class PickupPoke:
     """
 
     def __init__(self, queue_root: Path, etrn: Callable[[str], smtp.Reply] | None = None) -> None:
+        super().__init__(etrn)
         self.root = queue_root
-        self._etrn = etrn
 
     def submit(self, envelope: Envelope) -> None:
         # No reader (server down) or a full pipe: the server's scan or its next start
@@ -69,15 +91,6 @@ class PickupPoke:
             poked = False
         if not poked:
             log_event(log, "pickup-poke-lost", level=logging.DEBUG, queue_id=envelope.queue_id)
-
-    def delivered(self, envelope: Envelope, recipients: int) -> None:
-        """Not reported: the parent's counters (`petrel status`) cover its own process."""
-
-    def etrn(self, node: str) -> smtp.Reply:
-        """ETRN (RFC 1985), answered by the queue manager: 250 started, or 251 none waiting."""
-        if self._etrn is None or node.startswith("#"):
-            return smtp.reply(458, "4.0.0", f"Unable to queue messages for node {node}")
-        return self._etrn(node)
 
 
 def write_pickup(queue_root: Path, line: str) -> bool:

@@ -19,7 +19,7 @@ from petrel.smtp import Address, Reply, reply
 from petrel.smtp import replies as texts
 
 from .aliases import AliasError, Aliases
-from .users import User, Users
+from .users import User, UserStore, open_users
 
 log = logging.getLogger("petrel.policy")
 
@@ -37,9 +37,9 @@ class Client:
 
 
 class Policy:
-    def __init__(self, config: Config, aliases: Aliases, users: Users | None = None) -> None:
+    def __init__(self, config: Config, aliases: Aliases, users: UserStore | None = None) -> None:
         self.hostname = config.server.hostname
-        self.users = users if users is not None else Users(config.server.data_dir / "users")
+        self.users = users if users is not None else open_users(config)
         self.local_domains = config.domains.local
         self.lmtp_domains = frozenset(config.domains.lmtp)
         self.relay_networks = config.domains.relay_networks

@@ -20,14 +20,25 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from petrel.fsutil import FileSignature, file_signature, fsync_dir, unlink_quietly, write_all
 
 if TYPE_CHECKING:
     from argon2 import PasswordHasher
 
-__all__ = ["ScramSecret", "User", "UserError", "Users", "hash_password", "scram_secret"]
+    from petrel.config import Config
+
+__all__ = [
+    "ScramSecret",
+    "User",
+    "UserError",
+    "UserStore",
+    "Users",
+    "hash_password",
+    "open_users",
+    "scram_secret",
+]
 
 SCRAM_ITERATIONS = 4096  # RFC 7677 §4 minimum; argon2id guards the other mechanisms
 
@@ -132,6 +143,42 @@ def _parse(data: str, source: Path) -> dict[str, User]:
     return users
 
 
+class UserStore(Protocol):
+    """What AUTH, the recipient checks and `petrel user` need: `Users` (the file) or
+    `petrel.policy.pg_users.PgUsers` (the shared database, [users] backend)."""
+
+    @property
+    def path(self) -> Path | str:
+        """Where the users are, for messages."""
+        ...
+
+    def get(self, address: str) -> User | None: ...
+
+    def has_users(self, domain: str) -> bool: ...
+
+    def __iter__(self) -> Iterator[User]: ...
+
+    def add(self, address: str, password: str) -> None: ...
+
+    def set_password(self, address: str, password: str) -> None: ...
+
+    def delete(self, address: str) -> None: ...
+
+
+def open_users(config: Config) -> UserStore:
+    """The configured user store ([users] backend)."""
+    if config.users.backend == "postgresql":
+        from petrel.policy.pg_users import shared_users
+
+        return shared_users(config.queue.dsn)
+    return Users(config.server.data_dir / "users")
+
+
+def new_user(address: str, password: str) -> User:
+    """A user record: the argon2id hash and the SCRAM keys of ``password``."""
+    return User(address, hash_password(password), scram_secret(password))
+
+
 class Users:
     """The users of every local domain, re-read when the file changes."""
 
@@ -208,14 +255,14 @@ class Users:
         with self._locked() as users:
             if address in users:
                 raise UserError(f"{address}: user exists (use 'petrel user passwd')")
-            users[address] = User(address, hash_password(password), scram_secret(password))
+            users[address] = new_user(address, password)
 
     def set_password(self, address: str, password: str) -> None:
         address = normalize_address(address)
         with self._locked() as users:
             if address not in users:
                 raise UserError(f"{address}: no such user")
-            users[address] = User(address, hash_password(password), scram_secret(password))
+            users[address] = new_user(address, password)
 
     def delete(self, address: str) -> None:
         address = normalize_address(address)

@@ -10,7 +10,7 @@ from petrel.queue.envelope import (
 )
 from petrel.queue.ids import is_valid_queue_id, new_queue_id
 from petrel.queue.spool import HEADER_SCAN, CorruptMessageError, MessageWriter, Spool
-from petrel.queue.store import QueueStore, QueueWriter
+from petrel.queue.store import QueueStore, QueueWriter, StoreUnavailableError
 
 __all__ = [
     "DEFERRED",
@@ -25,6 +25,7 @@ __all__ = [
     "QueueWriter",
     "Recipient",
     "Spool",
+    "StoreUnavailableError",
     "is_valid_queue_id",
     "new_queue_id",
 ]

@@ -254,6 +254,10 @@ def _mailq_time(when: float) -> str:
     return f"{time.strftime('%a %b', t)} {t.tm_mday:2d} {time.strftime('%H:%M:%S', t)}"
 
 
+def _clock(when: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(when))
+
+
 def format_list(messages: list[dict[str, Any]], data_dir: Path | None = None) -> str:
     """The queue in Postfix's mailq layout: ``!`` marks held mail, ``*`` mail being tried.
 
@@ -273,6 +277,9 @@ def format_list(messages: list[dict[str, Any]], data_dir: Path | None = None) ->
         sender = m["sender"] or "MAILER-DAEMON"
         arrival = _mailq_time(m["received_at"])
         lines.append(f"{m['queue_id'] + flag:<{_ID_WIDTH}} {size:>8} {arrival:<20} {sender}")
+        lease = m.get("lease")  # a shared queue: which node's attempt holds it
+        if lease:
+            lines.append(f"{_INDENT}(leased by {lease['node']} until {_clock(lease['until'])})")
         last_error: str | None = None
         for r in m["recipients"]:
             if r["state"] in ("delivered", "failed"):
@@ -311,6 +318,9 @@ def format_show(info: Mapping[str, Any]) -> str:
         ("RET", info.get("ret")),
         ("BY", "{};{}".format(*info["by"]) if info.get("by") else None),
     ]
+    lease = info.get("lease")
+    if lease:
+        optional.append(("Lease", f"{lease['node']} until {_clock(lease['until'])}"))
     rows.extend((k, v) for k, v in optional if v)
     out = [f"{key + ':':<11}{value}" for key, value in rows]
     out.append("Recipients:")

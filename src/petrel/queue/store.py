@@ -1,12 +1,13 @@
 """`QueueStore`: what intake, delivery and queue administration need from the queue.
 
-`Spool` (files under ``<data_dir>/queue``) is the one implementation today; a second
-backend (PostgreSQL, a later issue) implements the same protocol and nothing above it
-changes. The contract every backend keeps:
+`Spool` (files under ``<data_dir>/queue``) and `petrel.queue.pg.PgStore` (one
+PostgreSQL database shared by several nodes) implement it. The contract every backend
+keeps:
 
 - `begin` hands out a `QueueWriter`; `commit` returns only once the message is on
   stable storage (the 250 waits for it) and raises ``OSError`` if it could not be put
-  there. A committed message is recovered after any crash.
+  there (`StoreUnavailableError` when the store is out of reach for now). A committed
+  message is recovered after any crash.
 - Reads raise ``OSError`` for a message that cannot be read (``FileNotFoundError`` for
   one that is gone) and ``ValueError`` (`CorruptMessageError`) for a damaged one.
 - `save_state` records the recipients' delivery state and ``hold`` atomically but need
@@ -25,7 +26,14 @@ from typing import Protocol
 
 from petrel.queue.envelope import Envelope, Recipient
 
-__all__ = ["Copier", "Copies", "CopyRound", "QueueStore", "QueueWriter"]
+__all__ = ["Copier", "Copies", "CopyRound", "QueueStore", "QueueWriter", "StoreUnavailableError"]
+
+
+class StoreUnavailableError(OSError):
+    """The store cannot be reached just now (a database that is down): try again later.
+
+    Intake answers it with ``451 4.3.0``; nothing was acknowledged.
+    """
 
 
 class Copies(Protocol):

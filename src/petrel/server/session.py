@@ -50,6 +50,7 @@ from petrel.policy.refusals import Reason, Refusals
 from petrel.policy.throttle import Attempt
 from petrel.queue import Envelope
 from petrel.queue.spool import MIN_FREE
+from petrel.queue.store import StoreUnavailableError
 from petrel.smtp import replies as texts
 
 from .modes import IMPLICIT_TLS_MODES, SUBMISSION_MODES
@@ -75,6 +76,7 @@ PROXY_TIMEOUT = 5.0
 
 _INTERNAL_ERROR = smtp.reply(421, "4.3.0", "Internal error, closing connection")
 _NO_STORAGE = smtp.reply(452, "4.3.1", "Insufficient system storage, try again later")
+_STORE_DOWN = smtp.reply(451, "4.3.0", "Queue storage unavailable, try again later")
 _TOO_MANY_HOPS = smtp.reply(554, "5.4.6", "Too many hops (Received header fields); mail loop?")
 
 
@@ -823,6 +825,9 @@ class SmtpSession(asyncio.Protocol):
         except CheckRefused as exc:
             log_event(log, "message-reject", session=self.id, reply=str(exc.reply))
             return exc.reply
+        except StoreUnavailableError as exc:  # the queue database is down: nothing acked
+            log_event(log, "spool-error", level=logging.ERROR, session=self.id, error=str(exc))
+            return _STORE_DOWN
         except OSError as exc:
             log_event(log, "spool-error", level=logging.ERROR, session=self.id, error=str(exc))
             return _NO_STORAGE
