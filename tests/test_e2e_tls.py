@@ -260,7 +260,7 @@ def test_stalled_implicit_tls_handshakes_count_against_connection_limits(petrel_
     third = RawClient(petrel.connect(mode="submissions"))
     assert third.at_eof()
     third.close()
-    assert 'reason="Too many connections from this address"' in petrel.log_text()
+    assert "reason=too-many-connections-per-ip" in petrel.log_text()
     for sock in stalled:
         sock.close()
 

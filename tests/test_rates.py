@@ -10,6 +10,7 @@ import pytest
 from conftest import Clock
 from petrel.config import Config, ConfigError, load_config
 from petrel.policy.rates import Rates
+from petrel.policy.refusals import Refusals
 from petrel.policy.throttle import ThrottleTable
 
 IP = "192.0.2.7"
@@ -18,7 +19,7 @@ IP = "192.0.2.7"
 def rates(path: Path, clock: Clock, **limits: int) -> Rates:
     config = Config.default()
     section = dataclasses.replace(config.limits, **limits)
-    return Rates(ThrottleTable.open(path, 64), section, "mx.test", clock)
+    return Rates(ThrottleTable.open(path, 64), section, "mx.test", Refusals.in_memory(), clock)
 
 
 def test_the_eleventh_message_in_a_minute_is_refused_and_others_are_unaffected(
@@ -79,7 +80,7 @@ def test_zero_means_unlimited(tmp_path: Path) -> None:
 
 def test_an_in_memory_table_works_alone() -> None:
     config = dataclasses.replace(Config.default().limits, message_rate=1)
-    r = Rates(ThrottleTable.in_memory(64), config, "mx.test", Clock())
+    r = Rates(ThrottleTable.in_memory(64), config, "mx.test", Refusals.in_memory(), Clock())
     assert r.message(IP, None) is None
     assert r.message(IP, None) is not None
 

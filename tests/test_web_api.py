@@ -381,6 +381,7 @@ def test_metrics_count_the_traffic(web: PetrelServer) -> None:
     assert after[("petrel_connections_total", (("listener", "smtp"),))] == 3.0
     assert after[("petrel_delivery_latency_seconds_count", (("transport", "local"),))] == 2.0
     assert after[("petrel_queue_messages", (("state", "queued"),))] == 0.0
+    assert after[("petrel_refusals_total", (("reason", "greylist"),))] == 0.0  # antispam's
 
 
 def test_two_curl_lines_from_the_readme(web: PetrelServer) -> None:

@@ -58,7 +58,14 @@ from petrel.reload import reread
 from petrel.server import Server
 from petrel.server.control import ControlServer, ask_etrn, control_path
 from petrel.server.notify import monotonic_usec, notify
-from petrel.server.server import bind_sockets, join_address, open_auth_state, open_rates
+from petrel.server.server import (
+    bind_sockets,
+    join_address,
+    open_auth_state,
+    open_greylist,
+    open_rates,
+    open_refusals,
+)
 from petrel.server.tls import TlsManager, copy_material
 from petrel.server.workers import WORKER_FDS_ENV, WorkerPool, decode_fds
 from petrel.status import ErrorLog, ServerStats
@@ -276,7 +283,12 @@ async def _serve(config: Config, log_args: list[str] | None, errors: ErrorLog) -
         if dropped.tls_fds is None:
             TlsManager(config)  # generate a self-signed pair once, before the workers race to
         open_auth_state(config)[0].table.close()  # the same for the AUTH files
-        open_rates(config).table.close()  # and the rates
+        refusals = open_refusals(config)  # and the rates, greylisting and refusal counts
+        open_rates(config, refusals).table.close()
+        refusals.close()
+        greylist = open_greylist(config)
+        if greylist is not None:
+            greylist.table.close()
         bound = dropped.sockets if dropped.sockets is not None else _bind_listeners(config)
         http_sockets = {i: bound.pop(i) for i in list(bound) if _is_http(config, i)}
         metrics.share_with_workers(data_dir / "metrics")  # their counts in our /metrics
@@ -311,6 +323,8 @@ async def _serve(config: Config, log_args: list[str] | None, errors: ErrorLog) -
         metrics.REGISTRY.register(
             metrics.StateCollector(manager.admin.counts, sync_rounds, lambda: spool.commit_count)
         )
+        refusals = server.refusals if server is not None else open_refusals(config)
+        metrics.REGISTRY.register(metrics.RefusalCollector(refusals.snapshot))
         web_server = WebServer(lambda: config, manager.admin, authenticator, events, status)
         served += await web_server.start(http_listeners)
     listeners.extend({"address": join_address(h, p), "mode": m} for h, p, m in served)

@@ -23,6 +23,7 @@ __all__ = [
     "FD_RESERVE",
     "SMTP_MODES",
     "AliasesSection",
+    "AntispamSection",
     "AuthSection",
     "AuthenticationSection",
     "Config",
@@ -31,6 +32,7 @@ __all__ = [
     "DkimSection",
     "DkimSign",
     "DnsSection",
+    "DnsblSite",
     "DomainsSection",
     "HttpSection",
     "LimitsSection",
@@ -81,6 +83,7 @@ _SECTIONS = frozenset(
         "aliases",
         "auth",
         "delivery",
+        "antispam",
         "users",
         "dns",
         "dkim",
@@ -108,6 +111,14 @@ FD_RESERVE = 256
 # An idle session costs a few KiB (docs/architecture.md §6): even this many is a few
 # hundred MiB, so past it an operator should choose the figure deliberately.
 _MAX_DEFAULT_CONNECTIONS = 50_000
+PREGREET_ACTIONS = ("reject", "off")
+# A greeting later than this loses clients (RFC 5321 §4.5.3.2.1: they wait 5 minutes).
+_MAX_GREET_DELAY = 300.0
+# postscreen's dnsbl_sites: "zone", "zone=127.0.0.[2..11]", "zone=127.0.[0..255].[1;3]*-2".
+_DNSBL_RE = re.compile(r"([^=*]+)(?:=([0-9.\[\];]+))?(?:\*(-?\d+))?")
+_OCTET = r"(\[[0-9.;]*\]|\d{1,3})"
+_DNSBL_FILTER_RE = re.compile(r"\.".join([_OCTET] * 4))
+_OCTET_ITEM_RE = re.compile(r"(\d{1,3})(?:\.\.(\d{1,3}))?")
 # A rate's window is sixteen buckets of at most 65535 counts (policy/throttle.py).
 _MAX_RATE = 1_000_000
 
@@ -260,6 +271,42 @@ class PolicySection:
 
 
 @dataclass(frozen=True, slots=True)
+class DnsblSite:
+    """One ``antispam.dnsbl`` entry: a list zone, the answers that count, their weight.
+
+    ``octets`` holds, per octet of the 127.0.0.x answer, the values that match (None:
+    any answer matches, postscreen's bare ``zone``). A negative weight makes it a DNSWL.
+    """
+
+    zone: str
+    octets: tuple[frozenset[int], ...] | None = None
+    weight: int = 1
+
+    def matches(self, answer: str) -> bool:
+        if self.octets is None:
+            return True
+        parts = answer.split(".")
+        return len(parts) == 4 and all(
+            part.isdigit() and int(part) in allowed
+            for part, allowed in zip(parts, self.octets, strict=True)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AntispamSection:
+    """postscreen-style checks at connect, greylisting and Postfix's sender checks."""
+
+    dnsbl: tuple[DnsblSite, ...] = ()
+    dnsbl_threshold: int = 1  # summed weights at which a client gets 554 5.7.1
+    pregreet: str = "reject"  # reject | off: a client that talks before our 220
+    greet_delay: float = 0.0  # seconds before the 220 (0: at once, no pregreet test)
+    greylist: bool = False
+    greylist_delay: float = 300.0
+    reject_unknown_sender_domain: bool = False  # MAIL FROM domain without MX/A/AAAA
+    reject_non_fqdn_helo: bool = False  # HELO/EHLO name that is no FQDN: 504 5.5.2
+
+
+@dataclass(frozen=True, slots=True)
 class AliasesSection:
     file: Path
 
@@ -316,6 +363,7 @@ class Config:
     auth: AuthSection = field(default_factory=AuthSection)
     delivery: DeliverySection = field(default_factory=DeliverySection)
     log: LogSection = field(default_factory=LogSection)
+    antispam: AntispamSection = field(default_factory=AntispamSection)
     users: UsersSection = field(default_factory=UsersSection)
     dns: DnsSection = field(default_factory=DnsSection)
     dkim: DkimSection = field(default_factory=DkimSection)
@@ -429,6 +477,7 @@ def _build(data: dict[str, Any], base_dir: Path, source: Path | None) -> Config:
         auth=_auth(_Table(data.get("auth", {}), "auth")),
         delivery=_delivery(_Table(data.get("delivery", {}), "delivery")),
         log=_log(_Table(data.get("log", {}), "log"), server.data_dir),
+        antispam=_antispam(_Table(data.get("antispam", {}), "antispam")),
         users=_users(_Table(data.get("users", {}), "users"), queue),
         dns=_dns(_Table(data.get("dns", {}), "dns")),
         dkim=_dkim(_Table(data.get("dkim", {}), "dkim"), server.data_dir),
@@ -774,6 +823,73 @@ def _policy(t: _Table) -> PolicySection:
     )
     t.finish()
     return policy
+
+
+def _antispam(t: _Table) -> AntispamSection:
+    sites = _list(t.take("dnsbl", []), t.key("dnsbl"))
+    threshold = t.take("dnsbl_threshold", 1)
+    if isinstance(threshold, bool) or not isinstance(threshold, int):
+        raise ConfigError(f"{t.key('dnsbl_threshold')}: must be an integer, got {_show(threshold)}")
+    greet_delay = t.take("greet_delay", "0s")
+    delay = _delay(greet_delay, t.key("greet_delay"))
+    if delay > _MAX_GREET_DELAY:
+        raise ConfigError(f"{t.key('greet_delay')}: must be at most 5m, got {_show(greet_delay)}")
+    section = AntispamSection(
+        dnsbl=tuple(_dnsbl_site(v, f"{t.key('dnsbl')}[{i}]") for i, v in enumerate(sites)),
+        dnsbl_threshold=threshold,
+        pregreet=_choice(t.take("pregreet", "reject"), t.key("pregreet"), PREGREET_ACTIONS),
+        greet_delay=delay,
+        greylist=_bool(t.take("greylist", False), t.key("greylist")),
+        greylist_delay=parse_duration(t.take("greylist_delay", "5m"), t.key("greylist_delay")),
+        reject_unknown_sender_domain=_bool(
+            t.take("reject_unknown_sender_domain", False), t.key("reject_unknown_sender_domain")
+        ),
+        reject_non_fqdn_helo=_bool(
+            t.take("reject_non_fqdn_helo", False), t.key("reject_non_fqdn_helo")
+        ),
+    )
+    t.finish()
+    return section
+
+
+def _delay(value: Any, key: str) -> float:
+    """A duration that may be zero (``"0s"``: no delay)."""
+    if isinstance(value, str) and value.strip().lower() in ("0", "0s", "0m", "0h", "0d"):
+        return 0.0
+    if value == 0 and not isinstance(value, bool):
+        return 0.0
+    return parse_duration(value, key)
+
+
+def _dnsbl_site(value: Any, key: str) -> DnsblSite:
+    """postscreen's syntax: ``zone[=d.d.d.d][*weight]``, each ``d`` a number or a
+    ``[n..m;k]`` list of numbers and ranges."""
+    text = _str(value, key).strip()
+    match = _DNSBL_RE.fullmatch(text)
+    if match is None:
+        raise ConfigError(
+            f'{key}: expected "zone", "zone=127.0.0.[2..11]" or "zone*3", got {value!r}'
+        )
+    zone, pattern, weight = match.groups()
+    octets: tuple[frozenset[int], ...] | None = None
+    if pattern is not None:
+        parts = _DNSBL_FILTER_RE.fullmatch(pattern)
+        if parts is None:
+            raise ConfigError(f"{key}: the answer filter needs four octets, got {pattern!r}")
+        octets = tuple(_octet_values(part, key) for part in parts.groups())
+    return DnsblSite(_domain(zone, key), octets, 1 if weight is None else int(weight))
+
+
+def _octet_values(part: str, key: str) -> frozenset[int]:
+    items = part[1:-1].split(";") if part.startswith("[") and part.endswith("]") else [part]
+    values: set[int] = set()
+    for item in items:
+        found = _OCTET_ITEM_RE.fullmatch(item)
+        low, high = (int(found[1]), int(found[2] or found[1])) if found else (0, -1)
+        if found is None or not 0 <= low <= high <= 255:
+            raise ConfigError(f"{key}: not an octet, a range n..m or a [list]: {part!r}")
+        values.update(range(low, high + 1))
+    return frozenset(values)
 
 
 def _aliases(t: _Table, data_dir: Path) -> AliasesSection:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from prometheus_client import (
@@ -35,6 +35,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from petrel.policy.refusals import Reason
+
 __all__ = [
     "ACCEPTED",
     "AUTH_FAILURES",
@@ -47,6 +49,7 @@ __all__ = [
     "SESSIONS",
     "TLS_FAILURES",
     "TLS_HANDSHAKES",
+    "RefusalCollector",
     "StateCollector",
     "accepted",
     "connection",
@@ -267,6 +270,23 @@ def delivery(transport: str, outcome: str) -> Counter:
 @functools.cache
 def latency(transport: str) -> Histogram:
     return DELIVERY_LATENCY.labels(transport)
+
+
+class RefusalCollector(Collector):
+    """``petrel_refusals_total{reason}``: `policy.refusals.Refusals`, the refusals for
+    what a client is or does (rates, caps, DNSBL, pregreet, greylisting, sender checks),
+    already shared by every worker through ``<data_dir>/refusals`` and kept over restarts."""
+
+    def __init__(self, snapshot: Callable[[], Mapping[Reason, int]]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(
+            "petrel_refusals", "Refusals by reason (policy/refusals.py)", labels=["reason"]
+        )
+        for reason, count in self._snapshot().items():
+            family.add_metric([reason], count)
+        yield family
 
 
 class StateCollector(Collector):

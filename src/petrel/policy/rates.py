@@ -32,12 +32,19 @@ from petrel.config import LimitsSection
 from petrel.log import log_event
 from petrel.smtp import Reply, reply
 
+from .refusals import Reason, Refusals
 from .throttle import BUCKETS, ThrottleTable, advance, client_key, count
 
 __all__ = ["MINUTE", "RATES_SLOTS", "Rates"]
 
 log = logging.getLogger("petrel.policy")
 
+_REASONS: dict[str, Reason] = {
+    "connection": "connection-rate",
+    "message": "message-rate",
+    "recipient": "recipient-rate",
+    "user-message": "user-message-rate",
+}
 MINUTE = 60.0
 HOUR = 3600.0
 # 4 MiB: keys of four kinds (three per client, one per user) for some 16k clients at once.
@@ -52,9 +59,11 @@ class Rates:
         table: ThrottleTable,
         limits: LimitsSection,
         hostname: str,
+        refusals: Refusals,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.table = table
+        self.refusals = refusals
         self.hostname = hostname
         self.connection_rate = limits.connection_rate
         self.message_rate = limits.message_rate
@@ -129,12 +138,16 @@ class Rates:
         return None
 
     def _log(self, limit: str, session: str, rate: int, **fields: str | None) -> None:
+        """The refusal's one log line (``reason=`` as counted in `Refusals`)."""
         per = "hour" if limit == "user-message" else "minute"
+        reason: Reason = _REASONS[limit]
+        self.refusals.count(reason)
         log_event(
             log,
             "rate-limit",
             level=logging.WARNING,
             session=session,
+            reason=reason,
             limit=limit,
             rate=f"{rate}/{per}",
             **{name: value for name, value in fields.items() if value is not None},

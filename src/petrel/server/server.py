@@ -27,9 +27,12 @@ from petrel.log import log_event
 from petrel.mailauth.checks import Checker
 from petrel.mailauth.resolver import ResolverLookups
 from petrel.policy import Policy
+from petrel.policy.antispam import Antispam
 from petrel.policy.auth import Authenticator
 from petrel.policy.decoy import SECRET_FILE, ScramDecoys, load_secret
+from petrel.policy.greylist import GREYLIST_SLOTS, Greylist
 from petrel.policy.rates import RATES_SLOTS, Rates
+from petrel.policy.refusals import Reason, Refusals
 from petrel.policy.throttle import AuthThrottle, ThrottleTable
 
 from .modes import IMPLICIT_TLS_MODES, STARTTLS_MODES
@@ -44,7 +47,9 @@ __all__ = [
     "bind_sockets",
     "join_address",
     "open_auth_state",
+    "open_greylist",
     "open_rates",
+    "open_refusals",
 ]
 
 log = logging.getLogger("petrel.server")
@@ -52,6 +57,8 @@ log = logging.getLogger("petrel.server")
 _SWEEP_SECONDS = 1.0
 THROTTLE_FILE = "auth-throttle"
 RATES_FILE = "rates"
+REFUSALS_FILE = "refusals"
+GREYLIST_FILE = "greylist"
 _BACKLOG = 4096
 
 
@@ -177,11 +184,28 @@ class ImplicitTlsListener:
                 ip, client = proxied[0], f"{proxied[0]}:{proxied[1]}"
         refusal = self.server.admit_handshake(ip)
         context = self.server.tls.context
-        if context is None:
-            refusal = "no TLS certificate (tls-unavailable)"
         if refusal is not None:
             # No SMTP reply is possible before TLS is up: the client expects a handshake.
-            log_event(log, "reject", client=client, mode=self.listener.mode, reason=refusal)
+            reason, detail = refusal
+            self.server.refusals.count(reason)
+            log_event(
+                log,
+                "reject",
+                client=client,
+                mode=self.listener.mode,
+                reason=reason,
+                detail=detail,
+            )
+            sock.close()
+            return
+        if context is None:
+            log_event(
+                log,
+                "reject",
+                client=client,
+                mode=self.listener.mode,
+                reason="no TLS certificate (tls-unavailable)",
+            )
             sock.close()
             return
         self.server.handshakes[ip] += 1
@@ -284,24 +308,54 @@ def open_auth_state(config: Config) -> tuple[AuthThrottle, ScramDecoys]:
     return throttle, decoys
 
 
-def open_rates(config: Config) -> Rates:
+def open_rates(config: Config, refusals: Refusals) -> Rates:
     """The per-client and per-user rates, counted in ``<data_dir>/rates``.
 
     Shared by every worker (a parent with workers opens it first, as the AUTH files);
     on a full disk, counted per process instead.
     """
+    table = _open_table(config, RATES_FILE, RATES_SLOTS, "rates-unwritable", "rates")
+    return Rates(table, config.limits, config.server.hostname, refusals)
+
+
+def open_greylist(config: Config) -> Greylist | None:
+    """Greylisting's triplets in ``<data_dir>/greylist`` (None: ``antispam.greylist`` off)."""
+    if not config.antispam.greylist:
+        return None
+    table = _open_table(
+        config, GREYLIST_FILE, GREYLIST_SLOTS, "greylist-unwritable", "greylisting triplets"
+    )
+    return Greylist(table, config.antispam.greylist_delay)
+
+
+def _open_table(config: Config, name: str, slots: int, event: str, what: str) -> ThrottleTable:
     try:
-        table = ThrottleTable.open(config.server.data_dir / RATES_FILE, RATES_SLOTS)
+        return ThrottleTable.open(config.server.data_dir / name, slots)
+    except OSError as exc:  # a full disk: serve anyway, with what this process can keep
+        log_event(
+            log,
+            event,
+            level=logging.WARNING,
+            error=str(exc),
+            effect=f"{what} are kept per process until a restart",
+        )
+        return ThrottleTable.in_memory(slots)
+
+
+def open_refusals(config: Config) -> Refusals:
+    """The refusal counters in ``<data_dir>/refusals``, shared by every worker (what
+    ``/metrics`` reads); on a full disk, counted per process instead."""
+    try:
+        return Refusals.open(config.server.data_dir / REFUSALS_FILE)
     except OSError as exc:
         log_event(
             log,
-            "rates-unwritable",
+            "refusals-unwritable",
             level=logging.WARNING,
             error=str(exc),
-            effect="rates are counted per process until a restart",
+            effect="refusals are counted per process until a restart",
         )
-        table = ThrottleTable.in_memory(RATES_SLOTS)
-    return Rates(table, config.limits, config.server.hostname)
+        return Refusals.in_memory()
 
 
 class Server:
@@ -325,7 +379,8 @@ class Server:
         self.tls = tls or TlsManager(config)
         throttle, decoys = open_auth_state(config)
         self.auth = Authenticator(policy, throttle, decoys)
-        self.rates = open_rates(config)
+        self.refusals = open_refusals(config)
+        self.rates = open_rates(config, self.refusals)
         # The inbound checks (SPF, DKIM, DMARC, ARC) on the shared resolver; sessions get
         # an intake that runs them, the manager's own (DSN notices) does not.
         self.checker = Checker(ResolverLookups(dns))
@@ -344,6 +399,9 @@ class Server:
             rdns=ReverseDns(dns, enabled=config.server.reverse_dns),
             host=self,
             rates=self.rates,
+            refusals=self.refusals,
+            antispam=Antispam(config.antispam, dns),
+            greylist=open_greylist(config),
             proxy_networks=config.server.proxy_networks,
         )
         self.sessions: set[SmtpSession] = set()
@@ -392,9 +450,16 @@ class Server:
             old.table, auth.max_failures, auth.failure_window, auth.lockout, old.clock
         )
         self.auth = Authenticator(policy, throttle, self.auth.decoys)
-        self.rates = Rates(self.rates.table, config.limits, self.hostname, self.rates.clock)
-        self._exempt_networks = (*config.limits.exempt_networks, *config.domains.relay_networks)
         ctx = self.context
+        self.rates = Rates(
+            self.rates.table, config.limits, self.hostname, self.refusals, self.rates.clock
+        )
+        greylist = ctx.greylist
+        if greylist is not None and config.antispam.greylist:
+            greylist = Greylist(greylist.table, config.antispam.greylist_delay, greylist.clock)
+        else:
+            greylist = open_greylist(config)
+        self._exempt_networks = (*config.limits.exempt_networks, *config.domains.relay_networks)
         self.context = dataclasses.replace(
             ctx,
             hostname=self.hostname,
@@ -406,6 +471,8 @@ class Server:
             intake=Intake(config, ctx.intake.spool, ctx.intake.submitter, self.checker),
             rdns=ReverseDns(self.dns, enabled=config.server.reverse_dns),
             rates=self.rates,
+            antispam=Antispam(config.antispam, self.dns),
+            greylist=greylist,
             proxy_networks=config.server.proxy_networks,
         )
 
@@ -506,26 +573,42 @@ class Server:
             return False
         return any(address in network for network in self._exempt_networks)
 
-    def admit(self, session: SmtpSession) -> smtp.Reply | str | None:
-        """None to accept the session, else the reply (or the reason for a 421 4.7.0)."""
+    def admit(self, session: SmtpSession) -> smtp.Reply | None:
+        """None to accept the session, else the reply (logged and counted here)."""
+        refused = self._refusal(session)
+        if isinstance(refused, smtp.Reply):  # a rate: logged as rate-limit already
+            return refused
+        if refused is not None:
+            reason, text = refused
+            answer = smtp.reply(421, "4.7.0", f"{self.hostname} {text}")
+            self.refusals.count(reason)
+            log_event(
+                log, "reject", session=session.id, client=session.peer_ip, reason=reason,
+                reply=str(answer),
+            )
+            return answer
+        self.sessions.add(session)
+        self._per_ip[session.peer_ip] += 1
+        return None
+
+    def _refusal(self, session: SmtpSession) -> smtp.Reply | tuple[Reason, str] | None:
         limits = self.config.limits
         ip = session.peer_ip
         exempt = session.exempt
         if self._crowded(len(self.sessions), 0 if exempt else self._per_ip[ip]):
-            return "Too many connections, try again later"
+            return "too-many-connections", "Too many connections, try again later"
         if not exempt and self._per_ip[ip] >= limits.connections_per_ip:
-            return "Too many connections from your address, try again later"
+            return (
+                "too-many-connections-per-ip",
+                "Too many connections from your address, try again later",
+            )
         if self.auth.locked(ip):
-            return "Too many failed authentications, try again later"
+            return "auth-lockout", "Too many failed authentications, try again later"
         if not exempt:  # counted last: a connection refused above is not counted
-            refusal = self.rates.connection(ip, session.id)
-            if refusal is not None:
-                return refusal
-        self.sessions.add(session)
-        self._per_ip[ip] += 1
+            return self.rates.connection(ip, session.id)
         return None
 
-    def admit_handshake(self, ip: str) -> str | None:
+    def admit_handshake(self, ip: str) -> tuple[Reason, str] | None:
         """Like ``admit``, for a connection whose TLS handshake has not finished yet.
 
         Handshakes have their own, smaller budget: ``limits.tls_handshakes_per_ip`` per
@@ -538,16 +621,17 @@ class Server:
         limits = self.config.limits
         pending = self.handshakes[ip]
         in_use = len(self.sessions) + self.handshakes.total()
+        full: tuple[Reason, str] = ("too-many-connections", "Too many connections")
         if self.exempt(ip):
-            return "Too many connections" if in_use >= limits.connections else None
+            return full if in_use >= limits.connections else None
         if self._crowded(in_use, self._per_ip[ip] + pending):
-            return "Too many connections"
+            return full
         if pending >= limits.tls_handshakes_per_ip:
-            return "Too many TLS handshakes from this address"
+            return "too-many-connections-per-ip", "Too many TLS handshakes from this address"
         if pending and self.handshakes.total() >= limits.connections // 4:
-            return "Too many TLS handshakes in progress"
+            return "too-many-connections", "Too many TLS handshakes in progress"
         if self._per_ip[ip] + pending >= limits.connections_per_ip:
-            return "Too many connections from this address"
+            return "too-many-connections-per-ip", "Too many connections from this address"
         return None
 
     def release(self, session: SmtpSession) -> None:

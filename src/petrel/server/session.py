@@ -42,8 +42,11 @@ from petrel.intake import (
 from petrel.log import log_event
 from petrel.mailauth.checks import SpfPair
 from petrel.policy import Client, Policy, mail_auth
+from petrel.policy.antispam import PREGREET, Antispam, Listed
 from petrel.policy.auth import Authenticator, Granted, LockedOut, Refused, Verdict
+from petrel.policy.greylist import Greylist
 from petrel.policy.rates import Rates
+from petrel.policy.refusals import Reason, Refusals
 from petrel.policy.throttle import Attempt
 from petrel.queue import Envelope
 from petrel.queue.spool import MIN_FREE
@@ -80,7 +83,7 @@ _TOO_MANY_HOPS = smtp.reply(554, "5.4.6", "Too many hops (Received header fields
 class SessionHost(Protocol):
     """What a session asks of the server that accepted it: a slot, an id, the offer."""
 
-    def admit(self, session: SmtpSession) -> smtp.Reply | str | None: ...
+    def admit(self, session: SmtpSession) -> smtp.Reply | None: ...
 
     def exempt(self, ip: str) -> bool: ...
 
@@ -108,6 +111,9 @@ class SessionContext:
     rdns: ReverseDns
     host: SessionHost
     rates: Rates  # per-client (not for exempt ones) and per-user rates
+    refusals: Refusals  # every refusal counted by reason (for /metrics)
+    antispam: Antispam  # [antispam]: DNSBL, pregreet, HELO and sender checks
+    greylist: Greylist | None  # None: antispam.greylist is off
     proxy_networks: tuple[IPNetwork, ...] = ()  # [server] proxy_networks
 
 
@@ -137,11 +143,14 @@ class SmtpSession(asyncio.Protocol):
         "_busy",
         "_closing",
         "_early",
+        "_greet_timer",
+        "_held",
         "_line_started",
         "_out",
         "_proxy",
         "_proxy_timer",
         "_rdns",
+        "_screening",
         "_start_tls",
         "_text_bytes",
         "_text_started",
@@ -191,6 +200,10 @@ class SmtpSession(asyncio.Protocol):
         self._rdns: asyncio.Future[tuple[str | None, bool]] | None = None
         self._start_tls = False
         self._early: list[bytes] | None = None  # set while a STARTTLS handshake runs
+        # Before the 220 of a screened client: greet_delay's timer, the DNSBL lookups.
+        self._held = False  # the 220 is held for them (one test per read when not)
+        self._greet_timer: asyncio.TimerHandle | None = None
+        self._screening: asyncio.Task[Listed | None] | None = None
         self.tls_info: str | None = None  # "TLSv1.3 with cipher …" once TLS is up
         self.auth_user: str | None = None  # the user address once AUTH succeeded
         self._attempt: Attempt | None = None  # a SCRAM exchange past the salt, not yet done
@@ -227,13 +240,8 @@ class SmtpSession(asyncio.Protocol):
         """Admit the client and greet it (on a proxy listener: once the header is read)."""
         ctx = self.ctx
         self.exempt = ctx.host.exempt(self.peer_ip)  # the carried address, behind a proxy
-        refusal = ctx.host.admit(self)
+        refusal = ctx.host.admit(self)  # logged and counted by the host
         if refusal is not None:
-            if isinstance(refusal, str):
-                log_event(log, "reject", session=self.id, client=self.peer_ip, reason=refusal)
-                refusal = smtp.reply(421, "4.7.0", f"{ctx.hostname} {refusal}")
-            else:  # a rate: logged as rate-limit already
-                log_event(log, "reject", session=self.id, client=self.peer_ip, reply=str(refusal))
             metrics.rejected(refusal.status)
             transport.write(refusal.to_bytes())
             transport.close()
@@ -263,7 +271,89 @@ class SmtpSession(asyncio.Protocol):
             self._tls_up(transport)
             self.conn.implicit_tls()
             self.conn.offer(ctx.host.extensions_for(self.listener.mode, tls=True))
+        antispam = ctx.antispam
+        if antispam.screens and not self.exempt and self.listener.mode == "smtp":
+            self._screen(antispam)
+            return
         transport.write(self.conn.send(self._greeting()))
+
+    # -- before the 220 (postscreen: greet_delay, pregreet, DNSBL) -------------------------
+
+    def _screen(self, antispam: Antispam) -> None:
+        """Hold the 220 for ``greet_delay`` while the DNSBL lookups run (they overlap)."""
+        loop = self.ctx.loop
+        self._held = True
+        if antispam.dnsbl:
+            self._screening = loop.create_task(antispam.screen(self.peer_ip))
+        if antispam.greet_delay > 0:
+            self._greet_timer = loop.call_later(antispam.greet_delay, self._greet_due)
+        else:
+            self._greet_due()
+
+    def _greet_due(self) -> None:
+        self._greet_timer = None
+        screening = self._screening
+        if screening is not None and not screening.done():
+            screening.add_done_callback(lambda _: self._greet())  # at most DNSBL_WAIT more
+        else:
+            self._greet()
+
+    def _greet(self) -> None:
+        """The delay is over and the lists have answered: the 220, or the DNSBL's 554."""
+        if not self._held:  # cancelled meanwhile (the client left, shutdown)
+            return
+        screening, self._screening = self._screening, None
+        self._held = False
+        conn = self.conn
+        if conn is None or self._closing:
+            return
+        listed = None
+        if screening is not None and not screening.cancelled():
+            error = screening.exception()
+            if error is not None:  # a bug, never a reason to refuse mail
+                log.error("session %s: DNSBL lookup failed", self.id, exc_info=error)
+            else:
+                listed = screening.result()
+        self.last_active = self.ctx.loop.time()
+        if listed is not None:
+            self._refuse_at_connect(
+                "dnsbl", listed.reply, zone=listed.zone, score=str(listed.score)
+            )
+            return
+        self._out.append(conn.send(self._greeting()))
+        self._process()  # commands a client sent early (pregreet = "off") are due now
+
+    def _pregreet(self, data: bytes) -> None:
+        """The client talked before our 220: postscreen's pregreet test failed."""
+        first = data.split(b"\n", 1)[0].rstrip(b"\r")[:40].decode("ascii", "backslashreplace")
+        self._refuse_at_connect("pregreet", PREGREET, octets=str(len(data)), sent=first)
+
+    def _refuse_at_connect(self, reason: Reason, answer: smtp.Reply, **fields: str) -> None:
+        self._cancel_greeting()
+        assert self.conn is not None
+        self.ctx.refusals.count(reason)
+        log_event(
+            log,
+            "reject",
+            logging.INFO,
+            session=self.id,
+            client=self.peer_ip,
+            reason=reason,
+            reply=str(answer),
+            **fields,
+        )
+        self._out.append(self.conn.send(answer))  # not a 220: the core is CLOSED
+        self._closing = True
+        self._flush()
+
+    def _cancel_greeting(self) -> None:
+        if self._greet_timer is not None:
+            self._greet_timer.cancel()
+            self._greet_timer = None
+        if self._screening is not None:
+            self._screening.cancel()
+            self._screening = None
+        self._held = False
 
     # -- the PROXY header ----------------------------------------------------------------
 
@@ -335,6 +425,15 @@ class SmtpSession(asyncio.Protocol):
             self._early.append(data)
             return
         conn = self.conn
+        if self._held:  # before our 220
+            if self.ctx.antispam.pregreet:
+                if not self._closing:
+                    self._pregreet(data)
+            else:
+                conn.receive_data(data)  # answered once greeted; read no more until then
+                if self.transport is not None:
+                    self.transport.pause_reading()
+            return
         now = self.last_active = self.ctx.loop.time()
         if self._text_started is not None:
             self._text_bytes += len(data)
@@ -349,6 +448,9 @@ class SmtpSession(asyncio.Protocol):
             self._proxy = None
             self._proxy_failed("connection closed before the PROXY header")
             return False
+        if self._held:  # gone before its 220: nothing to answer
+            self._cancel_greeting()
+            return False
         if self.conn is not None:
             self.conn.receive_data(b"")
             if self._ready():
@@ -362,6 +464,7 @@ class SmtpSession(asyncio.Protocol):
         if self._proxy_timer is not None:
             self._proxy_timer.cancel()
             self._proxy_timer = None
+        self._cancel_greeting()
         self._abort_message()
         if self._attempt is not None:  # a SCRAM exchange walked away from: it failed
             self.ctx.auth.abandoned(self._attempt)
@@ -593,7 +696,12 @@ class SmtpSession(asyncio.Protocol):
     def submission(self) -> bool:
         return self.listener.mode in SUBMISSION_MODES
 
-    def _on_mail(self, event: smtp.Mail) -> smtp.Reply:
+    @property
+    def _checked(self) -> bool:
+        """Do the [antispam] checks apply? Not to exempt or authenticated clients."""
+        return not self.exempt and self.auth_user is None
+
+    def _on_mail(self, event: smtp.Mail) -> smtp.Reply | None:
         sender = "" if event.sender is None else str(event.sender)
         refusal = self.ctx.policy.check_mail(
             self._client(), sender, self.auth_user, self.submission
@@ -603,6 +711,11 @@ class SmtpSession(asyncio.Protocol):
                 log_event(log, "sender-reject", session=self.id, user=self.auth_user, sender=sender)
             metrics.rejected(refusal.status)
             return refusal
+        antispam = self.ctx.antispam
+        if antispam.helo_check and self._checked and self.conn is not None:
+            refusal = antispam.check_helo(self.conn.helo or "")
+            if refusal is not None:
+                return self._sender_refused("non-fqdn-helo", sender, refusal)
         declared = event.params.size or 0  # RFC 1870 §6.1: 452 when SIZE= will not fit now
         if not self.ctx.intake.has_room(declared):
             log_event(
@@ -615,6 +728,27 @@ class SmtpSession(asyncio.Protocol):
             )
             metrics.rejected(_NO_STORAGE.status)
             return _NO_STORAGE
+        if antispam.sender_check and sender and self._checked:
+            self._wait(self._mail_after_sender_check(event, sender))
+            return None
+        return self._start_transaction(event, sender)
+
+    async def _mail_after_sender_check(self, event: smtp.Mail, sender: str) -> smtp.Reply:
+        refusal = await self.ctx.antispam.check_sender(sender)
+        if refusal is not None:
+            return self._sender_refused("unknown-sender-domain", sender, refusal)
+        if self.conn is None:  # gone while DNS answered: no message to count (nor reply)
+            return texts.sender_ok(sender)
+        return self._start_transaction(event, sender)
+
+    def _sender_refused(self, reason: Reason, sender: str, refusal: smtp.Reply) -> smtp.Reply:
+        self.ctx.refusals.count(reason)
+        log_event(
+            log, "sender-reject", session=self.id, sender=sender, reason=reason, reply=str(refusal)
+        )
+        return refusal
+
+    def _start_transaction(self, event: smtp.Mail, sender: str) -> smtp.Reply:
         # Counted here, once the sender is accepted: Postfix counts a message at MAIL too.
         limited = self.ctx.rates.message(
             None if self.exempt else self.peer_ip, self.auth_user, self.id
@@ -642,6 +776,20 @@ class SmtpSession(asyncio.Protocol):
             )
             metrics.rejected(resolved.status)
             return resolved
+        greylist = self.ctx.greylist
+        if greylist is not None and self._checked:
+            refusal = greylist.check(self.peer_ip, self.txn.sender, str(event.recipient))
+            if refusal is not None:
+                self.ctx.refusals.count("greylist")
+                log_event(
+                    log,
+                    "rcpt-reject",
+                    session=self.id,
+                    rcpt=str(event.recipient),
+                    reason="greylist",
+                    reply=str(refusal),
+                )
+                return refusal
         original = policy.canonical(event.recipient)
         params = event.params
         self.txn.recipients.append(Accepted(original, resolved, params.orcpt, params.notify))
@@ -798,7 +946,15 @@ class SmtpSession(asyncio.Protocol):
 
     def _locked_out(self) -> smtp.Reply:
         metrics.AUTH_LOCKOUTS.inc()
-        log_event(log, "auth-lockout", level=logging.WARNING, session=self.id, client=self.peer_ip)
+        self.ctx.refusals.count("auth-lockout")
+        log_event(
+            log,
+            "auth-lockout",
+            level=logging.WARNING,
+            session=self.id,
+            client=self.peer_ip,
+            reason="auth-lockout",
+        )
         return smtp.reply(
             421, "4.7.0", f"{self.ctx.hostname} Too many failed authentications, try again later"
         )
@@ -975,6 +1131,7 @@ class SmtpSession(asyncio.Protocol):
         """Send an unsolicited 421 (timeout, shutdown) and close."""
         if self.conn is None or self.transport is None or self._closing:
             return
+        self._cancel_greeting()
         self._abort_message()
         self._out.append(self.conn.send(reply))
         self._closing = True
@@ -997,7 +1154,7 @@ class SmtpSession(asyncio.Protocol):
         ``data-rate``: message text slower than min_data_rate on average, after a grace.
         Trickling octets therefore holds a session no longer than the timeouts say.
         """
-        if self._busy:
+        if self._busy or self._held:  # greet_delay (at most 5m) bounds the wait
             return None
         limits = self.ctx.limits
         if self.in_message:
