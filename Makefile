@@ -23,10 +23,11 @@ $(VENV)/.stamp-serve: pyproject.toml
 # Test peers, installed only when missing: swaks (Net::SSLeay gives it -tls), strace (holds
 # the server inside a rename so a test can kill -9 it there), Postfix,
 # preseeded to "No configuration" so no system instance is set up, Dovecot's LMTP
-# server, HAProxy (the load balancer in front of a proxy_protocol listener) and
+# server, HAProxy (the load balancer in front of a proxy_protocol listener),
 # PostgreSQL (the shared queue's tests run initdb/pg_ctl in a temp dir; postgresql-common
 # goes first so its createcluster.conf can say create_main_cluster = false before the
-# server package's postinst would make /var/lib/postgresql/*/main). The
+# server package's postinst would make /var/lib/postgresql/*/main) and Chromium with its
+# WebDriver (the web console's browser test, through Selenium). The
 # interop tests and the bench run private instances in temp directories, so the install
 # starts no service (tools/apt-install-no-start.sh), and a Dovecot or HAProxy installed
 # here is also kept from starting at boot, as is PostgreSQL (one that was already there
@@ -39,7 +40,9 @@ system-deps:
 			|| ! command -v postfix >/dev/null 2>&1 || ! test -x /usr/lib/dovecot/lmtp \
 			|| ! test -x /usr/sbin/haproxy || ! command -v strace >/dev/null 2>&1 \
 			|| ! test -x /usr/sbin/knotd || ! perl -MMail::DKIM::Verifier -e1 2>/dev/null \
-			|| ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+			|| ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+			|| ! command -v chromium >/dev/null 2>&1 \
+			|| ! command -v chromedriver >/dev/null 2>&1; then \
 		if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		if [ -e /usr/sbin/dovecot ]; then had_dovecot=yes; else had_dovecot=; fi; \
 		if [ -e /usr/sbin/haproxy ]; then had_haproxy=yes; else had_haproxy=; fi; \
@@ -49,7 +52,7 @@ system-deps:
 		$$SUDO apt-get update && \
 		$$SUDO sh tools/apt-install-no-start.sh \
 			swaks libnet-ssleay-perl libio-socket-ssl-perl postfix dovecot-core dovecot-lmtpd \
-			haproxy strace knot libmail-dkim-perl postgresql-common && \
+			haproxy strace knot libmail-dkim-perl postgresql-common chromium chromium-driver && \
 		$$SUDO sed -ri 's/^#? *create_main_cluster *=.*/create_main_cluster = false/' \
 			/etc/postgresql-common/createcluster.conf && \
 		$$SUDO sh tools/apt-install-no-start.sh postgresql && \
@@ -105,7 +108,7 @@ bench: venv bench-deps
 	@if [ "$(BACKEND)" = "postgresql" ]; then \
 		exec $(VENV)/bin/python bench/pg_cluster.py $${MESSAGES:-2000} $${SESSIONS:-20}; \
 	fi; \
-	if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO="sudo --preserve-env=QUICK,RUNS,MESSAGES,WORKERS,TARGETS,PROBES,IDLE_SESSIONS,LATENCY_MESSAGES,BIG_MB,KEEP"; fi; \
+	if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO="sudo --preserve-env=QUICK,RUNS,MESSAGES,WORKERS,TARGETS,PROBES,IDLE_SESSIONS,LATENCY_MESSAGES,BIG_MB,KEEP,CONSOLE"; fi; \
 		QUICK=$(QUICK) $$SUDO $(VENV)/bin/python bench/run.py
 
 # What DKIM signing costs: the signer alone, the event loop meanwhile, petrel serve

@@ -367,7 +367,10 @@ def main() -> int:
     try:
         for workers in settings.workers:
             name = "petrel" if len(settings.workers) == 1 else f"petrel w={workers}"
-            targets.append(PetrelTarget(root / f"petrel-{workers}", workers, name))
+            console = os.environ.get("CONSOLE", "0") not in ("", "0")
+            targets.append(
+                PetrelTarget(root / f"petrel-{workers}", workers, name, console=console)
+            )
         if settings.with_checks:
             dns = start_dns(root / "dns")
             targets.append(PetrelTarget(root / "petrel-checks", "1", "petrel checks", dns.address))

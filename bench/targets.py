@@ -1,6 +1,8 @@
 """The two servers under test, each living only inside the bench's temporary directory.
 
-`PetrelTarget` runs ``petrel serve`` with a bench config. `PostfixTarget` builds a
+`PetrelTarget` runs ``petrel serve`` with a bench config (``CONSOLE=1``: with an http
+listener, the console page fetched and an ``/api/v1/events`` stream read throughout, to
+show what the web console costs the SMTP path). `PostfixTarget` builds a
 private Postfix instance (its own config_directory, queue_directory and data_directory,
 smtpd on 127.0.0.1:<free port>, local(8) delivering to a Maildir through an alias) and
 never writes to /etc/postfix or touches a system instance.
@@ -15,7 +17,9 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 from common import LOOPBACK, BenchError, descendants, free_port, wait_until
@@ -25,6 +29,7 @@ USER = "bench"
 RECIPIENT = f"{USER}@{DOMAIN}"
 REPO = Path(__file__).resolve().parent.parent
 _LISTENING = re.compile(r"event=listening address=(\S+):(\d+) mode=smtp")
+_HTTP_LISTENING = re.compile(r"event=listening address=(\S+):(\d+) mode=http")
 
 
 class Target:
@@ -51,12 +56,19 @@ class PetrelTarget(Target):
     """``petrel serve`` on 127.0.0.1:0 with raised limits and its own data_dir."""
 
     def __init__(
-        self, root: Path, workers: str = "1", name: str = "petrel", dns: str | None = None
+        self,
+        root: Path,
+        workers: str = "1",
+        name: str = "petrel",
+        dns: str | None = None,
+        console: bool = False,
     ) -> None:
         self.root = root
         self.workers = workers
         self.name = name
         self.dns = dns  # a loopback DNS server: the inbound checks on; None: checks off
+        self.console = console
+        self.events_seen = 0  # SSE frames the console's stream read
         self.data_dir = root / "data"
         self.log_path = root / "petrel.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -95,6 +107,10 @@ checks = true
 """
             if self.dns
             else "\n[authentication]\nchecks = false\n"
+) + (
+            f'\n[http]\nauth = "none"\n\n[[listener]]\naddress = "{LOOPBACK}:0"\nmode = "http"\n'
+            if self.console
+            else ""
         )
 
     def start(self) -> None:
@@ -122,6 +138,25 @@ checks = true
         match = wait_until(listening, 30, "petrel to listen")
         self.port = int(match[2])
         self.maildir.mkdir(parents=True, exist_ok=True)
+        if self.console:
+            found = _HTTP_LISTENING.search(self.log_path.read_text(errors="replace")[offset:])
+            if found is None:
+                raise BenchError("CONSOLE=1 but petrel serves no http listener")
+            self._open_console(f"http://{LOOPBACK}:{found[2]}")
+
+    def _open_console(self, base: str) -> None:
+        """What a browser with the console open does: the page, then the event stream."""
+        with urllib.request.urlopen(base + "/", timeout=10) as page:
+            page.read()
+        stream = urllib.request.urlopen(base + "/api/v1/events", timeout=600)
+
+        def read() -> None:
+            with contextlib.suppress(OSError, ValueError):
+                for line in stream:
+                    if line.startswith(b"event: "):
+                        self.events_seen += 1
+
+        threading.Thread(target=read, daemon=True, name="console-events").start()
 
     def pids(self) -> list[int]:
         return descendants(self.process.pid) if self.process else []
@@ -134,6 +169,8 @@ checks = true
     def stop(self) -> None:
         if self.process is None:
             return
+        if self.console:
+            print(f"{self.name}: the console's event stream read {self.events_seen} events")
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:

@@ -113,7 +113,9 @@ def test_no_config_file_runs_on_documented_defaults(
         Listener("127.0.0.1", 2525, "smtp"),
         Listener("127.0.0.1", 2587, "submission"),
         Listener("127.0.0.1", 2465, "submissions"),
+        Listener("127.0.0.1", 8025, "http"),  # the web console, the API and /metrics
     )
+    assert config.http.auth == "admins"
     assert config.tls.cert is None and config.tls.key is None
     assert config.domains.local == {"mx1.example.net", "localhost"}
     assert config.domains.relay_networks == ()
@@ -146,7 +148,7 @@ def test_empty_file_gives_defaults_relative_to_the_file(tmp_path: Path) -> None:
     config = load_config(path)
     assert config.source == path
     assert config.server.data_dir == tmp_path / "etc" / "petrel-data"
-    assert len(config.listeners) == 3
+    assert len(config.listeners) == 4
 
 
 def test_full_example_is_read_as_written(tmp_path: Path) -> None:
@@ -362,7 +364,8 @@ def test_parse_duration_rejects_with_key(value: object) -> None:
         # choices
         (
             "[[listener]]\naddress = '127.0.0.1:25'\nmode = 'smpt'\n",
-            "listener[0].mode: must be one of smtp, submission, submissions, lmtp, got 'smpt'",
+            "listener[0].mode: must be one of smtp, submission, submissions, lmtp, http,"
+            " got 'smpt'",
         ),
         ("[policy]\nvrfy = 'yes'\n", "policy.vrfy: must be one of off, authenticated, on"),
         ("[policy]\nexpn = true\n", "policy.expn: must be one of off, authenticated, on"),
@@ -414,6 +417,18 @@ def test_parse_duration_rejects_with_key(value: object) -> None:
         (
             "[[listener]]\naddress = '127.0.0.1:25'\nmode = 'smtp'\nproxy_protocol = 'yes'\n",
             "listener[0].proxy_protocol: must be true or false",
+        ),
+        # the http listeners
+        ("[http]\nauth = 'basic'\n", "http.auth: must be one of admins, none, got 'basic'"),
+        ("[http]\nrealm = 'x'\n", "http.realm: unknown key"),
+        (
+            "[[listener]]\naddress = '127.0.0.1:80'\nmode = 'http'\nproxy_protocol = true\n",
+            'listener[0].proxy_protocol: not supported with mode = "http"',
+        ),
+        (
+            "[http]\nauth = 'none'\n[[listener]]\naddress = '[::]:8025'\nmode = 'http'\n",
+            'http.auth: "none" is allowed only when every http listener is on loopback;'
+            " listener[0] is [::]:8025",
         ),
         # durations
         ("[limits]\ncommand_timeout = '5 minutes'\n", "limits.command_timeout: must be a duration"),
@@ -530,3 +545,16 @@ def test_proxy_protocol_listener_and_networks(tmp_path: Path) -> None:
         Listener("0.0.0.0", 25, "smtp", proxy_protocol=True),
         Listener("0.0.0.0", 465, "submissions"),
     )
+
+
+def test_http_auth_none_is_allowed_on_loopback(tmp_path: Path) -> None:
+    config = load_text(
+        tmp_path,
+        "[http]\nauth = 'none'\n"
+        "[[listener]]\naddress = '127.0.0.1:8025'\nmode = 'http'\n"
+        "[[listener]]\naddress = '[::1]:8026'\nmode = 'http'\n"
+        "[[listener]]\naddress = 'localhost:8027'\nmode = 'http'\n"
+        "[[listener]]\naddress = '0.0.0.0:25'\nmode = 'smtp'\n",  # SMTP may be anywhere
+    )
+    assert config.http.auth == "none"
+    assert [listener.mode for listener in config.listeners] == ["http", "http", "http", "smtp"]

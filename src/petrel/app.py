@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from petrel import __version__
+from petrel import __version__, metrics
 from petrel.config import FD_RESERVE, Config, ConfigError
 from petrel.delivery.maildir import clean_tmp
 from petrel.delivery.manager import QueueManager
@@ -42,6 +42,7 @@ from petrel.log import log_event
 from petrel.pidfile import PID_FILE, remove_pid_file, write_pid_file
 from petrel.policy import Policy
 from petrel.policy.aliases import Aliases
+from petrel.policy.auth import Authenticator
 from petrel.privileges import (
     PrivilegeError,
     drop_privileges,
@@ -68,6 +69,7 @@ from petrel.server.server import (
 from petrel.server.tls import TlsManager, copy_material
 from petrel.server.workers import WORKER_FDS_ENV, WorkerPool, decode_fds
 from petrel.status import ErrorLog, ServerStats
+from petrel.web import Events, WebServer
 
 log = logging.getLogger("petrel")
 
@@ -276,6 +278,7 @@ async def _serve(config: Config, log_args: list[str] | None, errors: ErrorLog) -
     if pickup is not None:
         pickup.start()
     server: Server | None = None
+    web_server: WebServer | None = None
     if workers > 1:
         if dropped.tls_fds is None:
             TlsManager(config)  # generate a self-signed pair once, before the workers race to
@@ -287,6 +290,8 @@ async def _serve(config: Config, log_args: list[str] | None, errors: ErrorLog) -
         if greylist is not None:
             greylist.table.close()
         bound = dropped.sockets if dropped.sockets is not None else _bind_listeners(config)
+        http_sockets = {i: bound.pop(i) for i in list(bound) if _is_http(config, i)}
+        metrics.share_with_workers(data_dir / "metrics")  # their counts in our /metrics
         pool = WorkerPool(config, workers, bound, log_args or [], dropped.tls_fds)
         pool.start()
         served = [
@@ -297,6 +302,31 @@ async def _serve(config: Config, log_args: list[str] | None, errors: ErrorLog) -
     else:
         server = Server(config, manager.intake, policy, loop, dns, dropped.tls)
         served = await server.start(dropped.sockets)
+        http_sockets = {
+            i: socks for i, socks in (dropped.sockets or {}).items() if _is_http(config, i)
+        }
+    http_listeners = [
+        (listener, http_sockets.get(index))
+        for index, listener in enumerate(config.listeners)
+        if listener.mode == "http"
+    ]
+    if http_listeners:
+        authenticator: Callable[[], Authenticator]
+        if server is not None:
+            authenticator = functools.partial(lambda s: s.auth, server)
+        else:
+            throttle, decoys = open_auth_state(config)
+            web_auth = Authenticator(policy, throttle, decoys)
+            authenticator = lambda: web_auth  # noqa: E731
+        events = Events()
+        manager.watch(events)
+        metrics.REGISTRY.register(
+            metrics.StateCollector(manager.admin.counts, sync_rounds, lambda: spool.commit_count)
+        )
+        refusals = server.refusals if server is not None else open_refusals(config)
+        metrics.REGISTRY.register(metrics.RefusalCollector(refusals.snapshot))
+        web_server = WebServer(lambda: config, manager.admin, authenticator, events, status)
+        served += await web_server.start(http_listeners)
     listeners.extend({"address": join_address(h, p), "mode": m} for h, p, m in served)
     stop_cleaning = threading.Event()
     cleaner = loop.create_task(_clean_maildir_tmp(manager.mailboxes, stop_cleaning))
@@ -360,6 +390,8 @@ async def _serve(config: Config, log_args: list[str] | None, errors: ErrorLog) -
     with contextlib.suppress(asyncio.CancelledError):
         await cleaner
     await control.close()
+    if web_server is not None:
+        await web_server.close()
     if pool is not None:
         await pool.stop()
         if pickup is not None:  # the workers' last pokes: deliver them now or at start
@@ -373,6 +405,10 @@ async def _serve(config: Config, log_args: list[str] | None, errors: ErrorLog) -
     remove_pid_file(data_dir)
     log_event(log, "stopped", messages=spool.commit_count, syncs=sync_rounds())
     return 0
+
+
+def _is_http(config: Config, index: int) -> bool:
+    return config.listeners[index].mode == "http"
 
 
 def _notifying_reload(reload: Callable[[], None]) -> None:

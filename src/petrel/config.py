@@ -21,6 +21,7 @@ from typing import Any
 
 __all__ = [
     "FD_RESERVE",
+    "SMTP_MODES",
     "AliasesSection",
     "AntispamSection",
     "AuthSection",
@@ -33,6 +34,7 @@ __all__ = [
     "DnsSection",
     "DnsblSite",
     "DomainsSection",
+    "HttpSection",
     "LimitsSection",
     "Listener",
     "LogSection",
@@ -43,13 +45,16 @@ __all__ = [
     "TlsSection",
     "UsersSection",
     "default_connections",
+    "is_loopback",
     "load_config",
     "parse_domain",
     "parse_duration",
     "parse_selector",
 ]
 
-LISTENER_MODES = ("smtp", "submission", "submissions", "lmtp")
+LISTENER_MODES = ("smtp", "submission", "submissions", "lmtp", "http")
+SMTP_MODES = ("smtp", "submission", "submissions", "lmtp")  # served by SMTP sessions
+HTTP_AUTH_MODES = ("admins", "none")
 EXPOSURE_LEVELS = ("off", "authenticated", "on")
 RELAY_TLS_MODES = ("required", "opportunistic")
 
@@ -83,6 +88,7 @@ _SECTIONS = frozenset(
         "dns",
         "dkim",
         "authentication",
+        "http",
     }
 )
 QUEUE_BACKENDS = ("spool", "postgresql")
@@ -92,6 +98,7 @@ _DEFAULT_LISTENERS = (
     ("127.0.0.1:2525", "smtp"),
     ("127.0.0.1:2587", "submission"),
     ("127.0.0.1:2465", "submissions"),
+    ("127.0.0.1:8025", "http"),  # the web console, the JSON API and /metrics
 )
 _DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION_RE = re.compile(r"(?:\d+(?:\.\d+)?[smhd])+")
@@ -335,6 +342,13 @@ class AuthenticationSection:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpSection:
+    """The ``http`` listeners: who may use the console, the API and /metrics."""
+
+    auth: str = "admins"  # admins: HTTP Basic or token of a `--admin` user | none (loopback)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerSection
     listeners: tuple[Listener, ...]
@@ -354,6 +368,7 @@ class Config:
     dns: DnsSection = field(default_factory=DnsSection)
     dkim: DkimSection = field(default_factory=DkimSection)
     authentication: AuthenticationSection = field(default_factory=AuthenticationSection)
+    http: HttpSection = field(default_factory=HttpSection)
 
     @classmethod
     def default(cls) -> Config:
@@ -448,7 +463,7 @@ def _build(data: dict[str, Any], base_dir: Path, source: Path | None) -> Config:
             raise ConfigError(f"{name}: unknown section")
     server = _server(_Table(data.get("server", {}), "server"), base_dir)
     queue = _queue(_Table(data.get("queue", {}), "queue"), server.hostname)
-    return Config(
+    config = Config(
         server=server,
         listeners=_listeners(data.get("listener", _MISSING)),
         tls=_tls(_Table(data.get("tls", {}), "tls"), base_dir),
@@ -467,7 +482,39 @@ def _build(data: dict[str, Any], base_dir: Path, source: Path | None) -> Config:
         dns=_dns(_Table(data.get("dns", {}), "dns")),
         dkim=_dkim(_Table(data.get("dkim", {}), "dkim"), server.data_dir),
         authentication=_authentication(_Table(data.get("authentication", {}), "authentication")),
+        http=_http(_Table(data.get("http", {}), "http")),
     )
+    _check_http_auth(config)
+    return config
+
+
+def _check_http_auth(config: Config) -> None:
+    """``http.auth = "none"`` opens every mailbox to whoever can connect: loopback only."""
+    if config.http.auth != "none":
+        return
+    for index, listener in enumerate(config.listeners):
+        if listener.mode == "http" and not is_loopback(listener.host):
+            shown = f"[{listener.host}]" if ":" in listener.host else listener.host or "*"
+            raise ConfigError(
+                f'http.auth: "none" is allowed only when every http listener is on loopback;'
+                f" listener[{index}] is {shown}:{listener.port}"
+            )
+
+
+def is_loopback(host: str) -> bool:
+    """A listener host that only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _http(t: _Table) -> HttpSection:
+    auth = _choice(t.take("auth", "admins"), t.key("auth"), HTTP_AUTH_MODES)
+    t.finish()
+    return HttpSection(auth)
 
 
 def _default_hostname() -> str:
@@ -523,6 +570,8 @@ def _listeners(value: Any) -> tuple[Listener, ...]:
         mode = _choice(t.take("mode"), t.key("mode"), LISTENER_MODES)
         proxy = _bool(t.take("proxy_protocol", False), t.key("proxy_protocol"))
         t.finish()
+        if proxy and mode == "http":
+            raise ConfigError(f'{t.key("proxy_protocol")}: not supported with mode = "http"')
         if port and (host, port) in seen:
             raise ConfigError(f"{t.key('address')}: same address as listener[{seen[host, port]}]")
         seen[host, port] = index

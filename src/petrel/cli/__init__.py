@@ -80,6 +80,18 @@ def _parser() -> argparse.ArgumentParser:
             action="store_true",
             help="read the password from the first line of standard input",
         )
+        if action == "add":
+            p.add_argument(
+                "--admin",
+                action="store_true",
+                help="may also use the web console and the HTTP API ([http] auth = admins)",
+            )
+    p = user_sub.add_parser(
+        "token",
+        parents=[common],
+        help="make a new HTTP API token for an admin (printed once; replaces the old one)",
+    )
+    p.add_argument("address", metavar="ADDRESS")
     p = user_sub.add_parser("del", parents=[common], help="delete a user")
     p.add_argument("address", metavar="ADDRESS")
     user_sub.add_parser("list", parents=[common], help="list the users")
@@ -149,7 +161,7 @@ def _user(args: argparse.Namespace, config: Config) -> int:
     if action == "list":
         listed = list(users)
         for user in listed:
-            print(user.address)
+            print(f"{user.address} (admin)" if user.admin else user.address)
         if not listed:  # which store was empty: stderr, so scripts still read nothing
             print(f"petrel: no users in {users.path}", file=sys.stderr)
         return 0
@@ -164,6 +176,9 @@ def _user(args: argparse.Namespace, config: Config) -> int:
         users.delete(address)
         print(f"petrel: {address}: user deleted")
         return 0
+    if action == "token":  # stdout holds the token alone: TOKEN=$(petrel user token a@b)
+        print(users.new_token(address))
+        return 0
     if action == "add":
         domain = address.rpartition("@")[2]
         if domain not in config.domains.local and domain not in config.domains.lmtp:
@@ -174,8 +189,8 @@ def _user(args: argparse.Namespace, config: Config) -> int:
                 " log in and send, but mail to it is not delivered here",
                 file=sys.stderr,
             )
-        users.add(address, _read_password(args.password_stdin))
-        print(f"petrel: {address}: user added")
+        users.add(address, _read_password(args.password_stdin), admin=args.admin)
+        print(f"petrel: {address}: {'admin' if args.admin else 'user'} added")
     else:
         users.set_password(address, _read_password(args.password_stdin))
         print(f"petrel: {address}: password changed")

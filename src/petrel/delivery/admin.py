@@ -83,6 +83,7 @@ class LiveAdmin:
         if not tracked.active:  # else the attempt's end saves it with the results
             self.manager.spool.save_state(tracked.envelope)
         log_event(log, "held", queue_id=queue_id)
+        self.manager.tell("held", tracked.envelope)
         return True
 
     def release(self, queue_id: str) -> bool:
@@ -95,17 +96,26 @@ class LiveAdmin:
             self.manager.spool.save_state(tracked.envelope)
             self.manager.reschedule(tracked.envelope)
         log_event(log, "released", queue_id=queue_id)
+        self.manager.tell("released", tracked.envelope)
         return True
 
     def delete(self, queue_id: str) -> bool:
         """Remove a message without notice; False: it goes when its current attempt ends."""
         tracked = self.manager.tracked(queue_id)
         log_event(log, "deleted", queue_id=queue_id, by="operator")
+        self.manager.tell("deleted", tracked.envelope)
         if tracked.active:
             tracked.doomed = True
             return False
         self.manager.drop(queue_id)
         return True
+
+    def flush_one(self, queue_id: str) -> bool:
+        """Try one message's open recipients now; False when it is held (or has none)."""
+        flushed = self.manager.force_one(queue_id)
+        if flushed:
+            log_event(log, "flushed", messages=1, queue_id=queue_id)
+        return flushed
 
     def flush(self, domain: str | None = None) -> int:
         """Try every open recipient now (of ``domain`` only, if given); held mail stays."""

@@ -290,6 +290,15 @@ class ClusterAdmin:
             log_event(log, "flushed", messages=count, domain=domain or "*")
         return count
 
+    def flush_one(self, queue_id: str) -> bool:
+        """Have one message tried next by whichever node leases it; False when held."""
+        envelope = self._envelope(queue_id)
+        if envelope.hold or envelope.all_final:
+            return False
+        self.store.force([queue_id])
+        log_event(log, "flushed", messages=1, queue_id=queue_id)
+        return True
+
     def delete(self, queue_id: str) -> bool:
         _check(queue_id)
         removed = self._known(queue_id, self.store.delete(queue_id))

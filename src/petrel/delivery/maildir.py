@@ -48,10 +48,18 @@ __all__ = [
     "DeliveredKeys",
     "DeliveryItem",
     "LineEndConverter",
+    "MailboxCounts",
     "MaildirBatch",
+    "StoredMessage",
     "clean_tmp",
+    "delete_message",
     "deliver_batch",
+    "is_unique_name",
+    "list_mailboxes",
+    "list_messages",
     "mailbox_path",
+    "mark_seen",
+    "read_message",
 ]
 
 # The bytes themselves, or a callable giving a fresh iterator of chunks (one per
@@ -525,3 +533,207 @@ def _clean_tmp_dir(maildir_fd: int, path: Path, cutoff: float) -> int:
     finally:
         os.close(tmp_fd)
     return removed
+
+
+# -- reading: the web console and the HTTP API ------------------------------------------
+#
+# The same trust rule as delivery: ``mailboxes/`` and each domain directory are opened
+# without following links and must be ours; a user's Maildir may be an operator's
+# symlink; ``new/`` and ``cur/`` are not followed. A message is named by its Maildir
+# unique name (the file name before the ``,`` or ``:`` of its info) and found again by
+# listing; nothing is ever read or unlinked by a path the caller spelled.
+
+_UNIQUE = re.compile(r"[A-Za-z0-9._=\\-]{1,200}")
+_LEADING_NUMBER = re.compile(r"\d+")
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxCounts:
+    """One mailbox (``user@domain``) with its message counts."""
+
+    address: str
+    messages: int
+    unseen: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """A message file in a Maildir: ``sub`` is ``new`` or ``cur``."""
+
+    unique: str
+    sub: str
+    name: str
+    seen: bool
+
+    @property
+    def order(self) -> tuple[int, str]:
+        """Arrival order: the leading seconds of the name, then the name (six-digit usec)."""
+        found = _LEADING_NUMBER.match(self.unique)
+        return (int(found[0]) if found else 0, self.unique)
+
+
+def is_unique_name(text: str) -> bool:
+    """Could ``text`` be a Maildir unique name (no slash, no info, no dot-only name)?"""
+    return _UNIQUE.fullmatch(text) is not None and text.strip(".") != ""
+
+
+def _unique_of(name: str) -> str:
+    for sep in (":", ","):
+        name = name.split(sep, 1)[0]
+    return name
+
+
+def _seen(sub: str, name: str) -> bool:
+    info = name.partition(":2,")[2] if ":2," in name else ""
+    return sub == "cur" and "S" in info
+
+
+def _open_maildir(root: Path, domain: str, user: str) -> int:
+    """The Maildir of user@domain for reading; FileNotFoundError when there is none."""
+    domain, user = _safe_name(domain, "domain"), _safe_name(user, "user name")
+    root_fd = _open_root(root, create=False)
+    try:
+        domain_fd, _ = _open_trusted(root_fd, domain, root / domain, create=False)
+    finally:
+        os.close(root_fd)
+    try:
+        return open_dir_at(domain_fd, user, root / domain / user, create=False, follow=True)[0]
+    finally:
+        os.close(domain_fd)
+
+
+def _entries(maildir_fd: int, path: Path) -> list[StoredMessage]:
+    found: list[StoredMessage] = []
+    for sub in ("new", "cur"):
+        try:
+            sub_fd, _ = open_dir_at(maildir_fd, sub, path / sub, create=False)
+        except FileNotFoundError:
+            continue
+        try:
+            with os.scandir(sub_fd) as entries:
+                for entry in entries:
+                    if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
+                        continue
+                    unique = _unique_of(entry.name)
+                    found.append(StoredMessage(unique, sub, entry.name, _seen(sub, entry.name)))
+        finally:
+            os.close(sub_fd)
+    return found
+
+
+def list_mailboxes(root: Path) -> list[MailboxCounts]:
+    """Every Maildir under ``root`` (``<domain>/<user>``), sorted by address.
+
+    Directories that fail the trust rule or cannot be read are left out.
+    """
+    try:
+        root_fd = _open_root(root, create=False)
+    except FileNotFoundError:
+        return []
+    boxes: list[MailboxCounts] = []
+    try:
+        for domain in _subdirs(root_fd):
+            try:
+                domain_fd, _ = _open_trusted(root_fd, domain, root / domain, create=False)
+            except OSError:
+                continue
+            try:
+                for user in _subdirs(domain_fd):
+                    path = root / domain / user
+                    try:
+                        fd, _ = open_dir_at(domain_fd, user, path, create=False, follow=True)
+                    except OSError:
+                        continue
+                    try:
+                        stored = _entries(fd, path)
+                    except OSError:
+                        continue
+                    finally:
+                        os.close(fd)
+                    unseen = sum(1 for m in stored if not m.seen)
+                    boxes.append(MailboxCounts(f"{user}@{domain}", len(stored), unseen))
+            finally:
+                os.close(domain_fd)
+    finally:
+        os.close(root_fd)
+    return sorted(boxes, key=lambda b: b.address)
+
+
+def list_messages(root: Path, domain: str, user: str) -> list[StoredMessage]:
+    """The messages of user@domain, newest first; FileNotFoundError: no such mailbox."""
+    fd = _open_maildir(root, domain, user)
+    try:
+        stored = _entries(fd, root / domain / user)
+    finally:
+        os.close(fd)
+    return sorted(stored, key=lambda m: m.order, reverse=True)
+
+
+def _find(fd: int, path: Path, unique: str) -> StoredMessage:
+    if not is_unique_name(unique):
+        raise FileNotFoundError(f"{unique!r}: not a message name")
+    for message in _entries(fd, path):
+        if message.unique == unique:
+            return message
+    raise FileNotFoundError(f"{path}: no message {unique}")
+
+
+def read_message(root: Path, domain: str, user: str, unique: str, limit: int = -1) -> bytes:
+    """The stored bytes (LF line ends) of one message, the first ``limit`` if given."""
+    fd = _open_maildir(root, domain, user)
+    path = root / domain / user
+    try:
+        message = _find(fd, path, unique)
+        sub_fd, _ = open_dir_at(fd, message.sub, path / message.sub, create=False)
+        try:
+            file_fd = os.open(
+                message.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=sub_fd
+            )
+        finally:
+            os.close(sub_fd)
+    finally:
+        os.close(fd)
+    with os.fdopen(file_fd, "rb") as fp:
+        return fp.read(limit)
+
+
+def delete_message(root: Path, domain: str, user: str, unique: str) -> None:
+    """Unlink one message (through its directory's descriptor); FileNotFoundError if gone."""
+    fd = _open_maildir(root, domain, user)
+    path = root / domain / user
+    try:
+        message = _find(fd, path, unique)
+        sub_fd, _ = open_dir_at(fd, message.sub, path / message.sub, create=False)
+        try:
+            os.unlink(message.name, dir_fd=sub_fd)
+        finally:
+            os.close(sub_fd)
+    finally:
+        os.close(fd)
+
+
+def mark_seen(root: Path, domain: str, user: str, unique: str) -> bool:
+    """Set the Maildir ``S`` flag (moving it from ``new/`` to ``cur/``), as a reader does.
+
+    False when it was seen already. The rename stays inside the Maildir.
+    """
+    fd = _open_maildir(root, domain, user)
+    path = root / domain / user
+    try:
+        message = _find(fd, path, unique)
+        if message.seen:
+            return False
+        base, _, flags = message.name.partition(":2,")
+        new_name = f"{base}:2,{''.join(sorted(set(flags + 'S')))}"
+        old_fd, _ = open_dir_at(fd, message.sub, path / message.sub, create=False)
+        try:
+            cur_fd, _ = open_dir_at(fd, "cur", path / "cur", create=True)
+            try:
+                os.rename(message.name, new_name, src_dir_fd=old_fd, dst_dir_fd=cur_fd)
+            finally:
+                os.close(cur_fd)
+        finally:
+            os.close(old_fd)
+    finally:
+        os.close(fd)
+    return True

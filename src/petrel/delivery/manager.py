@@ -11,6 +11,8 @@ and the notices, which are applied here, on the event loop only. After each atte
 the DSNs the senders asked for are queued through intake like any message.
 
 Operator requests (`petrel queue`) reach the manager through `admin.LiveAdmin`.
+What happens to messages is told to `watch` callbacks (the web console's live events)
+and counted in `petrel.metrics`.
 """
 
 from __future__ import annotations
@@ -27,14 +29,14 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from petrel import dsn, smtp
+from petrel import dsn, metrics, smtp
 from petrel.config import Config
 from petrel.dns import Resolver
 from petrel.intake import Intake, TooManyHops
 from petrel.log import log_event
 from petrel.policy import Policy
 from petrel.queue.admin import UnknownMessageError, matches_domain
-from petrel.queue.envelope import Envelope
+from petrel.queue.envelope import Envelope, Recipient
 from petrel.queue.store import QueueStore
 from petrel.status import ServerStats
 
@@ -48,6 +50,12 @@ if TYPE_CHECKING:
     from .cluster import ClusterAdmin
 
 log = logging.getLogger("petrel.qmgr")
+
+# A watcher is told (what, envelope, fields): "queued" (a new message), "accepted" (one
+# delivered at intake to every recipient, never queued), "delivered",
+# "deferred" or "failed" (one recipient; fields as in the log line), "held",
+# "released", "deleted" (an operator's action) and "done" (the message left the queue).
+Watcher = Callable[[str, Envelope, dict[str, object]], None]
 
 BATCH_MESSAGES = 256  # messages per Maildir batch: one sync pair covers them all
 _STOP_GRACE = 10.0  # seconds an attempt in progress may take to finish at shutdown
@@ -117,6 +125,19 @@ class QueueManager:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._attempts: set[asyncio.Task[None]] = set()
+        self._watchers: list[Watcher] = []
+
+    def watch(self, watcher: Watcher) -> None:
+        """Call ``watcher`` on the event loop for every change to a message (see Watcher)."""
+        self._watchers.append(watcher)
+
+    def tell(self, what: str, envelope: Envelope, fields: dict[str, object] | None = None) -> None:
+        """Tell the watchers; one that raises is logged and the others still hear it."""
+        for watcher in self._watchers:
+            try:
+                watcher(what, envelope, fields or {})
+            except Exception:
+                log.exception("queue watcher failed")
 
     def reconfigure(self, config: Config, policy: Policy) -> None:
         """SIGHUP with a new configuration (petrel.reload): routes, queue timing,
@@ -163,16 +184,25 @@ class QueueManager:
         if found is None:
             self._messages[envelope.queue_id] = Tracked(envelope)
             self.stats.messages_in += 1
+            metrics.accepted(metrics.message_source(envelope.protocol, envelope.notice)).inc()
+            self.tell("queued", envelope)
         else:  # known already: its marks (an attempt running, a delete) stay
             found.envelope = envelope
         self._ready.append(envelope.queue_id)
         self._wake.set()
 
-    def delivered(self, envelope: Envelope, recipients: int) -> None:
+    def delivered(self, envelope: Envelope, recipients: Sequence[Recipient]) -> None:
         """Intake delivered some recipients itself: counted as in and out here."""
         if not envelope.recipients:  # nothing queued: `submit` will not count it
             self.stats.messages_in += 1
-        self.stats.delivered += recipients
+            self.tell("accepted", envelope)
+        self.stats.delivered += len(recipients)
+        age = max(0.0, self.clock() - envelope.received_at)
+        source = metrics.message_source(envelope.protocol, envelope.notice)
+        metrics.delivered_at_intake(source, len(recipients), age, bool(envelope.recipients))
+        for recipient in recipients:
+            fields: dict[str, object] = {"to": recipient.address, "relay": "local"}
+            self.tell("delivered", envelope, {**fields, "status": "2.0.0"})
 
     def knows(self, queue_id: str) -> bool:
         """True while the message is tracked here (queued, deferred, held, in delivery or
@@ -205,6 +235,16 @@ class QueueManager:
     def all_tracked(self) -> list[Tracked]:
         return list(self._messages.values())
 
+    def force_one(self, queue_id: str) -> bool:
+        """Mark one message to be tried now, due or not; False when it is held."""
+        tracked = self.tracked(queue_id)
+        if tracked.envelope.hold or tracked.envelope.all_final:
+            return False
+        tracked.forced = True
+        self._ready.append(queue_id)
+        self._wake.set()
+        return True
+
     def force(self, domain: str | None) -> list[str]:
         """Mark every unheld message with an open recipient of ``domain`` (``@d``: and its
         subdomains; None: any) to be tried now, due or not. Only marks: recipients are
@@ -232,8 +272,10 @@ class QueueManager:
         """Forget a message and remove its files (stale timer and ready entries are skipped)."""
         self.spool.finish(queue_id)
         found = self._messages.pop(queue_id, None)
-        if found is not None and found.recovered:
-            self._recovered_done()
+        if found is not None:
+            if found.recovered:
+                self._recovered_done()
+            self.tell("done", found.envelope)
 
     def _recovered_done(self) -> None:
         self._recovering -= 1
@@ -402,6 +444,8 @@ class QueueManager:
             for line in decision.log:
                 log_event(log, line.event, line.level, queue_id=envelope.queue_id, **line.fields)
                 self.stats.outcome(line.event)
+                self._count(line, envelope, now)
+                self.tell(line.event, envelope, line.fields)
             await self._send_notices(envelope, decision.notices, now)
             step = self._settle(part.tracked)
             if step is not None:
@@ -418,6 +462,18 @@ class QueueManager:
         finally:
             self._finishing.difference_update(p.tracked.envelope.queue_id for p in parts)
 
+    def _count(self, line: schedule.LogLine, envelope: Envelope, now: float) -> None:
+        """One recipient's attempt ended: the deliveries counter and the latency histogram."""
+        domain = str(line.fields.get("to", "")).rpartition("@")[2].lower()
+        domains = self.config.domains
+        transport = (
+            "local" if domain in domains.local else "lmtp" if domain in domains.lmtp else "smtp"
+        )
+        metrics.delivery(transport, line.event).inc()
+        if line.event == "delivered":
+            latency = max(0.0, now - envelope.received_at)
+            metrics.latency(transport).observe(latency)
+
     def _settle(self, tracked: Tracked) -> Callable[[], None] | None:
         """After an attempt, in memory: returns the file work still to do."""
         envelope = tracked.envelope
@@ -431,6 +487,7 @@ class QueueManager:
         if envelope.all_final:
             self._messages.pop(envelope.queue_id, None)
             self._finishing.add(envelope.queue_id)
+            self.tell("done", envelope)
             return functools.partial(self.spool.finish, envelope.queue_id)
         self._schedule(envelope)
         return functools.partial(self.spool.save_state, copy.deepcopy(envelope))

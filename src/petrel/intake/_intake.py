@@ -56,7 +56,7 @@ class Submitter(Protocol):
 
     def submit(self, envelope: Envelope) -> None: ...
 
-    def delivered(self, envelope: Envelope, recipients: int) -> None:
+    def delivered(self, envelope: Envelope, recipients: Sequence[Recipient]) -> None:
         """``recipients`` of the message were delivered at intake (direct delivery)."""
         ...
 
@@ -442,7 +442,7 @@ class Intake:
                     status="2.0.0",
                     direct="yes",
                 )
-            self.submitter.delivered(envelope, len(copies.delivered))
+            self.submitter.delivered(envelope, copies.delivered)
             if not envelope.recipients:  # all in their mailboxes: nothing was queued
                 return
         self.submitter.submit(envelope)

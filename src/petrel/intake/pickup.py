@@ -25,13 +25,13 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from petrel import smtp
 from petrel.log import log_event
-from petrel.queue import Envelope, Spool, is_valid_queue_id
+from petrel.queue import Envelope, Recipient, Spool, is_valid_queue_id
 
 from .trace import LOCAL_PROTOCOL
 
@@ -59,8 +59,14 @@ class Notified:
     def submit(self, envelope: Envelope) -> None:
         pass
 
-    def delivered(self, envelope: Envelope, recipients: int) -> None:
-        """Not reported: the parent's counters (`petrel status`) cover its own process."""
+    def delivered(self, envelope: Envelope, recipients: Sequence[Recipient]) -> None:
+        """Counted in this process's metrics, which a worker shares with the parent's
+        /metrics (petrel.metrics); `petrel status` covers the parent's own process."""
+        from petrel import metrics  # here: `petrel sendmail` needs no prometheus-client
+
+        age = max(0.0, time.time() - envelope.received_at)
+        source = metrics.message_source(envelope.protocol, envelope.notice)
+        metrics.delivered_at_intake(source, len(recipients), age, bool(envelope.recipients))
 
     def etrn(self, node: str) -> smtp.Reply:
         """Answered by the queue manager: 250 started, or 251 none waiting."""

@@ -32,6 +32,11 @@ _shared: dict[str, PgUsers] = {}
 _shared_lock = threading.Lock()
 
 
+_NO_ADMINS = (
+    'web console admins need [users] backend = "file" (the postgresql store has no admin'
+    " flag yet); or use [http] auth = \"none\" on loopback"
+)
+
 def shared_users(dsn: str) -> PgUsers:
     """One store per database and process: a reload's new policy keeps the same one."""
     with _shared_lock:
@@ -113,7 +118,9 @@ class PgUsers:
 
     # -- changes (the CLI) -------------------------------------------------------------
 
-    def add(self, address: str, password: str) -> None:
+    def add(self, address: str, password: str, *, admin: bool = False) -> None:
+        if admin:
+            raise UserError(_NO_ADMINS)
         user = new_user(normalize_address(address), password)
         _, count = self._execute(
             "INSERT INTO petrel_user (address, password_hash, scram) VALUES (%s, %s, %s)"
@@ -137,3 +144,11 @@ class PgUsers:
         _, count = self._execute("DELETE FROM petrel_user WHERE address = %s", (address,))
         if count == 0:
             raise UserError(f"{address}: no such user")
+
+    # Web console admins are kept in the file store only (no column for them yet).
+
+    def by_token(self, token: str) -> User | None:
+        return None
+
+    def new_token(self, address: str) -> str:
+        raise UserError(_NO_ADMINS)

@@ -1,5 +1,10 @@
 """The user store: ``<data_dir>/users``, one ``address:argon2id-hash:scram-secret`` per line.
 
+Web console administrators (`petrel user add ADDRESS --admin`) have two more fields,
+``:admin:<token-hash>``: the flag and the SHA-256 of their API token (`petrel user
+token`, empty until one is made). A token is 32 random bytes, so a fast hash guards it
+as well as argon2 guards a password.
+
 A plain text file keeps the store inspectable and greppable by an operator, and a
 running server follows edits by a stat per lookup (as the aliases file does). Passwords
 are kept as argon2id hashes (for PLAIN/LOGIN) plus RFC 5802 SCRAM-SHA-256 keys (for
@@ -11,6 +16,7 @@ so a concurrent ``petrel user`` and a reading server never see half a file.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import fcntl
 import hashlib
 import hmac
@@ -30,17 +36,20 @@ if TYPE_CHECKING:
     from petrel.config import Config
 
 __all__ = [
+    "TOKEN_PREFIX",
     "ScramSecret",
     "User",
     "UserError",
     "UserStore",
     "Users",
     "hash_password",
+    "hash_token",
     "open_users",
     "scram_secret",
 ]
 
 SCRAM_ITERATIONS = 4096  # RFC 7677 §4 minimum; argon2id guards the other mechanisms
+TOKEN_PREFIX = "petrel_"  # API tokens say what they are (secret scanners, logs)
 
 
 class UserError(ValueError):
@@ -77,6 +86,15 @@ class User:
     address: str
     password_hash: str
     scram: ScramSecret | None
+    admin: bool = False  # may use the web console and the HTTP API ([http] auth = "admins")
+    token_hash: str | None = None  # SHA-256 hex of the API token (`petrel user token`)
+
+    def line(self) -> str:
+        """The user's line in the file (without the newline)."""
+        fields = [self.address, self.password_hash, self.scram.encode() if self.scram else ""]
+        if self.admin or self.token_hash:
+            fields += ["admin" if self.admin else "", self.token_hash or ""]
+        return ":".join(fields)
 
 
 def scram_secret(
@@ -110,6 +128,11 @@ def verify_password(password_hash: str, password: str) -> bool:
         return False
 
 
+def hash_token(token: str) -> str:
+    """What the store keeps of an API token."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
 def normalize_address(address: str) -> str:
     """Lower-cased ``local@domain``; refuses what cannot be a mailbox of ours."""
     text = address.strip().lower()
@@ -130,16 +153,21 @@ def _parse(data: str, source: Path) -> dict[str, User]:
     for number, line in enumerate(data.splitlines(), start=1):
         if not line.strip() or line.startswith("#"):
             continue
-        parts = line.split(":", 2)
+        parts = line.split(":", 4)
         if len(parts) < 2:
-            raise UserError(f"{source}:{number}: expected 'address:hash[:scram]'")
+            raise UserError(f"{source}:{number}: expected 'address:hash[:scram[:admin:token]]'")
         scram = None
-        if len(parts) == 3 and parts[2]:
+        if len(parts) >= 3 and parts[2]:
             try:
                 scram = ScramSecret.decode(parts[2])
             except (ValueError, TypeError):
                 raise UserError(f"{source}:{number}: bad SCRAM secret") from None
-        users[parts[0].lower()] = User(parts[0].lower(), parts[1], scram)
+        flag = parts[3] if len(parts) >= 4 else ""
+        if flag not in ("", "admin"):
+            raise UserError(f"{source}:{number}: unknown flag {flag!r} (expected 'admin')")
+        token = parts[4] if len(parts) == 5 and parts[4] else None
+        address = parts[0].lower()
+        users[address] = User(address, parts[1], scram, flag == "admin", token)
     return users
 
 
@@ -158,11 +186,17 @@ class UserStore(Protocol):
 
     def __iter__(self) -> Iterator[User]: ...
 
-    def add(self, address: str, password: str) -> None: ...
+    def add(self, address: str, password: str, *, admin: bool = False) -> None: ...
 
     def set_password(self, address: str, password: str) -> None: ...
 
     def delete(self, address: str) -> None: ...
+
+    def by_token(self, token: str) -> User | None:
+        """The admin whose HTTP API token this is (`petrel user token`)."""
+        ...
+
+    def new_token(self, address: str) -> str: ...
 
 
 def open_users(config: Config) -> UserStore:
@@ -233,10 +267,7 @@ class Users:
             self.reload_if_changed()
             users = dict(self._users)
             yield users
-            lines = [
-                f"{u.address}:{u.password_hash}:{u.scram.encode() if u.scram else ''}\n"
-                for u in sorted(users.values(), key=lambda u: u.address)
-            ]
+            lines = [u.line() + "\n" for u in sorted(users.values(), key=lambda u: u.address)]
             tmp = self.path.with_name(self.path.name + ".tmp")
             unlink_quietly(tmp)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -250,19 +281,45 @@ class Users:
         finally:
             os.close(lock)
 
-    def add(self, address: str, password: str) -> None:
+    def by_token(self, token: str) -> User | None:
+        """The user whose API token this is (compared in constant time), or None."""
+        wanted = hash_token(token)
+        self.reload_if_changed()
+        found = None
+        for user in self._users.values():
+            if user.token_hash is not None and hmac.compare_digest(user.token_hash, wanted):
+                found = user
+        return found
+
+    def add(self, address: str, password: str, *, admin: bool = False) -> None:
         address = normalize_address(address)
         with self._locked() as users:
             if address in users:
                 raise UserError(f"{address}: user exists (use 'petrel user passwd')")
-            users[address] = new_user(address, password)
+            users[address] = dataclasses.replace(new_user(address, password), admin=admin)
 
     def set_password(self, address: str, password: str) -> None:
         address = normalize_address(address)
         with self._locked() as users:
             if address not in users:
                 raise UserError(f"{address}: no such user")
-            users[address] = new_user(address, password)
+            fresh = new_user(address, password)  # the admin flag and the token stay
+            users[address] = dataclasses.replace(
+                users[address], password_hash=fresh.password_hash, scram=fresh.scram
+            )
+
+    def new_token(self, address: str) -> str:
+        """Make (or replace) an admin's API token; the token itself is shown only now."""
+        address = normalize_address(address)
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        with self._locked() as users:
+            user = users.get(address)
+            if user is None:
+                raise UserError(f"{address}: no such user")
+            if not user.admin:
+                raise UserError(f"{address}: not an admin (add one with 'petrel user add --admin')")
+            users[address] = dataclasses.replace(user, token_hash=hash_token(token))
+        return token
 
     def delete(self, address: str) -> None:
         address = normalize_address(address)

@@ -19,8 +19,8 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Protocol
 
-from petrel import proxyproto, smtp
-from petrel.config import Config, Listener
+from petrel import metrics, proxyproto, smtp
+from petrel.config import SMTP_MODES, Config, Listener
 from petrel.dns import Resolver
 from petrel.intake import Intake
 from petrel.log import log_event
@@ -220,6 +220,7 @@ class ImplicitTlsListener:
             sock.close()
             raise
         except Exception as exc:  # a failed handshake ends this connection only
+            metrics.TLS_FAILURES.inc()
             log_event(
                 log,
                 "tls-failed",
@@ -493,6 +494,8 @@ class Server:
         """
         bound: list[tuple[str, int, str]] = []
         for index, listener in enumerate(self.config.listeners):
+            if listener.mode not in SMTP_MODES:  # http: petrel.web serves it
+                continue
             if inherited is not None and index not in inherited:
                 continue
             sockets: Sequence[socket.socket]

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, cast
 
-from petrel import proxyproto, smtp
+from petrel import metrics, proxyproto, smtp
 from petrel.config import IPNetwork, LimitsSection, Listener
 from petrel.intake import (
     Accepted,
@@ -242,6 +242,7 @@ class SmtpSession(asyncio.Protocol):
         self.exempt = ctx.host.exempt(self.peer_ip)  # the carried address, behind a proxy
         refusal = ctx.host.admit(self)  # logged and counted by the host
         if refusal is not None:
+            metrics.rejected(refusal.status)
             transport.write(refusal.to_bytes())
             transport.close()
             return
@@ -258,6 +259,8 @@ class SmtpSession(asyncio.Protocol):
         )
         self._rdns = ctx.rdns.lookup(self.peer_ip)
         self._limit_buffers(transport)
+        metrics.connection(self.listener.mode).inc()
+        metrics.SESSIONS.inc()
         client = f"{self.peer_ip}:{self.peer_port}"
         if self.via is None:
             log_event(log, "connect", session=self.id, client=client)
@@ -468,6 +471,7 @@ class SmtpSession(asyncio.Protocol):
             self._attempt = None
         if self.conn is not None:
             self.ctx.host.release(self)
+            metrics.SESSIONS.dec()
             log_event(log, "disconnect", session=self.id, client=self.peer_ip)
         self.conn = None
 
@@ -705,6 +709,7 @@ class SmtpSession(asyncio.Protocol):
         if refusal is not None:
             if self.auth_user is not None:  # not the 530: a sender the user does not own
                 log_event(log, "sender-reject", session=self.id, user=self.auth_user, sender=sender)
+            metrics.rejected(refusal.status)
             return refusal
         antispam = self.ctx.antispam
         if antispam.helo_check and self._checked and self.conn is not None:
@@ -721,6 +726,7 @@ class SmtpSession(asyncio.Protocol):
                 reply=str(_NO_STORAGE),
                 reason=f"under {declared + MIN_FREE} octets free for the spool",
             )
+            metrics.rejected(_NO_STORAGE.status)
             return _NO_STORAGE
         if antispam.sender_check and sender and self._checked:
             self._wait(self._mail_after_sender_check(event, sender))
@@ -768,6 +774,7 @@ class SmtpSession(asyncio.Protocol):
             log_event(
                 log, "rcpt-reject", session=self.id, rcpt=str(event.recipient), reply=str(resolved)
             )
+            metrics.rejected(resolved.status)
             return resolved
         greylist = self.ctx.greylist
         if greylist is not None and self._checked:
@@ -821,9 +828,11 @@ class SmtpSession(asyncio.Protocol):
             log_event(
                 log, "message-reject", session=self.id, reply=str(_TOO_MANY_HOPS), hops=exc.hops
             )
+            metrics.rejected(_TOO_MANY_HOPS.status)
             return _TOO_MANY_HOPS
         except CheckRefused as exc:
             log_event(log, "message-reject", session=self.id, reply=str(exc.reply))
+            metrics.rejected(exc.reply.status, "authentication")  # SPF or DMARC
             return exc.reply
         except StoreUnavailableError as exc:  # the queue database is down: nothing acked
             log_event(log, "spool-error", level=logging.ERROR, session=self.id, error=str(exc))
@@ -838,6 +847,7 @@ class SmtpSession(asyncio.Protocol):
 
     def _on_rejected(self, event: smtp.MessageRejected) -> smtp.Reply:
         log_event(log, "message-reject", session=self.id, reply=str(event.reply))
+        metrics.rejected(event.reply.status)
         self._abort_message()
         self.txn = None
         return event.reply
@@ -923,6 +933,7 @@ class SmtpSession(asyncio.Protocol):
         return event.reply
 
     def _log_failure(self, outcome: str, **fields: str) -> None:
+        metrics.AUTH_FAILURES.inc()
         log_event(
             log,
             "auth",
@@ -934,6 +945,7 @@ class SmtpSession(asyncio.Protocol):
         )
 
     def _locked_out(self) -> smtp.Reply:
+        metrics.AUTH_LOCKOUTS.inc()
         self.ctx.refusals.count("auth-lockout")
         log_event(
             log,
@@ -994,6 +1006,7 @@ class SmtpSession(asyncio.Protocol):
             )
         except Exception as exc:  # any handshake failure ends the session the same way
             self._early = None
+            metrics.TLS_FAILURES.inc()
             log_event(
                 log,
                 "tls-failed",
@@ -1026,6 +1039,7 @@ class SmtpSession(asyncio.Protocol):
         if ssl_object is not None:
             name, _, bits = ssl_object.cipher()
             self.tls_info = f"{ssl_object.version()} with cipher {name} ({bits}/{bits} bits)"
+        metrics.TLS_HANDSHAKES.inc()
         log_event(log, "tls", session=self.id, client=self.peer_ip, using=self.tls_info)
 
     # -- message plumbing ----------------------------------------------------------------
