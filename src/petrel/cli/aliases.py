@@ -77,17 +77,16 @@ def _run(config: Config, args: argparse.Namespace) -> int:
         return 0
     from petrel.policy.pg_aliases import shared_aliases
 
-    table = shared_aliases(config.queue.dsn)
     if action == "add":
         key, _ = check_entry(args.name, args.targets)  # refused before any connection
         _warn_if_not_local(key, config)
-        table.add(key, args.targets)
+        shared_aliases(config.queue.dsn).add(key, args.targets)
         print(f"petrel: alias {key} added")
     elif action == "del":
-        print(f"petrel: alias {table.delete(args.name)} deleted")
+        print(f"petrel: alias {shared_aliases(config.queue.dsn).delete(args.name)} deleted")
     else:
-        parsed = parse_file(args.file)
-        count = table.import_entries(parsed, replace=args.replace)
+        parsed = parse_file(args.file)  # a broken file is refused before any connection
+        count = shared_aliases(config.queue.dsn).import_entries(parsed, replace=args.replace)
         print(f"petrel: {count} aliases imported from {args.file}")
     return 0
 

@@ -68,7 +68,7 @@ def check_entry(name: str, targets: list[str]) -> tuple[str, list[str]]:
     names the first mistake in one line, with the file loader's words.
     """
     key = name.strip().lower()
-    if not _plausible(key):
+    if not _plausible(key) or ":" in key:  # the file's key ends at its first colon
         raise AliasError(f"alias {name!r}: not a local part or local@domain")
     where = f"alias {key!r}"
     found = []
