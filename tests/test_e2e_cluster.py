@@ -535,7 +535,10 @@ def test_an_alias_added_on_one_node_is_delivered_through_the_other(
 def test_alias_import_and_bad_targets_on_the_shared_table(
     cluster: Callable[..., PetrelServer], tmp_path: Path
 ) -> None:
+    (tmp_path / "node-a" / "data").mkdir(parents=True)
+    (tmp_path / "node-a" / "data" / "aliases").write_text("old: alice\n")
     a = cluster("node-a", SHARED_ALIASES)
+    assert "event=aliases-file-ignored" in a.log_path.read_text()  # not read: import it
     for name, target in (
         ("backup", "|/usr/bin/backup"),
         ("box", "/var/mail/box"),
@@ -583,3 +586,25 @@ def test_alias_import_and_bad_targets_on_the_shared_table(
     assert replaced.returncode == 0, replaced.stderr
     assert a.petrel_cli("alias", "list").stdout == "sales: four@sink.test\n"
     wait_until(lambda: expn(a, "sales") == (250, "<four@sink.test>"), 20, "the replaced table")
+
+
+def test_shared_users_on_a_schema_without_the_alias_table_ask_for_a_migration(
+    tmp_path: Path, pg_dsn: str, sink: ScriptedPeer
+) -> None:
+    migrate(pg_dsn, target=2)
+    server = PetrelServer(tmp_path, node_config(pg_dsn, "n", sink.port, SHARED_ALIASES))
+    server.write_config()
+    result = subprocess.run(
+        [sys.executable, "-m", "petrel", "serve", "--config", str(server.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "petrel_alias" in result.stderr and "run 'petrel db migrate'" in result.stderr
+    listed = server.petrel_cli("alias", "list")
+    assert listed.returncode == 1 and "run 'petrel db migrate'" in listed.stderr
+    assert server.petrel_cli("db", "migrate").returncode == 0
+    assert server.petrel_cli("alias", "list").returncode == 0

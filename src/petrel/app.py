@@ -241,6 +241,14 @@ async def _serve(config: Config, log_args: list[str] | None, errors: ErrorLog) -
         )
         return 1
     policy = Policy(config, open_aliases(config))
+    if config.users.backend == "postgresql" and config.aliases.file.exists():
+        log_event(  # an operator who moved to the database but forgot the old file
+            log,
+            "aliases-file-ignored",
+            level=logging.WARNING,
+            file=str(config.aliases.file),
+            reason="the aliases are in the database ([users] backend); petrel alias import",
+        )
     dns = Resolver(config.dns)  # the process's one resolver: delivery and sessions share it
     shared = config.queue.backend == "postgresql"
     spool: Spool | PgStore
