@@ -5,8 +5,7 @@ calls — `Policy.check_mail`, `Policy.check_rcpt`, `Policy.check_etrn`, `Policy
 `Policy.expn`, `mail_auth` — each returning the refusal as an SMTP reply (it is the
 server's judge) or what was allowed. AUTH credentials are checked by `auth.Authenticator`.
 It reads only its own stores (the aliases and users, in files or the shared database)
-and never writes, except the
-AUTH throttle's counts.
+and never writes, except the AUTH throttle's counts.
 """
 
 from __future__ import annotations
@@ -176,7 +175,7 @@ class Policy:
         try:
             self.aliases.reload_if_changed()
         except AliasError as exc:
-            log.error("aliases not reloaded: %s", exc)
+            log.error("aliases file not reloaded: %s", exc)
 
     @staticmethod
     def _safe_mailbox_name(mailbox: str) -> bool:
