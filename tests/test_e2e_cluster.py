@@ -518,6 +518,9 @@ def test_an_alias_added_on_one_node_is_delivered_through_the_other(
         "bob@sink.test",
         "carol@sink.test",
     }
+    # The bare target took the alias's domain: alice's Maildir on the delivering node.
+    wait_until(lambda: a.messages("alice") + b.messages("alice"), 30, "alice's copy")
+    assert len(a.messages("alice") + b.messages("alice")) == 1
     listed = b.petrel_cli("alias", "list")
     assert listed.returncode == 0, listed.stderr
     assert listed.stdout == "team: bob@sink.test, carol@sink.test, alice\n"
@@ -552,6 +555,9 @@ def test_alias_import_and_bad_targets_on_the_shared_table(
     assert exists.returncode == 0, exists.stderr
     clash = a.petrel_cli("alias", "add", "postmaster", "other@sink.test")
     assert clash.returncode == 1 and "exists" in clash.stderr
+    elsewhere = a.petrel_cli("alias", "add", "info@elsewhere.test", "ops@sink.test")
+    assert elsewhere.returncode == 0  # added, with a warning: it is never looked up
+    assert elsewhere.stderr.startswith("petrel: warning: elsewhere.test is not a local domain")
 
     broken = tmp_path / "broken-aliases"
     broken.write_text("sales: one@sink.test\nbackup: |/usr/bin/backup\n")
