@@ -262,9 +262,7 @@ class SmtpTransport:
             return await self.resolver.hops(route.target)
         if route.kind == "lmtp" and route.target.startswith("/"):
             return [Hop("localhost", 0, route.target)]
-        host, _, port = route.target.rpartition(":")
-        if not port.isdigit():
-            raise RouteError(failed("5.3.5", f"bad delivery target {route.target!r}"))
+        host, _, port = route.target.rpartition(":")  # "host:port", checked by config.py
         return await self.resolver.configured([(host.strip("[]"), int(port))], self._key(route))
 
     def _key(self, route: Route) -> str:
