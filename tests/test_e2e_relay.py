@@ -407,7 +407,8 @@ def test_a_smarthost_name_that_does_not_exist_defers_naming_the_key(
     dns_server.zone("names.test", ["relay A 127.0.0.1"])
     sender = petrel_factory(
         _named_relay_config(
-            dns_server.address, '[relay]\nsmarthost = "rleay.names.test:25"\ntls = "opportunistic"\n'
+            dns_server.address,
+            '[relay]\nsmarthost = "rleay.names.test:25"\ntls = "opportunistic"\n',
         ),
         name="sender",
     )
