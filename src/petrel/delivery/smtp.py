@@ -197,7 +197,7 @@ class Resolver:
             f"{host}: {found.error if found.temporary else _none(found.status)}"
             for (host, _), found in zip(targets, looked, strict=True)
         )
-        raise RouteError(deferred("4.4.3", f"No address for {key}: {why}"))
+        raise RouteError(deferred("4.4.3", f"No address for {key}: {why or 'no host given'}"))
 
     async def _host(self, host: str) -> petrel.dns.Lookup[str]:
         if self.use_dns:
