@@ -69,9 +69,7 @@ def test_signer_fields_are_dkimpys_octet_for_octet(keys: tuple[SigningKey, Signi
             k.selector.encode(),
             k.domain.encode(),
             k.private,
-            signature_algorithm={"rsa": b"rsa-sha256", "ed25519": b"ed25519-sha256"}[
-                k.algorithm
-            ],
+            signature_algorithm={"rsa": b"rsa-sha256", "ed25519": b"ed25519-sha256"}[k.algorithm],
             canonicalize=(b"relaxed", b"relaxed"),
         )
         for k in keys
@@ -92,9 +90,7 @@ def test_arc_set_is_dkimpys_octet_for_octet_and_verifies(
     sealed = seal_arc(MESSAGE, rsa_key, "mx.petrel.test")
     expected = b"".join(
         f if f.endswith(b"\r\n") else f + b"\r\n"
-        for f in dkim.arc_sign(
-            MESSAGE, b"s1", b"example.test", rsa_key.private, b"mx.petrel.test"
-        )
+        for f in dkim.arc_sign(MESSAGE, b"s1", b"example.test", rsa_key.private, b"mx.petrel.test")
     )
     assert sealed == expected
     assert sealed.startswith(b"ARC-Seal: i=1; cv=none; a=rsa-sha256;")
