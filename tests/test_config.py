@@ -318,6 +318,11 @@ def test_parse_duration_rejects_with_key(value: object) -> None:
         ("[users]\nbackend = 'postgresql'\n", 'users.backend: "postgresql" needs queue.dsn'),
         ("[serevr]\n", "serevr: unknown section"),
         ("[domains.lmtp]\n'bad..domain' = 'x'\n", "domains.lmtp.bad..domain: not a valid domain"),
+        # an LMTP target is a unix socket path or host:port, checked before mail waits on it
+        ("[domains.lmtp]\n'b.test' = 'lmtp.b.test'\n", "domains.lmtp.b.test: missing port"),
+        ("[domains.lmtp]\n'b.test' = 'run/lmtp'\n", "domains.lmtp.b.test: not a valid domain"),
+        ("[domains.lmtp]\n'b.test' = 'h..x:24'\n", "domains.lmtp.b.test: not a valid domain"),
+        ("[domains.lmtp]\n'b.test' = '::1:24'\n", "domains.lmtp.b.test: IPv6 addresses need"),
         (
             "[[listener]]\naddress = '127.0.0.1:25'\nmode = 'smtp'\nport = 25\n",
             "listener[0].port: unknown key",

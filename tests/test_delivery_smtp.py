@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import email
+import ipaddress
 import logging
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -293,14 +295,26 @@ def test_greeting_554_goes_to_next_host_then_defers(tmp_path, peer_factory) -> N
     assert job.results[0].outcome == DEFERRED
 
 
-def test_static_hosts_and_address_literals(tmp_path) -> None:
-    """The static table replaces DNS in test rigs; literals need no lookup."""
-    config = _config(tmp_path, '"a.test" = ["127.0.0.9", "mx2.a.test:2526"]', "mx_port = 2525")
+def test_static_hosts_and_address_literals(tmp_path, dns_server) -> None:
+    """The static table replaces MX lookups in test rigs; its names are resolved by
+    petrel.dns (A then AAAA, in the table's order); IPs and localhost need no lookup."""
+    dns_server.zone("a.test", ["mx2 A 127.0.0.10", "mx2 AAAA ::1"])
+    config = _config(
+        tmp_path,
+        '"a.test" = ["127.0.0.9", "mx2.a.test:2526", "localhost"]',
+        f'mx_port = 2525\n[dns]\nnameservers = ["{dns_server.address}"]',
+    )
     resolver = Resolver(config.delivery, DnsResolver(config.dns))  # type: ignore[attr-defined]
     hops = asyncio.run(resolver.hops("A.test"))
-    assert [(h.host, h.port) for h in hops] == [("127.0.0.9", 2525), ("mx2.a.test", 2526)]
+    assert [(h.host, h.port, h.address) for h in hops] == [
+        ("127.0.0.9", 2525, "127.0.0.9"),
+        ("mx2.a.test", 2526, "127.0.0.10"),
+        ("mx2.a.test", 2526, "::1"),
+        ("localhost", 2525, "127.0.0.1"),
+        ("localhost", 2525, "::1"),
+    ]
     literal = asyncio.run(resolver.hops("[127.0.0.1]"))
-    assert [(h.host, h.port) for h in literal] == [("127.0.0.1", 2525)]
+    assert [(h.host, h.port, h.address) for h in literal] == [("127.0.0.1", 2525, "127.0.0.1")]
 
 
 def test_lmtp_route_gets_one_reply_per_recipient(tmp_path, peer_factory) -> None:
@@ -629,3 +643,143 @@ def test_deliverby_is_passed_on_with_the_time_left(tmp_path, peer_factory) -> No
     [msg] = peer.messages
     seconds, mode = msg.params.by
     assert mode == "RT" and 2990 <= seconds <= 3000
+
+
+# -- names the configuration gives: resolved by petrel.dns, never by getaddrinfo -----------
+
+_NAMES_LOOKED_UP: list[str] = []  # host names given to getaddrinfo while recording
+_RECORDING = False
+
+
+def _audit(event: str, args: tuple[object, ...]) -> None:
+    if _RECORDING and event == "socket.getaddrinfo":
+        host = args[0].decode() if isinstance(args[0], bytes) else str(args[0])
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            _NAMES_LOOKED_UP.append(host)
+
+
+sys.addaudithook(_audit)  # audit hooks cannot be removed: it records only inside a test
+
+
+@pytest.fixture
+def system_resolver_calls() -> Iterator[list[str]]:
+    """The names the process asked the system resolver for during the test."""
+    global _RECORDING
+    _NAMES_LOOKED_UP.clear()
+    _RECORDING = True
+    yield _NAMES_LOOKED_UP
+    _RECORDING = False
+
+
+@pytest.fixture
+def names_zone(dns_server) -> object:
+    """names.test: a smarthost and an LMTP server by name (only here: getaddrinfo cannot
+    know them), a name with no address, a v6-only name."""
+    dns_server.zone(
+        "names.test",
+        ["relay A 127.0.0.1", "lmtp A 127.0.0.1", 'noaddr TXT "x"', "v6 AAAA ::1"],
+    )
+    return dns_server
+
+
+def test_smarthost_by_name_gets_the_mail_without_the_system_resolver(
+    tmp_path, peer_factory, names_zone, system_resolver_calls
+) -> None:
+    peer = peer_factory()
+    config = _config(
+        tmp_path,
+        "",
+        f'[dns]\nnameservers = ["{names_zone.address}"]\n'
+        f'[relay]\nsmarthost = "relay.names.test:{peer.port}"\ntls = "opportunistic"\n',
+    )
+    transport = _transport(config)
+    job = _job("a@anywhere.test")
+    asyncio.run(transport.deliver(transport.route_for("a@anywhere.test"), [job]))
+    assert job.results[0].outcome == DELIVERED, job.results[0].text
+    assert f"relay.names.test[127.0.0.1]:{peer.port}" in job.results[0].text
+    assert [m.recipients[0][0] for m in peer.messages] == ["a@anywhere.test"]
+    assert system_resolver_calls == []
+
+
+def test_lmtp_target_by_name_gets_the_mail(
+    tmp_path, peer_factory, names_zone, system_resolver_calls
+) -> None:
+    peer = peer_factory(lmtp=True)
+    config = _config(
+        tmp_path,
+        "",
+        f'[dns]\nnameservers = ["{names_zone.address}"]\n'
+        f'[domains.lmtp]\n"box.test" = "lmtp.names.test:{peer.port}"\n',
+    )
+    transport = _transport(config)
+    job = _job("a@box.test", "b@box.test")
+    asyncio.run(transport.deliver(transport.route_for("a@box.test"), [job]))
+    assert [r.outcome for r in job.results] == [DELIVERED, DELIVERED]
+    assert [r for r, _ in peer.messages[0].recipients] == ["a@box.test", "b@box.test"]
+    assert system_resolver_calls == []
+
+
+def test_localhost_smarthost_works_with_dns_off(tmp_path, peer_factory) -> None:
+    """``smarthost = "localhost:25"`` is loopback (127.0.0.1, then ::1), asked of no one."""
+    peer = peer_factory()
+    config = _config(
+        tmp_path,
+        "",
+        f'dns = false\n[relay]\nsmarthost = "localhost:{peer.port}"\ntls = "opportunistic"\n',
+    )
+    transport = _transport(config)
+    job = _job("a@anywhere.test")
+    asyncio.run(transport.deliver(transport.route_for("a@anywhere.test"), [job]))
+    assert job.results[0].outcome == DELIVERED, job.results[0].text
+    assert len(peer.messages) == 1
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "why"),
+    [
+        ('[relay]\nsmarthost = "typo.names.test:25"', "relay.smarthost", "(NXDOMAIN)"),
+        ('[relay]\nsmarthost = "noaddr.names.test:25"', "relay.smarthost", "no A or AAAA"),
+        (
+            '[domains.lmtp]\n"anywhere.test" = "typo.names.test:24"',
+            "domains.lmtp.anywhere.test",
+            "(NXDOMAIN)",
+        ),
+        (
+            '[delivery.hosts]\n"anywhere.test" = ["typo.names.test", "noaddr.names.test"]',
+            "delivery.hosts.anywhere.test",
+            "noaddr.names.test: no A or AAAA record",
+        ),
+    ],
+)
+def test_a_configured_name_without_address_defers_naming_the_key(
+    tmp_path, names_zone, section: str, key: str, why: str
+) -> None:
+    """A typo in the configuration must not bounce mail: 4.4.3, saying which key."""
+    path = tmp_path / "petrel.toml"
+    path.write_text(
+        f'[server]\nhostname = "client.test"\ndata_dir = "{tmp_path / "data"}"\n'
+        f'[dns]\nnameservers = ["{names_zone.address}"]\n{section}\n'
+    )
+    transport = _transport(load_config(path))
+    job = _job("a@anywhere.test")
+    asyncio.run(transport.deliver(transport.route_for("a@anywhere.test"), [job]))
+    [result] = job.results
+    assert (result.outcome, result.status) == (DEFERRED, "4.4.3")
+    assert result.text.startswith(f"No address for {key}: "), result.text
+    assert why in result.text
+
+
+def test_a_dns_timeout_or_dns_off_defers_the_smarthost(tmp_path, silent_nameserver) -> None:
+    for extra, why in [
+        (f'[dns]\nnameservers = ["{silent_nameserver}"]\ntimeout = "0.5s"', "timed out"),
+        ("dns = false", "DNS is off (delivery.dns = false)"),
+    ]:
+        config = _config(tmp_path, "", f'{extra}\n[relay]\nsmarthost = "relay.names.test:25"\n')
+        transport = _transport(config)
+        job = _job("a@anywhere.test")
+        asyncio.run(transport.deliver(transport.route_for("a@anywhere.test"), [job]))
+        [result] = job.results
+        assert (result.outcome, result.status) == (DEFERRED, "4.4.3"), result.text
+        assert "relay.smarthost: relay.names.test: " in result.text and why in result.text

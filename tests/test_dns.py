@@ -202,3 +202,20 @@ def test_unreachable_nameserver_is_a_temporary_error() -> None:
         port = sock.getsockname()[1]
     found = _run(_resolver(f"127.0.0.1:{port}", timeout=1.0).txt("example.test"))
     assert found.status is Status.TEMPERROR
+
+
+def test_host_addresses_of_configured_names(zones: DnsServer) -> None:
+    """What delivery connects to for a name in the configuration: IPs and localhost
+    without a question (even to a server that does not serve them), other names by DNS."""
+    dns = _resolver(zones.address)
+    for host, expected in [
+        ("192.0.2.7", ("192.0.2.7",)),
+        ("[2001:db8::7]", ("2001:db8::7",)),
+        ("localhost", ("127.0.0.1", "::1")),
+        ("LocalHost.", ("127.0.0.1", "::1")),
+        ("smtp.localhost", ("127.0.0.1", "::1")),  # RFC 6761 §6.3: names under it too
+        ("mx1.example.test", ("127.0.0.5", "::1")),  # only in the test zone
+    ]:
+        assert _run(dns.host_addresses(host)) == Lookup(Status.OK, expected), host
+    assert _run(dns.host_addresses("typo.example.test")).status is Status.NXDOMAIN
+    assert _run(dns.host_addresses("s1._domainkey.example.test")).status is Status.NODATA

@@ -329,6 +329,15 @@ selector = "arc"
         aar = sets[0]["aar-value"].decode()
         assert f"i=1; {HOSTNAME};" in aar and "dkim=pass" in aar and "dmarc=pass" in aar
         assert forwarded.startswith(b"ARC-Seal: i=1;")
+        # An independent validator agrees (Mail::DKIM; the seal's RSA is OpenSSL's).
+        checked = subprocess.run(
+            ["perl", str(Path(__file__).parent / "dkim_verify" / "arc_verify.pl"), zone.address],
+            input=forwarded,
+            capture_output=True,
+            timeout=60,
+        )
+        assert checked.returncode == 0, checked.stderr.decode()
+        assert checked.stdout.decode().split()[0] == "pass", checked.stdout.decode()
         # The original signature still verifies at the next hop, and the local copy
         # (the alias's other member) is delivered as well.
         assert dkim.verify(forwarded, dnsfunc=_txt_lookup(zone))

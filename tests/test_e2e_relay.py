@@ -348,3 +348,74 @@ def test_bounce_to_a_local_sender_without_mailbox_goes_to_the_postmaster(
     assert not server.mailbox("root").exists()
     assert not server.mailbox("postmaster").exists()
     assert f"to=willie@{HOSTNAME}" in server.log_text()
+
+
+def _named_relay_config(dns_address: str, extra: str) -> str:
+    """A sender whose routes name hosts known only to the loopback DNS server."""
+    return f"""
+[domains]
+relay_networks = ["127.0.0.0/8"]
+
+[delivery]
+connect_timeout = "2s"
+command_timeout = "2s"
+
+[dns]
+nameservers = ["{dns_address}"]
+timeout = "1s"
+
+[queue]
+min_backoff = "1s"
+max_backoff = "1s"
+{extra}
+"""
+
+
+def test_smarthost_and_lmtp_target_by_name_resolve_through_petrels_dns(
+    petrel_factory, dns_server
+) -> None:
+    """relay.names.test and lmtp.names.test exist only in the test zone, so the system
+    resolver (getaddrinfo) could not find them: petrel.dns does."""
+    dns_server.zone("names.test", ["relay A 127.0.0.1", "lmtp A 127.0.0.1"])
+    smarthost = petrel_factory('[domains]\nlocal = ["remote.test"]\n', name="smarthost")
+    target, lmtp_port = _lmtp_target(petrel_factory)
+    sender = petrel_factory(
+        _named_relay_config(
+            dns_server.address,
+            f'[relay]\nsmarthost = "relay.names.test:{smarthost.port}"\ntls = "opportunistic"\n'
+            f'[domains.lmtp]\n"box.test" = "lmtp.names.test:{lmtp_port}"\n',
+        ),
+        name="sender",
+    )
+    with smtplib.SMTP(sender.host, sender.port) as client:
+        client.sendmail(
+            f"alice@{HOSTNAME}", ["bob@remote.test", "a@box.test"], b"Subject: named\r\n\r\nx\r\n"
+        )
+    [relayed] = smarthost.wait_for_messages("bob", domain="remote.test")
+    [lmtp] = target.wait_for_messages("a", domain="box.test")
+    assert b"Subject: named" in relayed and b"with LMTP" in lmtp
+    sender.wait_queue_empty()
+    log = sender.log_text()
+    assert 'to=bob@remote.test relay="dns; relay.names.test" status=2.0.0' in log
+    assert 'to=a@box.test relay="dns; lmtp.names.test" status=2.0.0' in log
+
+
+def test_a_smarthost_name_that_does_not_exist_defers_naming_the_key(
+    petrel_factory, dns_server
+) -> None:
+    """A typo in relay.smarthost keeps the mail queued (4.4.3), it does not bounce it."""
+    dns_server.zone("names.test", ["relay A 127.0.0.1"])
+    sender = petrel_factory(
+        _named_relay_config(
+            dns_server.address,
+            '[relay]\nsmarthost = "rleay.names.test:25"\ntls = "opportunistic"\n',
+        ),
+        name="sender",
+    )
+    _send(sender, "bob@remote.test")
+    wait_until(lambda: "event=deferred" in sender.log_text(), what="the deferral")
+    line = next(ln for ln in sender.log_text().splitlines() if "event=deferred" in ln)
+    assert "status=4.4.3" in line
+    assert "No address for relay.smarthost: rleay.names.test: no such name (NXDOMAIN)" in line
+    assert sender.queue_files()  # still queued, for when the operator fixes the key
+    assert sender.messages("alice") == []  # no bounce

@@ -604,7 +604,16 @@ def _domains(t: _Table, hostname: str) -> DomainsSection:
     lmtp: dict[str, str] = {}
     for name in lmtp_table.names():
         key = lmtp_table.key(name)
-        lmtp[_domain(name, key)] = _str(lmtp_table.take(name), key)
+        domain = _domain(name, key)
+        target = _str(lmtp_table.take(name), key)
+        if not target.startswith("/"):  # else a unix socket path
+            try:
+                _host_port(target, key, min_port=1)
+            except ConfigError as exc:
+                raise ConfigError(
+                    f'{exc} (an LMTP target is "host:port" or an absolute unix socket path)'
+                ) from None
+        lmtp[domain] = target
     t.finish()
     return DomainsSection(local, relay_networks, lmtp)
 

@@ -4,7 +4,8 @@ Every byte on the wire is produced and parsed by the sans-IO ``smtp.ClientConnec
 this module only moves bytes over asyncio streams and turns replies into per-recipient
 results. A *route* is where a recipient's mail goes: a domain's MX hosts (`petrel.dns`, or
 the static ``[delivery] hosts`` table that test rigs use instead of DNS), the
-``[relay]`` smarthost, or an ``[domains] lmtp`` target. One session carries several
+``[relay]`` smarthost, or an ``[domains] lmtp`` target; every name among them is
+resolved by `petrel.dns` too, never by the system resolver. One session carries several
 messages for its route (connection reuse), and a semaphore per route caps how many
 sessions run at once, as Postfix's ``default_destination_concurrency_limit`` does.
 
@@ -67,17 +68,13 @@ class Hop:
     host: str
     port: int
     path: str | None = None
-    address: str | None = None  # the IP to connect to, when DNS found it
+    address: str | None = None  # the IP to connect to (every TCP hop has one)
 
     def __str__(self) -> str:
         """As Postfix names a peer in its deferral texts: host and port (an IPv6 in [])."""
         return self.path or (
             f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
         )
-
-    @property
-    def connect_to(self) -> str:
-        return self.address or self.host
 
 
 @dataclass(slots=True)
@@ -120,8 +117,10 @@ class _SessionError(Exception):
 class Resolver:
     """MX lookup (RFC 5321 §5.1): MX in preference order, else A/AAAA, null MX refused.
 
-    Hops found by DNS carry their addresses (looked up through the process's
-    `petrel.dns.Resolver`); static ``[delivery] hosts`` entries are connected by name.
+    Every hop carries the address to connect to, found through the process's
+    `petrel.dns.Resolver`: the MX hosts' and also the names the configuration gives
+    (``[delivery] hosts``, the smarthost, LMTP targets; see `configured`). The system
+    resolver is never asked.
     """
 
     def __init__(self, delivery: DeliverySection, dns: petrel.dns.Resolver) -> None:
@@ -136,12 +135,14 @@ class Resolver:
             literal = domain[1:-1]
             if literal.lower().startswith("ipv6:"):
                 literal = literal[5:]
-            return [Hop(str(ipaddress.ip_address(literal)), self.port)]
+            address = str(ipaddress.ip_address(literal))
+            return [Hop(address, self.port, address=address)]
         static = self.static.get(domain)
         if static is not None:
             if any(host == "." for host, _ in static):
                 raise RouteError(_null_mx(domain))
-            return [Hop(host, port or self.port) for host, port in static]
+            targets = [(host, port or self.port) for host, port in static]
+            return await self.configured(targets, f"delivery.hosts.{domain}")
         if not self.use_dns:
             raise RouteError(
                 deferred("4.4.3", f"No route to {domain}: DNS is off (delivery.dns = false)")
@@ -175,6 +176,43 @@ class Resolver:
         raise RouteError(
             failed("5.4.4", f"No address for the mail hosts of {domain}: {', '.join(names)}")
         )
+
+    async def configured(self, targets: Sequence[tuple[str, int]], key: str) -> list[Hop]:
+        """Hops for hosts the configuration names under ``key``, in its order, each
+        name's IPv4 then IPv6 addresses (as for MX hosts).
+
+        IP addresses and localhost names need no lookup (`petrel.dns.literal_addresses`).
+        A name with no address is the operator's mistake, not the recipient's: the mail
+        is deferred (4.4.3) with a text naming the key, never bounced for a typo.
+        """
+        looked = await asyncio.gather(*(self._host(host) for host, _ in targets))
+        hops = [
+            Hop(host, port, address=address)
+            for (host, port), found in zip(targets, looked, strict=True)
+            for address in found.records
+        ]
+        if hops:
+            return hops
+        why = "; ".join(
+            f"{host}: {found.error if found.temporary else _none(found.status)}"
+            for (host, _), found in zip(targets, looked, strict=True)
+        )
+        raise RouteError(deferred("4.4.3", f"No address for {key}: {why or 'no host given'}"))
+
+    async def _host(self, host: str) -> petrel.dns.Lookup[str]:
+        if self.use_dns:
+            return await self.dns.host_addresses(host)
+        literal = petrel.dns.literal_addresses(host)
+        if literal is not None:
+            return petrel.dns.Lookup(Status.OK, literal)
+        return petrel.dns.Lookup(
+            Status.TEMPERROR, error="not looked up, DNS is off (delivery.dns = false)"
+        )
+
+
+def _none(status: Status) -> str:
+    """A definite "no address" as a deferral text says it."""
+    return "no such name (NXDOMAIN)" if status is Status.NXDOMAIN else "no A or AAAA record"
 
 
 def _null_mx(domain: str) -> Result:
@@ -224,10 +262,16 @@ class SmtpTransport:
             return await self.resolver.hops(route.target)
         if route.kind == "lmtp" and route.target.startswith("/"):
             return [Hop("localhost", 0, route.target)]
-        host, _, port = route.target.rpartition(":")
-        if not port.isdigit():
-            raise RouteError(failed("5.3.5", f"bad delivery target {route.target!r}"))
-        return [Hop(host.strip("[]"), int(port))]
+        host, _, port = route.target.rpartition(":")  # "host:port", checked by config.py
+        return await self.resolver.configured([(host.strip("[]"), int(port))], self._key(route))
+
+    def _key(self, route: Route) -> str:
+        """The configuration key a smarthost or LMTP route comes from, for its texts."""
+        if route.kind == "lmtp":
+            for domain, target in self.config.domains.lmtp.items():
+                if target == route.target:
+                    return f"domains.lmtp.{domain}"
+        return "relay.smarthost"
 
     # -- delivery ------------------------------------------------------------------------
 
@@ -335,7 +379,9 @@ class _Session:
         if self.hop.path is not None:
             coro = asyncio.open_unix_connection(self.hop.path)
         else:
-            coro = asyncio.open_connection(self.hop.connect_to, self.hop.port)
+            # An IP address, found by petrel.dns: asyncio connects without getaddrinfo.
+            assert self.hop.address is not None
+            coro = asyncio.open_connection(self.hop.address, self.hop.port)
         self.reader, writer = await asyncio.wait_for(coro, timeout)
         self.writer = writer
         sockname = writer.get_extra_info("peername")

@@ -50,6 +50,7 @@ class SigningKey:
     algorithm: str  # rsa | ed25519
     private: bytes  # as dkimpy takes it: PKCS#1 PEM (RSA), base64 of the seed (Ed25519)
     public: str  # the p= value of the DNS record
+    openssl: rsa.RSAPrivateKey | None = None  # the RSA key for OpenSSL to sign with
 
 
 def key_path(data_dir: Path, domain: str, selector: str) -> Path:
@@ -70,8 +71,8 @@ def generate(algorithm: str) -> bytes:
     )
 
 
-def _parse(pem: bytes) -> tuple[str, bytes, str]:
-    """(algorithm, the private key as dkimpy takes it, p=) from PEM text."""
+def _parse(pem: bytes) -> tuple[str, bytes, str, rsa.RSAPrivateKey | None]:
+    """(algorithm, the private key as dkimpy takes it, p=, the RSA key) from PEM text."""
     try:
         key = serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError) as exc:
@@ -88,7 +89,7 @@ def _parse(pem: bytes) -> tuple[str, bytes, str]:
         public = key.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
-        return "rsa", private, base64.b64encode(public).decode()
+        return "rsa", private, base64.b64encode(public).decode(), key
     if isinstance(key, ed25519.Ed25519PrivateKey):
         seed = key.private_bytes(
             serialization.Encoding.Raw,
@@ -98,7 +99,7 @@ def _parse(pem: bytes) -> tuple[str, bytes, str]:
         public = key.public_key().public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw
         )
-        return "ed25519", base64.b64encode(seed), base64.b64encode(public).decode()
+        return "ed25519", base64.b64encode(seed), base64.b64encode(public).decode(), None
     raise KeyFileError("neither an RSA nor an Ed25519 key")
 
 
@@ -114,13 +115,13 @@ def load(entry: DkimSign) -> SigningKey:
         if os.fstat(file.fileno()).st_mode & 0o077:
             raise KeyFileError("others may read it: chmod 600 it")
         pem = file.read(1 << 16)
-    algorithm, private, public = _parse(pem)
-    return SigningKey(entry.domain, entry.selector, algorithm, private, public)
+    algorithm, private, public, openssl = _parse(pem)
+    return SigningKey(entry.domain, entry.selector, algorithm, private, public, openssl)
 
 
 def public_of(pem: bytes) -> tuple[str, str]:
     """(algorithm, p=) of a PEM private key (keygen's output)."""
-    algorithm, _, public = _parse(pem)
+    algorithm, _, public, _ = _parse(pem)
     return algorithm, public
 
 

@@ -6,7 +6,8 @@ signs, each on its own (RSA and Ed25519 side by side: a verifier that knows only
 still finds a signature it can check). Canonicalization is relaxed/relaxed; the fields
 signed are dkimpy's default list (From, To, Cc, Subject, Date, Message-ID, MIME and
 List fields, ... as present), with From signed once more than it occurs, so no From
-can be added later without breaking the signature.
+can be added later without breaking the signature. dkimpy makes the fields; the RSA
+signature in them is OpenSSL's (`openssl.DKIM`: dkimpy's own RSA is pure Python).
 """
 
 from __future__ import annotations
@@ -15,12 +16,11 @@ import email.utils
 import logging
 from collections.abc import Sequence
 
-import dkim
-
 from petrel.config import ConfigError, DkimSection
 from petrel.log import log_event
 
 from .keys import KeyFileError, SigningKey, load
+from .openssl import DKIM
 
 __all__ = ["Signer"]
 
@@ -67,7 +67,7 @@ class Signer:
         signatures = b""
         for key in keys:
             try:
-                field = dkim.DKIM(message).sign(
+                field = DKIM(message, key.openssl).sign(
                     key.selector.encode(),
                     key.domain.encode(),
                     key.private,

@@ -27,13 +27,15 @@ import dns.reversename
 from petrel.config import DnsSection
 from petrel.log import log_event
 
-__all__ = ["MX", "Lookup", "Resolver", "Status"]
+__all__ = ["LOOPBACK", "MX", "Lookup", "Resolver", "Status", "literal_addresses"]
 
 log = logging.getLogger("petrel.dns")
 
 T = TypeVar("T")
 
 CACHE_SIZE = 10_000  # answers kept; the least recently used go first
+
+LOOPBACK = ("127.0.0.1", "::1")  # what a localhost name is (RFC 6761 §6.3), IPv4 first
 
 
 class Status(enum.Enum):
@@ -169,6 +171,18 @@ class Resolver:
                 return lookup
         return v4 if v4.status is Status.NXDOMAIN else v6
 
+    async def host_addresses(self, host: str) -> Lookup[str]:
+        """The addresses to connect to for a host named in the configuration.
+
+        An IP address is itself and a localhost name is the loopback addresses, with no
+        lookup (`literal_addresses`); any other name is asked here, as `addresses`. So
+        no name Petrel connects to goes through the system resolver (getaddrinfo).
+        """
+        literal = literal_addresses(host)
+        if literal is not None:
+            return Lookup(Status.OK, literal)
+        return await self.addresses(host)
+
     async def ptr(self, ip: str) -> Lookup[str]:
         """The names of ``ip`` (in-addr.arpa / ip6.arpa); an invalid address has none."""
         try:
@@ -176,6 +190,24 @@ class Resolver:
         except ValueError:
             return Lookup(Status.NXDOMAIN)
         return await self._query(qname, dns.rdatatype.PTR, lambda r: _host(r.target))
+
+
+def literal_addresses(host: str) -> tuple[str, ...] | None:
+    """The addresses of ``host`` known without asking DNS, else None.
+
+    An IP address (IPv6 with or without brackets) is itself. "localhost" and the names
+    under it are 127.0.0.1 then ::1: RFC 6761 §6.3 says resolvers answer them
+    themselves, and it keeps ``smarthost = "localhost:25"`` working without DNS.
+    """
+    text = host.strip("[]")
+    try:
+        return (str(ipaddress.ip_address(text)),)
+    except ValueError:
+        pass
+    name = text.lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return LOOPBACK
+    return None
 
 
 def _no_nameservers(exc: dns.resolver.NoNameservers) -> str:

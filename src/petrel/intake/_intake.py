@@ -497,9 +497,7 @@ class Intake:
         if not remote or text is None:
             return b""
         message = draft._trace + results + text
-        return await self.checker.seal(
-            message, key.domain, key.selector, key.private, self.hostname
-        )
+        return await self.checker.seal(message, key, self.hostname)
 
     def _copies(self, writer: QueueWriter, envelope: Envelope) -> MaildirCopies | None:
         """The direct recipients' copies, taken out of the envelope (intake/direct.py)."""

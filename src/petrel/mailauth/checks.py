@@ -17,6 +17,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from petrel.dkim.keys import SigningKey
 from petrel.log import log_event
 
 from . import dkimcheck, dmarc, spf
@@ -138,12 +139,10 @@ class Checker:
         )
         return Findings(spf_pair, tuple(signatures), dmarc_outcome, arc, field)
 
-    async def seal(
-        self, message: bytes, domain: str, selector: str, private: bytes, authserv_id: str
-    ) -> bytes:
+    async def seal(self, message: bytes, key: SigningKey, authserv_id: str) -> bytes:
         """An ARC set for ``message`` as it will be sent on (CPU work: in a thread)."""
         return await asyncio.get_running_loop().run_in_executor(
-            self._executor, dkimcheck.seal_arc, message, domain, selector, private, authserv_id
+            self._executor, dkimcheck.seal_arc, message, key, authserv_id
         )
 
     def close(self) -> None:

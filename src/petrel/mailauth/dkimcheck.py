@@ -1,5 +1,7 @@
 """DKIM (RFC 6376, RFC 8463) and ARC (RFC 8617) verification, and ARC sealing, with dkimpy.
 
+The seal's RSA signatures are OpenSSL's (`petrel.dkim.openssl.ARC`), as the signer's.
+
 dkimpy's verifiers are synchronous and CPU-bound, so they run in a worker thread; their
 key lookups (``dnsfunc``) are sent back to the event loop, to Petrel's one resolver,
 and the thread waits for the answer. Each lookup's outcome is remembered, so a
@@ -16,6 +18,9 @@ from typing import Literal
 
 import dkim
 from dkim.util import InvalidTagValueList, parse_tag_value
+
+from petrel.dkim.keys import SigningKey
+from petrel.dkim.openssl import ARC
 
 from .dns import DnsTempError, Lookups
 
@@ -129,13 +134,14 @@ def verify_arc(message: bytes, fetcher: KeyFetcher) -> ArcOutcome:
     return ArcOutcome("fail", str(reason))
 
 
-def seal_arc(message: bytes, domain: str, selector: str, private: bytes, authserv_id: str) -> bytes:
+def seal_arc(message: bytes, key: SigningKey, authserv_id: str) -> bytes:
     """The next ARC set (ARC-Seal, ARC-Message-Signature, ARC-Authentication-Results;
     RFC 8617 §4) for ``message``, which carries our Authentication-Results field: its
     entries become the ARC-Authentication-Results, its ``arc=`` the seal's ``cv=``.
-    ``private`` is an RSA key as PEM (ARC signs with rsa-sha256 only). Runs in a thread.
+    ``key`` is an RSA key (ARC signs with rsa-sha256 only). Runs in a thread; what
+    ``dkim.arc_sign`` does, its RSA step by OpenSSL.
     """
-    fields = dkim.arc_sign(
-        message, selector.encode(), domain.encode(), private, authserv_id.encode()
+    fields = ARC(message, key.openssl).sign(
+        key.selector.encode(), key.domain.encode(), key.private, authserv_id.encode()
     )
     return b"".join(f if f.endswith(b"\r\n") else f + b"\r\n" for f in fields)
