@@ -1,13 +1,18 @@
-"""The aliases file: parsing, errors with line numbers, expansion, loops, reloads."""
+"""Aliases: the file's parsing, errors with line numbers, expansion, loops, reloads; the
+checks `petrel alias add` makes; the shared database's table read back (PgAliases)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import psycopg
 import pytest
 
-from petrel.policy.aliases import MAX_DEPTH, AliasError, Aliases
+from conftest import PetrelServer
+from petrel.policy.aliases import MAX_DEPTH, AliasError, Aliases, check_entry
+from petrel.policy.pg_aliases import PgAliases
+from petrel.queue.pg import migrate
 
 LOCAL = {"example.test", "other.test"}
 
@@ -192,3 +197,76 @@ def test_reload_follows_the_file(tmp_path: Path) -> None:
     path.unlink()
     assert aliases.reload_if_changed() is True
     assert aliases.lookup("a", "example.test") is None
+
+
+def test_check_entry_takes_what_the_file_takes() -> None:
+    assert check_entry("Team", ["alice", "bob@remote.test, carol", " "]) == (
+        "team",
+        ["alice", "bob@remote.test", "carol"],
+    )
+    assert check_entry("info@Other.Test", ["dave"]) == ("info@other.test", ["dave"])
+
+
+@pytest.mark.parametrize(
+    ("name", "targets", "words"),
+    [
+        ("backup", ["|/usr/bin/backup"], "program, file and :include: targets are not supported"),
+        ("a", ["b", "/var/mail/a"], "not supported"),
+        ("a", [":include:/etc/list"], "not supported"),
+        ("a", ["<b@x.test>"], "not a user name"),
+        ("a", ["b@c@d"], "not a user name"),
+        ("bad name", ["alice"], "not a local part or local@domain"),
+        ("@example.test", ["alice"], "not a local part or local@domain"),
+        ("a:b", ["alice"], "not a local part or local@domain"),
+        ("empty", [" , ", ""], "has no targets"),
+    ],
+)
+def test_check_entry_refuses_in_one_line(name: str, targets: list[str], words: str) -> None:
+    with pytest.raises(AliasError) as info:
+        check_entry(name, targets)
+    message = str(info.value)
+    assert words in message and "\n" not in message
+    assert message.startswith("alias ")
+
+
+def test_file_backend_alias_commands_say_edit_the_file(tmp_path: Path) -> None:
+    server = PetrelServer(tmp_path)
+    server.write_config()
+    (server.data_dir).mkdir(parents=True, exist_ok=True)
+    (server.data_dir / "aliases").write_text("team: alice,\n  bob@remote.test\nroot: alice\n")
+    for args in (("add", "x", "alice"), ("del", "team"), ("import", str(tmp_path / "f"))):
+        result = server.petrel_cli("alias", *args)
+        assert result.returncode == 1, result
+        assert result.stderr.strip().splitlines() == [
+            f"petrel: aliases are kept in {server.data_dir / 'aliases'} ([users] backend ="
+            ' "file"): edit that file; the server re-reads it when it changes'
+        ]
+    listed = server.petrel_cli("alias", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout == "root: alice\nteam: alice, bob@remote.test\n"
+
+
+def test_the_shared_table_skips_rows_typed_in_by_hand_that_the_file_would_refuse(
+    pg_dsn: str,
+) -> None:
+    migrate(pg_dsn)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO petrel_alias (name, targets) VALUES ('evil', '|/bin/sh -c x'),"
+            " ('sloppy', 'x@a@b'), ('team', 'alice, bob@remote.test'),"
+            " ('team@other.test', 'carol')"
+        )
+    table = PgAliases(pg_dsn)
+    assert table.lookup("evil", "example.test") is None
+    assert table.lookup("sloppy", "example.test") is None
+    assert table.expand("team@example.test", is_local) == [
+        "alice@example.test",
+        "bob@remote.test",
+    ]
+    assert table.expand("TEAM@other.test", is_local) == ["carol@other.test"]
+
+
+def test_a_database_without_the_alias_table_says_migrate(pg_dsn: str) -> None:
+    migrate(pg_dsn, target=2)
+    with pytest.raises(OSError, match=r"no petrel_alias table .*run 'petrel db migrate'"):
+        PgAliases(pg_dsn)

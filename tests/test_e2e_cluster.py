@@ -233,9 +233,9 @@ def test_unmigrated_and_newer_schemas_are_refused(
     assert "run 'petrel db migrate'" in result.stderr
     first = server.petrel_cli("db", "migrate")
     assert first.returncode == 0, first.stderr
-    assert "migrated from version 0 to 2" in first.stdout
+    assert "migrated from version 0 to 3" in first.stdout
     again = server.petrel_cli("db", "migrate")
-    assert again.returncode == 0 and "at version 2; nothing to do" in again.stdout
+    assert again.returncode == 0 and "at version 3; nothing to do" in again.stdout
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute("UPDATE petrel_schema SET version = 99")
     newer = server.petrel_cli("db", "migrate")
@@ -267,7 +267,14 @@ def test_migration_from_the_previous_schema_keeps_queued_mail(
             " 'pending', 0, '{\"address\":\"old@sink.test\"}')"
         )
         conn.execute("INSERT INTO petrel_chunk VALUES ('1K1JRJNFVA1MQ5', 0, %s)", (body,))
-    assert migrate(pg_dsn) == (1, 2)
+    assert migrate(pg_dsn, target=2) == (1, 2)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:  # a user of schema 2 stays
+        conn.execute("INSERT INTO petrel_user VALUES ('old@example.test', 'x', '')")
+    assert migrate(pg_dsn) == (2, 3)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT address FROM petrel_user").fetchall() == [
+            ("old@example.test",)
+        ]
     petrel_factory(node_config(pg_dsn, "node-a", sink.port), name="node-a")
     wait_until(lambda: delivered_ids(sink), 30, "the message queued under schema 1")
     assert delivered_ids(sink) == Counter({"v1@client.test": 1})
@@ -472,3 +479,138 @@ def test_hold_release_and_delete_from_any_node(
     assert "Mail queue is empty" in queue_list(a)
     unknown = a.petrel_cli("queue", "show", second)
     assert unknown.returncode == 1 and "no such message" in unknown.stderr
+
+
+SHARED_ALIASES = '\n[users]\nbackend = "postgresql"\n\n[policy]\nexpn = "on"\n'
+
+
+def expn(node: PetrelServer, name: str) -> tuple[int, str]:
+    with smtplib.SMTP(node.host, node.port, timeout=30) as client:
+        client.ehlo("client.test")
+        code, text = client.expn(name)
+        return code, text.decode().replace("2.1.5 ", "")  # the members alone
+
+
+def rcpt(node: PetrelServer, address: str) -> tuple[int, str]:
+    with smtplib.SMTP(node.host, node.port, timeout=30) as client:
+        client.ehlo("client.test")
+        client.mail("x@client.test")
+        code, text = client.rcpt(address)
+        return code, text.decode()
+
+
+def test_an_alias_added_on_one_node_is_delivered_through_the_other(
+    cluster: Callable[..., PetrelServer], sink: ScriptedPeer
+) -> None:
+    a, b = cluster("node-a", SHARED_ALIASES), cluster("node-b", SHARED_ALIASES)
+    a.add_user(f"alice@{HOSTNAME}", "correct horse battery")  # unknown names get 550
+    wait_until(lambda: rcpt(b, f"team@{HOSTNAME}")[0] == 550, 20, "node B to see the user")
+    added = a.petrel_cli("alias", "add", "Team", "bob@sink.test", "carol@sink.test, alice")
+    assert added.returncode == 0, added.stderr
+    assert added.stdout == "petrel: alias team added\n"
+    members = f"<bob@sink.test>\n<carol@sink.test>\n<alice@{HOSTNAME}>"
+    wait_until(lambda: expn(b, "team") == (250, members), 20, "node B to expand the alias")
+
+    send(b, "team", rcpt=f"team@{HOSTNAME}")
+    wait_until(lambda: delivered_ids(sink), 30, "the alias's mail at the sink")
+    assert delivered_ids(sink) == Counter({"team@client.test": 1})
+    assert {r for m in sink.messages for r, _ in m.recipients} == {
+        "bob@sink.test",
+        "carol@sink.test",
+    }
+    # The bare target took the alias's domain: alice's Maildir on the delivering node.
+    wait_until(lambda: a.messages("alice") + b.messages("alice"), 30, "alice's copy")
+    assert len(a.messages("alice") + b.messages("alice")) == 1
+    listed = b.petrel_cli("alias", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout == "team: bob@sink.test, carol@sink.test, alice\n"
+    assert not (b.data_dir / "aliases").exists()  # nothing went to a node-local file
+
+    deleted = b.petrel_cli("alias", "del", "TEAM")
+    assert deleted.returncode == 0 and deleted.stdout == "petrel: alias team deleted\n"
+    wait_until(lambda: rcpt(a, f"team@{HOSTNAME}")[0] == 550, 20, "node A to drop the alias")
+    again = a.petrel_cli("alias", "del", "team")
+    assert again.returncode == 1
+    assert again.stderr == "petrel: alias 'team': no such alias\n"
+    assert b.petrel_cli("alias", "list").stdout == ""
+
+
+def test_alias_import_and_bad_targets_on_the_shared_table(
+    cluster: Callable[..., PetrelServer], tmp_path: Path
+) -> None:
+    (tmp_path / "node-a" / "data").mkdir(parents=True)
+    (tmp_path / "node-a" / "data" / "aliases").write_text("old: alice\n")
+    a = cluster("node-a", SHARED_ALIASES)
+    assert "event=aliases-file-ignored" in a.log_path.read_text()  # not read: import it
+    for name, target in (
+        ("backup", "|/usr/bin/backup"),
+        ("box", "/var/mail/box"),
+        ("list", ":include:/etc/list"),
+        ("bad name", "alice"),
+    ):
+        refused = a.petrel_cli("alias", "add", name, "alice", target)
+        assert refused.returncode == 1, refused
+        assert len(refused.stderr.splitlines()) == 1 and "Traceback" not in refused.stderr
+    exists = a.petrel_cli("alias", "add", "postmaster", "ops@sink.test")
+    assert exists.returncode == 0, exists.stderr
+    clash = a.petrel_cli("alias", "add", "postmaster", "other@sink.test")
+    assert clash.returncode == 1 and "exists" in clash.stderr
+    elsewhere = a.petrel_cli("alias", "add", "info@elsewhere.test", "ops@sink.test")
+    assert elsewhere.returncode == 0  # added, with a warning: it is never looked up
+    assert elsewhere.stderr.startswith("petrel: warning: elsewhere.test is not a local domain")
+
+    broken = tmp_path / "broken-aliases"
+    broken.write_text("sales: one@sink.test\nbackup: |/usr/bin/backup\n")
+    result = a.petrel_cli("alias", "import", str(broken))
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"petrel: {broken}:2: ")
+    assert len(result.stderr.splitlines()) == 1 and "not supported" in result.stderr
+
+    good = tmp_path / "aliases"
+    good.write_text(
+        "# moved from the old MX\n"
+        "sales: one@sink.test,\n"
+        "   two@sink.test\n"
+        f"sales@{HOSTNAME}: three@sink.test\n"
+        "loop1: loop2\n"
+        "loop2: loop1\n"
+    )
+    result = a.petrel_cli("alias", "import", str(good))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"petrel: 4 aliases imported from {good}\n"
+    wait_until(
+        lambda: expn(a, "sales") == (250, "<three@sink.test>"), 20, "the imported aliases"
+    )  # the local@domain key wins over the bare one, as in the file
+    code, text = rcpt(a, f"loop1@{HOSTNAME}")
+    assert code == 550 and text.startswith("5.4.6 "), text
+
+    clash = a.petrel_cli("alias", "import", str(good))
+    assert clash.returncode == 1
+    assert "already in the table: loop1, loop2, sales, sales@" in clash.stderr
+    good.write_text("sales: four@sink.test\n")
+    replaced = a.petrel_cli("alias", "import", "--replace", str(good))
+    assert replaced.returncode == 0, replaced.stderr
+    assert a.petrel_cli("alias", "list").stdout == "sales: four@sink.test\n"
+    wait_until(lambda: expn(a, "sales") == (250, "<four@sink.test>"), 20, "the replaced table")
+
+
+def test_shared_users_on_a_schema_without_the_alias_table_ask_for_a_migration(
+    tmp_path: Path, pg_dsn: str, sink: ScriptedPeer
+) -> None:
+    migrate(pg_dsn, target=2)
+    server = PetrelServer(tmp_path, node_config(pg_dsn, "n", sink.port, SHARED_ALIASES))
+    server.write_config()
+    result = subprocess.run(
+        [sys.executable, "-m", "petrel", "serve", "--config", str(server.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "petrel_alias" in result.stderr and "run 'petrel db migrate'" in result.stderr
+    listed = server.petrel_cli("alias", "list")
+    assert listed.returncode == 1 and "run 'petrel db migrate'" in listed.stderr
+    assert server.petrel_cli("db", "migrate").returncode == 0
+    assert server.petrel_cli("alias", "list").returncode == 0

@@ -41,7 +41,7 @@ from petrel.intake.pickup import Notified, PickupPoke, PickupWatcher
 from petrel.log import log_event
 from petrel.pidfile import PID_FILE, remove_pid_file, write_pid_file
 from petrel.policy import Policy
-from petrel.policy.aliases import Aliases
+from petrel.policy.aliases import open_aliases
 from petrel.policy.auth import Authenticator
 from petrel.privileges import (
     PrivilegeError,
@@ -240,7 +240,15 @@ async def _serve(config: Config, log_args: list[str] | None, errors: ErrorLog) -
             reason="another petrel serve holds this data_dir; stop it first",
         )
         return 1
-    policy = Policy(config, Aliases.load(config.aliases.file))
+    policy = Policy(config, open_aliases(config))
+    if config.users.backend == "postgresql" and config.aliases.file.exists():
+        log_event(  # an operator who moved to the database but forgot the old file
+            log,
+            "aliases-file-ignored",
+            level=logging.WARNING,
+            file=str(config.aliases.file),
+            reason="the aliases are in the database ([users] backend); petrel alias import",
+        )
     dns = Resolver(config.dns)  # the process's one resolver: delivery and sessions share it
     shared = config.queue.backend == "postgresql"
     spool: Spool | PgStore
@@ -524,7 +532,7 @@ async def serve_worker(config: Config, number: int) -> int:
     loop = asyncio.get_running_loop()
     inherited = decode_fds(os.environ.pop(WORKER_FDS_ENV, ""))
     parent = os.getppid()
-    policy = Policy(config, Aliases.load(config.aliases.file))
+    policy = Policy(config, open_aliases(config))
     # Committed mail is named to the parent through the pickup pipe (a shared queue's
     # commit NOTIFYs every node itself); ETRN is asked of its queue manager over the
     # control socket, so it answers as a single process does.

@@ -15,7 +15,7 @@ from petrel.config import Config, ConfigError, load_config
 from petrel.dkim import Signer
 from petrel.log import log_event
 from petrel.policy import Policy
-from petrel.policy.aliases import AliasError, Aliases
+from petrel.policy.aliases import AliasError, open_aliases
 
 __all__ = ["RESTART_ONLY", "new_policy", "reread"]
 
@@ -81,11 +81,9 @@ def keep_restart_only(running: Config, new: Config) -> Config:
 
 def new_policy(config: Config, running: Policy) -> Policy:
     """A Policy for ``config``; the aliases and users tables are kept when their file is
-    the same (they re-read it on change). AliasError if a new aliases file is broken."""
-    aliases = running.aliases
-    if aliases.path != config.aliases.file:
-        aliases = Aliases.load(config.aliases.file)
-    return Policy(config, aliases, running.users)
+    the same (they re-read it on change) or they are the shared database's. AliasError
+    if a new aliases file is broken."""
+    return Policy(config, open_aliases(config, running.aliases), running.users)
 
 
 def reread(running: Config, running_policy: Policy) -> tuple[Config, Policy] | None:

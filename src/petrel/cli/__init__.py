@@ -16,7 +16,7 @@ from petrel.log import FORMATS, LEVELS, LogSetupError, set_process_field, setup_
 from petrel.policy.aliases import AliasError, Aliases
 from petrel.policy.users import UserError
 
-from . import dkim, queue
+from . import aliases, dkim, queue
 
 CONFIG_HELP = (
     "TOML configuration file (default: $PETREL_CONFIG, else /etc/petrel/petrel.toml"
@@ -113,6 +113,7 @@ def _parser() -> argparse.ArgumentParser:
         "sendmail", help="queue a message from stdin (sendmail-compatible: -t -i -f -F)"
     )
     queue.add_parser(sub, common)
+    aliases.add_parser(sub, common)
     dkim.add_parser(sub, common)
     return parser
 
@@ -263,7 +264,8 @@ def _status(config: Config, as_json: bool) -> int:
 
 def _load(path: Path | None) -> Config:
     config = load_config(path)
-    Aliases.load(config.aliases.file)  # a broken aliases file is a configuration error
+    if config.users.backend == "file":  # the shared database's table is checked row by row
+        Aliases.load(config.aliases.file)  # a broken aliases file is a configuration error
     return config
 
 
@@ -291,6 +293,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
     if args.command == "queue":
         return queue.run(config, args)
+    if args.command == "alias":
+        return aliases.run(config, args)
     if args.command == "db":
         return _db_migrate(config)
     if args.command == "dkim":

@@ -28,7 +28,7 @@ from petrel.intake.local import (
     submit,
 )
 from petrel.policy import Policy
-from petrel.policy.aliases import Aliases
+from petrel.policy.aliases import open_aliases
 from petrel.privileges import act_as_data_dir_owner
 from petrel.server.stdio import serve_stdio
 
@@ -131,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             spool = open_spool(config)
             try:
                 intake = Intake(config, spool, local_submitter(spool))
-                policy = Policy(config, Aliases.load(config.aliases.file))
+                policy = Policy(config, open_aliases(config))
                 stdin, stdout = sys.stdin.fileno(), sys.stdout.buffer
                 serve_stdio(config, intake, policy, user=user, uid=uid, infd=stdin, out=stdout)
             finally:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from petrel import dsn, smtp
 from petrel.config import Config
 from petrel.policy import Client, Policy
-from petrel.policy.aliases import Aliases
+from petrel.policy.aliases import open_aliases
 from petrel.queue import Envelope, Spool, new_queue_id
 from petrel.queue.envelope import FAILED, Recipient
 
@@ -148,7 +148,7 @@ def prepare(
         raise SendmailError(EX_USAGE, "no recipients given" + (" or found" if opts.extract else ""))
     if not rest.startswith(b"\r\n"):
         rest = b"\r\n" + rest  # the header needs its empty line before any body
-    policy = Policy(config, Aliases.load(config.aliases.file))
+    policy = Policy(config, open_aliases(config))
     given = [_address(r, hostname, what="recipient") for r in wanted]
     accepted: list[Accepted] = []
     refused: list[tuple[str, smtp.Reply]] = []
@@ -269,7 +269,7 @@ def submit(
                 via="sendmail",
             )
         )
-        notice = refusal_notice(submission, Policy(config, Aliases.load(config.aliases.file)))
+        notice = refusal_notice(submission, Policy(config, open_aliases(config)))
         if notice is not None:
             asyncio.run(intake.put(notice.envelope, notice.message, None, via="notice"))
     except TooManyHops as exc:

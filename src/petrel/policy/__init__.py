@@ -4,8 +4,8 @@ The policy answers every "may this client do this" question of a session through
 calls — `Policy.check_mail`, `Policy.check_rcpt`, `Policy.check_etrn`, `Policy.vrfy`,
 `Policy.expn`, `mail_auth` — each returning the refusal as an SMTP reply (it is the
 server's judge) or what was allowed. AUTH credentials are checked by `auth.Authenticator`.
-It reads only its own stores (the aliases and users files) and never writes, except the
-AUTH throttle's counts.
+It reads only its own stores (the aliases and users, in files or the shared database)
+and never writes, except the AUTH throttle's counts.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from petrel.config import Config
 from petrel.smtp import Address, Reply, reply
 from petrel.smtp import replies as texts
 
-from .aliases import AliasError, Aliases
+from .aliases import AliasError, AliasTable
 from .users import User, UserStore, open_users
 
 log = logging.getLogger("petrel.policy")
@@ -37,7 +37,7 @@ class Client:
 
 
 class Policy:
-    def __init__(self, config: Config, aliases: Aliases, users: UserStore | None = None) -> None:
+    def __init__(self, config: Config, aliases: AliasTable, users: UserStore | None = None) -> None:
         self.hostname = config.server.hostname
         self.users = users if users is not None else open_users(config)
         self.local_domains = config.domains.local
