@@ -173,6 +173,8 @@ def test_console_holds_and_releases_a_queued_message(
     row = poll(browser, queue_row, "the deferred message in the queue view")
     queue_id = row.get_attribute("data-id")  # type: ignore[attr-defined]
     assert "carol@remote.example" in row.text  # type: ignore[attr-defined]
+    # Only the routed section is on screen: the mail pane is not drawn above the queue.
+    assert not browser.find_element(By.ID, "mail").is_displayed()
 
     def state() -> str:
         cell = browser.find_element(By.CSS_SELECTOR, f'tr[data-id="{queue_id}"] .state')
