@@ -94,10 +94,12 @@ def poll(driver: WebDriver, find: Callable[[], object], what: str) -> object:
     return wait_until(attempt, timeout=30, what=what)
 
 
+# The in-frame marker comes first: reaching into the parent throws when the frame is
+# cross-origin, and must not hide that the script ran at all.
 HOSTILE = (
     "<p id='greeting'>Hello <b>from the HTML part</b></p>"
-    "<script>document.title = 'pwned'; parent.document.title = 'pwned';"
-    " document.body.insertAdjacentHTML('beforeend', '<p id=ran>script ran</p>');</script>"
+    "<script>document.body.insertAdjacentHTML('beforeend', '<p id=ran>script ran</p>');"
+    " document.title = 'pwned'; parent.document.title = 'pwned';</script>"
 )
 
 

@@ -89,8 +89,11 @@ def test_console_lists_mail_live_and_sandboxes_html(
 
     context = wait_until(html_frame, timeout=30, what="the HTML part's browsing context")
     assert isinstance(context, str)
+    # Loaded in full (the script comes after the greeting), so an absent #ran means "never ran".
     greeting = tab.wait_for(
-        "document.getElementById('greeting')?.textContent", "the HTML part", context=context
+        "document.readyState === 'complete' && document.getElementById('greeting')?.textContent",
+        "the HTML part",
+        context=context,
     )
     assert greeting == "Hello from the HTML part"
     assert tab.evaluate("document.getElementById('ran') === null", context)  # no script ran
