@@ -29,9 +29,12 @@ from conftest import wait_until
 _LISTENING = re.compile(r"WebDriver BiDi listening on (ws://127\.0\.0\.1:\d+)")
 
 # user.js of the private profile. The remote agent already applies its recommended
-# automation prefs; these add that nothing may leave the machine (every non-loopback
-# request goes to a proxy on a closed loopback port, no DNS over HTTPS, no prefetch)
-# and that no first-run or default-browser prompt gets in the way.
+# automation prefs; these add that nothing may leave the machine and that no first-run
+# or default-browser prompt gets in the way. Every request for a non-loopback host goes
+# to a proxy on a closed loopback port, and every host name resolves to 127.0.0.1
+# without a DNS query (forceResolve): strace showed Firefox looking up
+# firefox.settings.services.mozilla.com through the system resolver despite the proxy,
+# and connecting to it directly; with these prefs its only connects are to 127.0.0.1.
 PREFS: dict[str, bool | int | str] = {
     "browser.shell.checkDefaultBrowser": False,
     "browser.startup.homepage_override.mstone": "ignore",
@@ -48,6 +51,7 @@ PREFS: dict[str, bool | int | str] = {
     "network.proxy.ssl_port": 9,
     "network.proxy.no_proxies_on": "127.0.0.1,localhost",
     "network.trr.mode": 5,
+    "network.dns.forceResolve": "127.0.0.1",
     "network.dns.disablePrefetch": True,
     "network.predictor.enabled": False,
     "remote.active-protocols": 1,  # WebDriver BiDi only
