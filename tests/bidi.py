@@ -128,7 +128,28 @@ class Tab:
         return wait_until(attempt, timeout=30, what=what)
 
     def click(self, selector: str) -> None:
-        """A real mouse click (move, down, up) on the first element matching ``selector``."""
+        """A real mouse click (move, down, up) on the first element matching ``selector``.
+
+        The console re-renders its tables when an event arrives, so the element may go
+        missing or be replaced between finding and clicking it: that is retried (bounded)
+        with a fresh lookup, as a user would click the row again.
+        """
+        errors: list[BidiError] = []
+
+        def attempt() -> bool:
+            try:
+                self._click_once(selector)
+            except BidiError as error:
+                errors.append(error)
+                return False
+            return True
+
+        try:
+            wait_until(attempt, timeout=30, what=f"a click on {selector!r}")
+        except AssertionError as timeout:
+            raise BidiError(f"{timeout}: {errors[-1] if errors else ''}") from None
+
+    def _click_once(self, selector: str) -> None:
         node = self.bidi.command(
             "script.callFunction",
             functionDeclaration=(
@@ -139,8 +160,8 @@ class Tab:
             target={"context": self.context},
             awaitPromise=False,
         )
-        if node.get("type") != "success" or node["result"].get("type") != "node":
-            raise BidiError(f"no element to click for {selector!r}: {node}")
+        if node["type"] != "success" or node["result"]["type"] != "node":
+            raise BidiError(f"no element matches {selector!r}")
         element = {"sharedId": node["result"]["sharedId"]}
         self.bidi.command(
             "input.performActions",
