@@ -26,8 +26,9 @@ $(VENV)/.stamp-serve: pyproject.toml
 # server, HAProxy (the load balancer in front of a proxy_protocol listener),
 # PostgreSQL (the shared queue's tests run initdb/pg_ctl in a temp dir; postgresql-common
 # goes first so its createcluster.conf can say create_main_cluster = false before the
-# server package's postinst would make /var/lib/postgresql/*/main) and Chromium with its
-# WebDriver (the web console's browser test, through Selenium). The
+# server package's postinst would make /var/lib/postgresql/*/main), Chromium with its
+# WebDriver (the web console's browser test, through Selenium) and Firefox ESR (the same
+# test in Firefox, spoken to over WebDriver BiDi: Debian has no geckodriver). The
 # interop tests and the bench run private instances in temp directories, so the install
 # starts no service (tools/apt-install-no-start.sh), and a Dovecot or HAProxy installed
 # here is also kept from starting at boot, as is PostgreSQL (one that was already there
@@ -42,7 +43,8 @@ system-deps:
 			|| ! test -x /usr/sbin/knotd || ! perl -MMail::DKIM::Verifier -e1 2>/dev/null \
 			|| ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
 			|| ! command -v chromium >/dev/null 2>&1 \
-			|| ! command -v chromedriver >/dev/null 2>&1; then \
+			|| ! command -v chromedriver >/dev/null 2>&1 \
+			|| ! command -v firefox-esr >/dev/null 2>&1; then \
 		if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		if [ -e /usr/sbin/dovecot ]; then had_dovecot=yes; else had_dovecot=; fi; \
 		if [ -e /usr/sbin/haproxy ]; then had_haproxy=yes; else had_haproxy=; fi; \
@@ -52,7 +54,8 @@ system-deps:
 		$$SUDO apt-get update && \
 		$$SUDO sh tools/apt-install-no-start.sh \
 			swaks libnet-ssleay-perl libio-socket-ssl-perl postfix dovecot-core dovecot-lmtpd \
-			haproxy strace knot libmail-dkim-perl postgresql-common chromium chromium-driver && \
+			haproxy strace knot libmail-dkim-perl postgresql-common chromium chromium-driver \
+			firefox-esr && \
 		$$SUDO sed -ri 's/^#? *create_main_cluster *=.*/create_main_cluster = false/' \
 			/etc/postgresql-common/createcluster.conf && \
 		$$SUDO sh tools/apt-install-no-start.sh postgresql && \
