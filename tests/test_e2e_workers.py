@@ -13,9 +13,12 @@ import re
 import signal
 import smtplib
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from email.parser import BytesParser
+from pathlib import Path
 
 from conftest import HOSTNAME, PetrelServer, RawClient, etrn_conversation, wait_until
 
@@ -255,3 +258,44 @@ def test_workers_give_an_unknown_user_the_same_scram_salt(
         assert challenge.startswith("334 ")
         salts.add(base64.b64decode(challenge[4:]).decode().split(",")[1])
     assert len(salts) == 1, salts
+
+
+def test_a_worker_whose_parent_died_while_it_started_stops_by_itself(tmp_path: Path) -> None:
+    """A parent killed while its worker was still starting leaves the worker to init
+    before it could note its parent's pid: the worker must compare against the pid the
+    parent gave it, or it would serve on alone, for ever. Made exact by starting a
+    worker the way the parent does, naming a parent that is not its parent."""
+    config = tmp_path / "petrel.toml"
+    config.write_text(
+        f'[server]\nhostname = "{HOSTNAME}"\ndata_dir = "{tmp_path / "data"}"\n'
+        'reverse_dns = false\n\n[[listener]]\naddress = "127.0.0.1:0"\nmode = "smtp"\n'
+    )
+    assert subprocess.run(
+        [sys.executable, "-m", "petrel", "check-config", "--config", str(config)],
+        capture_output=True,
+        check=False,
+    ).returncode == 0
+    (tmp_path / "data").mkdir(mode=0o700, exist_ok=True)
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        env = {
+            **os.environ,
+            "PETREL_WORKER_FDS": f"0:{listening.fileno()}",
+            "PETREL_PARENT_PID": "1",  # not this worker's parent: as after an early death
+        }
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "petrel", "serve", "--config", str(config), "--worker", "1"],
+            env=env,
+            pass_fds=[listening.fileno()],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            out, _ = worker.communicate(timeout=30)
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+    text = out.decode(errors="replace")
+    assert "event=parent-gone" in text, text
+    assert worker.returncode == 0

@@ -67,7 +67,7 @@ from petrel.server.server import (
     open_refusals,
 )
 from petrel.server.tls import TlsManager, copy_material
-from petrel.server.workers import WORKER_FDS_ENV, WorkerPool, decode_fds
+from petrel.server.workers import PARENT_PID_ENV, WORKER_FDS_ENV, WorkerPool, decode_fds
 from petrel.status import ErrorLog, ServerStats
 from petrel.web import Events, WebServer
 
@@ -531,7 +531,9 @@ async def serve_worker(config: Config, number: int) -> int:
     _raise_fd_limit()
     loop = asyncio.get_running_loop()
     inherited = decode_fds(os.environ.pop(WORKER_FDS_ENV, ""))
-    parent = os.getppid()
+    # The pid the parent gave, not getppid(): a parent killed while this process was
+    # starting has already left it to init, and the watchdog below would never fire.
+    parent = int(os.environ.pop(PARENT_PID_ENV, "") or os.getppid())
     policy = Policy(config, open_aliases(config))
     # Committed mail is named to the parent through the pickup pipe (a shared queue's
     # commit NOTIFYs every node itself); ETRN is asked of its queue manager over the

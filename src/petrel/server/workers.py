@@ -39,11 +39,12 @@ from petrel.log import log_event, request_reopen
 
 from .tls import TLS_FDS_ENV
 
-__all__ = ["WORKER_FDS_ENV", "WorkerPool", "decode_fds", "encode_fds"]
+__all__ = ["PARENT_PID_ENV", "WORKER_FDS_ENV", "WorkerPool", "decode_fds", "encode_fds"]
 
 log = logging.getLogger("petrel.workers")
 
 WORKER_FDS_ENV = "PETREL_WORKER_FDS"
+PARENT_PID_ENV = "PETREL_PARENT_PID"  # a worker whose parent is not this pid stops at once
 _POLL_SECONDS = 0.2
 _RESTART_DELAY = 1.0  # a worker that dies young waits this long before its restart
 _STOP_GRACE = 15.0  # a worker's own shutdown lets messages in flight finish for 10 s
@@ -103,7 +104,11 @@ class WorkerPool:
             argv += ["--config", str(self.config.source)]
         argv += ["--worker", str(worker.number)]
         fds = [sock.fileno() for socks in self.sockets.values() for sock in socks]
-        env = {**os.environ, WORKER_FDS_ENV: encode_fds(self.sockets)}
+        env = {
+            **os.environ,
+            WORKER_FDS_ENV: encode_fds(self.sockets),
+            PARENT_PID_ENV: str(os.getpid()),
+        }
         env.pop("NOTIFY_SOCKET", None)  # only the parent talks to systemd (server/notify.py)
         if self.tls_fds is not None:
             fds += self.tls_fds
