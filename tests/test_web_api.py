@@ -380,6 +380,9 @@ def test_metrics_count_the_traffic(web: PetrelServer) -> None:
     assert after[("petrel_messages_rejected_total", (("reason", "bad_address"),))] == 1.0
     assert after[("petrel_connections_total", (("listener", "smtp"),))] == 3.0
     assert after[("petrel_delivery_latency_seconds_count", (("transport", "local"),))] == 2.0
+    # one message a commit here (sent one after the other): two batches of one
+    assert after[("petrel_commit_batch_messages_count", ())] == 2.0
+    assert after[("petrel_commit_batch_messages_bucket", (("le", "1.0"),))] == 2.0
     assert after[("petrel_queue_messages", (("state", "queued"),))] == 0.0
     assert after[("petrel_refusals_total", (("reason", "greylist"),))] == 0.0  # antispam's
 

@@ -106,6 +106,12 @@ DELIVERY_LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 86400),
     registry=REGISTRY,
 )
+COMMIT_BATCH = Histogram(
+    "petrel_commit_batch_messages",
+    "Messages made durable by one group commit of the spool (one sync round)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+    registry=REGISTRY,
+)
 TLS_HANDSHAKES = counter("tls_handshakes", "TLS handshakes completed (STARTTLS or implicit)")
 TLS_FAILURES = counter("tls_handshake_failures", "TLS handshakes that failed")
 AUTH_FAILURES = counter("auth_failures", "Failed SMTP AUTH attempts (and failed HTTP logins)")

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from petrel import metrics
 from petrel.fsutil import (
     HAVE_SYNCFS,
     PER_FILE_SYNC_MAX,
@@ -434,6 +435,7 @@ class Spool:
         try:
             while self._pending:
                 batch, self._pending = self._pending, []
+                metrics.COMMIT_BATCH.observe(len(batch))
                 work = [(writer, copies) for writer, copies, _ in batch]
                 waiting = [done for _, _, done in batch]
                 try:
