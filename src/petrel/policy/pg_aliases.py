@@ -1,7 +1,7 @@
 """Aliases in the shared PostgreSQL database ([users] backend = "postgresql").
 
 ``petrel alias add|del|import`` on any node write ``petrel_alias`` (schema version 3);
-every node reads the whole table into memory and re-reads it every `REFRESH` seconds
+every node reads the whole table into memory and re-reads it every `pg_table.REFRESH` seconds
 in a thread of its own, as `PgUsers` does, so RCPT never waits on the database. Entries
 are checked with the file's rules when written and again when read (a row typed in by
 hand with a ``|cmd`` target is skipped and logged, never expanded).
@@ -11,22 +11,20 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Any
 
 import psycopg
 
 from petrel.log import log_event
-from petrel.queue.pg import CONNECT_TIMEOUT
 from petrel.queue.store import StoreUnavailableError
 
 from .aliases import AliasError, AliasTable, check_entry
+from .pg_table import Follower, connect
 
-__all__ = ["REFRESH", "PgAliases", "shared_aliases"]
+__all__ = ["PgAliases", "shared_aliases"]
 
 log = logging.getLogger("petrel.aliases")
 
-REFRESH = 2.0  # seconds: how soon an alias added on another node is expanded here
 
 _shared: dict[str, PgAliases] = {}
 _shared_lock = threading.Lock()
@@ -47,20 +45,13 @@ class PgAliases(AliasTable):
     def __init__(self, dsn: str) -> None:
         super().__init__("the PostgreSQL database (queue.dsn)", {})
         self.dsn = dsn
-        self._failing = False
         self._bad_rows: set[str] = set()
-        self._refresher: threading.Thread | None = None
+        self._follower = Follower("aliases", self._load, log)
         self._load()  # at start a database out of reach is an error, not "no aliases"
-
-    def _connect(self) -> psycopg.Connection[Any]:
-        try:
-            return psycopg.connect(self.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
-        except psycopg.Error as exc:
-            raise StoreUnavailableError(f"aliases: cannot connect to PostgreSQL: {exc}") from None
 
     def _run(self, statements: list[tuple[str, tuple[Any, ...]]]) -> list[tuple[list[Any], int]]:
         """Statements in one transaction: (rows, rowcount) of each."""
-        with self._connect() as conn:
+        with connect(self.dsn, "aliases") as conn:
             try:
                 results = []
                 with conn.transaction():
@@ -93,27 +84,9 @@ class PgAliases(AliasTable):
             log_event(log, "alias-row-skipped", level=logging.ERROR, error=problem)
         self._bad_rows = bad
 
-    def _refresh_forever(self) -> None:
-        while True:
-            time.sleep(REFRESH)
-            try:
-                self._load()
-            except OSError as exc:
-                if not self._failing:
-                    self._failing = True
-                    log_event(log, "aliases-unavailable", level=logging.ERROR, error=str(exc))
-                continue
-            if self._failing:
-                self._failing = False
-                log_event(log, "aliases-available")
-
     def reload_if_changed(self) -> bool:
         """The thread re-reads the table; started on the first lookup (the CLI reads once)."""
-        if self._refresher is None:
-            self._refresher = threading.Thread(
-                target=self._refresh_forever, name="petrel-aliases", daemon=True
-            )
-            self._refresher.start()
+        self._follower.start()
         return False
 
     # -- changes (the CLI) -------------------------------------------------------------

@@ -1,8 +1,8 @@
 """Users in the shared PostgreSQL database ([users] backend = "postgresql").
 
 A `petrel user add` on any node writes ``petrel_user`` (schema version 2); every node
-reads the whole table into memory and refreshes it every `REFRESH` seconds in a thread
-of its own, so AUTH and RCPT checks never wait on the database. The table holds what
+reads the whole table into memory and refreshes it every `pg_table.REFRESH` seconds in a
+thread of its own, so AUTH and RCPT checks never wait on the database. The table holds what
 the users file holds: the argon2id hash and the SCRAM keys, never a password.
 """
 
@@ -10,23 +10,20 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 
-from petrel.log import log_event
-from petrel.queue.pg import CONNECT_TIMEOUT
 from petrel.queue.store import StoreUnavailableError
 
+from .pg_table import Follower, connect
 from .users import ScramSecret, User, UserError, new_user, normalize_address
 
-__all__ = ["REFRESH", "PgUsers", "shared_users"]
+__all__ = ["PgUsers", "shared_users"]
 
 log = logging.getLogger("petrel.users")
 
-REFRESH = 2.0  # seconds: how soon a user added on another node can log in here
 
 _shared: dict[str, PgUsers] = {}
 _shared_lock = threading.Lock()
@@ -54,17 +51,12 @@ class PgUsers:
         self.path = "the PostgreSQL database (queue.dsn)"
         self._users: dict[str, User] = {}
         self._domains: frozenset[str] = frozenset()
-        self._failing = False
-        self._refresher: threading.Thread | None = None
+        self._follower = Follower("users", self._load, log)
         self._load()  # the first table must be real: an empty one would mean "any user"
 
     def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[list[Any], int]:
         """One statement on a connection of its own: (rows, rowcount)."""
-        try:
-            conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
-        except psycopg.Error as exc:
-            raise StoreUnavailableError(f"users: cannot connect to PostgreSQL: {exc}") from None
-        with conn:
+        with connect(self.dsn, "users") as conn:
             try:
                 cur = conn.execute(sql, params)
                 return (cur.fetchall() if cur.description is not None else []), cur.rowcount
@@ -83,27 +75,8 @@ class PgUsers:
         self._users = users
         self._domains = frozenset(a.rpartition("@")[2] for a in users)
 
-    def _refresh_forever(self) -> None:
-        while True:
-            time.sleep(REFRESH)
-            try:
-                self._load()
-            except OSError as exc:
-                if not self._failing:
-                    self._failing = True
-                    log_event(log, "users-unavailable", level=logging.ERROR, error=str(exc))
-                continue
-            if self._failing:
-                self._failing = False
-                log_event(log, "users-available")
-
     def _follow(self) -> None:
-        """Start following the table (on the first lookup: the CLI reads only once)."""
-        if self._refresher is None:
-            self._refresher = threading.Thread(
-                target=self._refresh_forever, name="petrel-users", daemon=True
-            )
-            self._refresher.start()
+        self._follower.start()
 
     def get(self, address: str) -> User | None:
         self._follow()
