@@ -63,6 +63,9 @@ mode = "smtp"
 [delivery]
 dns = false
 
+[authentication]
+checks = false  # SPF/DMARC would ask the system's resolver: no DNS may leave the machine
+
 [queue]
 min_backoff = "2s"
 max_backoff = "4s"
